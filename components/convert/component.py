@@ -1,0 +1,39 @@
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Output
+
+from components.images import LOCAL
+
+
+@dsl.component(base_image=LOCAL.components, install_kfp_package=False)
+def convert(
+    image_csv: Input[Dataset],
+    tfrecords: Output[Dataset],
+    metrics: Output[Metrics],
+    num_shards: int = 0,
+    max_error_fraction: float = 0.05,
+    runner: str = "DirectRunner",
+    dataflow_project: str = "",
+    dataflow_region: str = "",
+    dataflow_temp_location: str = "",
+    dataflow_sdk_container_image: str = "",
+    dataflow_service_account: str = "",
+    dataflow_machine_type: str = "",
+    dataflow_max_workers: int = 0,
+):
+    """Converts the CSV's images to sharded TFRecords (JPEG bytes + label) with Apache Beam, locally or on
+    Dataflow. Bad images are listed with a reason in errors-*.csv beside the records."""
+    from components import logs
+    from components.convert.pipeline import convert as run_conversion, dataflow_args
+
+    logs.setup()
+    args = []
+    if runner == "DataflowRunner":
+        args = dataflow_args(
+            project=dataflow_project, region=dataflow_region, temp_location=dataflow_temp_location,
+            sdk_container_image=dataflow_sdk_container_image, service_account=dataflow_service_account,
+            machine_type=dataflow_machine_type, max_workers=dataflow_max_workers,
+        )
+    summary = run_conversion(image_csv.uri, tfrecords.uri, num_shards, max_error_fraction, runner, args)
+    for name in ("rows", "good", "bad", "duplicates", "discarded"):
+        metrics.log_metric(name, getattr(summary, name))
+    tfrecords.metadata.update({"labels": summary.labels, "per_split": summary.per_split, "format": summary.format})

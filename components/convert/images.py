@@ -1,0 +1,56 @@
+"""Checks one image file and turns it into RGB JPEG bytes, or says exactly why it cannot."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Pillow warns above MAX_IMAGE_PIXELS and refuses above twice that; we refuse at the warning.
+MAX_PIXELS = 60_000_000
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+EXIF_ORIENTATION = 0x0112
+
+
+class BadImage(ValueError):
+    """The file cannot become a training image; the message is the reason recorded in errors-*.csv."""
+
+
+def _decode(data: bytes) -> Image.Image:
+    if not data:
+        raise BadImage("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            image.load()
+        return image
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise BadImage(f"decompression bomb rejected: {e}") from e
+    except UnidentifiedImageError as e:
+        raise BadImage("not an image: content is in no known image format") from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise BadImage(f"corrupt image: {e}") from e
+
+
+def _flatten_to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGB", rgba.size, (255, 255, 255))
+        white.paste(rgba, mask=rgba.getchannel("A"))
+        return white
+    return image.convert("RGB")
+
+
+def to_rgb_jpeg(data: bytes, quality: int = 95) -> tuple[bytes, int, int]:
+    """(jpeg_bytes, height, width): clean RGB JPEGs pass through untouched, everything else is re-encoded
+    after applying EXIF orientation and flattening transparency onto white."""
+    image = _decode(data)
+    upright = image.getexif().get(EXIF_ORIENTATION, 1) == 1
+    if image.format == "JPEG" and image.mode == "RGB" and upright:
+        return data, image.height, image.width
+    rgb = _flatten_to_rgb(ImageOps.exif_transpose(image))
+    buffer = io.BytesIO()
+    rgb.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue(), rgb.height, rgb.width

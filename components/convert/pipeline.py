@@ -1,0 +1,262 @@
+"""The Beam pipeline behind `catsdogs convert`: CSV rows -> checked images -> TFRecord shards per split.
+
+    rows --ReadImages--> good ---ToExample--> Partition(split) --> WriteToTFRecord (train/validation/test)
+                   \\--> bad ----------------------------------------> errors-*.csv
+
+Bad rows (unreadable files, non-images, unknown split, empty label ...) go to errors-*.csv with a reason;
+every good row is written. The run fails after writing the errors when more than --max-error-fraction of the
+rows are bad. Runs on DirectRunner here and on Dataflow with `--runner DataflowRunner` plus Dataflow options.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics.metric import Metrics, MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from components import storage
+from components.convert import schema
+from components.convert.images import BadImage, to_rgb_jpeg
+from components.errors import InputError
+
+log = logging.getLogger(__name__)
+
+REQUIRED_COLUMNS = ("split", "image_uri", "label")
+KNOWN_SPLITS = ("TRAIN", "VALIDATION", "TEST")
+ERROR_COLUMNS = "image_uri,label,split,reason"
+COUNTER_NAMESPACE = "catsdogs.convert"
+RECORDS_PER_SHARD = 1000
+
+
+@dataclass
+class ConversionSummary:
+    rows: int = 0
+    good: int = 0
+    bad: int = 0
+    duplicates: int = 0
+    discarded: int = 0
+    per_split: dict[str, int] = field(default_factory=dict)
+    per_label: dict[str, int] = field(default_factory=dict)
+    labels: list[str] = field(default_factory=list)
+    format: str = "jpeg"
+
+
+def _bad(row: dict, reason: str) -> dict:
+    return {"image_uri": row.get("image_uri", ""), "label": row.get("label", ""),
+            "split": row.get("split", ""), "reason": reason}
+
+
+def read_csv_rows(csv_path: str) -> tuple[list[dict], list[dict], ConversionSummary]:
+    """Parses and checks the CSV before any Beam work: (rows to convert, bad rows, counts so far).
+
+    Structural problems (missing file, no header, missing columns, no rows) raise InputError; problems of one
+    row (unknown split, empty label or URI, conflicting duplicate) make that row bad and name its line.
+    """
+    if not storage.exists(csv_path):
+        raise InputError(f"CSV {csv_path} does not exist")
+    lines = list(csv.reader(io.StringIO(storage.read_text(csv_path))))
+    if not lines:
+        raise InputError(f"CSV {csv_path} is empty: expected a header {','.join(REQUIRED_COLUMNS)} and rows")
+    header = [name.strip().lower() for name in lines[0]]
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    if missing:
+        looks_like_data = lines[0] and lines[0][0].strip().upper() in (*KNOWN_SPLITS, "DISCARD")
+        hint = " (the first line looks like data: the CSV needs a header)" if looks_like_data else ""
+        raise InputError(
+            f"CSV {csv_path} line 1: missing column(s) {', '.join(missing)}{hint}; "
+            f"header is {','.join(lines[0])!r}, expected at least {','.join(REQUIRED_COLUMNS)}"
+        )
+    if len(lines) == 1:
+        raise InputError(f"CSV {csv_path} has a header but no rows")
+
+    summary = ConversionSummary()
+    good, bad, seen = [], [], {}
+    for line_number, values in enumerate(lines[1:], start=2):
+        if not any(v.strip() for v in values):
+            continue
+        summary.rows += 1
+        record = dict(zip(header, values))
+        row = {c: record.get(c, "").strip() for c in REQUIRED_COLUMNS}
+        row["split"] = row["split"].upper()
+        where = f"line {line_number}"
+        if len(values) < len(header):
+            bad.append(_bad(row, f"{where}: {len(values)} fields, header has {len(header)}"))
+        elif row["split"] == "DISCARD":
+            summary.discarded += 1
+        elif row["split"] not in KNOWN_SPLITS:
+            bad.append(_bad(row, f"{where}: unknown split {row['split']!r}, expected one of "
+                                 f"{', '.join(KNOWN_SPLITS)} or DISCARD"))
+        elif not row["image_uri"]:
+            bad.append(_bad(row, f"{where}: empty image_uri"))
+        elif not row["label"]:
+            bad.append(_bad(row, f"{where}: empty label"))
+        elif row["image_uri"] in seen:
+            first_line, first = seen[row["image_uri"]]
+            if first == row:
+                summary.duplicates += 1
+            else:
+                bad.append(_bad(row, f"{where}: same image_uri as line {first_line} with another split or label"))
+        else:
+            seen[row["image_uri"]] = (line_number, row)
+            good.append(row)
+    return good, bad, summary
+
+
+class ReadImages(beam.DoFn):
+    """Reads each row's image through Beam's FileSystems (local or gs://) and checks it."""
+
+    BAD = "bad"
+
+    def process(self, row: dict):
+        try:
+            with FileSystems.open(row["image_uri"]) as f:
+                data = f.read()
+        except Exception as e:  # noqa: BLE001 - any filesystem failure is this row's reason
+            yield beam.pvalue.TaggedOutput(self.BAD, _bad(row, f"cannot read file: {type(e).__name__}: {e}"))
+            return
+        try:
+            jpeg, height, width = to_rgb_jpeg(data)
+        except BadImage as e:
+            yield beam.pvalue.TaggedOutput(self.BAD, _bad(row, str(e)))
+            return
+        yield row, jpeg, height, width
+
+
+class ToExample(beam.DoFn):
+    def __init__(self, labels: list[str]):
+        self.label_index = {label: i for i, label in enumerate(labels)}
+
+    def process(self, item):
+        row, jpeg, height, width = item
+        Metrics.counter(COUNTER_NAMESPACE, f"good/{row['split']}/{row['label']}").inc()
+        yield row["split"], schema.jpeg_example(
+            jpeg, height, width, row["image_uri"], self.label_index[row["label"]], row["label"], row["split"]
+        )
+
+
+def _error_line(row: dict) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="").writerow([row[c] for c in ERROR_COLUMNS.split(",")])
+    return buffer.getvalue()
+
+
+class CountBad(beam.DoFn):
+    def process(self, row: dict):
+        Metrics.counter(COUNTER_NAMESPACE, "bad").inc()
+        yield row
+
+
+def _remove_previous_outputs(output_dir: str) -> None:
+    """Re-runs must not leave shards of an earlier run (with another shard count) beside the new ones."""
+    patterns = [storage.join(output_dir, p) for p in ("*.tfrecord*", "errors-*.csv")]
+    stale = [m.path for result in FileSystems.match(patterns) for m in result.metadata_list]
+    if stale:
+        FileSystems.delete(stale)
+
+
+def build_pipeline(pipeline: beam.Pipeline, rows: list[dict], bad_rows: list[dict], labels: list[str],
+                   output_dir: str, num_shards: int) -> None:
+    images = (
+        pipeline
+        | "Rows" >> beam.Create(rows, reshuffle=True)
+        | "ReadImages" >> beam.ParDo(ReadImages()).with_outputs(ReadImages.BAD, main="good")
+    )
+    examples = images.good | "ToExample" >> beam.ParDo(ToExample(labels))
+    by_split = examples | "BySplit" >> beam.Partition(
+        lambda keyed, _: KNOWN_SPLITS.index(keyed[0]), len(KNOWN_SPLITS)
+    )
+    for split, records in zip(KNOWN_SPLITS, by_split):
+        count = sum(r["split"] == split for r in rows)
+        shards = num_shards or max(1, math.ceil(count / RECORDS_PER_SHARD))
+        prefix = schema.SPLIT_PREFIX[split]
+        _ = records | f"{prefix.title()}Records" >> beam.Values() | f"Write{prefix.title()}" >> beam.io.WriteToTFRecord(
+            storage.join(output_dir, prefix), file_name_suffix=".tfrecord", num_shards=shards
+        )
+    _ = (
+        (images[ReadImages.BAD], pipeline | "CsvBadRows" >> beam.Create(bad_rows))
+        | "AllBad" >> beam.Flatten()
+        | "CountBad" >> beam.ParDo(CountBad())
+        | "ErrorLines" >> beam.Map(_error_line)
+        | "WriteErrors" >> beam.io.WriteToText(
+            storage.join(output_dir, "errors"), file_name_suffix=".csv", num_shards=1, header=ERROR_COLUMNS
+        )
+    )
+
+
+def dataflow_args(project: str, region: str, temp_location: str, sdk_container_image: str = "",
+                  service_account: str = "", machine_type: str = "", max_workers: int = 0) -> list[str]:
+    """Beam options for a Dataflow run; empty values are left to Dataflow's defaults."""
+    missing = [n for n, v in (("project", project), ("region", region), ("temp_location", temp_location)) if not v]
+    if missing:
+        raise InputError(f"DataflowRunner needs {', '.join(missing)}")
+    options = {
+        "project": project, "region": region, "temp_location": temp_location,
+        "sdk_container_image": sdk_container_image, "service_account_email": service_account,
+        "machine_type": machine_type, "max_num_workers": str(max_workers) if max_workers else "",
+    }
+    return [f"--{name}={value}" for name, value in options.items() if value]
+
+
+def _runner(name: str):
+    """DirectRunner means Beam's local FnApiRunner: the switching DirectRunner first tries to download the
+    Prism runner binary, which fails offline and ignores the direct_* options."""
+    if name == "DirectRunner":
+        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+        return FnApiRunner()
+    return name
+
+
+def convert(csv_path: str, output_dir: str, num_shards: int = 0, max_error_fraction: float = 0.05,
+            runner: str = "DirectRunner", pipeline_args: list[str] | None = None) -> ConversionSummary:
+    """Converts the CSV's images to TFRecords in output_dir and returns the counts (also in summary.json).
+
+    num_shards=0 picks one shard per 1000 records of each split. pipeline_args are passed to Beam as they are
+    (for example Dataflow's --project, --region, --temp_location).
+    """
+    if not 0 <= max_error_fraction <= 1:
+        raise InputError(f"--max-error-fraction must be between 0 and 1, got {max_error_fraction}")
+    rows, bad_rows, summary = read_csv_rows(csv_path)
+    summary.labels = sorted({r["label"] for r in rows})
+    if not rows:
+        raise InputError(f"CSV {csv_path}: no usable rows ({len(bad_rows)} bad); first problem: "
+                         f"{bad_rows[0]['reason'] if bad_rows else 'all rows are DISCARD'}")
+    schema.write_labels(output_dir, summary.labels)
+    _remove_previous_outputs(output_dir)
+
+    options = PipelineOptions(pipeline_args or [])
+    log.info("converting %d rows from %s to %s with %s", len(rows), csv_path, output_dir, runner)
+    pipeline = beam.Pipeline(runner=_runner(runner), options=options)
+    build_pipeline(pipeline, rows, bad_rows, summary.labels, output_dir, num_shards)
+    result = pipeline.run()
+    result.wait_until_finish()
+
+    for counter in result.metrics().query(MetricsFilter().with_namespace(COUNTER_NAMESPACE))["counters"]:
+        name, value = counter.key.metric.name, counter.committed
+        if name == "bad":
+            summary.bad = value
+        else:
+            _, split, label = name.split("/", 2)
+            summary.good += value
+            summary.per_split[split] = summary.per_split.get(split, 0) + value
+            summary.per_label[label] = summary.per_label.get(label, 0) + value
+    storage.write_text(storage.join(output_dir, schema.SUMMARY_FILE), json.dumps(asdict(summary), indent=1) + "\n")
+
+    errors_path = storage.join(output_dir, "errors-00000-of-00001.csv")
+    checked = summary.good + summary.bad
+    if summary.bad:
+        log.warning("%d of %d rows are bad; reasons in %s", summary.bad, checked, errors_path)
+    if checked and summary.bad / checked > max_error_fraction:
+        raise InputError(
+            f"{summary.bad} of {checked} rows ({summary.bad / checked:.1%}) are bad, more than "
+            f"--max-error-fraction {max_error_fraction:.1%}; reasons in {errors_path}"
+        )
+    return summary

@@ -1,0 +1,43 @@
+"""Local deployment: a model base folder in TF Serving's layout, `<base>/<version>/saved_model.pb`,
+where each deploy adds the next version number (like AI Platform's model versions v1, v2 ...)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+
+from components import storage
+from components.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+def versions(model_base: str) -> list[int]:
+    """The published version numbers under model_base, ascending (folders holding a saved_model.pb)."""
+    found = []
+    for name in storage.list_dir(model_base):
+        if name.isdigit() and storage.exists(storage.join(model_base, name, "saved_model.pb")):
+            found.append(int(name))
+    return sorted(found)
+
+
+def publish_version(model_dir: str, model_base: str) -> int:
+    """Copies the SavedModel in model_dir to model_base/<next version> and returns that version.
+
+    Locally the copy is staged beside the target and renamed into place, so a server polling model_base
+    never sees a half-written version.
+    """
+    if not storage.exists(storage.join(model_dir, "saved_model.pb")):
+        raise InputError(f"{model_dir} holds no saved_model.pb: is it the output of `catsdogs train`?")
+    version = max(versions(model_base), default=0) + 1
+    target = storage.join(model_base, str(version))
+    if storage.is_gcs(target):
+        storage.copy_tree(model_dir, target)
+    else:
+        os.makedirs(model_base, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=f".{version}-", dir=model_base)
+        storage.copy_tree(model_dir, staging)
+        os.rename(staging, target)
+    log.info("published %s as version %d at %s", model_dir, version, target)
+    return version

@@ -1,0 +1,100 @@
+"""Paths that may be local folders or gs:// URIs, behind one small API.
+
+Local paths use the standard library; gs:// goes through google-cloud-storage, which honours
+STORAGE_EMULATOR_HOST. Everything else in the project calls these functions instead of os.path.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+
+
+def is_gcs(path: str) -> bool:
+    return path.startswith("gs://")
+
+
+def join(base: str, *parts: str) -> str:
+    if is_gcs(base):
+        return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
+    return os.path.join(base, *parts)
+
+
+def _split_gcs(uri: str) -> tuple[str, str]:
+    bucket, _, prefix = uri[len("gs://"):].partition("/")
+    return bucket, prefix
+
+
+def _gcs_client():
+    from google.cloud import storage
+
+    return storage.Client()
+
+
+def exists(path: str) -> bool:
+    if is_gcs(path):
+        bucket, prefix = _split_gcs(path)
+        client = _gcs_client()
+        if not prefix:
+            return client.bucket(bucket).exists()
+        return next(iter(client.list_blobs(bucket, prefix=prefix.rstrip("/"), max_results=1)), None) is not None
+    return os.path.exists(path)
+
+
+def walk_files(root: str) -> Iterator[str]:
+    """Yields every file below `root` as a path relative to it, '/'-separated, in sorted order."""
+    if is_gcs(root):
+        bucket, prefix = _split_gcs(root)
+        prefix = prefix.rstrip("/") + "/" if prefix else ""
+        names = (b.name for b in _gcs_client().list_blobs(bucket, prefix=prefix))
+        yield from sorted(n[len(prefix):] for n in names if not n.endswith("/"))
+        return
+    found = []
+    for folder, _, files in os.walk(root):
+        rel = os.path.relpath(folder, root)
+        for name in files:
+            found.append(name if rel == "." else f"{rel.replace(os.sep, '/')}/{name}")
+    yield from sorted(found)
+
+
+def read_bytes(path: str) -> bytes:
+    if is_gcs(path):
+        bucket, name = _split_gcs(path)
+        return _gcs_client().bucket(bucket).blob(name).download_as_bytes()
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    if is_gcs(path):
+        bucket, name = _split_gcs(path)
+        _gcs_client().bucket(bucket).blob(name).upload_from_string(data)
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def read_text(path: str) -> str:
+    return read_bytes(path).decode("utf-8")
+
+
+def write_text(path: str, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def copy_tree(src: str, dst: str) -> None:
+    """Copies every file below src to the same relative place below dst."""
+    if not is_gcs(src) and not is_gcs(dst):
+        shutil.copytree(src, dst, dirs_exist_ok=True)
+        return
+    for rel in walk_files(src):
+        write_bytes(join(dst, rel), read_bytes(join(src, rel)))
+
+
+def list_dir(path: str) -> list[str]:
+    """Names of the immediate children (files and folders) of a folder."""
+    if is_gcs(path):
+        return sorted({rel.split("/", 1)[0] for rel in walk_files(path)})
+    return sorted(os.listdir(path)) if os.path.isdir(path) else []

@@ -1,0 +1,1 @@
+"""Stage 3: train a Keras classifier from TFRecords with tf.data and export a SavedModel."""

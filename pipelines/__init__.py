@@ -1,0 +1,1 @@
+"""The catsdogs DAGs (local through kfp.local, Vertex AI Pipelines) and the `catsdogs` command."""

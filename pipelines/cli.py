@@ -1,0 +1,246 @@
+"""The `catsdogs` command: each stage on its own, the whole local pipeline (`run`), and the Vertex compile."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+
+from components import logs
+from components.errors import InputError
+
+log = logging.getLogger("catsdogs")
+
+
+def _classes(text: str) -> tuple[str, ...]:
+    return tuple(c.strip() for c in text.split(","))
+
+
+def cmd_sample_data(args) -> None:
+    from components.sample_data import generate_sample
+
+    paths = generate_sample(args.out_dir, args.per_class, args.classes, args.layout, args.seed)
+    print(f"wrote {len(paths)} images for {len(args.classes)} classes to {args.out_dir}")
+
+
+def cmd_prepare(args) -> None:
+    from components.prepare import prepare_csv
+
+    counts = prepare_csv(args.images_root, args.output, args.train_fraction, args.validation_fraction)
+    print(f"wrote {sum(counts.values())} rows to {args.output}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+
+
+def cmd_convert(args, beam_args: list[str]) -> None:
+    from components.convert import convert
+
+    summary = convert(args.csv, args.output_dir, args.num_shards, args.max_error_fraction, args.runner, beam_args)
+    print(f"{summary.good} of {summary.rows} rows written to {args.output_dir} "
+          f"({', '.join(f'{k} {v}' for k, v in summary.per_split.items())}); {summary.bad} bad, "
+          f"{summary.duplicates} duplicates, {summary.discarded} discarded; labels {summary.labels}")
+
+
+def cmd_train(args) -> None:
+    from components.evaluate.core import evaluate
+    from components.train.core import TrainConfig, train
+
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size,
+                         learning_rate=args.learning_rate, model=args.model)
+    train(args.data, args.model_dir, config)
+    result = evaluate(args.model_dir, args.data)
+    print(f"{result.split} accuracy {result.accuracy:.4f} on {result.examples} images; SavedModel in {args.model_dir}")
+
+
+def cmd_serve(args) -> None:
+    from components.serve.server import make_server
+
+    server = make_server(args.model_base, args.host, args.port)
+    print(f"serving {server.model.name} version {server.model.version} at {server.url} "
+          f"(GET {server.health_route}, POST {server.predict_route}); Ctrl-C stops", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+def cmd_predict(args) -> None:
+    import json
+
+    from components.serve.client import format_prediction, predict_files
+
+    predictions = predict_files(args.images, args.endpoint)
+    for path, prediction in zip(args.images, predictions):
+        print(json.dumps({"image": path, **prediction}) if args.json else format_prediction(path, prediction))
+
+
+def demo_images(images_root: str, per_label: int = 2) -> list[str]:
+    """A few held-out images per label (TEST first) to show the deployed model's predictions on."""
+    from components.prepare.core import scan_images
+
+    rows = sorted(scan_images(images_root), key=lambda r: (r.split != "TEST", r.image_uri))
+    picked: dict[str, list[str]] = {}
+    for row in rows:
+        if len(picked.setdefault(row.label, [])) < per_label:
+            picked[row.label].append(row.image_uri)
+    return [uri for uris in picked.values() for uri in uris]
+
+
+def cmd_run(args) -> None:
+    from components.prepare.core import scan_images
+    from components.sample_data import generate_sample
+    from components.serve.client import format_prediction, predict_files
+    from components.serve.server import make_server, serve_in_background
+    from pipelines.local import run_local
+
+    images_root = args.images_root
+    if images_root is None:
+        images_root = os.path.join(args.workdir, "sample")
+        shutil.rmtree(images_root, ignore_errors=True)
+        generate_sample(images_root, per_class=args.per_class, classes=args.classes, seed=args.seed)
+        print(f"generated {args.per_class} images per class {list(args.classes)} in {images_root}")
+    scan_images(images_root)  # fail here, clearly, before the pipeline starts
+
+    result = run_local(
+        images_root, args.workdir, model_name=args.model_name, epochs=args.epochs, batch_size=args.batch_size,
+        image_size=args.image_size, learning_rate=args.learning_rate, min_accuracy=args.min_accuracy,
+    )
+    print(f"\nheld-out accuracy: {result.accuracy:.4f}")
+    if result.version is None:
+        print(f"not deployed: accuracy is below --min-accuracy {args.min_accuracy}")
+        return
+    print(f"deployed version {result.version} at {os.path.join(result.model_base, str(result.version))}")
+    server = make_server(result.model_base, "127.0.0.1", 0)
+    serve_in_background(server)
+    try:
+        print(f"predictions from {server.url} (version {server.model.version}):")
+        images = demo_images(images_root)
+        for path, prediction in zip(images, predict_files(images, server.url)):
+            print("  " + format_prediction(path, prediction))
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def cmd_compile(args) -> None:
+    from components.images import Images
+    from pipelines.vertex import compile_vertex_pipeline
+
+    images = Images.from_registry(args.images_registry, args.images_tag)
+    compile_vertex_pipeline(args.output, images, args.machine)
+    print(f"compiled the Vertex pipeline ({args.machine} training, images {images.components}, "
+          f"{images.trainer}, {images.serving}) to {args.output}")
+
+
+def _add_training_flags(parser: argparse.ArgumentParser, epochs: int) -> None:
+    parser.add_argument("--epochs", type=int, default=epochs, help="passes over the training split (default %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per step (default %(default)s)")
+    parser.add_argument("--image-size", type=int, default=150, help="images are resized to SxS pixels (default %(default)s)")
+    parser.add_argument("--learning-rate", type=float, default=0.001, help="Adam learning rate (default %(default)s)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="catsdogs",
+        description="Labelled images -> CSV -> TFRecords -> Keras classifier -> served model, locally or on Vertex AI.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("sample-data", help="generate a labelled JPEG image set to try things with")
+    p.add_argument("out_dir", metavar="OUT_DIR")
+    p.add_argument("--per-class", type=int, default=200, help="images per class (default %(default)s)")
+    p.add_argument("--layout", choices=("flat", "split"), default="flat",
+                   help="flat: OUT_DIR/<label>/*.jpg; split: OUT_DIR/train|validation/<label>/*.jpg")
+    p.add_argument("--classes", type=_classes, default=("cats", "dogs"), help="comma-separated (default cats,dogs)")
+    p.add_argument("--seed", type=int, default=0, help="the same seed gives the same files (default %(default)s)")
+    p.set_defaults(handler=cmd_sample_data)
+
+    p = sub.add_parser("prepare", help="scan <label>/<file> or <split>/<label>/<file> into a split,image_uri,label CSV")
+    p.add_argument("images_root", metavar="IMAGES_ROOT", help="local folder or gs://bucket/prefix")
+    p.add_argument("--output", required=True, metavar="CSV", help="where to write the CSV (local or gs://)")
+    p.add_argument("--train-fraction", type=float, default=0.8, help="without split folders (default %(default)s)")
+    p.add_argument("--validation-fraction", type=float, default=0.1, help="the rest is TEST (default %(default)s)")
+    p.set_defaults(handler=cmd_prepare)
+
+    p = sub.add_parser("convert", help="convert the CSV's images to TFRecords with Apache Beam",
+                       description="Extra arguments after -- go to Beam, e.g. -- --project P --region R "
+                                   "--temp_location gs://B/tmp for --runner DataflowRunner.")
+    p.add_argument("csv", metavar="CSV")
+    p.add_argument("--output-dir", required=True, help="folder for the shards, labels.json, summary.json, errors")
+    p.add_argument("--num-shards", type=int, default=0, help="shards per split; 0: one per 1000 records")
+    p.add_argument("--max-error-fraction", type=float, default=0.05,
+                   help="fail when more rows than this are bad (default %(default)s)")
+    p.add_argument("--runner", default="DirectRunner", help="Beam runner (default %(default)s; or DataflowRunner)")
+    p.set_defaults(handler=cmd_convert, takes_beam_args=True)
+
+    p = sub.add_parser("train", help="train the classifier from TFRecords and export a SavedModel")
+    p.add_argument("--data", required=True, metavar="TFRECORD_DIR", help="output folder of `catsdogs convert`")
+    p.add_argument("--model-dir", required=True, help="where the SavedModel goes")
+    p.add_argument("--model", default="seed_cnn", help="architecture (default %(default)s)")
+    _add_training_flags(p, epochs=5)
+    p.set_defaults(handler=cmd_train)
+
+    p = sub.add_parser("serve", help="serve the newest model version over HTTP")
+    p.add_argument("model_base", metavar="MODEL_BASE", nargs="?",
+                   help="SavedModel folder or base of numbered versions (default: $AIP_STORAGE_URI)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
+    p.add_argument("--port", type=int, default=None, help="port (default $AIP_HTTP_PORT or 8080)")
+    p.set_defaults(handler=cmd_serve)
+
+    p = sub.add_parser("predict", help="send images to a prediction server and print the labels")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--endpoint", required=True, help="server URL, e.g. http://127.0.0.1:8080")
+    p.add_argument("--json", action="store_true", help="one JSON object per image")
+    p.set_defaults(handler=cmd_predict)
+
+    p = sub.add_parser("run", help="the whole pipeline locally through kfp.local, ending in predictions",
+                       description="prepare -> convert -> train -> evaluate -> deploy a new model version, then "
+                                   "serve it and predict a few images. Without IMAGES_ROOT a sample is generated.")
+    p.add_argument("images_root", metavar="IMAGES_ROOT", nargs="?", help="labelled images (default: generate a sample)")
+    p.add_argument("--workdir", required=True, help="pipeline outputs and models/<name>/<version> go here")
+    p.add_argument("--per-class", type=int, default=200, help="sample images per class (default %(default)s)")
+    p.add_argument("--classes", type=_classes, default=("cats", "dogs"), help="sample classes (default cats,dogs)")
+    p.add_argument("--seed", type=int, default=0, help="sample seed (default %(default)s)")
+    p.add_argument("--model-name", default="catsdogs", help="deployed model name (default %(default)s)")
+    p.add_argument("--min-accuracy", type=float, default=0.0,
+                   help="deploy only when held-out accuracy reaches this (default %(default)s)")
+    _add_training_flags(p, epochs=5)
+    p.set_defaults(handler=cmd_run)
+
+    p = sub.add_parser("compile", help="compile the Vertex AI pipeline to YAML")
+    p.add_argument("--output", default="pipeline.yaml", help="(default %(default)s)")
+    p.add_argument("--images-registry", default="",
+                   help="e.g. us-central1-docker.pkg.dev/PROJECT/catsdogs (default: local image names)")
+    p.add_argument("--images-tag", default="latest", help="(default %(default)s)")
+    p.add_argument("--machine", default="T4_1X", help="training machine preset, e.g. CPU, T4_4X, A100_8X")
+    p.set_defaults(handler=cmd_compile)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    beam_args: list[str] = []
+    if "--" in argv:
+        split = argv.index("--")
+        argv, beam_args = argv[:split], argv[split + 1:]
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ info lines drown the progress output
+    logs.setup(logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        if getattr(args, "takes_beam_args", False):
+            args.handler(args, beam_args)
+        else:
+            if beam_args:
+                raise InputError(f"arguments after -- are only for `catsdogs convert`: {' '.join(beam_args)}")
+            args.handler(args)
+    except InputError as e:
+        print(f"catsdogs {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""The local DAG: prepare -> convert -> train -> evaluate -> deploy (a new numbered model version), run by
+kfp.local's SubprocessRunner in this Python environment, with the same components the Vertex DAG uses."""
+
+
+import os
+import warnings
+from dataclasses import dataclass
+
+from kfp import dsl, local
+from kfp.dsl import Metrics
+
+from components.convert.component import convert
+from components.deploy.component import deploy_local
+from components.deploy.core import versions
+from components.evaluate.component import evaluate
+from components.prepare.component import prepare
+from components.train.component import train
+
+
+@dsl.pipeline(name="catsdogs-local", description="Labelled images to a served image classifier, on this machine.")
+def local_pipeline(
+    images_root: str,
+    model_base: str,
+    epochs: int = 5,
+    batch_size: int = 32,
+    image_size: int = 150,
+    learning_rate: float = 0.001,
+    model_name: str = "seed_cnn",
+    min_accuracy: float = 0.0,
+) -> Metrics:
+    images = prepare(images_root=images_root)
+    records = convert(image_csv=images.outputs["image_csv"])
+    trained = train(
+        tfrecords=records.outputs["tfrecords"], epochs=epochs, batch_size=batch_size, image_size=image_size,
+        learning_rate=learning_rate, model_name=model_name,
+    )
+    scored = evaluate(
+        model=trained.outputs["model"], tfrecords=records.outputs["tfrecords"], min_accuracy=min_accuracy
+    )
+    with dsl.If(scored.outputs["Output"] == True, name="accuracy-reaches-min"):  # noqa: E712 - KFP condition
+        deploy_local(model=trained.outputs["model"], model_base=model_base)
+    return scored.outputs["metrics"]
+
+
+@dataclass(frozen=True)
+class LocalRun:
+    accuracy: float
+    version: int | None  # None when the model did not pass the deploy gate
+    model_base: str
+
+
+def run_local(images_root: str, workdir: str, model_name: str = "catsdogs", **parameters) -> LocalRun:
+    """Runs the local DAG with pipeline outputs under workdir/pipeline_root and the model versions under
+    workdir/models/<model_name>."""
+    workdir = os.path.abspath(workdir)
+    model_base = os.path.join(workdir, "models", model_name)
+    # Our components name their container images; here they run in this environment on purpose.
+    warnings.filterwarnings("ignore", message="You may be attemping to run a task that uses custom")
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=os.path.join(workdir, "pipeline_root"))
+    before = versions(model_base) if os.path.isdir(model_base) else []
+    task = local_pipeline(images_root=os.path.abspath(images_root), model_base=model_base, **parameters)
+    after = versions(model_base)
+    return LocalRun(task.output.metadata["accuracy"], after[-1] if after != before else None, model_base)

@@ -1,0 +1,100 @@
+"""The Vertex AI Pipelines DAG: the local DAG's components, with conversion on Dataflow, training as a
+Vertex custom job on the chosen machine preset, and deployment through GCPC's model upload, endpoint and
+deploy ops (only when evaluation passes the accuracy gate)."""
+
+
+from google_cloud_pipeline_components.types import artifact_types
+from google_cloud_pipeline_components.v1.custom_job import create_custom_training_job_from_component
+from google_cloud_pipeline_components.v1.endpoint import EndpointCreateOp, ModelDeployOp
+from google_cloud_pipeline_components.v1.model import ModelUploadOp
+from kfp import compiler, dsl
+from kfp.dsl import Artifact, Input
+
+from components.convert.component import convert
+from components.evaluate.component import evaluate
+from components.images import LOCAL, Images, with_image
+from components.prepare.component import prepare
+from components.train.component import train
+from pipelines.machines import machine_spec
+
+SERVING_PORT = 8080
+
+
+@dsl.component(base_image=LOCAL.components, install_kfp_package=False)
+def artifact_uri(artifact: Input[Artifact]) -> str:
+    """The artifact's storage URI, for importing the trained SavedModel as a Vertex model."""
+    return artifact.uri
+
+
+def build_vertex_pipeline(images: Images = LOCAL, machine: str = "T4_1X"):
+    """The Vertex pipeline function, with its steps' images and the training machine fixed at compile time."""
+    spec = machine_spec(machine)
+    components_image = images.components
+    train_job = create_custom_training_job_from_component(
+        with_image(train, images.trainer), display_name="catsdogs-train", machine_type=spec.machine_type,
+        accelerator_type=spec.accelerator_type, accelerator_count=spec.accelerator_count or 1,
+    )
+
+    @dsl.pipeline(name="catsdogs", description="Labelled images in GCS to an image classifier on a Vertex AI endpoint.")
+    def vertex_pipeline(
+        project: str,
+        images_root: str,
+        dataflow_temp_location: str,
+        location: str = "us-central1",
+        epochs: int = 10,
+        batch_size: int = 32,
+        image_size: int = 150,
+        learning_rate: float = 0.001,
+        model_name: str = "seed_cnn",
+        min_accuracy: float = 0.8,
+        model_display_name: str = "catsdogs",
+        endpoint_display_name: str = "catsdogs",
+        deploy_machine_type: str = "n1-standard-2",
+        deploy_min_replicas: int = 1,
+        deploy_max_replicas: int = 1,
+    ):
+        images_csv = with_image(prepare, components_image)(images_root=images_root).set_display_name("prepare CSV")
+        records = with_image(convert, components_image)(
+            image_csv=images_csv.outputs["image_csv"], runner="DataflowRunner", dataflow_project=project,
+            dataflow_region=location, dataflow_temp_location=dataflow_temp_location,
+            dataflow_sdk_container_image=components_image,
+        ).set_display_name("convert to TFRecords (Dataflow)")
+        trained = train_job(
+            tfrecords=records.outputs["tfrecords"], epochs=epochs, batch_size=batch_size, image_size=image_size,
+            learning_rate=learning_rate, model_name=model_name, project=project, location=location,
+        ).set_display_name(f"train ({machine})")
+        scored = with_image(evaluate, components_image)(
+            model=trained.outputs["model"], tfrecords=records.outputs["tfrecords"], min_accuracy=min_accuracy
+        ).set_display_name("evaluate")
+        with dsl.If(scored.outputs["Output"] == True, name="accuracy-reaches-min"):  # noqa: E712
+            model_uri = with_image(artifact_uri, components_image)(artifact=trained.outputs["model"])
+            serving_model = dsl.importer(
+                artifact_uri=model_uri.output,
+                artifact_class=artifact_types.UnmanagedContainerModel,
+                metadata={"containerSpec": {
+                    "imageUri": images.serving,
+                    "healthRoute": "/health",
+                    "predictRoute": "/predict",
+                    "ports": [{"containerPort": SERVING_PORT}],
+                }},
+            ).set_display_name("serving model")
+            uploaded = ModelUploadOp(
+                project=project, location=location, display_name=model_display_name,
+                unmanaged_container_model=serving_model.outputs["artifact"],
+            ).set_display_name("upload model")
+            endpoint = EndpointCreateOp(
+                project=project, location=location, display_name=endpoint_display_name
+            ).set_display_name("create endpoint")
+            ModelDeployOp(
+                model=uploaded.outputs["model"], endpoint=endpoint.outputs["endpoint"],
+                dedicated_resources_machine_type=deploy_machine_type,
+                dedicated_resources_min_replica_count=deploy_min_replicas,
+                dedicated_resources_max_replica_count=deploy_max_replicas,
+                traffic_split={"0": 100},
+            ).set_display_name("deploy to endpoint")
+
+    return vertex_pipeline
+
+
+def compile_vertex_pipeline(output: str, images: Images = LOCAL, machine: str = "T4_1X") -> None:
+    compiler.Compiler().compile(build_vertex_pipeline(images, machine), package_path=output)
