@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import shutil
+import signal
 import sys
 
 from components import logs
@@ -52,10 +53,16 @@ def cmd_train(args) -> None:
     print(f"{result.split} accuracy {result.accuracy:.4f} on {result.examples} images; SavedModel in {args.model_dir}")
 
 
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(0)
+
+
 def cmd_serve(args) -> None:
     from components.serve.server import make_server
 
     server = make_server(args.model_base, args.host, args.port)
+    # As a container's PID 1 Python ignores SIGTERM unless it handles it; Vertex and podman stop with it.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     print(f"serving {server.model.name} version {server.model.version} at {server.url} "
           f"(GET {server.health_route}, POST {server.predict_route}); Ctrl-C stops", flush=True)
     try:

@@ -1,0 +1,90 @@
+"""The Vertex DAG is checked by compiling it: GCPC ops cannot run outside Vertex."""
+
+import json
+
+import pytest
+import yaml
+
+from components.errors import InputError
+from components.images import Images
+from pipelines.cli import main
+from pipelines.machines import PRESETS, machine_spec
+from pipelines.vertex import compile_vertex_pipeline
+
+REGISTRY = "europe-west4-docker.pkg.dev/my-project/catsdogs"
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory) -> dict:
+    path = tmp_path_factory.mktemp("vertex") / "pipeline.yaml"
+    assert main(["compile", "--output", str(path), "--images-registry", REGISTRY, "--images-tag", "abc123",
+                 "--machine", "T4_4X"]) == 0
+    return yaml.safe_load(path.read_text())
+
+
+def test_dag_runs_prepare_convert_train_evaluate_then_gated_deploy(compiled):
+    tasks = compiled["root"]["dag"]["tasks"]
+    assert set(tasks) == {"prepare", "convert", "train", "evaluate", "condition-1"}
+    assert tasks["convert"]["dependentTasks"] == ["prepare"]
+    assert tasks["train"]["dependentTasks"] == ["convert"]
+    assert set(tasks["evaluate"]["dependentTasks"]) == {"convert", "train"}
+    gate = tasks["condition-1"]
+    assert "evaluate" in gate["dependentTasks"]
+    assert gate["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--evaluate-Output'] == true"
+    deploy = compiled["components"]["comp-condition-1"]["dag"]["tasks"]
+    assert set(deploy) == {"artifact-uri", "importer", "model-upload", "endpoint-create", "model-deploy"}
+    assert set(deploy["model-deploy"]["dependentTasks"]) == {"model-upload", "endpoint-create"}
+
+
+def test_training_is_a_custom_job_on_the_preset_machine_with_the_trainer_image(compiled):
+    specs = compiled["components"]["comp-train"]["inputDefinitions"]["parameters"]["worker_pool_specs"]["defaultValue"]
+    assert len(specs) == 1
+    assert specs[0]["machine_spec"] == {
+        "machine_type": "n1-standard-16", "accelerator_type": "NVIDIA_TESLA_T4", "accelerator_count": 4
+    }
+    assert specs[0]["container_spec"]["image_uri"] == f"{REGISTRY}/catsdogs-trainer:abc123"
+
+
+def test_conversion_runs_on_dataflow_with_the_components_image(compiled):
+    params = compiled["root"]["dag"]["tasks"]["convert"]["inputs"]["parameters"]
+    assert params["runner"]["runtimeValue"]["constant"] == "DataflowRunner"
+    assert params["dataflow_sdk_container_image"]["runtimeValue"]["constant"] == f"{REGISTRY}/catsdogs-components:abc123"
+    assert params["dataflow_project"] == {"componentInputParameter": "project"}
+
+
+def test_every_step_uses_a_registry_image_and_the_model_is_served_by_ours(compiled):
+    executors = compiled["deploymentSpec"]["executors"]
+    ours = {e["container"]["image"] for e in executors.values() if "container" in e and "catsdogs" in e["container"]["image"]}
+    assert ours == {f"{REGISTRY}/catsdogs-components:abc123"}
+    spec = executors["exec-importer"]["importer"]["metadata"]["containerSpec"]
+    assert spec["imageUri"] == f"{REGISTRY}/catsdogs-serving:abc123"
+    assert (spec["healthRoute"], spec["predictRoute"]) == ("/health", "/predict")
+
+
+def test_gcpc_steps_get_the_pipelines_location(compiled):
+    deploy = compiled["components"]["comp-condition-1"]["dag"]["tasks"]
+    for task in ("model-upload", "endpoint-create"):
+        assert deploy[task]["inputs"]["parameters"]["location"] == {"componentInputParameter": "pipelinechannel--location"}
+
+
+def test_compilation_is_deterministic(tmp_path):
+    images = Images.from_registry(REGISTRY, "t")
+    compile_vertex_pipeline(str(tmp_path / "a.yaml"), images, "CPU")
+    compile_vertex_pipeline(str(tmp_path / "b.yaml"), images, "CPU")
+    assert (tmp_path / "a.yaml").read_bytes() == (tmp_path / "b.yaml").read_bytes()
+
+
+def test_cpu_preset_has_no_accelerator(tmp_path):
+    compile_vertex_pipeline(str(tmp_path / "cpu.yaml"), Images.from_registry(), "CPU")
+    compiled = yaml.safe_load((tmp_path / "cpu.yaml").read_text())
+    spec = compiled["components"]["comp-train"]["inputDefinitions"]["parameters"]["worker_pool_specs"]["defaultValue"]
+    assert "accelerator_type" not in json.dumps(spec[0]["machine_spec"])
+
+
+def test_presets_cover_tensorflow_clouds_names():
+    for name in ("CPU", "K80_1X", "K80_4X", "K80_8X", "P100_1X", "P100_4X", "P4_1X", "P4_4X", "V100_1X", "V100_4X",
+                 "T4_1X", "T4_4X", "A100_1X", "A100_8X", "L4_1X"):
+        assert name in PRESETS
+    assert machine_spec("t4_1x").accelerator_count == 1
+    with pytest.raises(InputError, match="unknown machine preset"):
+        machine_spec("TPU_9000")

@@ -1,0 +1,102 @@
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from components.errors import InputError
+from components.evaluate.core import evaluate
+from components.train.core import TrainConfig, train
+from components.train.data import decode_and_resize, make_dataset
+from tests.conftest import IMAGE_SIZE
+
+
+def test_dataset_yields_resized_float_batches_with_labels(records):
+    images, labels = next(iter(make_dataset(records, "TRAIN", IMAGE_SIZE, batch_size=4, training=True, seed=1)))
+    assert images.shape == (4, IMAGE_SIZE, IMAGE_SIZE, 3) and images.dtype == tf.float32
+    assert float(tf.reduce_max(images)) > 1.0  # 0..255: rescaling happens inside the model
+    assert set(labels.numpy()) <= {0, 1}
+
+
+def test_export_has_bytes_and_pixel_signatures_that_agree(trained_model, sample_images):
+    loaded = tf.saved_model.load(trained_model)
+    assert set(loaded.signatures) == {"serving_default", "predict_pixels"}
+    paths = [os.path.join(sample_images, label, f"{label}.00003.jpg") for label in ("cats", "dogs")]
+    encoded = [open(p, "rb").read() for p in paths]
+    from_bytes = loaded.signatures["serving_default"](image_bytes=tf.constant(encoded))
+    full_size = [tf.cast(tf.io.decode_jpeg(b, channels=3), tf.float32) for b in encoded]
+    from_pixels = [loaded.signatures["predict_pixels"](pixels=p[tf.newaxis]) for p in full_size]
+    np.testing.assert_allclose(
+        from_bytes["probabilities"].numpy(), np.concatenate([o["probabilities"].numpy() for o in from_pixels]), atol=1e-5
+    )
+    probabilities = from_bytes["probabilities"].numpy()
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    assert [c.decode() for c in from_bytes["classes"].numpy()[0]] == ["cats", "dogs"]
+    assert [label.decode() for label in from_bytes["labels"].numpy()] == [
+        ["cats", "dogs"][i] for i in probabilities.argmax(axis=1)
+    ]
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_export_gives_the_keras_models_probabilities(tmp_path, sample_images, num_classes):
+    from components.train.export import class_probabilities, export_saved_model
+    from components.train.models import seed_cnn
+
+    model = seed_cnn(IMAGE_SIZE, num_classes)
+    names = ["a", "b", "c"][:num_classes]
+    export_saved_model(model, names, IMAGE_SIZE, str(tmp_path / "export"))
+    loaded = tf.saved_model.load(str(tmp_path / "export"))
+    encoded = [open(os.path.join(sample_images, "cats", f"cats.0000{i}.jpg"), "rb").read() for i in range(3)]
+    pixels = tf.stack([decode_and_resize(tf.constant(b), IMAGE_SIZE) for b in encoded])
+    expected = class_probabilities(model(pixels)).numpy()
+    assert expected.shape == (3, num_classes)
+    served = loaded.signatures["serving_default"](image_bytes=tf.constant(encoded))
+    np.testing.assert_allclose(served["probabilities"].numpy(), expected, atol=1e-5)
+    np.testing.assert_allclose(loaded.signatures["predict_pixels"](pixels=pixels)["probabilities"].numpy(), expected, atol=1e-5)
+
+
+def test_training_history_and_class_names_are_saved_beside_the_model(trained_model):
+    saved = json.loads(open(os.path.join(trained_model, "training.json")).read())
+    assert saved["class_names"] == ["cats", "dogs"]
+    assert len(saved["history"]["loss"]) == 2
+
+
+def test_evaluation_counts_every_test_record(trained_model, records):
+    result = evaluate(trained_model, records)
+    summary = json.loads(open(os.path.join(records, "summary.json")).read())
+    assert result.split == "TEST"
+    assert result.examples == summary["per_split"]["TEST"] == int(np.sum(result.confusion_matrix))
+    assert result.accuracy == pytest.approx(np.trace(result.confusion_matrix) / result.examples)
+    assert set(result.per_class()) == {"cats", "dogs"}
+
+
+@pytest.mark.slow
+def test_three_classes_train_with_softmax_and_learn(tmp_path):
+    from components.convert import convert
+    from components.prepare import prepare_csv
+    from components.sample_data import generate_sample
+
+    generate_sample(str(tmp_path / "images"), per_class=40, classes=("cats", "dogs", "birds"))
+    prepare_csv(str(tmp_path / "images"), str(tmp_path / "images.csv"), 0.7, 0.0)
+    convert(str(tmp_path / "images.csv"), str(tmp_path / "data"))
+    train(str(tmp_path / "data"), str(tmp_path / "model"), TrainConfig(epochs=6, image_size=IMAGE_SIZE, batch_size=16))
+    result = evaluate(str(tmp_path / "model"), str(tmp_path / "data"))
+    assert result.class_names == ["birds", "cats", "dogs"]
+    assert len(result.confusion_matrix) == 3
+    assert result.accuracy > 0.8  # chance is 0.33; the classes differ in hue and shape
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [(TrainConfig(epochs=0), "--epochs"), (TrainConfig(image_size=8), "--image-size"),
+     (TrainConfig(model="resnet9000"), "unknown"), (TrainConfig(learning_rate=0), "learning-rate")],
+)
+def test_bad_training_settings_are_refused(records, tmp_path, config, message):
+    with pytest.raises(InputError, match=message):
+        train(records, str(tmp_path / "m"), config)
+
+
+def test_training_on_a_folder_that_is_not_conversion_output_says_so(tmp_path):
+    with pytest.raises(InputError, match="labels.json not found"):
+        train(str(tmp_path), str(tmp_path / "m"), TrainConfig(epochs=1))
