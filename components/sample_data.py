@@ -1,6 +1,6 @@
 """Generates a labelled image set to demo and test with (no real photos can be downloaded here).
 
-Each class gets its own hue and shape, drawn over a noisy background at a varied size around 300x400,
+Each class gets its own hue and shape, drawn over a photo-like background at a varied size around 300x400,
 so the seed CNN separates the classes in a few epochs while the images still look like a dataset.
 The same seed always gives byte-identical files.
 """
@@ -25,11 +25,20 @@ def _class_colour(index: int, num_classes: int, rng: np.random.Generator) -> tup
     return int(r * 255), int(g * 255), int(b * 255)
 
 
+def _background(width: int, height: int, rng: np.random.Generator) -> np.ndarray:
+    """A photo-like backdrop: smooth, low-saturation colour blotches plus a little sensor-like noise
+    (pure noise would make JPEGs unrealistically large, a flat colour unrealistically small)."""
+    grey = rng.uniform(60, 180, size=(6, 8, 1))
+    tint = rng.uniform(-25, 25, size=(6, 8, 3))
+    blotches = Image.fromarray((grey + tint).clip(0, 255).astype(np.uint8)).resize((width, height), Image.BICUBIC)
+    noise = rng.normal(0, 5, size=(height, width, 3))
+    return (np.asarray(blotches, dtype=np.float64) + noise).clip(0, 255).astype(np.uint8)
+
+
 def draw_image(index: int, num_classes: int, rng: np.random.Generator) -> Image.Image:
-    """One picture of class `index`: a grey noisy background with 2-4 shapes in the class's colour."""
+    """One picture of class `index`: 2-4 shapes in the class's colour over a varied background."""
     width, height = int(rng.integers(340, 461)), int(rng.integers(260, 341))
-    grey = rng.normal(110, 25, size=(height, width, 1)).clip(0, 255)
-    image = Image.fromarray(np.repeat(grey, 3, axis=2).astype(np.uint8))
+    image = Image.fromarray(_background(width, height, rng))
     draw = ImageDraw.Draw(image)
     shape = SHAPES[index % len(SHAPES)]
     for _ in range(int(rng.integers(2, 5))):

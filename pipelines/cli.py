@@ -35,11 +35,27 @@ def cmd_prepare(args) -> None:
 
 def cmd_convert(args, beam_args: list[str]) -> None:
     from components.convert import convert
+    from components.convert.pipeline import dataflow_args
 
-    summary = convert(args.csv, args.output_dir, args.num_shards, args.max_error_fraction, args.runner, beam_args)
-    print(f"{summary.good} of {summary.rows} rows written to {args.output_dir} "
+    if args.runner == "DataflowRunner":
+        labels = dict(label.split("=", 1) for label in args.label)
+        beam_args = dataflow_args(
+            args.project, args.region, args.temp_location, args.sdk_container_image, args.service_account,
+            args.machine_type, args.max_workers, args.job_name, labels,
+        ) + beam_args
+    summary = convert(args.csv, args.output_dir, args.format, args.compression, args.num_shards,
+                      args.max_error_fraction, args.runner, beam_args, args.workers, args.dry_run)
+    if args.dry_run:
+        return
+    print(f"{summary.good} of {summary.rows} rows written to {args.output_dir} as {summary.format} records "
           f"({', '.join(f'{k} {v}' for k, v in summary.per_split.items())}); {summary.bad} bad, "
           f"{summary.duplicates} duplicates, {summary.discarded} discarded; labels {summary.labels}")
+
+
+def cmd_inspect(args) -> None:
+    from components.convert.inspect import inspect_records
+
+    print(inspect_records(args.data_dir, args.split, args.num_records, args.output_dir))
 
 
 def cmd_train(args) -> None:
@@ -173,15 +189,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_prepare)
 
     p = sub.add_parser("convert", help="convert the CSV's images to TFRecords with Apache Beam",
-                       description="Extra arguments after -- go to Beam, e.g. -- --project P --region R "
-                                   "--temp_location gs://B/tmp for --runner DataflowRunner.")
+                       description="Reads the CSV (split,image_uri,label), checks every image and writes "
+                                   "<split>-SSSSS-of-NNNNN.tfrecord[.gz], labels.json, summary.json and "
+                                   "errors-*.csv (bad rows with the reason). Arguments after -- go to Beam.")
     p.add_argument("csv", metavar="CSV")
     p.add_argument("--output-dir", required=True, help="folder for the shards, labels.json, summary.json, errors")
+    p.add_argument("--format", choices=("jpeg", "tfrecorder"), default="jpeg",
+                   help="jpeg: JPEG bytes (default); tfrecorder: TFRecorder's base64 raw pixels")
+    p.add_argument("--compression", choices=("gzip", "none"), default=None,
+                   help="default: none for jpeg (JPEGs do not compress), gzip for tfrecorder")
     p.add_argument("--num-shards", type=int, default=0, help="shards per split; 0: one per 1000 records")
     p.add_argument("--max-error-fraction", type=float, default=0.05,
                    help="fail when more rows than this are bad (default %(default)s)")
-    p.add_argument("--runner", default="DirectRunner", help="Beam runner (default %(default)s; or DataflowRunner)")
+    p.add_argument("--runner", choices=("DirectRunner", "DataflowRunner"), default="DirectRunner",
+                   help="(default %(default)s)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="DirectRunner processes; 0: one below 5000 rows, else one per core")
+    p.add_argument("--dry-run", action="store_true", help="print the pipeline options and steps, run nothing")
+    dataflow = p.add_argument_group("Dataflow (with --runner DataflowRunner)")
+    dataflow.add_argument("--project", default="")
+    dataflow.add_argument("--region", default="")
+    dataflow.add_argument("--temp-location", default="", help="gs:// folder for Dataflow's staging")
+    dataflow.add_argument("--sdk-container-image", default="", help="worker image (the catsdogs components image)")
+    dataflow.add_argument("--service-account", default="", help="worker service account email")
+    dataflow.add_argument("--machine-type", default="", help="worker machine type, e.g. n1-standard-4")
+    dataflow.add_argument("--max-workers", type=int, default=0, help="autoscaling limit")
+    dataflow.add_argument("--job-name", default="")
+    dataflow.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="job label (repeatable)")
     p.set_defaults(handler=cmd_convert, takes_beam_args=True)
+
+    p = sub.add_parser("inspect", help="show what a folder of TFRecords holds, and write a few images")
+    p.add_argument("data_dir", metavar="DIR", help="output folder of `catsdogs convert`")
+    p.add_argument("--split", default="train", help="train, validation or test (default %(default)s)")
+    p.add_argument("--num-records", type=int, default=3, help="records to show (default %(default)s)")
+    p.add_argument("--output-dir", default=None, metavar="PNG_DIR", help="write those records' images here")
+    p.set_defaults(handler=cmd_inspect)
 
     p = sub.add_parser("train", help="train the classifier from TFRecords and export a SavedModel")
     p.add_argument("--data", required=True, metavar="TFRECORD_DIR", help="output folder of `catsdogs convert`")

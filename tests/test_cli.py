@@ -5,7 +5,7 @@ import pytest
 
 from pipelines.cli import build_parser, main
 
-COMMANDS = ["sample-data", "prepare", "convert", "train", "serve", "predict", "run", "compile"]
+COMMANDS = ["sample-data", "prepare", "convert", "inspect", "train", "serve", "predict", "run", "compile"]
 
 
 def test_top_level_help_lists_every_command():

@@ -10,7 +10,7 @@ from PIL import Image
 from components.convert import convert
 from components.convert.images import BadImage, to_rgb_jpeg
 from components.errors import InputError
-from components.train.data import raw_records
+from components.train.data import make_dataset
 
 
 def _jpeg(colour=(200, 30, 30), size=(40, 30), mode="RGB", fmt="JPEG") -> bytes:
@@ -87,8 +87,8 @@ def test_every_good_row_arrives_and_bad_ones_are_quarantined_with_a_reason(tmp_p
 def test_label_indices_follow_the_sorted_label_list(records):
     labels = json.loads(open(os.path.join(records, "labels.json")).read())
     for split in ("TRAIN", "TEST"):
-        for _, label in raw_records(records, split):
-            assert 0 <= int(label) < len(labels)
+        for _, batch_labels in make_dataset(records, split, 16, 8):
+            assert all(0 <= int(label) < len(labels) for label in batch_labels)
     texts = {}
     for record in tf.data.TFRecordDataset(tf.io.gfile.glob(os.path.join(records, "train-*"))):
         f = tf.train.Example.FromString(record.numpy()).features.feature

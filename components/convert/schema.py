@@ -1,4 +1,4 @@
-"""The TFRecord schema written by `convert` and read by training, evaluation and `inspect`.
+"""The TFRecord schemas written by `convert` and read by training, evaluation and `inspect`.
 
 `jpeg` records (the default) hold the image as JPEG bytes:
 
@@ -14,42 +14,80 @@
 | label_text       | bytes  | the label itself                                  |
 | split            | bytes  | TRAIN, VALIDATION or TEST                         |
 
+`tfrecorder` records are exactly TFRecorder's, for readers written against it: `image` (URL-safe base64, with
+padding, of the raw HxWx3 uint8 pixels), `image_height`, `image_width`, `image_channels` (always 3: RGBA and
+palette images are converted, fixing TFRecorder's channel bug), `image_name`, `label`, `split`.
+
 Beside the shards, the output folder holds `labels.json` (the ordered class names) and `summary.json`.
+Examples are encoded here without TensorFlow (tf.train.Example's wire format is small and stable), so Beam
+workers never pay TensorFlow's import; tests check that TensorFlow parses them.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 
 from components import storage
 
+FORMATS = ("jpeg", "tfrecorder")
 LABELS_FILE = "labels.json"
 SUMMARY_FILE = "summary.json"
 SPLIT_PREFIX = {"TRAIN": "train", "VALIDATION": "validation", "TEST": "test"}
 
 
+def _varint(value: int) -> bytes:
+    value &= (1 << 64) - 1  # negative int64s are ten-byte two's complement varints
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def serialize_example(features: dict[str, bytes | int]) -> bytes:
+    """A serialized tf.train.Example with one bytes or int64 value per feature."""
+    entries = []
+    for name, value in features.items():
+        if isinstance(value, bytes):
+            feature = _field(1, _field(1, value))  # Feature.bytes_list.value
+        else:
+            feature = _field(3, _field(1, _varint(value)))  # Feature.int64_list.value, packed
+        entries.append(_field(1, _field(1, name.encode()) + _field(2, feature)))  # Features.feature map entry
+    return _field(1, b"".join(entries))  # Example.features
+
+
 def jpeg_example(jpeg: bytes, height: int, width: int, uri: str, label_index: int, label: str, split: str) -> bytes:
-    """One serialized tf.train.Example in the `jpeg` schema."""
-    import tensorflow as tf
+    return serialize_example({
+        "image_jpeg": jpeg,
+        "image_height": height,
+        "image_width": width,
+        "image_channels": 3,
+        "image_name": uri.rsplit("/", 1)[-1].encode(),
+        "image_uri": uri.encode(),
+        "label": label_index,
+        "label_text": label.encode(),
+        "split": split.encode(),
+    })
 
-    def _bytes(value: bytes) -> tf.train.Feature:
-        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
 
-    def _int(value: int) -> tf.train.Feature:
-        return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
-
-    features = {
-        "image_jpeg": _bytes(jpeg),
-        "image_height": _int(height),
-        "image_width": _int(width),
-        "image_channels": _int(3),
-        "image_name": _bytes(uri.rsplit("/", 1)[-1].encode()),
-        "image_uri": _bytes(uri.encode()),
-        "label": _int(label_index),
-        "label_text": _bytes(label.encode()),
-        "split": _bytes(split.encode()),
-    }
-    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+def tfrecorder_example(pixels: bytes, height: int, width: int, uri: str, label_index: int, split: str) -> bytes:
+    """TFRecorder's record: `pixels` are the raw HxWx3 uint8 bytes (PIL's Image.tobytes() of an RGB image)."""
+    return serialize_example({
+        "image": base64.urlsafe_b64encode(pixels),
+        "image_height": height,
+        "image_width": width,
+        "image_channels": 3,
+        "image_name": uri.rsplit("/", 1)[-1].encode(),
+        "label": label_index,
+        "split": split.encode(),
+    })
 
 
 def write_labels(output_dir: str, labels: list[str]) -> None:
@@ -65,12 +103,15 @@ def read_labels(data_dir: str) -> list[str]:
     return json.loads(storage.read_text(path))
 
 
+def read_summary(data_dir: str) -> dict:
+    """summary.json of a conversion ({} when the folder has none)."""
+    path = storage.join(data_dir, SUMMARY_FILE)
+    return json.loads(storage.read_text(path)) if storage.exists(path) else {}
+
+
 def split_size(data_dir: str, split: str) -> int:
     """Records in one split, from summary.json (0 when the folder has no conversion summary)."""
-    path = storage.join(data_dir, SUMMARY_FILE)
-    if not storage.exists(path):
-        return 0
-    return json.loads(storage.read_text(path))["per_split"].get(split, 0)
+    return read_summary(data_dir).get("per_split", {}).get(split, 0)
 
 
 def shard_pattern(data_dir: str, split: str) -> str:

@@ -1,5 +1,5 @@
-"""Scores the exported SavedModel (the artifact that gets deployed, through its bytes-in serving signature)
-on the TEST split, or on VALIDATION when the data has no TEST split."""
+"""Scores the exported SavedModel (the artifact that gets deployed) on the TEST split, or on VALIDATION when
+the data has no TEST split."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import tensorflow as tf
 
 from components.convert import schema
 from components.errors import InputError
-from components.train.data import raw_records
+from components.train.core import training_info
+from components.train.data import make_dataset
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +45,14 @@ def evaluation_split(data_dir: str) -> str:
 
 
 def evaluate(model_dir: str, data_dir: str, batch_size: int = 64) -> Evaluation:
+    """Runs the exported model's pixel signature over the split, decoded exactly as in training."""
     class_names = schema.read_labels(data_dir)
     split = evaluation_split(data_dir)
-    serve = tf.saved_model.load(model_dir).signatures["serving_default"]
+    image_size = training_info(model_dir)["config"]["image_size"]
+    predict = tf.saved_model.load(model_dir).signatures["predict_pixels"]
     matrix = np.zeros((len(class_names), len(class_names)), dtype=np.int64)
-    for image_bytes, labels in raw_records(data_dir, split).batch(batch_size):
-        predicted = np.argmax(serve(image_bytes=image_bytes)["probabilities"].numpy(), axis=-1)
+    for pixels, labels in make_dataset(data_dir, split, image_size, batch_size):
+        predicted = np.argmax(predict(pixels=pixels)["probabilities"].numpy(), axis=-1)
         np.add.at(matrix, (labels.numpy(), predicted), 1)
     examples = int(matrix.sum())
     accuracy = float(np.trace(matrix) / examples)

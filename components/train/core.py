@@ -17,6 +17,8 @@ from components.train.models import MODELS
 
 log = logging.getLogger(__name__)
 
+TRAINING_INFO = "training.json"  # beside the SavedModel: config, class names, per-epoch history
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -65,8 +67,15 @@ def train(data_dir: str, model_dir: str, config: TrainConfig = TrainConfig()) ->
     history = model.fit(train_data, validation_data=validation, epochs=config.epochs, verbose=2)
     export_saved_model(model, class_names, config.image_size, model_dir)
     storage.write_text(
-        storage.join(model_dir, "training.json"),
+        storage.join(model_dir, TRAINING_INFO),
         json.dumps({"config": config.__dict__, "class_names": class_names, "history": history.history}, indent=1),
     )
     log.info("exported SavedModel to %s", model_dir)
     return history.history
+
+
+def training_info(model_dir: str) -> dict:
+    path = storage.join(model_dir, TRAINING_INFO)
+    if not storage.exists(path):
+        raise InputError(f"{path} not found: is {model_dir} the output of `catsdogs train`?")
+    return json.loads(storage.read_text(path))

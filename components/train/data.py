@@ -1,4 +1,4 @@
-"""tf.data input: TFRecord shards written by `convert` -> batches of (pixels, label)."""
+"""tf.data input: TFRecord shards written by `convert` (either schema) -> batches of (pixels, label)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,18 @@ import tensorflow as tf
 
 from components.convert import schema
 
-JPEG_FEATURES = {
-    "image_jpeg": tf.io.FixedLenFeature([], tf.string),
-    "label": tf.io.FixedLenFeature([], tf.int64),
+FEATURES = {
+    "jpeg": {
+        "image_jpeg": tf.io.FixedLenFeature([], tf.string),
+        "label": tf.io.FixedLenFeature([], tf.int64),
+    },
+    "tfrecorder": {
+        "image": tf.io.FixedLenFeature([], tf.string),
+        "image_height": tf.io.FixedLenFeature([], tf.int64),
+        "image_width": tf.io.FixedLenFeature([], tf.int64),
+        "image_channels": tf.io.FixedLenFeature([], tf.int64),
+        "label": tf.io.FixedLenFeature([], tf.int64),
+    },
 }
 
 
@@ -23,6 +32,12 @@ def decode_and_resize(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
     return tf.image.resize(image, [image_size, image_size])
 
 
+def tfrecorder_pixels(features: dict[str, tf.Tensor]) -> tf.Tensor:
+    """TFRecorder's reader: URL-safe base64 -> raw uint8 -> [height, width, channels]."""
+    raw = tf.io.decode_raw(tf.io.decode_base64(features["image"]), tf.uint8)
+    return tf.reshape(raw, tf.stack([features["image_height"], features["image_width"], features["image_channels"]]))
+
+
 def record_files(data_dir: str, split: str) -> list[str]:
     return sorted(tf.io.gfile.glob(schema.shard_pattern(data_dir, split)))
 
@@ -31,12 +46,32 @@ def _compression(files: list[str]) -> str:
     return "GZIP" if files and files[0].endswith(".gz") else ""
 
 
-def raw_records(data_dir: str, split: str) -> tf.data.Dataset:
-    """(encoded image bytes, label index) for every record of a split, in file order."""
-    files = record_files(data_dir, split)
-    records = tf.data.TFRecordDataset(files, compression_type=_compression(files))
-    parsed = records.map(lambda r: tf.io.parse_single_example(r, JPEG_FEATURES), num_parallel_calls=tf.data.AUTOTUNE)
-    return parsed.map(lambda f: (f["image_jpeg"], f["label"]))
+def detect_format(data_dir: str) -> str:
+    """"jpeg" or "tfrecorder": from summary.json, else from the features of the first record found."""
+    recorded = schema.read_summary(data_dir).get("format")
+    if recorded:
+        return recorded
+    for split in schema.SPLIT_PREFIX:
+        files = record_files(data_dir, split)
+        for record in tf.data.TFRecordDataset(files, compression_type=_compression(files)).take(1):
+            keys = tf.train.Example.FromString(record.numpy()).features.feature.keys()
+            return "jpeg" if "image_jpeg" in keys else "tfrecorder"
+    raise FileNotFoundError(f"no TFRecords under {data_dir}")
+
+
+def parse_fn(record_format: str, image_size: int):
+    """A function: serialized record -> (float32 [S, S, 3] pixels in 0..255, int64 label)."""
+    features_spec = FEATURES[record_format]
+
+    def parse(record):
+        features = tf.io.parse_single_example(record, features_spec)
+        if record_format == "jpeg":
+            pixels = decode_and_resize(features["image_jpeg"], image_size)
+        else:
+            pixels = tf.image.resize(tfrecorder_pixels(features), [image_size, image_size])
+        return pixels, features["label"]
+
+    return parse
 
 
 def make_dataset(data_dir: str, split: str, image_size: int, batch_size: int, training: bool = False,
@@ -57,11 +92,7 @@ def make_dataset(data_dir: str, split: str, image_size: int, batch_size: int, tr
         lambda f: tf.data.TFRecordDataset(f, compression_type=compression),
         cycle_length=min(len(files), 8), num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training,
     )
-
-    def parse(record):
-        features = tf.io.parse_single_example(record, JPEG_FEATURES)
-        return decode_and_resize(features["image_jpeg"], image_size), features["label"]
-
+    parse = parse_fn(detect_format(data_dir), image_size)
     dataset = records.map(parse, num_parallel_calls=tf.data.AUTOTUNE).cache()
     if training:
         dataset = dataset.shuffle(2048, seed=seed, reshuffle_each_iteration=True)
