@@ -58,15 +58,21 @@ def cmd_inspect(args) -> None:
     print(inspect_records(args.data_dir, args.split, args.num_records, args.output_dir))
 
 
-def cmd_train(args) -> None:
+def cmd_train(args) -> int:
     from components.evaluate.core import evaluate
     from components.train.core import TrainConfig, train
 
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size,
-                         learning_rate=args.learning_rate, model=args.model)
-    train(args.data, args.model_dir, config)
-    result = evaluate(args.model_dir, args.data)
-    print(f"{result.split} accuracy {result.accuracy:.4f} on {result.examples} images; SavedModel in {args.model_dir}")
+                         learning_rate=args.learning_rate, model=args.model, weights=args.weights,
+                         augment=args.augment)
+    result = train(args.data, args.model_dir, config)
+    if result.export_dir != args.model_dir:
+        return 0  # a non-chief worker of a multi-node run: the chief evaluates
+    scored = evaluate(args.model_dir, args.data)
+    deployable = scored.accuracy >= args.min_accuracy
+    print(f"{scored.split} accuracy {scored.accuracy:.4f}, AUC {scored.auc:.4f} on {scored.examples} images; "
+          f"SavedModel in {args.model_dir}; deployable (accuracy >= {args.min_accuracy}): {deployable}")
+    return 0
 
 
 def _exit_on_sigterm(signum, frame) -> None:
@@ -159,7 +165,8 @@ def cmd_compile(args) -> None:
 
 def _add_training_flags(parser: argparse.ArgumentParser, epochs: int) -> None:
     parser.add_argument("--epochs", type=int, default=epochs, help="passes over the training split (default %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per step (default %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=32,
+                        help="images per step on each GPU or worker (default %(default)s)")
     parser.add_argument("--image-size", type=int, default=150, help="images are resized to SxS pixels (default %(default)s)")
     parser.add_argument("--learning-rate", type=float, default=0.001, help="Adam learning rate (default %(default)s)")
 
@@ -225,10 +232,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default=None, metavar="PNG_DIR", help="write those records' images here")
     p.set_defaults(handler=cmd_inspect)
 
-    p = sub.add_parser("train", help="train the classifier from TFRecords and export a SavedModel")
+    p = sub.add_parser("train", help="train the classifier from TFRecords and export a SavedModel",
+                       description="Trains on TRAIN (validating on VALIDATION), exports a SavedModel and scores "
+                                   "it on TEST. Uses every GPU it finds (MirroredStrategy) and joins a multi-node "
+                                   "run when TF_CONFIG or Vertex's CLUSTER_SPEC names several tasks. Re-running "
+                                   "an interrupted command resumes from its last finished epoch.")
     p.add_argument("--data", required=True, metavar="TFRECORD_DIR", help="output folder of `catsdogs convert`")
-    p.add_argument("--model-dir", required=True, help="where the SavedModel goes")
-    p.add_argument("--model", default="seed_cnn", help="architecture (default %(default)s)")
+    p.add_argument("--model-dir", required=True, help="where the SavedModel goes (local or gs://)")
+    p.add_argument("--model", default="seed_cnn", choices=("seed_cnn", "mobilenet_v3_small"),
+                   help="architecture (default %(default)s)")
+    p.add_argument("--weights", default="", help="local weights file for the model (nothing is downloaded)")
+    p.add_argument("--augment", action="store_true", help="random flips and crops while training")
+    p.add_argument("--min-accuracy", type=float, default=0.0, help="accuracy that makes the model deployable")
     _add_training_flags(p, epochs=5)
     p.set_defaults(handler=cmd_train)
 

@@ -23,7 +23,7 @@ def sample_images(tmp_path_factory) -> str:
 def records(sample_images, tmp_path_factory) -> str:
     """TFRecords of the sample, converted once for the session."""
     out = tmp_path_factory.mktemp("data")
-    prepare_csv(sample_images, str(out / "images.csv"))
+    prepare_csv(sample_images, str(out / "images.csv"), train_fraction=0.6, validation_fraction=0.2)
     convert(str(out / "images.csv"), str(out / "tfrecords"))
     return str(out / "tfrecords")
 

@@ -80,7 +80,7 @@ def test_three_classes_train_with_softmax_and_learn(tmp_path):
     generate_sample(str(tmp_path / "images"), per_class=40, classes=("cats", "dogs", "birds"))
     prepare_csv(str(tmp_path / "images"), str(tmp_path / "images.csv"), 0.7, 0.0)
     convert(str(tmp_path / "images.csv"), str(tmp_path / "data"))
-    train(str(tmp_path / "data"), str(tmp_path / "model"), TrainConfig(epochs=6, image_size=IMAGE_SIZE, batch_size=16))
+    train(str(tmp_path / "data"), str(tmp_path / "model"), TrainConfig(epochs=10, image_size=IMAGE_SIZE, batch_size=16))
     result = evaluate(str(tmp_path / "model"), str(tmp_path / "data"))
     assert result.class_names == ["birds", "cats", "dogs"]
     assert len(result.confusion_matrix) == 3
@@ -100,3 +100,53 @@ def test_bad_training_settings_are_refused(records, tmp_path, config, message):
 def test_training_on_a_folder_that_is_not_conversion_output_says_so(tmp_path):
     with pytest.raises(InputError, match="labels.json not found"):
         train(str(tmp_path), str(tmp_path / "m"), TrainConfig(epochs=1))
+
+
+def test_auc_and_roc_match_hand_computed_values():
+    from components.evaluate.core import auc, roc_curve
+
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.4, 0.2])
+    positives = np.array([True, False, True, True, False, False])
+    assert auc(scores, positives) == pytest.approx(7 / 9)  # 7 of the 9 positive/negative pairs are ordered
+    fpr, tpr, thresholds = roc_curve(scores, positives)
+    assert thresholds[0] == 0.9 and thresholds[-1] == 0.2
+    assert (fpr[0], tpr[0]) == (0.0, pytest.approx(1 / 3)) and (fpr[-1], tpr[-1]) == (1.0, 1.0)
+    assert np.isnan(auc(scores, np.zeros(6, dtype=bool)))
+
+
+def test_evaluation_has_auc_roc_and_an_html_report_with_pictures(trained_model, records):
+    from components.evaluate.report import html_report
+    from components.train.core import training_info
+
+    result = evaluate(trained_model, records)
+    assert 0.0 <= result.auc <= 1.0
+    assert len(result.roc["fpr"]) == len(result.roc["tpr"]) == len(result.roc["thresholds"]) >= 1
+    page = html_report(result, training_info(trained_model)["history"])
+    assert page.count("<svg") == 2 and "<polyline" in page
+    assert f"accuracy <b>{result.accuracy:.4f}</b>" in page
+    for name in result.class_names:
+        assert f"<th>{name}</th>" in page
+    assert str(result.confusion_matrix[0][0]) in page
+
+
+def test_augmentation_keeps_shape_and_changes_pixels():
+    from components.train.data import augment
+
+    image = tf.reshape(tf.range(32 * 32 * 3, dtype=tf.float32), [32, 32, 3])
+    tf.random.set_seed(1)
+    outputs = [augment(image) for _ in range(4)]
+    assert all(o.shape == (32, 32, 3) for o in outputs)
+    assert any(float(tf.reduce_max(tf.abs(o - image))) > 0 for o in outputs)
+
+
+@pytest.mark.slow
+def test_mobilenet_backbone_trains_and_exports(records, tmp_path):
+    train(records, str(tmp_path / "m"), TrainConfig(epochs=1, image_size=32, batch_size=16, model="mobilenet_v3_small"))
+    result = evaluate(str(tmp_path / "m"), records)
+    assert result.examples > 0
+    assert json.loads(open(tmp_path / "m" / "training.json").read())["config"]["model"] == "mobilenet_v3_small"
+
+
+def test_weights_file_must_exist(records, tmp_path):
+    with pytest.raises(InputError, match="--weights"):
+        train(records, str(tmp_path / "m"), TrainConfig(weights=str(tmp_path / "nope.weights.h5")))

@@ -1,5 +1,5 @@
 from kfp import dsl
-from kfp.dsl import ClassificationMetrics, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
 from components.images import LOCAL
 
@@ -10,21 +10,30 @@ def evaluate(
     tfrecords: Input[Dataset],
     metrics: Output[Metrics],
     confusion: Output[ClassificationMetrics],
+    report: Output[HTML],
     min_accuracy: float = 0.0,
 ) -> bool:
-    """Scores the exported SavedModel on the TEST split (VALIDATION if there is no TEST) and returns whether
-    its accuracy reaches min_accuracy: the deploy gate."""
+    """Scores the exported SavedModel on the TEST split (VALIDATION if there is no TEST): accuracy, AUC,
+    per-class precision/recall, confusion matrix and ROC (2 classes), an HTML report with the training
+    curves. Returns whether accuracy reaches min_accuracy: the deploy gate."""
     from components import logs
     from components.evaluate.core import evaluate as score
+    from components.evaluate.report import html_report
+    from components.train.core import training_info
 
     logs.setup()
     result = score(model.uri, tfrecords.uri)
     metrics.log_metric("accuracy", result.accuracy)
+    metrics.log_metric("auc", result.auc)
     metrics.log_metric("examples", result.examples)
     metrics.log_metric("split", result.split)
     for name, scores in result.per_class().items():
         for metric, value in scores.items():
             metrics.log_metric(f"{metric}_{name}", value)
     confusion.log_confusion_matrix(result.class_names, result.confusion_matrix)
+    if result.roc:
+        confusion.log_roc_curve(result.roc["fpr"], result.roc["tpr"], result.roc["thresholds"])
+    with open(report.path, "w") as f:
+        f.write(html_report(result, training_info(model.uri)["history"]))
     # A single, unnamed bool: kfp.local 2.17 cannot resolve a dsl.If on a named (NamedTuple) output.
     return result.accuracy >= min_accuracy

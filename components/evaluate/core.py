@@ -1,10 +1,8 @@
 """Scores the exported SavedModel (the artifact that gets deployed) on the TEST split, or on VALIDATION when
-the data has no TEST split."""
-
-from __future__ import annotations
+the data has no TEST split: accuracy, AUC, per-class precision and recall, confusion matrix, ROC (2 classes)."""
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import tensorflow as tf
@@ -17,13 +15,33 @@ from components.train.data import make_dataset
 log = logging.getLogger(__name__)
 
 
+def auc(scores: np.ndarray, positives: np.ndarray) -> float:
+    """Area under the ROC curve: the chance a random positive scores above a random negative (ties half)."""
+    pos, neg = scores[positives], scores[~positives]
+    if not len(pos) or not len(neg):
+        return float("nan")
+    above = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(above / (len(pos) * len(neg)))
+
+
+def roc_curve(scores: np.ndarray, positives: np.ndarray) -> tuple[list[float], list[float], list[float]]:
+    """(false positive rates, true positive rates, thresholds), one point per distinct score, highest first."""
+    thresholds = np.unique(scores)[::-1]
+    pos, neg = max(positives.sum(), 1), max((~positives).sum(), 1)
+    tpr = [float(((scores >= t) & positives).sum() / pos) for t in thresholds]
+    fpr = [float(((scores >= t) & ~positives).sum() / neg) for t in thresholds]
+    return fpr, tpr, [float(t) for t in thresholds]
+
+
 @dataclass
 class Evaluation:
     split: str
     class_names: list[str]
     examples: int
     accuracy: float
+    auc: float  # 2 classes: of the second class's score; more: mean of one-vs-rest AUCs
     confusion_matrix: list[list[int]]  # rows: true class, columns: predicted class
+    roc: dict[str, list[float]] = field(default_factory=dict)  # 2 classes only: fpr, tpr, thresholds
 
     def per_class(self) -> dict[str, dict[str, float]]:
         matrix = np.array(self.confusion_matrix)
@@ -50,11 +68,21 @@ def evaluate(model_dir: str, data_dir: str, batch_size: int = 64) -> Evaluation:
     split = evaluation_split(data_dir)
     image_size = training_info(model_dir)["config"]["image_size"]
     predict = tf.saved_model.load(model_dir).signatures["predict_pixels"]
+    probabilities, labels = [], []
+    for pixels, batch_labels in make_dataset(data_dir, split, image_size, batch_size):
+        probabilities.append(predict(pixels=pixels)["probabilities"].numpy())
+        labels.append(batch_labels.numpy())
+    probabilities, labels = np.concatenate(probabilities), np.concatenate(labels)
     matrix = np.zeros((len(class_names), len(class_names)), dtype=np.int64)
-    for pixels, labels in make_dataset(data_dir, split, image_size, batch_size):
-        predicted = np.argmax(predict(pixels=pixels)["probabilities"].numpy(), axis=-1)
-        np.add.at(matrix, (labels.numpy(), predicted), 1)
-    examples = int(matrix.sum())
-    accuracy = float(np.trace(matrix) / examples)
-    log.info("%s accuracy %.4f on %d examples", split, accuracy, examples)
-    return Evaluation(split, class_names, examples, accuracy, matrix.tolist())
+    np.add.at(matrix, (labels, probabilities.argmax(axis=1)), 1)
+
+    one_vs_rest = [auc(probabilities[:, k], labels == k) for k in range(len(class_names))]
+    result = Evaluation(
+        split, class_names, len(labels), float(np.trace(matrix) / len(labels)),
+        one_vs_rest[1] if len(class_names) == 2 else float(np.nanmean(one_vs_rest)), matrix.tolist(),
+    )
+    if len(class_names) == 2:
+        fpr, tpr, thresholds = roc_curve(probabilities[:, 1], labels == 1)
+        result.roc = {"fpr": fpr, "tpr": tpr, "thresholds": thresholds}
+    log.info("%s accuracy %.4f, AUC %.4f on %d examples", split, result.accuracy, result.auc, result.examples)
+    return result

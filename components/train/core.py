@@ -1,16 +1,22 @@
-"""Trains a Keras classifier from the TFRecords of `convert` and exports it as a SavedModel."""
+"""Trains a Keras classifier from the TFRecords of `convert` and exports it as a SavedModel.
 
-from __future__ import annotations
+The strategy follows the machine (see distribute.py); precision follows the device (mixed_float16 on GPUs,
+float32 on CPUs, where mixed precision is several times slower); an interrupted run resumes from its last
+finished epoch when the same command runs again.
+"""
 
 import json
 import logging
-from dataclasses import dataclass
+import tempfile
+from dataclasses import asdict, dataclass
 
 import keras
+import tensorflow as tf
 
 from components import storage
 from components.convert import schema
 from components.errors import InputError
+from components.train import distribute
 from components.train.data import make_dataset
 from components.train.export import export_saved_model
 from components.train.models import MODELS
@@ -18,60 +24,101 @@ from components.train.models import MODELS
 log = logging.getLogger(__name__)
 
 TRAINING_INFO = "training.json"  # beside the SavedModel: config, class names, per-epoch history
+BACKUP_DIR = "backup"  # inside the model dir while training; removed when training completes
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 5
-    batch_size: int = 32
+    batch_size: int = 32  # per replica: each GPU or worker gets this many images a step
     image_size: int = 150
     learning_rate: float = 1e-3
     model: str = "seed_cnn"
+    weights: str = ""  # a local weights file for the model's backbone; nothing downloads at run time
+    augment: bool = False
     seed: int = 0
 
     def check(self) -> None:
         for name in ("epochs", "batch_size", "image_size"):
             if getattr(self, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.image_size < 16:
-            raise InputError(f"--image-size must be at least 16 (four 2x2 poolings), got {self.image_size}")
+        if self.image_size < 32:
+            raise InputError(f"--image-size must be at least 32, got {self.image_size}")
         if not self.learning_rate > 0:
             raise InputError(f"--learning-rate must be positive, got {self.learning_rate}")
         if self.model not in MODELS:
             raise InputError(f"--model {self.model!r} is unknown; choose from {', '.join(MODELS)}")
+        if self.weights and not storage.exists(self.weights):
+            raise InputError(f"--weights {self.weights} does not exist")
+
+
+def set_precision() -> str:
+    policy = "mixed_float16" if tf.config.list_logical_devices("GPU") else "float32"
+    keras.mixed_precision.set_global_policy(policy)
+    return policy
 
 
 def compile_model(config: TrainConfig, num_classes: int) -> keras.Model:
-    model = MODELS[config.model](config.image_size, num_classes)
+    model = MODELS[config.model](config.image_size, num_classes, config.weights or None)
     loss = "binary_crossentropy" if num_classes == 2 else "sparse_categorical_crossentropy"
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=loss, metrics=["accuracy"])
     return model
 
 
-def train(data_dir: str, model_dir: str, config: TrainConfig = TrainConfig()) -> dict[str, list[float]]:
-    """Fits the model on TRAIN (validating on VALIDATION when it has records), exports the SavedModel to
-    model_dir and returns the per-epoch history."""
+def _resume_epoch(backup_dir: str) -> int:
+    path = storage.join(backup_dir, "training_metadata.json")
+    return json.loads(storage.read_text(path))["epoch"] if storage.exists(path) else 0
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    history: dict[str, list[float]]  # per-epoch loss and accuracy (val_ too, with a VALIDATION split)
+    export_dir: str  # model_dir on the chief; a temporary folder on other workers
+
+
+def train(data_dir: str, model_dir: str, config: TrainConfig = TrainConfig(),
+          strategy: tf.distribute.Strategy | None = None) -> TrainResult:
+    """Fits the model on TRAIN (validating on VALIDATION when it has records) and exports the SavedModel
+    to model_dir. Only the chief writes model_dir; other workers of a multi-node run write to a temporary
+    folder, as MultiWorkerMirroredStrategy needs every worker to save."""
     config.check()
     class_names = schema.read_labels(data_dir)
     if not schema.split_size(data_dir, "TRAIN"):
         raise InputError(f"{data_dir} has no TRAIN records ({schema.shard_pattern(data_dir, 'TRAIN')})")
     keras.utils.set_random_seed(config.seed)
+    cluster = distribute.cluster_config()
+    strategy = strategy or distribute.choose_strategy(cluster)
+    chief = distribute.is_chief(cluster)
+    workers = distribute.worker_count(cluster)
+    output_dir = model_dir if chief else tempfile.mkdtemp(prefix="catsdogs-worker-")
+    policy = set_precision()
 
-    train_data = make_dataset(data_dir, "TRAIN", config.image_size, config.batch_size, training=True, seed=config.seed)
+    global_batch = config.batch_size * strategy.num_replicas_in_sync
+    train_data = make_dataset(data_dir, "TRAIN", config.image_size, global_batch, training=True, seed=config.seed,
+                              workers=workers, augment_images=config.augment)
     validation = None
     if schema.split_size(data_dir, "VALIDATION"):
-        validation = make_dataset(data_dir, "VALIDATION", config.image_size, config.batch_size)
+        validation = make_dataset(data_dir, "VALIDATION", config.image_size, global_batch, workers=workers)
 
-    model = compile_model(config, len(class_names))
-    log.info("training %s on %d classes %s for %d epochs", config.model, len(class_names), class_names, config.epochs)
-    history = model.fit(train_data, validation_data=validation, epochs=config.epochs, verbose=2)
-    export_saved_model(model, class_names, config.image_size, model_dir)
-    storage.write_text(
-        storage.join(model_dir, TRAINING_INFO),
-        json.dumps({"config": config.__dict__, "class_names": class_names, "history": history.history}, indent=1),
+    with strategy.scope():
+        model = compile_model(config, len(class_names))
+    backup_dir = storage.join(output_dir, BACKUP_DIR)
+    resumed = _resume_epoch(backup_dir)
+    if resumed:
+        log.info("Resuming from epoch %d (checkpoint in %s)", resumed, backup_dir)
+    log.info("training %s (%s) on %d classes %s for %d epochs, %d replicas, global batch %d", config.model,
+             policy, len(class_names), class_names, config.epochs, strategy.num_replicas_in_sync, global_batch)
+    history = model.fit(
+        train_data, validation_data=validation, epochs=config.epochs, verbose=2,
+        callbacks=[keras.callbacks.BackupAndRestore(backup_dir)],
     )
-    log.info("exported SavedModel to %s", model_dir)
-    return history.history
+    export_saved_model(model, class_names, config.image_size, output_dir)
+    info = {"config": asdict(config), "class_names": class_names, "history": history.history,
+            "precision": policy, "replicas": strategy.num_replicas_in_sync, "workers": workers,
+            "resumed_from_epoch": resumed}
+    storage.write_text(storage.join(output_dir, TRAINING_INFO), json.dumps(info, indent=1))
+    log.info("exported SavedModel to %s", output_dir)
+    return TrainResult(history.history, output_dir)
 
 
 def training_info(model_dir: str) -> dict:

@@ -74,12 +74,23 @@ def parse_fn(record_format: str, image_size: int):
     return parse
 
 
+def augment(pixels: tf.Tensor) -> tf.Tensor:
+    """Random horizontal flip and a random crop of 90% of the side, resized back."""
+    size = tf.shape(pixels)[0]
+    pixels = tf.image.random_flip_left_right(pixels)
+    crop = tf.cast(tf.cast(size, tf.float32) * 0.9, tf.int32)
+    pixels = tf.image.random_crop(pixels, tf.stack([crop, crop, 3]))
+    return tf.image.resize(pixels, tf.stack([size, size]))
+
+
 def make_dataset(data_dir: str, split: str, image_size: int, batch_size: int, training: bool = False,
-                 seed: int | None = None) -> tf.data.Dataset:
+                 seed: int | None = None, workers: int = 1, augment_images: bool = False) -> tf.data.Dataset:
     """Batches of (float32 pixels [B, S, S, 3], int64 labels [B]) from one split.
 
-    Training reads shards interleaved and shuffles; decoding and resizing run in parallel, the decoded
-    images are cached in memory after the first epoch, and batches are prefetched.
+    Shards are read interleaved, records decoded and resized in parallel, decoded images cached in memory
+    after the first epoch (augmentation runs after the cache, so it differs every epoch), and batches
+    prefetched. With several workers each reads its own files when there are enough of them, else every
+    worker reads all and keeps its share of the records.
     """
     files = record_files(data_dir, split)
     if not files:
@@ -96,4 +107,13 @@ def make_dataset(data_dir: str, split: str, image_size: int, batch_size: int, tr
     dataset = records.map(parse, num_parallel_calls=tf.data.AUTOTUNE).cache()
     if training:
         dataset = dataset.shuffle(2048, seed=seed, reshuffle_each_iteration=True)
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    known = schema.split_size(data_dir, split)
+    if known and workers == 1:  # lets Keras show progress and stop warning that the input "ran out of data"
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(known))
+    if augment_images:
+        dataset = dataset.map(lambda x, y: (augment(x), y), num_parallel_calls=tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.FILE if len(files) >= workers else tf.data.experimental.AutoShardPolicy.DATA
+    )
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE).with_options(options)

@@ -1,0 +1,112 @@
+"""Choosing the distribution strategy, as TensorFlow Cloud did: one switch from CPU to N GPUs to N nodes.
+
+    several tasks in TF_CONFIG (or Vertex's CLUSTER_SPEC) -> MultiWorkerMirroredStrategy
+    more than one GPU                                      -> MirroredStrategy
+    one GPU                                                -> OneDeviceStrategy on it
+    otherwise                                              -> the default strategy (CPU)
+"""
+
+import json
+import logging
+import os
+
+import tensorflow as tf
+
+log = logging.getLogger(__name__)
+
+# Vertex AI names its worker pools; TensorFlow wants chief/worker/ps/evaluator.
+VERTEX_POOLS = {"workerpool0": "chief", "workerpool1": "worker", "workerpool2": "ps", "workerpool3": "evaluator"}
+
+
+def tf_config_from_cluster_spec(cluster_spec: dict) -> dict:
+    """Vertex's CLUSTER_SPEC ({"cluster": {"workerpool0": [...]}, "task": {"type": "workerpool0", ...}}) as
+    TF_CONFIG."""
+    cluster = {VERTEX_POOLS[pool]: hosts for pool, hosts in cluster_spec["cluster"].items() if hosts}
+    task = cluster_spec["task"]
+    return {"cluster": cluster, "task": {"type": VERTEX_POOLS[task["type"]], "index": task["index"]}}
+
+
+def cluster_config() -> dict | None:
+    """The multi-node cluster this process belongs to (TF_CONFIG's shape), from TF_CONFIG or else Vertex's
+    CLUSTER_SPEC; None when it trains alone."""
+    if os.environ.get("TF_CONFIG"):
+        config = json.loads(os.environ["TF_CONFIG"])
+    elif os.environ.get("CLUSTER_SPEC"):
+        config = tf_config_from_cluster_spec(json.loads(os.environ["CLUSTER_SPEC"]))
+    else:
+        return None
+    tasks = sum(len(hosts) for kind, hosts in config.get("cluster", {}).items() if kind in ("chief", "worker"))
+    return config if tasks > 1 else None
+
+
+def is_chief(config: dict | None) -> bool:
+    """The task that writes the model and metrics: the chief, or worker 0 in a cluster without one."""
+    if config is None:
+        return True
+    task = config["task"]
+    has_chief = "chief" in config["cluster"]
+    return task["type"] == "chief" or (not has_chief and task["type"] == "worker" and task["index"] == 0)
+
+
+def worker_count(config: dict | None) -> int:
+    if config is None:
+        return 1
+    return sum(len(hosts) for kind, hosts in config["cluster"].items() if kind in ("chief", "worker"))
+
+
+def choose_strategy(config: dict | None) -> tf.distribute.Strategy:
+    if config is not None:
+        patch_keras_for_multi_worker()
+        resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+            tf.train.ClusterSpec(config["cluster"]), task_type=config["task"]["type"],
+            task_id=config["task"]["index"], rpc_layer="grpc",
+        )
+        strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+        log.info("MultiWorkerMirroredStrategy: %d workers, %d replicas", worker_count(config), strategy.num_replicas_in_sync)
+        return strategy
+    gpus = tf.config.list_logical_devices("GPU")
+    if len(gpus) > 1:
+        log.info("MirroredStrategy over %d GPUs", len(gpus))
+        return tf.distribute.MirroredStrategy()
+    if gpus:
+        log.info("one GPU: %s", gpus[0].name)
+        return tf.distribute.OneDeviceStrategy(gpus[0].name)
+    log.info("no GPU: training on the CPU")
+    return tf.distribute.get_strategy()
+
+
+def patch_keras_for_multi_worker() -> None:
+    """Works around keras-team/keras#20585 (Keras 3.15): under MultiWorkerMirroredStrategy `Model.fit`
+    (1) reduces a whole distributed input batch across workers just to learn its shapes, which fails on
+    PerReplica data, and (2) reduces the scalar step logs with `axis=0`, which fails on 0-d values.
+
+    We (1) learn the shapes from this worker's own part of the batch and (2) average the scalar logs across
+    workers with `axis=None`. Both only apply in multi-worker mode; everything else goes to Keras unchanged.
+    Remove when Keras fixes the issue (tests/test_distributed.py shows whether it still needs to exist).
+    """
+    from keras.src import tree
+    from keras.src.backend.tensorflow import trainer
+
+    if getattr(trainer.reduce_per_replica, "catsdogs_patch", False):
+        return
+    reduce_per_replica = trainer.reduce_per_replica
+    maybe_symbolic_build = trainer.TensorFlowTrainer._maybe_symbolic_build
+
+    def reduce_logs(values, strategy, reduction):
+        if reduction == "auto" and trainer._collective_all_reduce_multi_worker(strategy):
+            return tree.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
+        return reduce_per_replica(values, strategy, reduction)
+
+    def build_from_local_batch(self, iterator=None, data_batch=None):
+        strategy = self._distribute_strategy
+        if iterator is not None and strategy is not None and trainer._collective_all_reduce_multi_worker(strategy):
+            for _, _, it in iterator:
+                batch = next(it)
+                break
+            data_batch = tree.map_structure(lambda v: strategy.experimental_local_results(v)[0], batch)
+            iterator = None
+        return maybe_symbolic_build(self, iterator=iterator, data_batch=data_batch)
+
+    reduce_logs.catsdogs_patch = True
+    trainer.reduce_per_replica = reduce_logs
+    trainer.TensorFlowTrainer._maybe_symbolic_build = build_from_local_batch
