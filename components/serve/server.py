@@ -112,6 +112,7 @@ class PredictionHandler(BaseHTTPRequestHandler):
     server: PredictionServer
     protocol_version = "HTTP/1.1"  # keep-alive: clients reuse their connection
     timeout = 120  # seconds an idle or slow connection may hold its thread
+    disable_nagle_algorithm = True  # headers and body go out as two writes: without this, +40 ms (delayed ACK)
 
     def _reply(self, status: HTTPStatus, payload: dict, model: LoadedModel | None = None) -> None:
         body = json.dumps(payload).encode()
