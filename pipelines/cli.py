@@ -82,11 +82,13 @@ def _exit_on_sigterm(signum, frame) -> None:
 def cmd_serve(args) -> None:
     from components.serve.server import make_server
 
-    server = make_server(args.model_base, args.host, args.port)
+    server = make_server(args.model_base, args.host, args.port, model_name=args.model_name,
+                         poll_seconds=args.poll_seconds, max_batch=args.max_batch)
     # As a container's PID 1 Python ignores SIGTERM unless it handles it; Vertex and podman stop with it.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    print(f"serving {server.model.name} version {server.model.version} at {server.url} "
-          f"(GET {server.health_route}, POST {server.predict_route}); Ctrl-C stops", flush=True)
+    name = server.model.name
+    print(f"serving {name} version {server.model.version} at {server.url} (GET {server.health_route}, "
+          f"POST {server.predict_route}, POST /v1/models/{name}:predict); Ctrl-C stops", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -98,11 +100,34 @@ def cmd_serve(args) -> None:
 def cmd_predict(args) -> None:
     import json
 
-    from components.serve.client import format_prediction, predict_files
+    from components.serve.client import format_prediction, predict_files, prediction_request
 
+    if args.dry_run:
+        print(json.dumps(prediction_request(args.images, args.endpoint), indent=1))
+        return
     predictions = predict_files(args.images, args.endpoint)
     for path, prediction in zip(args.images, predictions):
         print(json.dumps({"image": path, **prediction}) if args.json else format_prediction(path, prediction))
+
+
+def cmd_deploy(args) -> None:
+    import json
+
+    from components.deploy.vertex import VertexDeployment, deploy, dry_run
+    from components.images import Images
+
+    deployment = VertexDeployment(
+        project=args.project, location=args.location, model_dir=args.model_dir,
+        serving_image=Images.from_registry(args.images_registry, args.images_tag).serving,
+        model_display_name=args.model_display_name, endpoint_display_name=args.endpoint_display_name,
+        machine_type=args.machine_type, min_replicas=args.min_replicas, max_replicas=args.max_replicas,
+        traffic_percent=args.traffic_percent, version_aliases=tuple(a for a in args.version_aliases.split(",") if a),
+    )
+    if args.dry_run:
+        print(json.dumps(dry_run(deployment), indent=1))
+        return
+    model, endpoint = deploy(deployment)
+    print(f"deployed {model} to {endpoint}; try: catsdogs predict IMAGE --endpoint {endpoint}")
 
 
 def demo_images(images_root: str, per_label: int = 2) -> list[str]:
@@ -252,13 +277,40 @@ def build_parser() -> argparse.ArgumentParser:
                    help="SavedModel folder or base of numbered versions (default: $AIP_STORAGE_URI)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
     p.add_argument("--port", type=int, default=None, help="port (default $AIP_HTTP_PORT or 8080)")
+    p.add_argument("--model-name", help="NAME in /v1/models/NAME (default: MODEL_BASE's folder name)")
+    p.add_argument("--poll-seconds", type=float, default=5.0,
+                   help="how often to look for new versions; 0: never (default %(default)s)")
+    p.add_argument("--max-batch", type=int, default=32,
+                   help="most images in one model call when requests are batched (default %(default)s)")
     p.set_defaults(handler=cmd_serve)
 
     p = sub.add_parser("predict", help="send images to a prediction server and print the labels")
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--endpoint", required=True, help="server URL, e.g. http://127.0.0.1:8080")
+    p.add_argument("--endpoint", required=True,
+                   help="server URL, e.g. http://127.0.0.1:8080, or a Vertex AI endpoint projects/P/locations/L/endpoints/E")
     p.add_argument("--json", action="store_true", help="one JSON object per image")
+    p.add_argument("--dry-run", action="store_true", help="print the request instead of sending it")
     p.set_defaults(handler=cmd_predict)
+
+    p = sub.add_parser("deploy", help="upload a SavedModel to Vertex AI as a model version and deploy it to an endpoint",
+                       description="A new version of the model named --model-display-name (if it exists), deployed "
+                                   "to the endpoint named --endpoint-display-name (reused, or created).")
+    p.add_argument("model_dir", metavar="MODEL_DIR", help="gs:// folder holding the SavedModel")
+    p.add_argument("--project", required=True)
+    p.add_argument("--location", required=True, help="e.g. us-central1")
+    p.add_argument("--images-registry", required=True, help="where the serving image is, e.g. "
+                   "us-central1-docker.pkg.dev/PROJECT/catsdogs")
+    p.add_argument("--images-tag", default="latest", help="(default %(default)s)")
+    p.add_argument("--model-display-name", default="catsdogs", help="(default %(default)s)")
+    p.add_argument("--endpoint-display-name", default="catsdogs", help="(default %(default)s)")
+    p.add_argument("--version-aliases", default="", help="comma-separated aliases for the new version, e.g. v2,candidate")
+    p.add_argument("--machine-type", default="n1-standard-2", help="(default %(default)s)")
+    p.add_argument("--min-replicas", type=int, default=1, help="autoscaling lower bound (default %(default)s)")
+    p.add_argument("--max-replicas", type=int, default=1, help="autoscaling upper bound (default %(default)s)")
+    p.add_argument("--traffic-percent", type=int, default=100,
+                   help="share of the endpoint's traffic for the new version (default %(default)s)")
+    p.add_argument("--dry-run", action="store_true", help="print the requests instead of sending them")
+    p.set_defaults(handler=cmd_deploy)
 
     p = sub.add_parser("run", help="the whole pipeline locally through kfp.local, ending in predictions",
                        description="prepare -> convert -> train -> evaluate -> deploy a new model version, then "

@@ -5,20 +5,19 @@ deploy ops (only when evaluation passes the accuracy gate)."""
 
 from google_cloud_pipeline_components.types import artifact_types
 from google_cloud_pipeline_components.v1.custom_job import create_custom_training_job_from_component
-from google_cloud_pipeline_components.v1.endpoint import EndpointCreateOp, ModelDeployOp
+from google_cloud_pipeline_components.v1.endpoint import ModelDeployOp
 from google_cloud_pipeline_components.v1.model import ModelUploadOp
 from kfp import compiler, dsl
 from kfp.dsl import Artifact, Input
 
 from components.convert.component import convert
+from components.deploy.component import find_model, find_or_create_endpoint
+from components.deploy.vertex import HEALTH_ROUTE, PREDICT_ROUTE, SERVING_PORT
 from components.evaluate.component import evaluate
 from components.images import LOCAL, Images, with_image
 from components.prepare.component import prepare
 from components.train.component import train
 from pipelines.machines import machine_spec
-
-SERVING_PORT = 8080
-
 
 @dsl.component(base_image=LOCAL.components, install_kfp_package=False)
 def artifact_uri(artifact: Input[Artifact]) -> str:
@@ -73,20 +72,36 @@ def build_vertex_pipeline(images: Images = LOCAL, machine: str = "T4_1X"):
                 artifact_class=artifact_types.UnmanagedContainerModel,
                 metadata={"containerSpec": {
                     "imageUri": images.serving,
-                    "healthRoute": "/health",
-                    "predictRoute": "/predict",
+                    "healthRoute": HEALTH_ROUTE,
+                    "predictRoute": PREDICT_ROUTE,
                     "ports": [{"containerPort": SERVING_PORT}],
                 }},
             ).set_display_name("serving model")
-            uploaded = ModelUploadOp(
-                project=project, location=location, display_name=model_display_name,
-                unmanaged_container_model=serving_model.outputs["artifact"],
-            ).set_display_name("upload model")
-            endpoint = EndpointCreateOp(
+            # Each run adds a version to the model of this name (made the default) rather than a new model.
+            parent = with_image(find_model, components_image)(
+                project=project, location=location, display_name=model_display_name
+            ).set_display_name("find model").set_caching_options(False)  # a cached answer would be stale
+            with dsl.If(parent.output != "", name="model-exists"):
+                parent_model = dsl.importer(
+                    artifact_uri=parent.output, artifact_class=artifact_types.VertexModel,
+                    metadata={"resourceName": parent.output},
+                ).set_display_name("parent model")
+                new_version = ModelUploadOp(
+                    project=project, location=location, display_name=model_display_name,
+                    unmanaged_container_model=serving_model.outputs["artifact"],
+                    parent_model=parent_model.output, version_aliases=["default"],
+                ).set_display_name("upload model version")
+            with dsl.Else(name="new-model"):
+                new_model = ModelUploadOp(
+                    project=project, location=location, display_name=model_display_name,
+                    unmanaged_container_model=serving_model.outputs["artifact"],
+                ).set_display_name("upload model")
+            endpoint = with_image(find_or_create_endpoint, components_image)(
                 project=project, location=location, display_name=endpoint_display_name
-            ).set_display_name("create endpoint")
+            ).set_display_name("find or create endpoint").set_caching_options(False)
             ModelDeployOp(
-                model=uploaded.outputs["model"], endpoint=endpoint.outputs["endpoint"],
+                model=dsl.OneOf(new_version.outputs["model"], new_model.outputs["model"]),
+                endpoint=endpoint.outputs["endpoint"],
                 dedicated_resources_machine_type=deploy_machine_type,
                 dedicated_resources_min_replica_count=deploy_min_replicas,
                 dedicated_resources_max_replica_count=deploy_max_replicas,

@@ -32,8 +32,25 @@ def test_dag_runs_prepare_convert_train_evaluate_then_gated_deploy(compiled):
     assert "evaluate" in gate["dependentTasks"]
     assert gate["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--evaluate-Output'] == true"
     deploy = compiled["components"]["comp-condition-1"]["dag"]["tasks"]
-    assert set(deploy) == {"artifact-uri", "importer", "model-upload", "endpoint-create", "model-deploy"}
-    assert set(deploy["model-deploy"]["dependentTasks"]) == {"model-upload", "endpoint-create"}
+    assert set(deploy) == {"artifact-uri", "importer", "find-model", "condition-branches-2", "find-or-create-endpoint",
+                           "model-deploy"}
+    assert set(deploy["model-deploy"]["dependentTasks"]) == {"condition-branches-2", "find-or-create-endpoint"}
+
+
+def test_each_run_uploads_a_new_version_of_the_model_and_reuses_the_endpoint(compiled):
+    components = compiled["components"]
+    branches = components["comp-condition-branches-2"]["dag"]["tasks"]
+    assert branches["condition-3"]["triggerPolicy"]["condition"] == \
+        "inputs.parameter_values['pipelinechannel--find-model-Output'] != ''"
+    new_version = components["comp-condition-3"]["dag"]["tasks"]["model-upload"]["inputs"]
+    assert new_version["artifacts"]["parent_model"]["taskOutputArtifact"]["producerTask"] == "importer-2"
+    assert new_version["parameters"]["version_aliases"]["runtimeValue"]["constant"] == ["default"]
+    assert "parent_model" not in components["comp-condition-4"]["dag"]["tasks"]["model-upload-2"]["inputs"]["artifacts"]
+    deploy = components["comp-condition-1"]["dag"]["tasks"]
+    assert deploy["model-deploy"]["inputs"]["artifacts"]["endpoint"]["taskOutputArtifact"]["producerTask"] == \
+        "find-or-create-endpoint"
+    for lookup in ("find-model", "find-or-create-endpoint"):
+        assert deploy[lookup]["cachingOptions"].get("enableCache", False) is False
 
 
 def test_training_is_a_custom_job_on_the_preset_machine_with_the_trainer_image(compiled):
@@ -62,9 +79,11 @@ def test_every_step_uses_a_registry_image_and_the_model_is_served_by_ours(compil
 
 
 def test_gcpc_steps_get_the_pipelines_location(compiled):
-    deploy = compiled["components"]["comp-condition-1"]["dag"]["tasks"]
-    for task in ("model-upload", "endpoint-create"):
-        assert deploy[task]["inputs"]["parameters"]["location"] == {"componentInputParameter": "pipelinechannel--location"}
+    components = compiled["components"]
+    for dag, task in [("comp-condition-3", "model-upload"), ("comp-condition-4", "model-upload-2"),
+                      ("comp-condition-1", "find-model"), ("comp-condition-1", "find-or-create-endpoint")]:
+        location = components[dag]["dag"]["tasks"][task]["inputs"]["parameters"]["location"]
+        assert location["componentInputParameter"].endswith("location")
 
 
 def test_compilation_is_deterministic(tmp_path):

@@ -1,0 +1,241 @@
+"""Serving benchmark: our server against a naive one (one Keras `model.predict` per request), same run, same model.
+
+    .venv/bin/python benchmarks/serving.py [--duration 60] [--requests 300]
+
+It exports the seed CNN (150x150, untrained: speed does not depend on the weights) both as our SavedModel and as
+a .keras file, starts each server in its own process on 127.0.0.1, and drives it with a bounded load generator:
+--requests sequential requests (concurrency 1: p50/p99 latency), then --duration seconds at --concurrency
+(throughput). Every request carries one 300x400 JPEG as {"instances": [{"b64": ...}]}; any answer other than
+200 with one prediction counts as an error. The load generator runs on the same cores as the server.
+
+Servers: catsdogs (micro-batching), catsdogs --max-batch 1 (same server, no batching: what batching adds),
+and the naive baseline: ThreadingHTTPServer, decode, then model.predict under a lock (Keras models are not
+safe to call from several threads at once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import http.client
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+HOST = "127.0.0.1"  # load goes to this machine only
+IMAGE_SIZE = 150
+START_TIMEOUT_S = 180
+MAX_REQUESTS_PER_SECOND = 5000  # bounds the request count of a timed phase too
+
+
+def build_models(folder: str) -> tuple[str, str]:
+    """(model base with version 1 of our SavedModel, .keras file) of the same untrained seed CNN."""
+    from components.train.export import export_saved_model
+    from components.train.models import seed_cnn
+
+    model = seed_cnn(IMAGE_SIZE, 2)
+    base = os.path.join(folder, "catsdogs")
+    export_saved_model(model, ["cats", "dogs"], IMAGE_SIZE, os.path.join(base, "1"))
+    keras_file = os.path.join(folder, "seed_cnn.keras")
+    model.save(keras_file)
+    return base, keras_file
+
+
+def jpeg_300x400() -> bytes:
+    import numpy as np
+    from PIL import Image
+
+    from components.sample_data import draw_image
+
+    image = draw_image(0, 2, np.random.default_rng(0)).resize((400, 300))
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+# --- the naive baseline server (run in its own process by this script) ---
+
+def serve_baseline(keras_file: str) -> None:
+    """The seed project's way: for each request, decode the image and call model.predict on it alone."""
+    from http import HTTPStatus
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from components.train.data import decode_and_resize
+
+    model = keras.models.load_model(keras_file)
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # as in our server: a fair fight is about the model calls, not TCP
+
+        def do_POST(self):  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            images = [decode_and_resize(base64.b64decode(i["b64"]), IMAGE_SIZE) for i in body["instances"]]
+            with lock:
+                outputs = model.predict(np.stack(images), verbose=0)
+            reply = json.dumps({"predictions": [{"label": "dogs" if p[0] > 0.5 else "cats",
+                                                 "probabilities": {"cats": 1 - float(p[0]), "dogs": float(p[0])}}
+                                                for p in outputs]}).encode()
+            self.send_response(HTTPStatus.OK)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, *args):
+            pass
+
+    tf.constant(0)  # TensorFlow's start-up happens before the "serving" line, as in our server
+    ThreadingHTTPServer.request_queue_size = 128  # as in our server: 16 connections at once are not refused
+    server = ThreadingHTTPServer((HOST, 0), Handler)
+    server.daemon_threads = True
+    print(f"serving baseline at http://{HOST}:{server.server_address[1]}", flush=True)
+    server.serve_forever()
+
+
+# --- load generation ---
+
+@dataclass
+class Phase:
+    latencies_ms: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def percentile(self, q: float) -> float:
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+    @property
+    def per_second(self) -> float:
+        return len(self.latencies_ms) / self.seconds if self.seconds else 0.0
+
+
+def _worker(port: int, body: bytes, phase: Phase, lock: threading.Lock, deadline: float, budget: list[int]) -> None:
+    connection = http.client.HTTPConnection(HOST, port, timeout=60)
+    while time.monotonic() < deadline:
+        with lock:
+            if budget[0] <= 0:
+                break
+            budget[0] -= 1
+        start = time.perf_counter()
+        try:
+            connection.request("POST", "/predict", body, {"Content-Type": "application/json"})
+            response = connection.getresponse()
+            reply = response.read()
+            ok = response.status == 200 and len(json.loads(reply)["predictions"]) == 1
+            error = None if ok else f"{response.status}: {reply[:200]!r}"
+        except Exception as e:  # noqa: BLE001 - every failure is an error to report
+            error = repr(e)
+            connection.close()
+            connection = http.client.HTTPConnection(HOST, port, timeout=60)
+        elapsed_ms = (time.perf_counter() - start) * 1000
+        with lock:
+            phase.latencies_ms.append(elapsed_ms) if error is None else phase.errors.append(error)
+    connection.close()
+
+
+def drive(port: int, body: bytes, concurrency: int, requests: int, seconds: float) -> Phase:
+    """At most `requests` requests and at most `seconds` seconds, from `concurrency` keep-alive connections."""
+    phase, lock, budget = Phase(), threading.Lock(), [requests]
+    start = time.monotonic()
+    workers = [threading.Thread(target=_worker, args=(port, body, phase, lock, start + seconds, budget))
+               for _ in range(concurrency)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    phase.seconds = time.monotonic() - start
+    return phase
+
+
+def start_server(command: list[str]) -> tuple[subprocess.Popen, int]:
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        if line.startswith("serving"):
+            return process, int(line.split(" at ", 1)[1].split()[0].rsplit(":", 1)[1])
+    process.kill()
+    raise RuntimeError(f"{' '.join(command)} did not start")
+
+
+def measure(name: str, command: list[str], body: bytes, args) -> dict:
+    process, port = start_server(command)
+    try:
+        drive(port, body, 1, 20, 60)  # warm the connection path and any lazy set-up
+        sequential = drive(port, body, 1, args.requests, args.duration)
+        loaded = drive(port, body, args.concurrency, args.duration * MAX_REQUESTS_PER_SECOND, args.duration)
+    finally:
+        process.terminate()
+        process.wait(30)
+    result = {"server": name, "p50_ms": sequential.percentile(0.5), "p99_ms": sequential.percentile(0.99),
+              "rps": loaded.per_second, "requests": len(sequential.latencies_ms) + len(loaded.latencies_ms),
+              "errors": len(sequential.errors) + len(loaded.errors),
+              "p50_ms_loaded": loaded.percentile(0.5), "p99_ms_loaded": loaded.percentile(0.99)}
+    if sequential.errors or loaded.errors:
+        print(f"{name}: first error: {(sequential.errors or loaded.errors)[0]}", file=sys.stderr)
+    print(f"  {name}: {json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in result.items()})}",
+          flush=True)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=300, help="sequential requests, concurrency 1 (default %(default)s)")
+    parser.add_argument("--duration", type=int, default=60, help="seconds of load per server (default %(default)s)")
+    parser.add_argument("--concurrency", type=int, default=16, help="connections in the load phase (default %(default)s)")
+    parser.add_argument("--baseline-server", metavar="KERAS_FILE", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.baseline_server:
+        serve_baseline(args.baseline_server)
+        return
+    if not (1 <= args.concurrency <= 64 and 1 <= args.duration <= 600 and 1 <= args.requests <= 10_000):
+        parser.error("keep the load bounded: concurrency 1..64, duration 1..600 s, requests 1..10000")
+
+    import tensorflow as tf
+
+    with tempfile.TemporaryDirectory() as folder:
+        base, keras_file = build_models(folder)
+        body = json.dumps({"instances": [{"b64": base64.b64encode(jpeg_300x400()).decode()}]}).encode()
+        serve = [sys.executable, "-m", "pipelines.cli", "serve", base, "--host", HOST, "--port", "0",
+                 "--poll-seconds", "0"]
+        print(f"{os.cpu_count()} CPUs, TensorFlow {tf.__version__}; one 300x400 JPEG per request "
+              f"({len(body)} bytes); {args.requests} requests at concurrency 1, {args.duration} s at "
+              f"concurrency {args.concurrency}", flush=True)
+        results = [
+            measure("catsdogs (micro-batching)", serve, body, args),
+            measure("catsdogs --max-batch 1 (no batching)", [*serve, "--max-batch", "1"], body, args),
+            measure("naive: model.predict per request", [sys.executable, __file__, "--baseline-server", keras_file],
+                    body, args),
+        ]
+    print(f"\n| server | p50 ms (c=1) | p99 ms (c=1) | req/s (c={args.concurrency}) | p99 ms (c={args.concurrency}) "
+          "| requests | errors |")
+    print("|---|---|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r['server']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['rps']:.0f} | {r['p99_ms_loaded']:.0f} "
+              f"| {r['requests']} | {r['errors']} |")
+    ours, naive = results[0], results[-1]
+    print(f"\nthroughput vs naive: {ours['rps'] / naive['rps']:.1f}x; "
+          f"median latency at c=1 vs naive: {naive['p50_ms'] / ours['p50_ms']:.1f}x lower")
+    if any(r["errors"] for r in results):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

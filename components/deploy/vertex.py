@@ -1,0 +1,197 @@
+"""Deployment to a Vertex AI endpoint through the aiplatform SDK's API clients (`catsdogs deploy`).
+
+The SavedModel folder (in GCS) is uploaded as a Model served by our container: as a new version of the newest
+model with the same display name when there is one (`parent_model`), made its default version, with any
+extra version aliases. The newest endpoint with the endpoint display name is reused (created only when there
+is none), and the new version is deployed to it with autoscaling between min and max replicas and a share of
+the traffic (the endpoint's other models share the rest as before).
+
+Every call is built as the request object the SDK sends, so `--dry-run` prints exactly those requests
+without credentials; values only known once earlier calls have answered are shown as {placeholders}.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+from google.cloud import aiplatform_v1
+from google.protobuf import json_format
+
+from components.errors import InputError
+
+log = logging.getLogger(__name__)
+
+# What Vertex needs to know about our serving container (images/serving; components/serve/server.py).
+SERVING_PORT = 8080
+HEALTH_ROUTE = "/health"
+PREDICT_ROUTE = "/predict"
+
+# Vertex's rule for version aliases.
+ALIAS = re.compile(r"[a-z][a-zA-Z0-9-]{0,126}[a-z0-9]")
+NEW_MODEL_KEY = "0"  # a traffic_split key meaning "the model being deployed"
+
+FOUND_MODEL = "{the model that ListModels finds, if any}"
+UPLOADED_MODEL = "{the model version that UploadModel creates}"
+FOUND_ENDPOINT = "{the endpoint that ListEndpoints finds, or that CreateEndpoint creates}"
+OTHER_MODELS = "{the endpoint's other deployed models, scaled to share the rest}"
+
+
+@dataclass(frozen=True)
+class VertexDeployment:
+    project: str
+    location: str
+    model_dir: str  # gs:// folder holding saved_model.pb
+    serving_image: str
+    model_display_name: str = "catsdogs"
+    endpoint_display_name: str = "catsdogs"
+    machine_type: str = "n1-standard-2"
+    min_replicas: int = 1
+    max_replicas: int = 1
+    traffic_percent: int = 100
+    version_aliases: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if not self.project or not self.location:
+            raise InputError("a Vertex deployment needs a project and a location (e.g. us-central1)")
+        if not self.model_dir.startswith("gs://"):
+            raise InputError(f"Vertex reads models from GCS: MODEL_DIR must be gs://..., got {self.model_dir!r}")
+        if "/" not in self.serving_image:
+            raise InputError(f"Vertex pulls the serving image from a registry, got {self.serving_image!r}: "
+                             "pass --images-registry REGION-docker.pkg.dev/PROJECT/REPO")
+        if not 1 <= self.min_replicas <= self.max_replicas:
+            raise InputError(f"replicas: need 1 <= min ({self.min_replicas}) <= max ({self.max_replicas})")
+        if not 0 < self.traffic_percent <= 100:
+            raise InputError(f"traffic percent must be 1..100, got {self.traffic_percent}")
+        bad = [a for a in self.version_aliases if not ALIAS.fullmatch(a) or a == "default"]
+        if bad:
+            raise InputError(f"version aliases {bad}: each must match {ALIAS.pattern} and not be 'default' "
+                             "(new versions become the default anyway)")
+
+    @property
+    def parent(self) -> str:
+        return f"projects/{self.project}/locations/{self.location}"
+
+
+
+def api_endpoint(location: str) -> str:
+    return f"{location}-aiplatform.googleapis.com"
+
+
+def _client(client_class, location: str):
+    return client_class(client_options={"api_endpoint": api_endpoint(location)})
+
+
+def _named(display_name: str) -> str:
+    return f'display_name="{display_name}"'
+
+
+def list_models_request(project: str, location: str, display_name: str) -> aiplatform_v1.ListModelsRequest:
+    return aiplatform_v1.ListModelsRequest(parent=f"projects/{project}/locations/{location}",
+                                           filter=_named(display_name), order_by="create_time desc", page_size=1)
+
+
+def upload_request(d: VertexDeployment, parent_model: str) -> aiplatform_v1.UploadModelRequest:
+    container = aiplatform_v1.ModelContainerSpec(
+        image_uri=d.serving_image, health_route=HEALTH_ROUTE, predict_route=PREDICT_ROUTE,
+        ports=[aiplatform_v1.Port(container_port=SERVING_PORT)],
+    )
+    model = aiplatform_v1.Model(
+        display_name=d.model_display_name, artifact_uri=d.model_dir, container_spec=container,
+        # A new version is made the default one, like the newest version served locally; a new model's first
+        # version is its default anyway.
+        version_aliases=[*d.version_aliases, *(["default"] if parent_model else [])],
+    )
+    return aiplatform_v1.UploadModelRequest(parent=d.parent, parent_model=parent_model, model=model)
+
+
+def list_endpoints_request(project: str, location: str, display_name: str) -> aiplatform_v1.ListEndpointsRequest:
+    return aiplatform_v1.ListEndpointsRequest(parent=f"projects/{project}/locations/{location}",
+                                              filter=_named(display_name), order_by="create_time desc", page_size=1)
+
+
+def create_endpoint_request(project: str, location: str, display_name: str) -> aiplatform_v1.CreateEndpointRequest:
+    return aiplatform_v1.CreateEndpointRequest(parent=f"projects/{project}/locations/{location}",
+                                               endpoint=aiplatform_v1.Endpoint(display_name=display_name))
+
+
+def deploy_request(d: VertexDeployment, model: str, endpoint: str,
+                   traffic_split: dict[str, int]) -> aiplatform_v1.DeployModelRequest:
+    resources = aiplatform_v1.DedicatedResources(
+        machine_spec=aiplatform_v1.MachineSpec(machine_type=d.machine_type),
+        min_replica_count=d.min_replicas, max_replica_count=d.max_replicas,
+    )
+    deployed = aiplatform_v1.DeployedModel(model=model, display_name=d.model_display_name,
+                                           dedicated_resources=resources)
+    return aiplatform_v1.DeployModelRequest(endpoint=endpoint, deployed_model=deployed, traffic_split=traffic_split)
+
+
+def allocate_traffic(current: dict[str, int], percent: int) -> dict[str, int]:
+    """The endpoint's traffic split once the new model takes `percent`: the others keep their proportions."""
+    serving = {k: v for k, v in current.items() if v > 0}
+    if not serving:
+        if percent != 100:
+            raise InputError(f"the endpoint serves no model yet, so the new one must take 100% of the traffic, "
+                             f"not {percent}%")
+        return {NEW_MODEL_KEY: 100}
+    rest, total = 100 - percent, sum(serving.values())
+    split = {k: v * rest // total for k, v in sorted(serving.items())}
+    for key in list(split)[: rest - sum(split.values())]:  # hand out what rounding down left over
+        split[key] += 1
+    return {**split, NEW_MODEL_KEY: percent}
+
+
+def as_json(request) -> dict:
+    """A request as the JSON the REST API takes."""
+    return json_format.MessageToDict(type(request).pb(request))
+
+
+def dry_run(d: VertexDeployment) -> dict:
+    """Every request `deploy` would send, in order."""
+    split = {NEW_MODEL_KEY: 100} if d.traffic_percent == 100 else {OTHER_MODELS: 100 - d.traffic_percent,
+                                                                   NEW_MODEL_KEY: d.traffic_percent}
+    calls = [
+        ("ModelService.ListModels", list_models_request(d.project, d.location, d.model_display_name)),
+        ("ModelService.UploadModel", upload_request(d, FOUND_MODEL)),
+        ("EndpointService.ListEndpoints",
+         list_endpoints_request(d.project, d.location, d.endpoint_display_name)),
+        ("EndpointService.CreateEndpoint (only if none is found)",
+         create_endpoint_request(d.project, d.location, d.endpoint_display_name)),
+        ("EndpointService.DeployModel", deploy_request(d, UPLOADED_MODEL, FOUND_ENDPOINT, split)),
+    ]
+    return {"api_endpoint": api_endpoint(d.location),
+            "calls": [{"method": method, "request": as_json(request)} for method, request in calls]}
+
+
+def find_or_create_endpoint(project: str, location: str, display_name: str) -> aiplatform_v1.Endpoint:
+    """The newest endpoint with this display name, created when there is none (one endpoint, many deploys)."""
+    client = _client(aiplatform_v1.EndpointServiceClient, location)
+    found = next(iter(client.list_endpoints(request=list_endpoints_request(project, location, display_name))), None)
+    if found is not None:
+        log.info("reusing endpoint %s (%s)", found.name, display_name)
+        return found
+    endpoint = client.create_endpoint(request=create_endpoint_request(project, location, display_name)).result()
+    log.info("created endpoint %s (%s)", endpoint.name, display_name)
+    return endpoint
+
+
+def find_model(project: str, location: str, display_name: str) -> str:
+    """The resource name of the newest model with this display name, or "" when there is none."""
+    client = _client(aiplatform_v1.ModelServiceClient, location)
+    found = next(iter(client.list_models(request=list_models_request(project, location, display_name))), None)
+    return found.name if found is not None else ""
+
+
+def deploy(d: VertexDeployment) -> tuple[str, str]:
+    """Uploads and deploys; returns (model version, endpoint) resource names. Needs Google credentials."""
+    parent = find_model(d.project, d.location, d.model_display_name)
+    uploaded = _client(aiplatform_v1.ModelServiceClient, d.location).upload_model(
+        request=upload_request(d, parent)).result()
+    model = f"{uploaded.model}@{uploaded.model_version_id}"
+    log.info("uploaded %s%s", model, f" as a new version of {parent}" if parent else "")
+    endpoint = find_or_create_endpoint(d.project, d.location, d.endpoint_display_name)
+    split = allocate_traffic(dict(endpoint.traffic_split), d.traffic_percent)
+    _client(aiplatform_v1.EndpointServiceClient, d.location).deploy_model(request=deploy_request(d, model, endpoint.name, split)).result()
+    log.info("deployed %s to %s with traffic %s", model, endpoint.name, split)
+    return model, endpoint.name

@@ -1,0 +1,169 @@
+"""One loaded model version: decoding of request instances into the model's pixels, and its prediction call.
+
+Decoding (and resizing to the model's input size) runs in the request's own thread, so many requests decode
+at once while the batcher's thread runs the model; every instance then has the same [S, S, 3] shape and any
+mix of requests can share one `predict_pixels` call.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from http import HTTPStatus
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image, UnidentifiedImageError
+
+from components import storage
+from components.errors import InputError
+from components.train.data import decode_and_resize
+
+log = logging.getLogger(__name__)
+
+# A small compressed image can declare a huge size; decoding it would exhaust memory and take the server down.
+MAX_IMAGE_PIXELS = 40_000_000
+
+
+class RequestError(Exception):
+    """A request the server refuses; `status` is the HTTP status to answer with."""
+
+    def __init__(self, status: HTTPStatus, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def bad_request(message: str) -> RequestError:
+    return RequestError(HTTPStatus.BAD_REQUEST, message)
+
+
+def input_size(loaded) -> int:
+    """The side S of the [S, S] that the SavedModel's predict_pixels resizes every image to.
+
+    export.py bakes the size into the graph as the constant `size` of a ResizeBilinear op; there is no other
+    record of it inside the SavedModel.
+    """
+    graph = loaded.signatures["predict_pixels"].graph.as_graph_def()
+    for function in graph.library.function:
+        consts = {n.name: n for n in function.node_def if n.op == "Const"}
+        for node in function.node_def:
+            size_node = consts.get(node.input[1].split(":")[0]) if node.op == "ResizeBilinear" else None
+            if size_node is not None:
+                height, width = tf.make_ndarray(size_node.attr["value"].tensor).tolist()
+                if height == width:
+                    return height
+    raise InputError("the SavedModel's predict_pixels signature does not resize to a fixed square size: "
+                     "was it exported by `catsdogs train`?")
+
+
+def load_saved_model(path: str):
+    """tf.saved_model.load, through a local copy for gs:// (TensorFlow alone cannot read GCS here)."""
+    if not storage.is_gcs(path):
+        return tf.saved_model.load(path)
+    local = tempfile.mkdtemp(prefix="catsdogs-model-")
+    try:
+        storage.copy_tree(path, local)
+        return tf.saved_model.load(local)
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
+
+
+@dataclass
+class Predictions:
+    """The model's outputs for one request's instances."""
+
+    classes: list[str]
+    labels: list[str]
+    probabilities: np.ndarray  # [N, K]
+
+    def rows(self) -> list[dict]:
+        return [{"label": label, "probabilities": {c: float(p) for c, p in zip(self.classes, probs)}}
+                for label, probs in zip(self.labels, self.probabilities)]
+
+
+class LoadedModel:
+    def __init__(self, name: str, version: int, path: str):
+        self.name, self.version, self.path = name, version, path
+        loaded = load_saved_model(path)
+        self._loaded = loaded  # the signatures' variables live as long as this object
+        self._predict = loaded.signatures["predict_pixels"]
+        size = input_size(loaded)
+        # The same preprocessing as the SavedModel's own signatures (and training), one image at a time.
+        self._decode = tf.function(lambda image_bytes: decode_and_resize(image_bytes, size),
+                                   input_signature=[tf.TensorSpec([], tf.string)])
+        self._resize = tf.function(lambda pixels: tf.image.resize(pixels, [size, size]),
+                                   input_signature=[tf.TensorSpec([None, None, 3], tf.float32)])
+
+    def __repr__(self) -> str:
+        return f"{self.name} version {self.version} ({self.path})"
+
+    def instance_pixels(self, instance, index: int) -> np.ndarray:
+        """One request instance -> float32 [S, S, 3] pixels; RequestError (400) saying what is wrong."""
+        if isinstance(instance, dict) and isinstance(instance.get("image_bytes"), dict):
+            instance = instance["image_bytes"]
+        if isinstance(instance, dict) and "b64" in instance:
+            return self._image_pixels(_b64_bytes(instance["b64"], index), index)
+        if isinstance(instance, dict) and "pixels" in instance:
+            instance = instance["pixels"]
+        if isinstance(instance, list):
+            return self._resize(_pixel_array(instance, index)).numpy()
+        raise bad_request(f'instance {index}: expected {{"b64": "<base64 image>"}}, '
+                          f'{{"image_bytes": {{"b64": ...}}}} or an HxWx3 array of pixels')
+
+    def _image_pixels(self, data: bytes, index: int) -> np.ndarray:
+        too_large = bad_request(f"instance {index}: the image is over the {MAX_IMAGE_PIXELS}-pixel limit")
+        try:
+            width, height = Image.open(io.BytesIO(data)).size  # reads the header only
+        except Image.DecompressionBombError as e:
+            raise too_large from e
+        except (UnidentifiedImageError, OSError) as e:
+            raise bad_request(f"instance {index}: not a decodable image (JPEG, PNG, GIF or BMP)") from e
+        if width * height > MAX_IMAGE_PIXELS:
+            raise too_large
+        try:
+            return self._decode(tf.constant(data)).numpy()
+        except tf.errors.InvalidArgumentError as e:
+            raise bad_request(f"instance {index}: cannot decode the image: {e.message}") from e
+
+    def predict(self, pixels: np.ndarray) -> Predictions:
+        """Predictions for float32 pixels [N, S, S, 3] in one model call."""
+        outputs = self._predict(pixels=tf.constant(pixels))
+        return Predictions(
+            classes=[c.decode() for c in outputs["classes"].numpy()[0]],
+            labels=[label.decode() for label in outputs["labels"].numpy()],
+            probabilities=outputs["probabilities"].numpy(),
+        )
+
+    def warm_up(self, max_batch: int) -> None:
+        """Runs every path once so the first requests do not pay for graph and kernel set-up."""
+        image = tf.io.encode_jpeg(tf.zeros([32, 32, 3], tf.uint8)).numpy()
+        pixels = self.instance_pixels({"b64": base64.b64encode(image).decode()}, 0)
+        self.instance_pixels([[[0, 0, 0]]], 0)
+        for size in sorted({1, max_batch}):
+            self.predict(np.repeat(pixels[np.newaxis], size, axis=0))
+
+
+def _b64_bytes(text, index: int) -> bytes:
+    if not isinstance(text, str):
+        raise bad_request(f'instance {index}: "b64" must be a base64 string')
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise bad_request(f"instance {index}: bad base64: {e}") from e
+
+
+def _pixel_array(values: list, index: int) -> np.ndarray:
+    try:
+        pixels = np.asarray(values, dtype=np.float32)
+    except (ValueError, TypeError) as e:
+        raise bad_request(f"instance {index}: pixels must be a rectangular HxWx3 array of numbers") from e
+    if pixels.ndim != 3 or pixels.shape[2] != 3 or 0 in pixels.shape:
+        raise bad_request(f"instance {index}: pixel array has shape {list(pixels.shape)}, expected [H, W, 3]")
+    if not np.isfinite(pixels).all():
+        raise bad_request(f"instance {index}: pixels must be finite numbers (0..255)")
+    return pixels
