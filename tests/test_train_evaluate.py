@@ -21,7 +21,9 @@ def test_dataset_yields_resized_float_batches_with_labels(records):
 
 def test_export_has_bytes_and_pixel_signatures_that_agree(trained_model, sample_images):
     loaded = tf.saved_model.load(trained_model)
-    assert set(loaded.signatures) == {"serving_default", "predict_pixels"}
+    assert set(loaded.signatures) == {"serving_default", "predict_pixels", "model_info"}
+    info = loaded.signatures["model_info"]()
+    assert int(info["image_size"]) == IMAGE_SIZE and [c.decode() for c in info["classes"].numpy()] == ["cats", "dogs"]
     paths = [os.path.join(sample_images, label, f"{label}.00003.jpg") for label in ("cats", "dogs")]
     encoded = [open(p, "rb").read() for p in paths]
     from_bytes = loaded.signatures["serving_default"](image_bytes=tf.constant(encoded))

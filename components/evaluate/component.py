@@ -16,6 +16,8 @@ def evaluate(
     """Scores the exported SavedModel on the TEST split (VALIDATION if there is no TEST): accuracy, AUC,
     per-class precision/recall, confusion matrix and ROC (2 classes), an HTML report with the training
     curves. Returns whether accuracy reaches min_accuracy: the deploy gate."""
+    import math
+
     from components import logs
     from components.evaluate.core import evaluate as score
     from components.evaluate.report import html_report
@@ -24,7 +26,8 @@ def evaluate(
     logs.setup()
     result = score(model.uri, tfrecords.uri)
     metrics.log_metric("accuracy", result.accuracy)
-    metrics.log_metric("auc", result.auc)
+    if math.isfinite(result.auc):  # undefined when the split lacks a class; KFP metadata refuses NaN
+        metrics.log_metric("auc", result.auc)
     metrics.log_metric("examples", result.examples)
     metrics.log_metric("split", result.split)
     for name, scores in result.per_class().items():

@@ -43,22 +43,10 @@ def bad_request(message: str) -> RequestError:
 
 
 def input_size(loaded) -> int:
-    """The side S of the [S, S] that the SavedModel's predict_pixels resizes every image to.
-
-    export.py bakes the size into the graph as the constant `size` of a ResizeBilinear op; there is no other
-    record of it inside the SavedModel.
-    """
-    graph = loaded.signatures["predict_pixels"].graph.as_graph_def()
-    for function in graph.library.function:
-        consts = {n.name: n for n in function.node_def if n.op == "Const"}
-        for node in function.node_def:
-            size_node = consts.get(node.input[1].split(":")[0]) if node.op == "ResizeBilinear" else None
-            if size_node is not None:
-                height, width = tf.make_ndarray(size_node.attr["value"].tensor).tolist()
-                if height == width:
-                    return height
-    raise InputError("the SavedModel's predict_pixels signature does not resize to a fixed square size: "
-                     "was it exported by `catsdogs train`?")
+    """The side S of the [S, S] that the SavedModel resizes every image to (its model_info signature)."""
+    if "model_info" not in loaded.signatures:
+        raise InputError("the SavedModel has no model_info signature: was it exported by `catsdogs train`?")
+    return int(loaded.signatures["model_info"]()["image_size"])
 
 
 def load_saved_model(path: str):

@@ -3,6 +3,7 @@
 serving_default:  image_bytes  tf.string [N] (encoded JPEG/PNG, what Vertex's {"b64": ...} carries)
 predict_pixels:   pixels       float32 [N, H, W, 3] in 0..255, any H and W (resized inside)
 both return       probabilities float32 [N, K], labels string [N] (the likeliest class), classes string [N, K]
+model_info:       no input -> image_size int32 (the side images are resized to), classes string [K]
 """
 
 from __future__ import annotations
@@ -50,5 +51,8 @@ def export_saved_model(model: keras.Model, class_names: list[str], image_size: i
     archive.add_endpoint(
         "predict_pixels", from_pixels,
         input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="pixels")],
+    )
+    archive.add_endpoint(
+        "model_info", lambda: {"image_size": tf.constant(image_size, tf.int32), "classes": names}, input_signature=[]
     )
     archive.write_out(export_dir, verbose=False)
