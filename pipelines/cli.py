@@ -40,8 +40,9 @@ def cmd_convert(args, beam_args: list[str]) -> None:
     if args.runner == "DataflowRunner":
         labels = dict(label.split("=", 1) for label in args.label)
         beam_args = dataflow_args(
-            args.project, args.region, args.temp_location, args.sdk_container_image, args.service_account,
-            args.machine_type, args.max_workers, args.job_name, labels,
+            args.project, args.region, args.temp_location, sdk_container_image=args.sdk_container_image,
+            service_account=args.service_account, machine_type=args.machine_type, max_workers=args.max_workers,
+            job_name=args.job_name, subnetwork=args.subnetwork, labels=labels,
         ) + beam_args
     summary = convert(args.csv, args.output_dir, args.format, args.compression, args.num_shards,
                       args.max_error_fraction, args.runner, beam_args, args.workers, args.dry_run)
@@ -183,9 +184,46 @@ def cmd_compile(args) -> None:
     from pipelines.vertex import compile_vertex_pipeline
 
     images = Images.from_registry(args.images_registry, args.images_tag)
-    compile_vertex_pipeline(args.output, images, args.machine)
-    print(f"compiled the Vertex pipeline ({args.machine} training, images {images.components}, "
+    compile_vertex_pipeline(args.output, images, args.machine, args.replicas)
+    print(f"compiled the Vertex pipeline ({args.replicas} x {args.machine} training, images {images.components}, "
           f"{images.trainer}, {images.serving}) to {args.output}")
+
+
+def cmd_submit(args) -> None:
+    import json
+    import tempfile
+
+    from google.auth.credentials import AnonymousCredentials
+
+    from components.images import Images
+    from pipelines.submit import build_job, job_request, submit
+    from pipelines.vertex import compile_vertex_pipeline
+
+    images = Images.from_registry(args.images_registry, args.images_tag)
+    with tempfile.TemporaryDirectory(prefix="catsdogs-submit-") as folder:
+        template = f"{folder}/pipeline.yaml"
+        compile_vertex_pipeline(template, images, args.machine, args.replicas)
+        labels = dict(label.split("=", 1) for label in args.label)
+        job = build_job(template, args.project, args.region, args.pipeline_root, args.images, args.param,
+                        enable_caching=not args.no_cache, labels=labels,
+                        credentials=AnonymousCredentials() if args.dry_run else None)
+        if args.dry_run:
+            request = {**job_request(job), "serviceAccount": args.service_account,
+                       "location": args.region, "project": args.project}
+            print(json.dumps(request, indent=2))
+            return
+        name = submit(job, args.service_account, args.wait)
+    print(f"submitted {name}")
+
+
+def _add_vertex_build_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--images-registry", default="",
+                        help="e.g. us-central1-docker.pkg.dev/PROJECT/catsdogs (default: local image names)")
+    parser.add_argument("--images-tag", default="latest", help="(default %(default)s)")
+    parser.add_argument("--machine", default="T4_1X",
+                        help="training machine preset: CPU, T4_1X, T4_4X, V100_4X, A100_8X, L4_1X ... (default %(default)s)")
+    parser.add_argument("--replicas", type=int, default=1,
+                        help="training machines; more than 1 trains multi-node (default %(default)s)")
 
 
 def _add_training_flags(parser: argparse.ArgumentParser, epochs: int) -> None:
@@ -247,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     dataflow.add_argument("--machine-type", default="", help="worker machine type, e.g. n1-standard-4")
     dataflow.add_argument("--max-workers", type=int, default=0, help="autoscaling limit")
     dataflow.add_argument("--job-name", default="")
+    dataflow.add_argument("--subnetwork", default="", help="workers' subnetwork (regions/R/subnetworks/S or a URL)")
     dataflow.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="job label (repeatable)")
     p.set_defaults(handler=cmd_convert, takes_beam_args=True)
 
@@ -328,11 +367,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compile", help="compile the Vertex AI pipeline to YAML")
     p.add_argument("--output", default="pipeline.yaml", help="(default %(default)s)")
-    p.add_argument("--images-registry", default="",
-                   help="e.g. us-central1-docker.pkg.dev/PROJECT/catsdogs (default: local image names)")
-    p.add_argument("--images-tag", default="latest", help="(default %(default)s)")
-    p.add_argument("--machine", default="T4_1X", help="training machine preset, e.g. CPU, T4_4X, A100_8X")
+    _add_vertex_build_flags(p)
     p.set_defaults(handler=cmd_compile)
+
+    p = sub.add_parser("submit", help="compile and submit the pipeline to Vertex AI Pipelines",
+                       description="Compiles the Vertex pipeline and submits it as a PipelineJob. Pipeline "
+                                   "parameters (see `catsdogs compile` output's root inputs) are set with "
+                                   "--param KEY=VALUE. --dry-run prints the request and needs no credentials.")
+    p.add_argument("--project", required=True)
+    p.add_argument("--region", required=True, help="e.g. europe-west4")
+    p.add_argument("--pipeline-root", required=True, help="gs:// folder for the pipeline's artifacts")
+    p.add_argument("--images", required=True, help="gs:// folder of labelled images (<label>/<file>)")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="pipeline parameter (repeatable)")
+    p.add_argument("--service-account", default="", help="service account the pipeline runs as")
+    p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="job label (repeatable)")
+    p.add_argument("--no-cache", action="store_true", help="run every step even if a cached result exists")
+    p.add_argument("--wait", action="store_true", help="wait for the run to finish")
+    p.add_argument("--dry-run", action="store_true", help="print the job request, submit nothing")
+    _add_vertex_build_flags(p)
+    p.set_defaults(handler=cmd_submit)
     return parser
 
 

@@ -12,6 +12,7 @@ from kfp.dsl import Artifact, Input
 
 from components.convert.component import convert
 from components.deploy.component import find_model, find_or_create_endpoint
+from components.errors import InputError
 from components.deploy.vertex import HEALTH_ROUTE, PREDICT_ROUTE, SERVING_PORT
 from components.evaluate.component import evaluate
 from components.images import LOCAL, Images, with_image
@@ -19,19 +20,24 @@ from components.prepare.component import prepare
 from components.train.component import train
 from pipelines.machines import machine_spec
 
+
 @dsl.component(base_image=LOCAL.components, install_kfp_package=False)
 def artifact_uri(artifact: Input[Artifact]) -> str:
     """The artifact's storage URI, for importing the trained SavedModel as a Vertex model."""
     return artifact.uri
 
 
-def build_vertex_pipeline(images: Images = LOCAL, machine: str = "T4_1X"):
-    """The Vertex pipeline function, with its steps' images and the training machine fixed at compile time."""
+def build_vertex_pipeline(images: Images = LOCAL, machine: str = "T4_1X", replicas: int = 1):
+    """The Vertex pipeline function, with its steps' images and the training machines fixed at compile time:
+    `replicas` machines of the `machine` preset (one chief, the rest workers: multi-node training)."""
+    if replicas < 1:
+        raise InputError(f"--replicas must be at least 1, got {replicas}")
     spec = machine_spec(machine)
     components_image = images.components
     train_job = create_custom_training_job_from_component(
         with_image(train, images.trainer), display_name="catsdogs-train", machine_type=spec.machine_type,
         accelerator_type=spec.accelerator_type, accelerator_count=spec.accelerator_count or 1,
+        replica_count=replicas,
     )
 
     @dsl.pipeline(name="catsdogs", description="Labelled images in GCS to an image classifier on a Vertex AI endpoint.")
@@ -51,17 +57,29 @@ def build_vertex_pipeline(images: Images = LOCAL, machine: str = "T4_1X"):
         deploy_machine_type: str = "n1-standard-2",
         deploy_min_replicas: int = 1,
         deploy_max_replicas: int = 1,
+        record_format: str = "jpeg",
+        dataflow_machine_type: str = "n1-standard-4",
+        dataflow_max_workers: int = 10,
+        dataflow_subnetwork: str = "",
+        service_account: str = "",
+        augment: bool = False,
     ):
+        """Parameters: where the images are, how to convert them on Dataflow, how to train (the machines are
+        chosen at compile time), and the accuracy the model needs to be deployed to the endpoint. The service
+        account runs the Dataflow workers and the training job (empty: the project's defaults)."""
         images_csv = with_image(prepare, components_image)(images_root=images_root).set_display_name("prepare CSV")
         records = with_image(convert, components_image)(
-            image_csv=images_csv.outputs["image_csv"], runner="DataflowRunner", dataflow_project=project,
-            dataflow_region=location, dataflow_temp_location=dataflow_temp_location,
-            dataflow_sdk_container_image=components_image,
+            image_csv=images_csv.outputs["image_csv"], record_format=record_format, runner="DataflowRunner",
+            dataflow_project=project, dataflow_region=location, dataflow_temp_location=dataflow_temp_location,
+            dataflow_sdk_container_image=components_image, dataflow_service_account=service_account,
+            dataflow_machine_type=dataflow_machine_type, dataflow_max_workers=dataflow_max_workers,
+            dataflow_subnetwork=dataflow_subnetwork, dataflow_labels={"app": "catsdogs"},
         ).set_display_name("convert to TFRecords (Dataflow)")
         trained = train_job(
             tfrecords=records.outputs["tfrecords"], epochs=epochs, batch_size=batch_size, image_size=image_size,
-            learning_rate=learning_rate, model_name=model_name, project=project, location=location,
-        ).set_display_name(f"train ({machine})")
+            learning_rate=learning_rate, model_name=model_name, augment=augment, project=project,
+            location=location, service_account=service_account,
+        ).set_display_name(f"train ({machine} x{replicas})")
         scored = with_image(evaluate, components_image)(
             model=trained.outputs["model"], tfrecords=records.outputs["tfrecords"], min_accuracy=min_accuracy
         ).set_display_name("evaluate")
@@ -111,5 +129,5 @@ def build_vertex_pipeline(images: Images = LOCAL, machine: str = "T4_1X"):
     return vertex_pipeline
 
 
-def compile_vertex_pipeline(output: str, images: Images = LOCAL, machine: str = "T4_1X") -> None:
-    compiler.Compiler().compile(build_vertex_pipeline(images, machine), package_path=output)
+def compile_vertex_pipeline(output: str, images: Images = LOCAL, machine: str = "T4_1X", replicas: int = 1) -> None:
+    compiler.Compiler().compile(build_vertex_pipeline(images, machine, replicas), package_path=output)

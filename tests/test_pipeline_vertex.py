@@ -107,3 +107,72 @@ def test_presets_cover_tensorflow_clouds_names():
     assert machine_spec("t4_1x").accelerator_count == 1
     with pytest.raises(InputError, match="unknown machine preset"):
         machine_spec("TPU_9000")
+
+
+def test_multi_node_training_has_a_chief_pool_and_a_worker_pool(tmp_path):
+    compile_vertex_pipeline(str(tmp_path / "p.yaml"), Images.from_registry(REGISTRY, "t"), "V100_4X", replicas=3)
+    compiled = yaml.safe_load((tmp_path / "p.yaml").read_text())
+    specs = compiled["components"]["comp-train"]["inputDefinitions"]["parameters"]["worker_pool_specs"]["defaultValue"]
+    assert [s["replica_count"] for s in specs] == [1, 2]
+    assert all(s["machine_spec"]["accelerator_count"] == 4 for s in specs)
+    assert compiled["root"]["dag"]["tasks"]["train"]["taskInfo"]["name"] == "train (V100_4X x3)"
+
+
+def test_pipeline_parameters_cover_data_dataflow_training_and_deploy(compiled):
+    parameters = compiled["root"]["inputDefinitions"]["parameters"]
+    for name in ("project", "location", "images_root", "record_format", "dataflow_machine_type",
+                 "dataflow_max_workers", "dataflow_subnetwork", "service_account", "epochs", "batch_size",
+                 "image_size", "model_name", "min_accuracy", "endpoint_display_name", "deploy_machine_type",
+                 "deploy_min_replicas", "deploy_max_replicas"):
+        assert name in parameters, name
+    assert parameters["min_accuracy"]["defaultValue"] == 0.8
+    convert = compiled["root"]["dag"]["tasks"]["convert"]["inputs"]["parameters"]
+    assert convert["dataflow_service_account"] == {"componentInputParameter": "service_account"}
+    assert convert["dataflow_max_workers"] == {"componentInputParameter": "dataflow_max_workers"}
+
+
+def test_submit_dry_run_prints_the_job_request_without_credentials(capsys, monkeypatch):
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    code = main(["submit", "--project", "my-project", "--region", "europe-west4", "--pipeline-root", "gs://b/root",
+                 "--images", "gs://b/images", "--param", "epochs=3", "--param", "augment=true",
+                 "--param", "min_accuracy=0.9", "--label", "team=ml", "--no-cache", "--dry-run",
+                 "--images-registry", REGISTRY, "--images-tag", "abc"])
+    assert code == 0
+    request = json.loads(capsys.readouterr().out)
+    assert request["templateName"] == "catsdogs"
+    assert request["runtimeConfig"]["gcsOutputDirectory"] == "gs://b/root"
+    values = request["runtimeConfig"]["parameterValues"]
+    assert values["project"] == "my-project" and values["location"] == "europe-west4"
+    assert values["images_root"] == "gs://b/images" and values["dataflow_temp_location"] == "gs://b/root/dataflow-tmp"
+    assert values["epochs"] == 3 and values["augment"] is True and values["min_accuracy"] == 0.9
+    assert request["labels"] == {"app": "catsdogs", "team": "ml"}
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [(["--param", "epoch=3"], "no such parameter"), (["--param", "epochs=three"], "not a valid number_integer"),
+     (["--param", "augment=maybe"], "true or false"), (["--param", "epochs"], "KEY=VALUE")],
+)
+def test_submit_refuses_bad_parameters_by_name(extra, message, capsys):
+    code = main(["submit", "--project", "my-project", "--region", "r", "--pipeline-root", "gs://b/root",
+                 "--images", "gs://b/images", "--dry-run", *extra])
+    assert code == 2 and message in capsys.readouterr().err
+
+
+def test_submit_without_credentials_says_how_to_get_them(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path))  # no gcloud login here
+    monkeypatch.setenv("NO_GCE_CHECK", "true")  # and no metadata server to ask
+    code = main(["submit", "--project", "my-project", "--region", "europe-west4", "--pipeline-root", "gs://b/root",
+                 "--images", "gs://b/images"])
+    assert code == 2
+    assert "gcloud auth application-default login" in capsys.readouterr().err
+
+
+def test_submit_checks_paths_and_project_before_anything_else(capsys):
+    assert main(["submit", "--project", "My Project", "--region", "r", "--pipeline-root", "gs://b/r",
+                 "--images", "gs://b/i", "--dry-run"]) == 2
+    assert "not a Google Cloud project ID" in capsys.readouterr().err
+    assert main(["submit", "--project", "my-project", "--region", "r", "--pipeline-root", "/tmp/root",
+                 "--images", "gs://b/i", "--dry-run"]) == 2
+    assert "--pipeline-root must be a gs:// path" in capsys.readouterr().err

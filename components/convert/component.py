@@ -24,6 +24,7 @@ def convert(
     dataflow_machine_type: str = "",
     dataflow_max_workers: int = 0,
     dataflow_job_name: str = "",
+    dataflow_subnetwork: str = "",
     dataflow_labels: Optional[Dict[str, str]] = None,
 ):
     """Converts the CSV's images to sharded TFRecords with Apache Beam, locally or on Dataflow.
@@ -39,7 +40,7 @@ def convert(
             project=dataflow_project, region=dataflow_region, temp_location=dataflow_temp_location,
             sdk_container_image=dataflow_sdk_container_image, service_account=dataflow_service_account,
             machine_type=dataflow_machine_type, max_workers=dataflow_max_workers, job_name=dataflow_job_name,
-            labels=dataflow_labels,
+            subnetwork=dataflow_subnetwork, labels=dataflow_labels,
         )
     summary = run_conversion(image_csv.uri, tfrecords.uri, record_format, compression or None, num_shards,
                              max_error_fraction, runner, args)

@@ -243,7 +243,7 @@ def build_pipeline(pipeline: beam.Pipeline, rows: list[dict], bad_rows: list[dic
 
 def dataflow_args(project: str, region: str, temp_location: str, sdk_container_image: str = "",
                   service_account: str = "", machine_type: str = "", max_workers: int = 0, job_name: str = "",
-                  labels: dict[str, str] | None = None) -> list[str]:
+                  subnetwork: str = "", labels: dict[str, str] | None = None) -> list[str]:
     """Beam options for a Dataflow run; empty values are left to Dataflow's defaults."""
     missing = [n for n, v in (("project", project), ("region", region), ("temp_location", temp_location)) if not v]
     if missing:
@@ -254,7 +254,7 @@ def dataflow_args(project: str, region: str, temp_location: str, sdk_container_i
         "project": project, "region": region, "temp_location": temp_location,
         "sdk_container_image": sdk_container_image, "service_account_email": service_account,
         "machine_type": machine_type, "max_num_workers": str(max_workers) if max_workers else "",
-        "job_name": job_name,
+        "job_name": job_name, "subnetwork": subnetwork,
     }
     args = [f"--{name}={value}" for name, value in options.items() if value]
     return args + [f"--labels={key}={value}" for key, value in sorted((labels or {}).items())]

@@ -1,0 +1,94 @@
+"""Submitting the compiled Vertex pipeline as a Vertex AI PipelineJob (or printing the request: --dry-run)."""
+
+import contextlib
+import json
+import re
+
+import yaml
+
+from components.errors import InputError
+
+TYPES = {"STRING": str, "NUMBER_INTEGER": int, "NUMBER_DOUBLE": float, "BOOLEAN": None, "LIST": json.loads,
+         "STRUCT": json.loads}
+
+
+@contextlib.contextmanager
+def credentials_hint():
+    """Turns google-auth's missing-credentials error into one that says what to do."""
+    import google.auth.exceptions
+
+    try:
+        yield
+    except google.auth.exceptions.DefaultCredentialsError as e:
+        raise InputError("no Google Cloud credentials: run `gcloud auth application-default login` or set "
+                         "GOOGLE_APPLICATION_CREDENTIALS to a service account key file") from e
+
+
+def pipeline_parameters(template_path: str) -> dict[str, dict]:
+    """The compiled pipeline's parameters: name -> {"parameterType": ..., "defaultValue"?: ...}."""
+    with open(template_path) as f:
+        return yaml.safe_load(f)["root"]["inputDefinitions"]["parameters"]
+
+
+def _boolean(name: str, text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise InputError(f"--param {name}={text}: expected true or false")
+
+
+def parse_params(pairs: list[str], declared: dict[str, dict]) -> dict:
+    """KEY=VALUE strings -> typed values, each checked against the pipeline's declared parameters."""
+    values = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep:
+            raise InputError(f"--param {pair!r}: expected KEY=VALUE")
+        if name not in declared:
+            raise InputError(f"--param {name}: the pipeline has no such parameter; it has {', '.join(sorted(declared))}")
+        kind = declared[name]["parameterType"]
+        try:
+            values[name] = _boolean(name, text) if kind == "BOOLEAN" else TYPES[kind](text)
+        except ValueError as e:
+            raise InputError(f"--param {name}={text}: not a valid {kind.lower()} ({e})") from None
+    return values
+
+
+def build_job(template_path: str, project: str, region: str, pipeline_root: str, images_root: str,
+              params: list[str], enable_caching: bool = True, labels: dict[str, str] | None = None,
+              credentials=None):
+    """An aiplatform.PipelineJob for the template; nothing is sent until it is submitted."""
+    from google.cloud import aiplatform
+
+    for name, value in (("--pipeline-root", pipeline_root), ("--images", images_root)):
+        if not value.startswith("gs://"):
+            raise InputError(f"{name} must be a gs:// path, got {value!r}")
+    if not re.fullmatch(r"[a-z][a-z0-9-]{4,28}[a-z0-9]", project):
+        raise InputError(f"--project {project!r} is not a Google Cloud project ID")
+    declared = pipeline_parameters(template_path)
+    values = {"project": project, "location": region, "images_root": images_root,
+              "dataflow_temp_location": pipeline_root.rstrip("/") + "/dataflow-tmp"}
+    values.update(parse_params(params, declared))
+    with credentials_hint():
+        return aiplatform.PipelineJob(
+            display_name="catsdogs", template_path=template_path, pipeline_root=pipeline_root,
+            parameter_values=values, enable_caching=enable_caching, labels={"app": "catsdogs", **(labels or {})},
+            project=project, location=region, credentials=credentials,
+        )
+
+
+def job_request(job) -> dict:
+    """What a dry run prints: the job request without the (long) pipeline spec, plus the template's name."""
+    request = job.to_dict()
+    spec = request.pop("pipelineSpec")
+    return {"templateName": spec["pipelineInfo"]["name"], **request}
+
+
+def submit(job, service_account: str = "", wait: bool = False) -> str:
+    """Submits the job and returns its resource name; a clear InputError when there are no credentials."""
+    with credentials_hint():
+        job.submit(service_account=service_account or None)
+    if wait:
+        job.wait()
+    return job.resource_name
