@@ -1,5 +1,6 @@
 """The whole local DAG through kfp.local, as a user runs it: `catsdogs run`."""
 
+import glob
 import os
 
 import pytest
@@ -21,6 +22,11 @@ def test_run_deploys_a_new_version_each_time_and_predicts_from_it(tmp_path, caps
     assert len(predictions) == 4  # two images per class
     assert {line.rsplit(": ", 1)[1].split()[0] for line in predictions} <= {"cats", "dogs"}
     assert {"cats", "dogs"} == {os.path.basename(os.path.dirname(line.split(": ")[0].strip())) for line in predictions}
+
+    reports = glob.glob(os.path.join(workdir, "pipeline_root", "*", "evaluate", "report"))
+    assert len(reports) == 1 and "<svg" in open(reports[0]).read()
+    metrics = glob.glob(os.path.join(workdir, "pipeline_root", "*", "evaluate", "executor_output.json"))
+    assert '"accuracy"' in open(metrics[0]).read()
 
     assert main(["run", "--workdir", workdir, *FAST]) == 0
     assert "deployed version 2" in capsys.readouterr().out
