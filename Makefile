@@ -5,17 +5,18 @@ WORKDIR ?= work
 REGISTRY ?=
 TAG ?= latest
 
-.PHONY: install test run compile clean
+.PHONY: install test run compile clean engine images lock
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml requirements.lock
 	python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev]'
 	touch $@
 
-test: install
+# The `images` tests build and run the container images: they need podman or docker (installed here on CI).
+test: install engine
 	$(BIN)/python -m pytest
 
 run: install
@@ -23,6 +24,17 @@ run: install
 
 compile: install
 	$(BIN)/catsdogs compile --output pipeline.yaml --images-registry "$(REGISTRY)" --images-tag $(TAG)
+
+# Builds catsdogs-components, catsdogs-trainer and catsdogs-serving:$(TAG) locally (images/build.sh).
+images: engine
+	TAG=$(TAG) images/build.sh
+
+engine:
+	images/install-engine.sh
+
+# Pins every dependency of the local install and of the images (requirements.lock), after changing them.
+lock: install
+	$(BIN)/python images/lock.py
 
 clean:
 	rm -rf $(VENV) $(WORKDIR) pipeline.yaml .pytest_cache
