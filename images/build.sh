@@ -5,6 +5,7 @@
 # be reached (CI machines, sandboxes), local stand-ins from images/standin/ are built once and passed as build
 # arguments instead, so the Dockerfiles stay the ones Cloud Build uses. Needs root and debootstrap for that.
 set -euo pipefail
+shopt -s inherit_errexit  # a failing stand-in build inside $(...) stops the script
 cd "$(dirname "$0")/.."
 engine=images/engine.sh
 tag="${TAG:-latest}"
@@ -56,9 +57,10 @@ base_arg() {  # base_arg DOCKERFILE ARG STANDIN BUILDER: a --build-arg for the s
 for name in "${names[@]}"; do
   file="images/$name/Dockerfile"
   [[ -f "$file" ]] || { echo "build.sh: no $file" >&2; exit 2; }
+  python_arg="$(base_arg "$file" PYTHON_IMAGE "$PYTHON_STANDIN" build_python_standin)"
+  beam_arg="$(base_arg "$file" BEAM_IMAGE "$BEAM_STANDIN" build_beam_standin)"
   args=()
-  for arg in "$(base_arg "$file" PYTHON_IMAGE "$PYTHON_STANDIN" build_python_standin)" \
-             "$(base_arg "$file" BEAM_IMAGE "$BEAM_STANDIN" build_beam_standin)"; do
+  for arg in "$python_arg" "$beam_arg"; do
     [[ -z "$arg" ]] || args+=("$arg")
   done
   start=$SECONDS

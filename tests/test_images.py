@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import subprocess
 import sys
@@ -173,6 +174,20 @@ def _request(url: str, body: bytes | None = None) -> tuple[int, dict]:
         return error.code, json.loads(error.read())
 
 
+def _predict_here(model_dir: str, image: bytes) -> tuple[str, dict]:
+    """The SavedModel's own answer (its serving_default signature), to compare the container's with."""
+    import tensorflow as tf
+
+    outputs = tf.saved_model.load(model_dir).signatures["serving_default"](image_bytes=tf.constant([image]))
+    classes = [c.decode() for c in outputs["classes"].numpy()[0]]
+    return outputs["labels"].numpy()[0].decode(), dict(zip(classes, outputs["probabilities"].numpy()[0].tolist()))
+
+
+def _logs(container: str) -> str:
+    result = engine("logs", container, check=False)
+    return result.stdout + result.stderr
+
+
 def _wait_until_healthy(container: str, url: str) -> None:
     deadline = time.monotonic() + 180  # a guard against hanging, not a speed requirement
     while time.monotonic() < deadline:
@@ -182,14 +197,14 @@ def _wait_until_healthy(container: str, url: str) -> None:
         except (urllib.error.URLError, ConnectionError):
             pass
         if engine("inspect", "--format", "{{.State.Running}}", container).stdout.strip() != "true":
-            pytest.fail(f"the serving container exited:\n{engine('logs', container, check=False).stderr}")
+            pytest.fail(f"the serving container exited:\n{_logs(container)}")
         time.sleep(0.5)
-    pytest.fail(f"the serving container never answered {url}:\n{engine('logs', container, check=False).stderr}")
+    pytest.fail(f"the serving container never answered {url}:\n{_logs(container)}")
 
 
 @pytest.mark.images
 def test_serving_container_follows_the_vertex_contract(image, trained_model, sample_images):
-    container = "catsdogs-serving-test"
+    container = f"catsdogs-serving-test-{os.getpid()}"
     engine("rm", "--force", container, check=False)
     engine("run", "--detach", "--name", container, "--publish", f"127.0.0.1::{PORT}",
            "--volume", f"{trained_model}:/mnt/models/catsdogs:ro",
@@ -207,8 +222,9 @@ def test_serving_container_follows_the_vertex_contract(image, trained_model, sam
         status, reply = _request(base + PREDICT_ROUTE, body)
         assert status == 200, reply
         [prediction] = reply["predictions"]
-        assert prediction["label"] in ("cats", "dogs")
-        assert sum(prediction["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+        label, probabilities = _predict_here(trained_model, image.read_bytes())
+        assert prediction["label"] == label
+        assert prediction["probabilities"] == pytest.approx(probabilities, abs=1e-4)
 
         not_an_image = base64.b64encode(b"not an image").decode()
         for bad in ('{"instances": [{"b64": "not base64!"}]}', f'{{"instances": [{{"b64": "{not_an_image}"}}]}}'):
