@@ -10,18 +10,20 @@ REGION ?= us-central1
 BUCKET ?= $(PROJECT)-catsdogs
 MACHINE ?= T4_1X
 
-.PHONY: install test run compile submit cloud clean
+.PHONY: install test run compile submit cloud clean engine images lock
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml requirements.lock
 	python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev]'
 	touch $@
 
-test: install
-	$(BIN)/python -m pytest
+# The `images` tests build and run the container images: they need podman or docker (installed here on CI).
+# PYTEST_ARGS='-m "not images"' leaves them out where containers cannot run, e.g. inside a Cloud Build step.
+test: install engine
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 run: install
 	$(BIN)/catsdogs run --workdir $(WORKDIR)
@@ -38,6 +40,17 @@ submit: install
 cloud:
 	gcloud builds submit --project $(PROJECT) --config cloudbuild.yaml \
 		--substitutions=_REGION=$(REGION),_MACHINE=$(MACHINE),_TAG=$$(git rev-parse HEAD)
+
+# Builds catsdogs-components, catsdogs-trainer and catsdogs-serving:$(TAG) locally (images/build.sh).
+images: engine
+	TAG=$(TAG) images/build.sh
+
+engine:
+	images/install-engine.sh
+
+# Pins every dependency of the local install and of the images (requirements.lock), after changing them.
+lock: install
+	$(BIN)/python images/lock.py
 
 clean:
 	rm -rf $(VENV) $(WORKDIR) pipeline.yaml .pytest_cache

@@ -1,0 +1,239 @@
+"""The container images, built and run the way Vertex AI, KFP and Dataflow use them.
+
+Tests marked `images` build the three images with images/build.sh (podman or docker, see images/engine.sh) and run
+containers; `make test` installs podman where it is missing. The lint and version checks need no engine.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+ENGINE = str(ROOT / "images" / "engine.sh")
+BIN = Path(sys.executable).parent
+DOCKERFILES = sorted(ROOT.glob("images/**/Dockerfile")) + sorted(ROOT.glob("images/standin/*.Dockerfile"))
+NAMES = ("components", "trainer", "serving")
+# Routes and port as Vertex sets them for a deployed model, unlike the image's defaults.
+HEALTH_ROUTE = "/v1/endpoints/1/deployedModels/2"
+PREDICT_ROUTE = "/v1/endpoints/1/deployedModels/2:predict"
+PORT = 8081
+
+
+def engine(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([ENGINE, *args], capture_output=True, text=True)
+    if check and result.returncode != 0:
+        pytest.fail(f"{' '.join(args[:3])} ... failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def locked_version(package: str) -> str:
+    match = re.search(rf"^{package}==(\S+)$", (ROOT / "requirements.lock").read_text(), re.M)
+    assert match, f"{package} is not in requirements.lock"
+    return match.group(1)
+
+
+def arg_default(dockerfile: Path, name: str) -> str:
+    match = re.search(rf"^ARG {name}=(\S+)$", dockerfile.read_text(), re.M)
+    assert match, f"{dockerfile} has no ARG {name}=..."
+    return match.group(1)
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_hadolint_is_clean(dockerfile):
+    # Any warning we accept carries an inline `# hadolint ignore=...` with its reason written above it.
+    result = subprocess.run([str(BIN / "hadolint"), "--failure-threshold", "info", str(dockerfile)], capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = dockerfile.read_text().splitlines()
+    for i, line in enumerate(lines):
+        if "hadolint ignore" in line:
+            assert i > 0 and lines[i - 1].startswith("#") and "hadolint" not in lines[i - 1], \
+                f"{dockerfile}:{i + 1}: an ignored hadolint rule needs its reason on the line above"
+
+
+def test_base_images_are_pinned_alike():
+    pins = {arg_default(ROOT / "images" / name / "Dockerfile", "PYTHON_IMAGE") for name in NAMES}
+    assert len(pins) == 1, f"the images disagree on their Python base: {pins}"
+    assert re.fullmatch(r"docker\.io/library/python:3\.11\.\d+-slim-bookworm", pins.pop())
+
+
+def test_beam_boot_image_matches_the_locked_beam_sdk():
+    # Dataflow refuses SDK containers whose Beam SDK differs from the job's; ours installs the locked version.
+    beam_image = arg_default(ROOT / "images" / "components" / "Dockerfile", "BEAM_IMAGE")
+    assert beam_image == f"docker.io/apache/beam_python3.11_sdk:{locked_version('apache-beam')}"
+
+
+@pytest.fixture(scope="session")
+def image():
+    """image(name) builds catsdogs-<name>:latest with images/build.sh, once per session, and returns its tag."""
+    built = set()
+
+    def build(name: str) -> str:
+        if name not in built:
+            result = subprocess.run([str(ROOT / "images" / "build.sh"), name], capture_output=True, text=True)
+            if result.returncode != 0:
+                pytest.fail(f"images/build.sh {name} failed ({result.returncode}):\n{result.stdout[-4000:]}\n"
+                            f"{result.stderr[-4000:]}")
+            built.add(name)
+        return f"catsdogs-{name}:latest"
+
+    return build
+
+
+@pytest.mark.images
+@pytest.mark.parametrize("name", NAMES)
+def test_image_runs_as_non_root(image, name):
+    assert engine("image", "inspect", "--format", "{{.Config.User}}", image(name)).stdout.strip() == "1000:1000"
+    assert engine("run", "--rm", "--entrypoint", "id", image(name), "-u").stdout.strip() == "1000"
+
+
+@pytest.mark.images
+def test_trainer_image_has_cuda_tensorflow_and_falls_back_to_cpu(image):
+    script = (
+        "import json, tensorflow as tf\n"
+        "x = tf.random.uniform((64, 64))\n"
+        "print(json.dumps({'version': tf.__version__, 'cuda_build': tf.test.is_built_with_cuda(),\n"
+        "                  'gpus': len(tf.config.list_physical_devices('GPU')),\n"
+        "                  'device': tf.matmul(x, x).device, 'cudnn': tf.sysconfig.get_build_info()['cudnn_version']}))\n"
+    )
+    result = engine("run", "--rm", "--entrypoint", "python", image("trainer"), "-c", script)
+    info = json.loads(result.stdout.strip().splitlines()[-1])
+    assert info["version"] == locked_version("tensorflow")
+    assert info["cuda_build"] and info["cudnn"]
+    assert info["gpus"] == 0
+    assert info["device"].endswith("CPU:0")
+    engine("run", "--rm", "--entrypoint", "python", image("trainer"), "-c", "import nvidia.cudnn, kfp")
+
+
+@pytest.mark.images
+def test_components_image_is_a_beam_sdk_container(image):
+    components = image("components")
+    assert json.loads(engine("image", "inspect", "--format", "{{json .Config.Entrypoint}}", components).stdout) == \
+        ["/opt/apache/beam/boot"]
+    result = engine("run", "--rm", "--entrypoint", "python", components, "-c",
+                    "import apache_beam, os; print(apache_beam.__version__, os.access('/opt/apache/beam/boot', os.X_OK))")
+    assert result.stdout.split() == [locked_version("apache-beam"), "True"]
+
+
+@pytest.mark.images
+def test_component_runs_in_its_image_as_kfp_runs_it(image, sample_images, tmp_path):
+    """The `prepare` step of the compiled Vertex pipeline: its image, command and args from the YAML, with an
+    executor input as the KFP launcher writes it and the pipeline root mounted at the same path."""
+    pipeline = tmp_path / "pipeline.yaml"
+    subprocess.run([sys.executable, "-m", "pipelines.cli", "compile", "--output", str(pipeline)], check=True,
+                   capture_output=True)
+    spec = yaml.safe_load(pipeline.read_text())["deploymentSpec"]["executors"]["exec-prepare"]["container"]
+    assert spec["image"] == image("components")
+
+    root = tmp_path / "pipeline_root"
+    root.mkdir()
+    root.chmod(0o777)  # the container's user (uid 1000) writes here, as on a bucket mounted for it
+    csv_uri = str(root / "prepare" / "image_csv")
+    executor_input = {
+        "inputs": {"parameterValues": {"images_root": sample_images, "train_fraction": 0.8,
+                                       "validation_fraction": 0.1}},
+        "outputs": {
+            "artifacts": {"image_csv": {"artifacts": [{
+                "name": "image_csv", "uri": csv_uri, "metadata": {},
+                "type": {"schemaTitle": "system.Dataset", "schemaVersion": "0.0.1"}}]}},
+            "outputFile": str(root / "prepare" / "executor_output.json"),
+        },
+    }
+    args = [json.dumps(executor_input) if arg == "{{$}}" else arg for arg in spec["args"]]
+    assert not [arg for arg in args if "{{" in arg], "prepare's args hold a placeholder this test does not fill"
+    Path(sample_images).chmod(0o755)
+    result = engine("run", "--rm", "-v", f"{sample_images}:{sample_images}:ro", "-v", f"{root}:{root}",
+                    "--entrypoint", spec["command"][0], spec["image"], *spec["command"][1:], *args)
+
+    rows = Path(csv_uri).read_text().splitlines()
+    assert rows[0] == "split,image_uri,label"
+    assert len(rows) == 1 + 40, result.stderr
+    assert {row.rsplit(",", 1)[1] for row in rows[1:]} == {"cats", "dogs"}
+    output = json.loads((root / "prepare" / "executor_output.json").read_text())
+    assert output["artifacts"]["image_csv"]["artifacts"][0]["metadata"], "the step's CSV counts are missing"
+
+
+def _request(url: str, body: bytes | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def _predict_here(model_dir: str, image: bytes) -> tuple[str, dict]:
+    """The SavedModel's own answer (its serving_default signature), to compare the container's with."""
+    import tensorflow as tf
+
+    outputs = tf.saved_model.load(model_dir).signatures["serving_default"](image_bytes=tf.constant([image]))
+    classes = [c.decode() for c in outputs["classes"].numpy()[0]]
+    return outputs["labels"].numpy()[0].decode(), dict(zip(classes, outputs["probabilities"].numpy()[0].tolist()))
+
+
+def _logs(container: str) -> str:
+    result = engine("logs", container, check=False)
+    return result.stdout + result.stderr
+
+
+def _wait_until_healthy(container: str, url: str) -> None:
+    deadline = time.monotonic() + 180  # a guard against hanging, not a speed requirement
+    while time.monotonic() < deadline:
+        try:
+            if _request(url)[0] == 200:
+                return
+        except (urllib.error.URLError, ConnectionError):
+            pass
+        if engine("inspect", "--format", "{{.State.Running}}", container).stdout.strip() != "true":
+            pytest.fail(f"the serving container exited:\n{_logs(container)}")
+        time.sleep(0.5)
+    pytest.fail(f"the serving container never answered {url}:\n{_logs(container)}")
+
+
+@pytest.mark.images
+def test_serving_container_follows_the_vertex_contract(image, trained_model, sample_images):
+    container = f"catsdogs-serving-test-{os.getpid()}"
+    engine("rm", "--force", container, check=False)
+    engine("run", "--detach", "--name", container, "--publish", f"127.0.0.1::{PORT}",
+           "--volume", f"{trained_model}:/mnt/models/catsdogs:ro",
+           "--env", f"AIP_HTTP_PORT={PORT}", "--env", f"AIP_HEALTH_ROUTE={HEALTH_ROUTE}",
+           "--env", f"AIP_PREDICT_ROUTE={PREDICT_ROUTE}", "--env", "AIP_STORAGE_URI=/mnt/models/catsdogs",
+           image("serving"))
+    try:
+        published = engine("port", container, str(PORT)).stdout.strip().splitlines()
+        assert published and all(line.startswith("127.0.0.1:") for line in published), published
+        base = f"http://{published[0]}"
+        _wait_until_healthy(container, base + HEALTH_ROUTE)
+
+        image = next(Path(sample_images, "cats").iterdir())
+        body = json.dumps({"instances": [{"b64": base64.b64encode(image.read_bytes()).decode()}]}).encode()
+        status, reply = _request(base + PREDICT_ROUTE, body)
+        assert status == 200, reply
+        [prediction] = reply["predictions"]
+        label, probabilities = _predict_here(trained_model, image.read_bytes())
+        assert prediction["label"] == label
+        assert prediction["probabilities"] == pytest.approx(probabilities, abs=1e-4)
+
+        not_an_image = base64.b64encode(b"not an image").decode()
+        for bad in ('{"instances": [{"b64": "not base64!"}]}', f'{{"instances": [{{"b64": "{not_an_image}"}}]}}'):
+            status, reply = _request(base + PREDICT_ROUTE, bad.encode())
+            assert status == 400 and reply["error"], (bad, reply)
+        assert _request(base + HEALTH_ROUTE)[0] == 200, "a bad request must not take the server down"
+
+        # PID 1 must end on SIGTERM: if it ignored it, the engine would SIGKILL it after the grace time (137).
+        engine("stop", "--time", "60", container)
+        assert engine("inspect", "--format", "{{.State.ExitCode}}", container).stdout.strip() == "0"
+    finally:
+        engine("rm", "--force", container, check=False)
