@@ -10,8 +10,9 @@ from google_cloud_pipeline_components.v1.model import ModelUploadOp
 from kfp import compiler, dsl
 from kfp.dsl import Artifact, Input
 
+from components import tracking
 from components.convert.component import convert
-from components.deploy.component import find_model, find_or_create_endpoint
+from components.deploy.component import find_model, find_or_create_endpoint, record_deployment
 from components.deploy.vertex import HEALTH_ROUTE, PREDICT_ROUTE, SERVING_PORT
 from components.evaluate.component import evaluate
 from components.images import LOCAL, Images, with_image
@@ -51,19 +52,28 @@ def build_vertex_pipeline(images: Images = LOCAL, machine: str = "T4_1X"):
         deploy_machine_type: str = "n1-standard-2",
         deploy_min_replicas: int = 1,
         deploy_max_replicas: int = 1,
+        wandb_project: str = tracking.PROJECT,
+        wandb_mode: str = "disabled",
+        wandb_secret: str = "",  # Secret Manager secret holding the W&B API key, read by each step at run time
+        wandb_group: str = "",
     ):
-        images_csv = with_image(prepare, components_image)(images_root=images_root).set_display_name("prepare CSV")
+        wandb_settings = tracking.pipeline_settings(wandb_project, wandb_mode, wandb_group, wandb_secret, project)
+        images_csv = with_image(prepare, components_image)(
+            images_root=images_root, wandb_settings=wandb_settings
+        ).set_display_name("prepare CSV")
         records = with_image(convert, components_image)(
             image_csv=images_csv.outputs["image_csv"], runner="DataflowRunner", dataflow_project=project,
             dataflow_region=location, dataflow_temp_location=dataflow_temp_location,
-            dataflow_sdk_container_image=components_image,
+            dataflow_sdk_container_image=components_image, wandb_settings=wandb_settings,
         ).set_display_name("convert to TFRecords (Dataflow)")
         trained = train_job(
             tfrecords=records.outputs["tfrecords"], epochs=epochs, batch_size=batch_size, image_size=image_size,
             learning_rate=learning_rate, model_name=model_name, project=project, location=location,
+            wandb_settings=wandb_settings,
         ).set_display_name(f"train ({machine})")
         scored = with_image(evaluate, components_image)(
-            model=trained.outputs["model"], tfrecords=records.outputs["tfrecords"], min_accuracy=min_accuracy
+            model=trained.outputs["model"], tfrecords=records.outputs["tfrecords"], min_accuracy=min_accuracy,
+            wandb_settings=wandb_settings,
         ).set_display_name("evaluate")
         with dsl.If(scored.outputs["Output"] == True, name="accuracy-reaches-min"):  # noqa: E712
             model_uri = with_image(artifact_uri, components_image)(artifact=trained.outputs["model"])
@@ -99,7 +109,7 @@ def build_vertex_pipeline(images: Images = LOCAL, machine: str = "T4_1X"):
             endpoint = with_image(find_or_create_endpoint, components_image)(
                 project=project, location=location, display_name=endpoint_display_name
             ).set_display_name("find or create endpoint").set_caching_options(False)
-            ModelDeployOp(
+            deployed = ModelDeployOp(
                 model=dsl.OneOf(new_version.outputs["model"], new_model.outputs["model"]),
                 endpoint=endpoint.outputs["endpoint"],
                 dedicated_resources_machine_type=deploy_machine_type,
@@ -107,6 +117,10 @@ def build_vertex_pipeline(images: Images = LOCAL, machine: str = "T4_1X"):
                 dedicated_resources_max_replica_count=deploy_max_replicas,
                 traffic_split={"0": 100},
             ).set_display_name("deploy to endpoint")
+            with_image(record_deployment, components_image)(
+                model=trained.outputs["model"], endpoint=endpoint.outputs["endpoint"], wandb_settings=wandb_settings,
+                vertex_model=dsl.OneOf(new_version.outputs["model"], new_model.outputs["model"]),
+            ).after(deployed).set_display_name("record deployment (W&B)")
 
     return vertex_pipeline
 
