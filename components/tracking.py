@@ -194,8 +194,7 @@ class StepRun:
         metrics["confusion_matrix"] = wandb.plot.confusion_matrix(
             y_true=y_true, preds=y_pred, class_names=result.class_names)
         metrics["predictions"] = _predictions_table(model_dir, data_dir, result.split, result.class_names)
-        self.run.log(metrics)
-        self.run.summary.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        self.run.log(metrics)  # the run summary keeps the last logged values
 
 
 def _predictions_table(model_dir: str, data_dir: str, split: str, class_names: list[str]):
