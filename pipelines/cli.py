@@ -9,7 +9,7 @@ import shutil
 import signal
 import sys
 
-from components import logs
+from components import logs, tracking
 from components.errors import InputError
 
 log = logging.getLogger("catsdogs")
@@ -161,6 +161,7 @@ def cmd_run(args) -> None:
     result = run_local(
         images_root, args.workdir, model_name=args.model_name, epochs=args.epochs, batch_size=args.batch_size,
         image_size=args.image_size, learning_rate=args.learning_rate, min_accuracy=args.min_accuracy,
+        wandb_project=args.wandb_project, wandb_mode=args.wandb_mode, wandb_group=args.wandb_group,
     )
     print(f"\nheld-out accuracy: {result.accuracy:.4f}")
     if result.version is None:
@@ -363,6 +364,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-accuracy", type=float, default=0.0,
                    help="deploy only when held-out accuracy reaches this (default %(default)s)")
     _add_training_flags(p, epochs=5)
+    wandb = p.add_argument_group("Weights & Biases (one run per step; W&B files go under WORKDIR/wandb)")
+    wandb.add_argument("--wandb-project", default=tracking.PROJECT, help="(default %(default)s)")
+    wandb.add_argument("--wandb-mode", choices=tracking.MODES,
+                       help="default: online when WANDB_API_KEY is set, else offline (upload later: wandb sync)")
+    wandb.add_argument("--wandb-group", default="", help="group of the step runs (default: the pipeline run's name)")
     p.set_defaults(handler=cmd_run)
 
     p = sub.add_parser("compile", help="compile the Vertex AI pipeline to YAML")

@@ -2,6 +2,7 @@
 kfp.local's SubprocessRunner in this Python environment, with the same components the Vertex DAG uses."""
 
 
+import contextlib
 import os
 import warnings
 from dataclasses import dataclass
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 from kfp import dsl, local
 from kfp.dsl import Metrics
 
+from components import tracking
 from components.convert.component import convert
 from components.deploy.component import deploy_local
 from components.deploy.core import versions
@@ -27,18 +29,23 @@ def local_pipeline(
     learning_rate: float = 0.001,
     model_name: str = "seed_cnn",
     min_accuracy: float = 0.0,
+    wandb_project: str = tracking.PROJECT,
+    wandb_mode: str = "disabled",
+    wandb_group: str = "",
 ) -> Metrics:
-    images = prepare(images_root=images_root)
-    records = convert(image_csv=images.outputs["image_csv"])
+    wandb_settings = tracking.pipeline_settings(wandb_project, wandb_mode, wandb_group)
+    images = prepare(images_root=images_root, wandb_settings=wandb_settings)
+    records = convert(image_csv=images.outputs["image_csv"], wandb_settings=wandb_settings)
     trained = train(
         tfrecords=records.outputs["tfrecords"], epochs=epochs, batch_size=batch_size, image_size=image_size,
-        learning_rate=learning_rate, model_name=model_name,
+        learning_rate=learning_rate, model_name=model_name, wandb_settings=wandb_settings,
     )
     scored = evaluate(
-        model=trained.outputs["model"], tfrecords=records.outputs["tfrecords"], min_accuracy=min_accuracy
+        model=trained.outputs["model"], tfrecords=records.outputs["tfrecords"], min_accuracy=min_accuracy,
+        wandb_settings=wandb_settings,
     )
     with dsl.If(scored.outputs["Output"] == True, name="accuracy-reaches-min"):  # noqa: E712 - KFP condition
-        deploy_local(model=trained.outputs["model"], model_base=model_base)
+        deploy_local(model=trained.outputs["model"], model_base=model_base, wandb_settings=wandb_settings)
     return scored.outputs["metrics"]
 
 
@@ -49,15 +56,38 @@ class LocalRun:
     model_base: str
 
 
-def run_local(images_root: str, workdir: str, model_name: str = "catsdogs", **parameters) -> LocalRun:
-    """Runs the local DAG with pipeline outputs under workdir/pipeline_root and the model versions under
-    workdir/models/<model_name>."""
+@contextlib.contextmanager
+def _environment(variables: dict[str, str]):
+    """os.environ with these variables while the block runs (the steps' subprocesses inherit it)."""
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def run_local(images_root: str, workdir: str, model_name: str = "catsdogs", wandb_mode: str | None = None,
+              **parameters) -> LocalRun:
+    """Runs the local DAG with pipeline outputs under workdir/pipeline_root, the model versions under
+    workdir/models/<model_name> and W&B's files under workdir/wandb. wandb_mode defaults to online with
+    WANDB_API_KEY set, else offline."""
+    wandb_mode = wandb_mode or tracking.default_mode()
+    tracking.check_mode(wandb_mode)
+    if wandb_mode == "online":
+        tracking.check_online(tracking.api_key())  # in seconds, before any step runs
     workdir = os.path.abspath(workdir)
     model_base = os.path.join(workdir, "models", model_name)
     # Our components name their container images; here they run in this environment on purpose.
     warnings.filterwarnings("ignore", message="You may be attemping to run a task that uses custom")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=os.path.join(workdir, "pipeline_root"))
     before = versions(model_base) if os.path.isdir(model_base) else []
-    task = local_pipeline(images_root=os.path.abspath(images_root), model_base=model_base, **parameters)
+    with _environment(tracking.local_dirs(workdir)):
+        task = local_pipeline(images_root=os.path.abspath(images_root), model_base=model_base,
+                              wandb_mode=wandb_mode, **parameters)
     after = versions(model_base)
     return LocalRun(task.output.metadata["accuracy"], after[-1] if after != before else None, model_base)

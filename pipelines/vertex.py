@@ -10,8 +10,9 @@ from google_cloud_pipeline_components.v1.model import ModelUploadOp
 from kfp import compiler, dsl
 from kfp.dsl import Artifact, Input
 
+from components import tracking
 from components.convert.component import convert
-from components.deploy.component import find_model, find_or_create_endpoint
+from components.deploy.component import find_model, find_or_create_endpoint, record_deployment
 from components.errors import InputError
 from components.deploy.vertex import HEALTH_ROUTE, PREDICT_ROUTE, SERVING_PORT
 from components.evaluate.component import evaluate
@@ -63,25 +64,34 @@ def build_vertex_pipeline(images: Images = LOCAL, machine: str = "T4_1X", replic
         dataflow_subnetwork: str = "",
         service_account: str = "",
         augment: bool = False,
+        wandb_project: str = tracking.PROJECT,
+        wandb_mode: str = "disabled",
+        wandb_secret: str = "",  # Secret Manager secret holding the W&B API key, read by each step at run time
+        wandb_group: str = "",
     ):
         """Parameters: where the images are, how to convert them on Dataflow, how to train (the machines are
-        chosen at compile time), and the accuracy the model needs to be deployed to the endpoint. The service
-        account runs the Dataflow workers and the training job (empty: the project's defaults)."""
-        images_csv = with_image(prepare, components_image)(images_root=images_root).set_display_name("prepare CSV")
+        chosen at compile time), the accuracy the model needs to be deployed to the endpoint, and W&B
+        tracking. The service account runs the Dataflow workers and the training job (empty: the defaults)."""
+        wandb_settings = tracking.pipeline_settings(wandb_project, wandb_mode, wandb_group, wandb_secret, project)
+        images_csv = with_image(prepare, components_image)(
+            images_root=images_root, wandb_settings=wandb_settings
+        ).set_display_name("prepare CSV")
         records = with_image(convert, components_image)(
             image_csv=images_csv.outputs["image_csv"], record_format=record_format, runner="DataflowRunner",
             dataflow_project=project, dataflow_region=location, dataflow_temp_location=dataflow_temp_location,
             dataflow_sdk_container_image=components_image, dataflow_service_account=service_account,
             dataflow_machine_type=dataflow_machine_type, dataflow_max_workers=dataflow_max_workers,
             dataflow_subnetwork=dataflow_subnetwork, dataflow_labels={"app": "catsdogs"},
+            wandb_settings=wandb_settings,
         ).set_display_name("convert to TFRecords (Dataflow)")
         trained = train_job(
             tfrecords=records.outputs["tfrecords"], epochs=epochs, batch_size=batch_size, image_size=image_size,
             learning_rate=learning_rate, model_name=model_name, augment=augment, project=project,
-            location=location, service_account=service_account,
+            location=location, service_account=service_account, wandb_settings=wandb_settings,
         ).set_display_name(f"train ({machine} x{replicas})")
         scored = with_image(evaluate, components_image)(
-            model=trained.outputs["model"], tfrecords=records.outputs["tfrecords"], min_accuracy=min_accuracy
+            model=trained.outputs["model"], tfrecords=records.outputs["tfrecords"], min_accuracy=min_accuracy,
+            wandb_settings=wandb_settings,
         ).set_display_name("evaluate")
         with dsl.If(scored.outputs["Output"] == True, name="accuracy-reaches-min"):  # noqa: E712
             model_uri = with_image(artifact_uri, components_image)(artifact=trained.outputs["model"])
@@ -117,7 +127,7 @@ def build_vertex_pipeline(images: Images = LOCAL, machine: str = "T4_1X", replic
             endpoint = with_image(find_or_create_endpoint, components_image)(
                 project=project, location=location, display_name=endpoint_display_name
             ).set_display_name("find or create endpoint").set_caching_options(False)
-            ModelDeployOp(
+            deployed = ModelDeployOp(
                 model=dsl.OneOf(new_version.outputs["model"], new_model.outputs["model"]),
                 endpoint=endpoint.outputs["endpoint"],
                 dedicated_resources_machine_type=deploy_machine_type,
@@ -125,6 +135,10 @@ def build_vertex_pipeline(images: Images = LOCAL, machine: str = "T4_1X", replic
                 dedicated_resources_max_replica_count=deploy_max_replicas,
                 traffic_split={"0": 100},
             ).set_display_name("deploy to endpoint")
+            with_image(record_deployment, components_image)(
+                model=trained.outputs["model"], endpoint=endpoint.outputs["endpoint"], wandb_settings=wandb_settings,
+                vertex_model=dsl.OneOf(new_version.outputs["model"], new_model.outputs["model"]),
+            ).after(deployed).set_display_name("record deployment (W&B)")
 
     return vertex_pipeline
 

@@ -33,7 +33,7 @@ def test_dag_runs_prepare_convert_train_evaluate_then_gated_deploy(compiled):
     assert gate["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--evaluate-Output'] == true"
     deploy = compiled["components"]["comp-condition-1"]["dag"]["tasks"]
     assert set(deploy) == {"artifact-uri", "importer", "find-model", "condition-branches-2", "find-or-create-endpoint",
-                           "model-deploy"}
+                           "model-deploy", "record-deployment"}
     assert set(deploy["model-deploy"]["dependentTasks"]) == {"condition-branches-2", "find-or-create-endpoint"}
 
 

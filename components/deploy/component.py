@@ -1,19 +1,27 @@
+from typing import Dict, Optional
+
 from google_cloud_pipeline_components.types.artifact_types import VertexEndpoint
 from kfp import dsl
+from google_cloud_pipeline_components.types.artifact_types import VertexModel
 from kfp.dsl import Input, Model, Output
 
 from components.images import LOCAL
 
 
 @dsl.component(base_image=LOCAL.components, install_kfp_package=False)
-def deploy_local(model: Input[Model], model_base: str) -> int:
+def deploy_local(model: Input[Model], model_base: str, wandb_settings: Optional[Dict[str, str]] = None) -> int:
     """Publishes the SavedModel as the next numbered version under model_base (TF Serving's layout), where
-    `catsdogs serve` picks it up, and returns the version number."""
-    from components import logs
+    `catsdogs serve` picks it up, and returns the version number. wandb_settings (tracking.pipeline_settings)
+    makes it a W&B run: model in, endpoint (the model base and version) out."""
+    from components import logs, tracking
     from components.deploy.core import publish_version
 
     logs.setup()
-    return publish_version(model.uri, model_base)
+    with tracking.step_run("deploy", wandb_settings, {"model_base": model_base}) as run:
+        run.use("model", model.uri)
+        version = publish_version(model.uri, model_base)
+        run.log_endpoint(tracking.reference(model_base), str(version))
+    return version
 
 
 @dsl.component(base_image=LOCAL.components, install_kfp_package=False)
@@ -39,3 +47,16 @@ def find_or_create_endpoint(project: str, location: str, display_name: str, endp
     name = find_or_create(project, location, display_name).name
     endpoint.uri = f"https://{api_endpoint(location)}/v1/{name}"
     endpoint.metadata["resourceName"] = name
+
+
+@dsl.component(base_image=LOCAL.components, install_kfp_package=False)
+def record_deployment(model: Input[Model], vertex_model: Input[VertexModel], endpoint: Input[VertexEndpoint],
+                      wandb_settings: Optional[Dict[str, str]] = None):
+    """The deploy step's W&B run on Vertex, after GCPC's deploy op (which cannot call our tracking): the
+    trained model in, the endpoint (its URI and the uploaded model version) out."""
+    from components import logs, tracking
+
+    logs.setup()
+    with tracking.step_run("deploy", wandb_settings, {"endpoint": endpoint.uri}) as run:
+        run.use("model", model.uri)
+        run.log_endpoint(endpoint.uri, vertex_model.metadata.get("resourceName", vertex_model.uri))

@@ -8,6 +8,7 @@ finished epoch when the same command runs again.
 import json
 import logging
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import keras
@@ -77,10 +78,12 @@ class TrainResult:
 
 
 def train(data_dir: str, model_dir: str, config: TrainConfig = TrainConfig(),
-          strategy: tf.distribute.Strategy | None = None) -> TrainResult:
+          strategy: tf.distribute.Strategy | None = None,
+          callbacks: Sequence[keras.callbacks.Callback] = ()) -> TrainResult:
     """Fits the model on TRAIN (validating on VALIDATION when it has records) and exports the SavedModel
     to model_dir. Only the chief writes model_dir; other workers of a multi-node run write to a temporary
-    folder, as MultiWorkerMirroredStrategy needs every worker to save."""
+    folder, as MultiWorkerMirroredStrategy needs every worker to save. `callbacks` are added to fit's (the
+    component passes experiment tracking's)."""
     config.check()
     class_names = schema.read_labels(data_dir)
     if not schema.split_size(data_dir, "TRAIN"):
@@ -110,7 +113,7 @@ def train(data_dir: str, model_dir: str, config: TrainConfig = TrainConfig(),
              policy, len(class_names), class_names, config.epochs, strategy.num_replicas_in_sync, global_batch)
     history = model.fit(
         train_data, validation_data=validation, epochs=config.epochs, verbose=2,
-        callbacks=[keras.callbacks.BackupAndRestore(backup_dir)],
+        callbacks=[keras.callbacks.BackupAndRestore(backup_dir), *callbacks],
     )
     export_saved_model(model, class_names, config.image_size, output_dir)
     info = {"config": asdict(config), "class_names": class_names, "history": history.history,
