@@ -66,9 +66,20 @@ def compile_model(config: TrainConfig, num_classes: int) -> keras.Model:
     return model
 
 
-def _resume_epoch(backup_dir: str) -> int:
-    path = storage.join(backup_dir, "training_metadata.json")
-    return json.loads(storage.read_text(path))["epoch"] if storage.exists(path) else 0
+class ResumableBackup(keras.callbacks.BackupAndRestore):
+    """Keras' BackupAndRestore keeping the previous checkpoint too: a kill during a save leaves a torn weights
+    file, and Keras then restores the one before. Says which epoch training resumes from."""
+
+    def __init__(self, backup_dir: str):
+        super().__init__(backup_dir, double_checkpoint=True)
+        self.resumed_from = 0
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        path = storage.join(self.backup_dir, "training_metadata.json")
+        self.resumed_from = json.loads(storage.read_text(path))["epoch"] if storage.exists(path) else 0
+        if self.resumed_from:
+            log.info("Resuming from epoch %d (checkpoint in %s)", self.resumed_from, self.backup_dir)
 
 
 @dataclass(frozen=True)
@@ -105,20 +116,17 @@ def train(data_dir: str, model_dir: str, config: TrainConfig = TrainConfig(),
 
     with strategy.scope():
         model = compile_model(config, len(class_names))
-    backup_dir = storage.join(output_dir, BACKUP_DIR)
-    resumed = _resume_epoch(backup_dir)
-    if resumed:
-        log.info("Resuming from epoch %d (checkpoint in %s)", resumed, backup_dir)
+    backup = ResumableBackup(storage.join(output_dir, BACKUP_DIR))
     log.info("training %s (%s) on %d classes %s for %d epochs, %d replicas, global batch %d", config.model,
              policy, len(class_names), class_names, config.epochs, strategy.num_replicas_in_sync, global_batch)
     history = model.fit(
         train_data, validation_data=validation, epochs=config.epochs, verbose=2,
-        callbacks=[keras.callbacks.BackupAndRestore(backup_dir), *callbacks],
+        callbacks=[backup, *callbacks],
     )
     export_saved_model(model, class_names, config.image_size, output_dir)
     info = {"config": asdict(config), "class_names": class_names, "history": history.history,
             "precision": policy, "replicas": strategy.num_replicas_in_sync, "workers": workers,
-            "resumed_from_epoch": resumed}
+            "resumed_from_epoch": backup.resumed_from}
     storage.write_text(storage.join(output_dir, TRAINING_INFO), json.dumps(info, indent=1))
     log.info("exported SavedModel to %s", output_dir)
     return TrainResult(history.history, output_dir)
