@@ -136,20 +136,22 @@ def test_killed_training_resumes_from_its_last_finished_epoch(records, tmp_path)
 
 
 def test_a_torn_checkpoint_falls_back_to_the_previous_one(records, tmp_path, caplog):
-    from components.train.core import BACKUP_DIR, TrainConfig, compile_model, train
+    import keras
 
-    config = TrainConfig(epochs=3, image_size=32, batch_size=8)
-    backup = tmp_path / "m" / BACKUP_DIR
-    backup.mkdir(parents=True)
-    # What a kill during the third epoch's save leaves: the previous pair intact, the latest weights torn.
-    model = compile_model(config, 2)
-    model.optimizer.build(model.trainable_variables)
-    model.save_weights(str(tmp_path / "previous.weights.h5"))
-    (tmp_path / "previous.weights.h5").rename(backup / "latest.weights.h5.bkp")  # Keras' name for the previous
-    (backup / "training_metadata.json.bkp").write_text(json.dumps({"epoch": 1, "batch": 0}))
-    (backup / "latest.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n torn")
-    (backup / "training_metadata.json").write_text(json.dumps({"epoch": 2, "batch": 0}))
+    from components.train.core import BACKUP_DIR, TrainConfig, train
+
+    class Preempted(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:  # after the backup of the second epoch was written
+                raise RuntimeError("preempted")
+
+    config = TrainConfig(epochs=4, image_size=32, batch_size=8)
+    with pytest.raises(RuntimeError, match="preempted"):
+        train(records, str(tmp_path / "m"), config, callbacks=[Preempted()])
+    torn = tmp_path / "m" / BACKUP_DIR / "latest.weights.h5"
+    torn.write_bytes(torn.read_bytes()[:1000])  # as a kill in the middle of the next save would leave it
+
     with caplog.at_level("INFO"):
         result = train(records, str(tmp_path / "m"), config)
-    assert "Resuming from epoch 1" in caplog.text
-    assert len(result.history["loss"]) == 2
+    assert "Resuming from epoch 1" in caplog.text  # the checkpoint before the torn one
+    assert len(result.history["loss"]) == 3
