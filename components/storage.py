@@ -33,12 +33,18 @@ def _gcs_client():
 
 
 def exists(path: str) -> bool:
+    """Whether path is a file or a folder holding files. On GCS a folder is the "<path>/" prefix: a bare name
+    prefix would also match siblings (gs://b/data matching gs://b/data-old/..., saved_model.pb matching
+    saved_model.pbtxt)."""
     if is_gcs(path):
-        bucket, prefix = _split_gcs(path)
+        bucket, name = _split_gcs(path)
         client = _gcs_client()
-        if not prefix:
+        name = name.rstrip("/")
+        if not name:
             return client.bucket(bucket).exists()
-        return next(iter(client.list_blobs(bucket, prefix=prefix.rstrip("/"), max_results=1)), None) is not None
+        if client.bucket(bucket).blob(name).exists():
+            return True
+        return next(iter(client.list_blobs(bucket, prefix=name + "/", max_results=1)), None) is not None
     return os.path.exists(path)
 
 
