@@ -33,12 +33,18 @@ def _gcs_client():
 
 
 def exists(path: str) -> bool:
+    """Whether path is a file or a folder holding files. On GCS a folder is the "<path>/" prefix: a bare name
+    prefix would also match siblings (gs://b/data matching gs://b/data-old/..., saved_model.pb matching
+    saved_model.pbtxt)."""
     if is_gcs(path):
-        bucket, prefix = _split_gcs(path)
+        bucket, name = _split_gcs(path)
         client = _gcs_client()
-        if not prefix:
+        name = name.rstrip("/")
+        if not name:
             return client.bucket(bucket).exists()
-        return next(iter(client.list_blobs(bucket, prefix=prefix.rstrip("/"), max_results=1)), None) is not None
+        if client.bucket(bucket).blob(name).exists():
+            return True
+        return next(iter(client.list_blobs(bucket, prefix=name + "/", max_results=1)), None) is not None
     return os.path.exists(path)
 
 
@@ -84,12 +90,13 @@ def write_text(path: str, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
 
 
-def copy_tree(src: str, dst: str) -> None:
-    """Copies every file below src to the same relative place below dst."""
-    if not is_gcs(src) and not is_gcs(dst):
+def copy_tree(src: str, dst: str, last: str = "") -> None:
+    """Copies every file below src to the same relative place below dst; the file named `last` (relative
+    to src) is copied after all others, so a reader waiting for it never finds a half-copied tree."""
+    if not is_gcs(src) and not is_gcs(dst) and not last:
         shutil.copytree(src, dst, dirs_exist_ok=True)
         return
-    for rel in walk_files(src):
+    for rel in sorted(walk_files(src), key=lambda rel: rel == last):
         write_bytes(join(dst, rel), read_bytes(join(src, rel)))
 
 

@@ -9,7 +9,7 @@ import shutil
 import signal
 import sys
 
-from components import logs, tracking
+from components import logs, storage, tracking
 from components.errors import InputError
 
 log = logging.getLogger("catsdogs")
@@ -148,8 +148,9 @@ def cmd_run(args) -> None:
     from components.sample_data import generate_sample
     from components.serve.client import format_prediction, predict_files
     from components.serve.server import make_server, serve_in_background
-    from pipelines.local import run_local
+    from pipelines.local import local_workdir, run_local
 
+    local_workdir(args.workdir)  # before a sample is generated there
     images_root = args.images_root
     if images_root is None:
         images_root = os.path.join(args.workdir, "sample")
@@ -159,15 +160,16 @@ def cmd_run(args) -> None:
     scan_images(images_root)  # fail here, clearly, before the pipeline starts
 
     result = run_local(
-        images_root, args.workdir, model_name=args.model_name, epochs=args.epochs, batch_size=args.batch_size,
-        image_size=args.image_size, learning_rate=args.learning_rate, min_accuracy=args.min_accuracy,
+        images_root, args.workdir, model_name=args.model_name, model_base=args.model_base, epochs=args.epochs,
+        batch_size=args.batch_size, image_size=args.image_size, learning_rate=args.learning_rate,
+        min_accuracy=args.min_accuracy,
         wandb_project=args.wandb_project, wandb_mode=args.wandb_mode, wandb_group=args.wandb_group,
     )
     print(f"\nheld-out accuracy: {result.accuracy:.4f}")
     if result.version is None:
         print(f"not deployed: accuracy is below --min-accuracy {args.min_accuracy}")
         return
-    print(f"deployed version {result.version} at {os.path.join(result.model_base, str(result.version))}")
+    print(f"deployed version {result.version} at {storage.join(result.model_base, str(result.version))}")
     server = make_server(result.model_base, "127.0.0.1", 0)
     serve_in_background(server)
     try:
@@ -356,11 +358,14 @@ def build_parser() -> argparse.ArgumentParser:
                        description="prepare -> convert -> train -> evaluate -> deploy a new model version, then "
                                    "serve it and predict a few images. Without IMAGES_ROOT a sample is generated.")
     p.add_argument("images_root", metavar="IMAGES_ROOT", nargs="?", help="labelled images (default: generate a sample)")
-    p.add_argument("--workdir", required=True, help="pipeline outputs and models/<name>/<version> go here")
+    p.add_argument("--workdir", required=True,
+                   help="local folder for the pipeline outputs (and models/<name>/<version> without --model-base)")
     p.add_argument("--per-class", type=int, default=200, help="sample images per class (default %(default)s)")
     p.add_argument("--classes", type=_classes, default=("cats", "dogs"), help="sample classes (default cats,dogs)")
     p.add_argument("--seed", type=int, default=0, help="sample seed (default %(default)s)")
     p.add_argument("--model-name", default="catsdogs", help="deployed model name (default %(default)s)")
+    p.add_argument("--model-base", default=None,
+                   help="where model versions are published, local or gs:// (default WORKDIR/models/MODEL_NAME)")
     p.add_argument("--min-accuracy", type=float, default=0.0,
                    help="deploy only when held-out accuracy reaches this (default %(default)s)")
     _add_training_flags(p, epochs=5)

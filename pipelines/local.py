@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from kfp import dsl, local
 from kfp.dsl import Metrics
 
-from components import tracking
+from components import storage, tracking
 from components.convert.component import convert
 from components.deploy.component import deploy_local
 from components.deploy.core import versions
+from components.errors import InputError
 from components.evaluate.component import evaluate
 from components.prepare.component import prepare
 from components.train.component import train
@@ -71,23 +72,37 @@ def _environment(variables: dict[str, str]):
                 os.environ[name] = value
 
 
-def run_local(images_root: str, workdir: str, model_name: str = "catsdogs", wandb_mode: str | None = None,
-              **parameters) -> LocalRun:
+def run_local(images_root: str, workdir: str, model_name: str = "catsdogs", model_base: str | None = None,
+              wandb_mode: str | None = None, **parameters) -> LocalRun:
     """Runs the local DAG with pipeline outputs under workdir/pipeline_root, the model versions under
-    workdir/models/<model_name> and W&B's files under workdir/wandb. wandb_mode defaults to online with
-    WANDB_API_KEY set, else offline."""
+    model_base (default workdir/models/<model_name>) and W&B's files under workdir/wandb. images_root and
+    model_base may be gs:// URIs; workdir must be local: kfp.local writes its task outputs there with plain
+    file I/O. wandb_mode defaults to online with WANDB_API_KEY set, else offline."""
     wandb_mode = wandb_mode or tracking.default_mode()
     tracking.check_mode(wandb_mode)
     if wandb_mode == "online":
         tracking.check_online(tracking.api_key())  # in seconds, before any step runs
-    workdir = os.path.abspath(workdir)
-    model_base = os.path.join(workdir, "models", model_name)
+    workdir = local_workdir(workdir)
+    model_base = _absolute(model_base or os.path.join(workdir, "models", model_name))
     # Our components name their container images; here they run in this environment on purpose.
     warnings.filterwarnings("ignore", message="You may be attemping to run a task that uses custom")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=os.path.join(workdir, "pipeline_root"))
-    before = versions(model_base) if os.path.isdir(model_base) else []
+    before = versions(model_base)
     with _environment(tracking.local_dirs(workdir)):
-        task = local_pipeline(images_root=os.path.abspath(images_root), model_base=model_base,
+        task = local_pipeline(images_root=_absolute(images_root), model_base=model_base,
                               wandb_mode=wandb_mode, **parameters)
     after = versions(model_base)
     return LocalRun(task.output.metadata["accuracy"], after[-1] if after != before else None, model_base)
+
+
+def local_workdir(workdir: str) -> str:
+    """The workdir, absolute; a gs:// one is refused: kfp.local writes its task outputs with plain file I/O."""
+    if storage.is_gcs(workdir):
+        raise InputError(f"the workdir must be a local folder (kfp.local keeps its pipeline root there), got "
+                         f"{workdir}; the images root and --model-base can be gs://")
+    return os.path.abspath(workdir)
+
+
+def _absolute(path: str) -> str:
+    """Local paths made absolute, as the components run in other processes; gs:// URIs as they are."""
+    return path if storage.is_gcs(path) else os.path.abspath(path)

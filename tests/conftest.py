@@ -37,3 +37,26 @@ def trained_model(records, tmp_path_factory) -> str:
     model_dir = str(tmp_path_factory.mktemp("model") / "saved_model")
     train(records, model_dir, TrainConfig(epochs=2, image_size=IMAGE_SIZE, batch_size=16))
     return model_dir
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator(tmp_path_factory):
+    """fake-gcs-server and its proxy (tests/gcs_harness.py), started once for the session."""
+    from gcs_harness import GcsEmulator
+
+    emulator = GcsEmulator(tmp_path_factory.mktemp("gcs"))
+    emulator.start()
+    yield emulator
+    emulator.stop()
+
+
+@pytest.fixture
+def gcs_bucket(gcs_emulator, monkeypatch, request) -> str:
+    """A new, empty bucket as gs://NAME, with this process and its children pointed at the emulator."""
+    for name, value in gcs_emulator.environment.items():
+        monkeypatch.setenv(name, value)
+    from google.cloud import storage
+
+    name = "test-" + "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:50].strip("-")
+    storage.Client().create_bucket(name)
+    return f"gs://{name}"

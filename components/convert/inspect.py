@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 
 import tensorflow as tf
 from PIL import Image
@@ -44,8 +43,6 @@ def inspect_records(data_dir: str, split: str = "TRAIN", num_records: int = 3, o
     counts = {s: sum(1 for _ in _records(data_dir, s)) for s in schema.SPLIT_PREFIX}
     lines = [f"{data_dir}: {record_format} records", "labels: " + ", ".join(f"{i}={n}" for i, n in enumerate(labels)),
              "records: " + ", ".join(f"{s} {n}" for s, n in counts.items())]
-    if output_dir:
-        os.makedirs(output_dir, exist_ok=True)
     for i, record in enumerate(_records(data_dir, split).take(num_records)):
         features = {k: _value(v) for k, v in tf.train.Example.FromString(record.numpy()).features.feature.items()}
         image = _image(features, record_format)
@@ -54,7 +51,9 @@ def inspect_records(data_dir: str, split: str = "TRAIN", num_records: int = 3, o
         lines.append(f"{split} #{i}: {name} label {features['label']} ({label}) "
                      f"{features['image_height']}x{features['image_width']}x{features['image_channels']}")
         if output_dir:
-            path = os.path.join(output_dir, f"{split.lower()}-{i:03d}-{label}.png")
-            image.save(path)
+            path = storage.join(output_dir, f"{split.lower()}-{i:03d}-{label}.png")
+            png = io.BytesIO()
+            image.save(png, format="PNG")
+            storage.write_bytes(path, png.getvalue())
             lines.append(f"  wrote {path}")
     return "\n".join(lines)

@@ -25,15 +25,16 @@ def versions(model_base: str) -> list[int]:
 def publish_version(model_dir: str, model_base: str) -> int:
     """Copies the SavedModel in model_dir to model_base/<next version> and returns that version.
 
-    Locally the copy is staged beside the target and renamed into place, so a server polling model_base
-    never sees a half-written version.
+    Locally the copy is staged beside the target and renamed into place; on gs:// saved_model.pb is copied
+    last. Either way a server polling model_base never sees a half-written version.
     """
     if not storage.exists(storage.join(model_dir, "saved_model.pb")):
         raise InputError(f"{model_dir} holds no saved_model.pb: is it the output of `catsdogs train`?")
     version = max(versions(model_base), default=0) + 1
     target = storage.join(model_base, str(version))
     if storage.is_gcs(target):
-        storage.copy_tree(model_dir, target)
+        # No rename on GCS: a server polling model_base sees a version once its saved_model.pb exists.
+        storage.copy_tree(model_dir, target, last="saved_model.pb")
     else:
         os.makedirs(model_base, exist_ok=True)
         staging = tempfile.mkdtemp(prefix=f".{version}-", dir=model_base)

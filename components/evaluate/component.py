@@ -23,7 +23,7 @@ def evaluate(
     matrix and a table of sample predictions out."""
     import math
 
-    from components import logs, tracking
+    from components import logs, storage, tracking
     from components.evaluate.core import evaluate as score
     from components.evaluate.report import html_report
     from components.train.core import training_info
@@ -45,7 +45,6 @@ def evaluate(
     confusion.log_confusion_matrix(result.class_names, result.confusion_matrix)
     if result.roc:
         confusion.log_roc_curve(result.roc["fpr"], result.roc["tpr"], result.roc["thresholds"])
-    with open(report.path, "w") as f:
-        f.write(html_report(result, training_info(model.uri)["history"]))
+    storage.write_text(report.uri, html_report(result, training_info(model.uri)["history"]))
     # A single, unnamed bool: kfp.local 2.17 cannot resolve a dsl.If on a named (NamedTuple) output.
     return result.accuracy >= min_accuracy
