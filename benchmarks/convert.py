@@ -15,7 +15,7 @@ import os
 import tempfile
 import time
 
-from components.convert import convert
+from components.convert.pipeline import convert
 from components.prepare import prepare_csv
 from components.sample_data import generate_sample
 

@@ -15,7 +15,7 @@ import time
 
 import tensorflow as tf
 
-from components.convert import convert
+from components.convert.pipeline import convert
 from components.prepare import prepare_csv
 from components.sample_data import generate_sample
 from components.train.data import make_dataset, record_files

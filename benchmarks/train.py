@@ -14,7 +14,7 @@ import time
 import keras
 import tensorflow as tf
 
-from components.convert import convert
+from components.convert.pipeline import convert
 from components.prepare import prepare_csv
 from components.sample_data import generate_sample
 from components.train.core import TrainConfig, compile_model

@@ -34,7 +34,7 @@ def cmd_prepare(args) -> None:
 
 
 def cmd_convert(args, beam_args: list[str]) -> None:
-    from components.convert import convert
+    from components.convert.pipeline import convert
     from components.convert.pipeline import dataflow_args
 
     if args.runner == "DataflowRunner":

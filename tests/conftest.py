@@ -5,7 +5,7 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.pop("WANDB_API_KEY", None)  # a developer's key must not send test runs to W&B (offline is the default)
 
-from components.convert import convert  # noqa: E402
+from components.convert.pipeline import convert  # noqa: E402
 from components.prepare import prepare_csv  # noqa: E402
 from components.sample_data import generate_sample  # noqa: E402
 

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from components.convert import convert
+from components.convert.pipeline import convert
 from components.convert.images import BadImage, to_rgb_jpeg
 from components.errors import InputError
 from components.train.data import make_dataset

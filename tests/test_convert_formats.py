@@ -10,7 +10,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from components.convert import convert, schema
+import components.convert.accessor  # noqa: F401 - registers df.tensorflow
+from components.convert import schema
+from components.convert.pipeline import convert
 from components.convert.inspect import inspect_records
 from components.errors import InputError
 from components.prepare import prepare_csv

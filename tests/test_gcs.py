@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from components import storage
-from components.convert import convert
+from components.convert.pipeline import convert
 from components.convert.inspect import inspect_records
 from components.deploy.core import publish_version, versions
 from components.errors import InputError

@@ -366,3 +366,14 @@ def test_serve_command_serves_until_sigterm(model_base):
     finally:
         process.kill()
         process.wait()
+
+
+def test_the_server_imports_without_the_pipeline_only_packages():
+    """The serving image installs TensorFlow, Pillow and google-cloud-storage only (images/serving/requirements.txt)."""
+    import subprocess
+    import sys
+
+    blocked = ["pandas", "apache_beam", "kfp", "wandb", "google_cloud_pipeline_components", "google.cloud.aiplatform"]
+    script = f"import sys\nfor m in {blocked!r}: sys.modules[m] = None\nimport pipelines.cli, components.serve.server"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -75,7 +75,7 @@ def test_evaluation_counts_every_test_record(trained_model, records):
 
 @pytest.mark.slow
 def test_three_classes_train_with_softmax_and_learn(tmp_path):
-    from components.convert import convert
+    from components.convert.pipeline import convert
     from components.prepare import prepare_csv
     from components.sample_data import generate_sample
 

@@ -1,9 +1,5 @@
-"""Stage 2: CSV of labelled image URIs -> sharded TFRecords, with an Apache Beam pipeline.
+"""Stage 2: CSV of labelled image URIs -> sharded TFRecords, with an Apache Beam pipeline (pipeline.py).
 
-Importing it registers the pandas accessor `df.tensorflow.to_tfr(...)` (TFRecorder's entry point).
+Kept free of imports: training and the serving image read the record schema (schema.py) without Beam or
+pandas. `import components.convert.accessor` registers TFRecorder's `df.tensorflow.to_tfr(...)`.
 """
-
-from components.convert import accessor  # noqa: F401 - registers df.tensorflow
-from components.convert.pipeline import ConversionSummary, convert
-
-__all__ = ["ConversionSummary", "convert"]

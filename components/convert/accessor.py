@@ -1,6 +1,6 @@
 """`df.tensorflow.to_tfr(...)`: TFRecorder's pandas entry point, on our Beam pipeline.
 
-    import components.convert  # registers the accessor
+    import components.convert.accessor  # registers df.tensorflow
     df.tensorflow.to_tfr(output_dir="gs://bucket/tfrecords", runner="DataflowRunner",
                          project="my-project", region="us-central1")
 
