@@ -52,7 +52,6 @@ def build_models(folder: str) -> tuple[str, str]:
 
 def jpeg_300x400() -> bytes:
     import numpy as np
-    from PIL import Image
 
     from components.sample_data import draw_image
 

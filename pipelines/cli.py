@@ -131,11 +131,9 @@ def cmd_deploy(args) -> None:
     print(f"deployed {model} to {endpoint}; try: catsdogs predict IMAGE --endpoint {endpoint}")
 
 
-def demo_images(images_root: str, per_label: int = 2) -> list[str]:
+def demo_images(rows: list, per_label: int = 2) -> list[str]:
     """A few held-out images per label (TEST first) to show the deployed model's predictions on."""
-    from components.prepare.core import scan_images
-
-    rows = sorted(scan_images(images_root), key=lambda r: (r.split != "TEST", r.image_uri))
+    rows = sorted(rows, key=lambda r: (r.split != "TEST", r.image_uri))
     picked: dict[str, list[str]] = {}
     for row in rows:
         if len(picked.setdefault(row.label, [])) < per_label:
@@ -157,7 +155,7 @@ def cmd_run(args) -> None:
         shutil.rmtree(images_root, ignore_errors=True)
         generate_sample(images_root, per_class=args.per_class, classes=args.classes, seed=args.seed)
         print(f"generated {args.per_class} images per class {list(args.classes)} in {images_root}")
-    scan_images(images_root)  # fail here, clearly, before the pipeline starts
+    rows = scan_images(images_root)  # fail here, clearly, before the pipeline starts
 
     result = run_local(
         images_root, args.workdir, model_name=args.model_name, model_base=args.model_base, epochs=args.epochs,
@@ -174,7 +172,7 @@ def cmd_run(args) -> None:
     serve_in_background(server)
     try:
         print(f"predictions from {server.url} (version {server.model.version}):")
-        images = demo_images(images_root)
+        images = demo_images(rows)
         for path, prediction in zip(images, predict_files(images, server.url)):
             print("  " + format_prediction(path, prediction))
     finally:

@@ -50,7 +50,8 @@ def input_size(loaded) -> int:
 
 
 def load_saved_model(path: str):
-    """tf.saved_model.load, through a local copy for gs:// (TensorFlow alone cannot read GCS here)."""
+    """tf.saved_model.load, through a local copy for gs:// (one download, and no dependence on TensorFlow's own
+    GCS filesystem and its credentials)."""
     if not storage.is_gcs(path):
         return tf.saved_model.load(path)
     local = tempfile.mkdtemp(prefix="catsdogs-model-")
