@@ -7,6 +7,7 @@ finished epoch when the same command runs again.
 
 import json
 import logging
+import math
 import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -18,7 +19,8 @@ from components import storage
 from components.convert import schema
 from components.errors import InputError
 from components.train import distribute
-from components.train.data import make_dataset
+from components.contracts import HELD_OUT_SPLITS
+from components.train.data import CACHE_MODES, make_dataset, shard_errors
 from components.train.export import export_saved_model
 from components.train.models import MODELS
 
@@ -26,6 +28,11 @@ log = logging.getLogger(__name__)
 
 TRAINING_INFO = "training.json"  # beside the SavedModel: config, class names, per-epoch history
 BACKUP_DIR = "backup"  # inside the model dir while training; removed when training completes
+BACKUP_CONFIG = "catsdogs-config.json"  # inside BACKUP_DIR: the settings the interrupted run trained with
+# At 1024 px the seed CNN's first block alone holds 1024^2 x 16 float32 activations (64 MiB) per image, ~8 GB
+# for a forward and backward pass at batch 32, and its Dense layer 67M weights: that fits the seed's 60 GB
+# training machine and one 16 GB GPU; 2048 px would need four times the activations and 1B dense weights.
+MAX_IMAGE_SIZE = 1024
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,7 @@ class TrainConfig:
     weights: str = ""  # a local weights file for the model's backbone; nothing downloads at run time
     augment: bool = False
     seed: int = 0
+    cache: str = "auto"  # decoded training pixels: auto (in memory if they fit 1 GiB), memory, none, or a folder
 
     def check(self) -> None:
         for name in ("epochs", "batch_size", "image_size"):
@@ -45,8 +53,13 @@ class TrainConfig:
                 raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.image_size < 32:
             raise InputError(f"--image-size must be at least 32, got {self.image_size}")
-        if not self.learning_rate > 0:
-            raise InputError(f"--learning-rate must be positive, got {self.learning_rate}")
+        if self.image_size > MAX_IMAGE_SIZE:
+            raise InputError(f"--image-size must be at most {MAX_IMAGE_SIZE} (memory), got {self.image_size}")
+        if not self.cache or (self.cache not in CACHE_MODES and storage.exists(self.cache)
+                              and not tf.io.gfile.isdir(self.cache)):
+            raise InputError(f"--cache must be {', '.join(CACHE_MODES)} or a folder, got {self.cache!r}")
+        if not 0 < self.learning_rate < math.inf:
+            raise InputError(f"--learning-rate must be a positive number, got {self.learning_rate}")
         if self.model not in MODELS:
             raise InputError(f"--model {self.model!r} is unknown; choose from {', '.join(MODELS)}")
         if self.weights and not storage.exists(self.weights):
@@ -82,6 +95,58 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
             log.info("Resuming from epoch %d (checkpoint in %s)", self.resumed_from, self.backup_dir)
 
 
+def _resumable_settings(config: TrainConfig, class_names: list[str]) -> dict:
+    """What must not change for a backup to be resumed: everything but the number of epochs and the cache."""
+    settings = {k: v for k, v in asdict(config).items() if k not in ("epochs", "cache")}
+    return {**settings, "class_names": class_names}
+
+
+def check_backup(backup_dir: str, settings: dict) -> None:
+    """Refuses to resume a backup made with other settings (its weights would not fit, or would silently
+    continue another experiment); records the settings beside a new backup."""
+    path = storage.join(backup_dir, BACKUP_CONFIG)
+    if storage.exists(storage.join(backup_dir, "training_metadata.json")):
+        saved = json.loads(storage.read_text(path)) if storage.exists(path) else {}
+        changed = [f"{k} {saved.get(k, '?')!r}, now {v!r}" for k, v in settings.items() if saved.get(k) != v]
+        if changed:
+            raise InputError(f"{backup_dir} holds an interrupted run with other settings ({'; '.join(changed)}): "
+                             f"re-run with those settings to resume it, or delete {backup_dir} to start over")
+    else:
+        storage.write_text(path, json.dumps(settings, indent=1))
+
+
+class StopOnNaN(keras.callbacks.Callback):
+    """Stops training at the first batch or epoch whose loss is NaN or infinite and remembers the epoch."""
+
+    def __init__(self):
+        super().__init__()
+        self.diverged_at = 0  # 1-based epoch; 0 while the loss is finite
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def _check(self, logs, keys):
+        for key in keys:
+            value = (logs or {}).get(key)
+            if value is not None and not math.isfinite(float(value)) and not self.diverged_at:
+                self.diverged_at = self.epoch + 1
+                self.model.stop_training = True
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._check(logs, ("loss",))
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._check(logs, ("loss", "val_loss"))
+
+
+def check_held_out(data_dir: str) -> None:
+    """Evaluation scores on TEST, else VALIDATION: refuse to train when it would have nothing to score."""
+    if not any(schema.split_size(data_dir, split) for split in HELD_OUT_SPLITS):
+        raise InputError(f"{data_dir} has no {' or '.join(HELD_OUT_SPLITS)} records, so the model could not be "
+                         f"evaluated; re-run `catsdogs prepare` with --train-fraction below 1")
+
+
 @dataclass(frozen=True)
 class TrainResult:
     history: dict[str, list[float]]  # per-epoch loss and accuracy (val_ too, with a VALIDATION split)
@@ -99,6 +164,7 @@ def train(data_dir: str, model_dir: str, config: TrainConfig = TrainConfig(),
     class_names = schema.read_labels(data_dir)
     if not schema.split_size(data_dir, "TRAIN"):
         raise InputError(f"{data_dir} has no TRAIN records ({schema.shard_pattern(data_dir, 'TRAIN')})")
+    check_held_out(data_dir)
     keras.utils.set_random_seed(config.seed)
     cluster = distribute.cluster_config()
     strategy = strategy or distribute.choose_strategy(cluster)
@@ -109,20 +175,29 @@ def train(data_dir: str, model_dir: str, config: TrainConfig = TrainConfig(),
 
     global_batch = config.batch_size * strategy.num_replicas_in_sync
     train_data = make_dataset(data_dir, "TRAIN", config.image_size, global_batch, training=True, seed=config.seed,
-                              workers=workers, augment_images=config.augment)
+                              workers=workers, augment_images=config.augment, cache=config.cache)
     validation = None
     if schema.split_size(data_dir, "VALIDATION"):
-        validation = make_dataset(data_dir, "VALIDATION", config.image_size, global_batch, workers=workers)
+        validation = make_dataset(data_dir, "VALIDATION", config.image_size, global_batch, workers=workers,
+                                  cache=config.cache)
 
     with strategy.scope():
         model = compile_model(config, len(class_names))
     backup = ResumableBackup(storage.join(output_dir, BACKUP_DIR))
+    check_backup(backup.backup_dir, _resumable_settings(config, class_names))
+    nan_guard = StopOnNaN()
     log.info("training %s (%s) on %d classes %s for %d epochs, %d replicas, global batch %d", config.model,
              policy, len(class_names), class_names, config.epochs, strategy.num_replicas_in_sync, global_batch)
-    history = model.fit(
-        train_data, validation_data=validation, epochs=config.epochs, verbose=2,
-        callbacks=[backup, *callbacks],
-    )
+    with shard_errors(data_dir):
+        history = model.fit(
+            train_data, validation_data=validation, epochs=config.epochs, verbose=2,
+            callbacks=[nan_guard, backup, *callbacks],
+        )
+    if nan_guard.diverged_at:
+        if tf.io.gfile.exists(backup.backup_dir):  # its weights are NaN too: a re-run must start afresh
+            tf.io.gfile.rmtree(backup.backup_dir)
+        raise InputError(f"training diverged: loss became NaN at epoch {nan_guard.diverged_at}; lower "
+                         f"--learning-rate (now {config.learning_rate})")
     export_saved_model(model, class_names, config.image_size, output_dir)
     info = {"config": asdict(config), "class_names": class_names, "history": history.history,
             "precision": policy, "replicas": strategy.num_replicas_in_sync, "workers": workers,
