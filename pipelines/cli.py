@@ -65,7 +65,7 @@ def cmd_train(args) -> int:
 
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size,
                          learning_rate=args.learning_rate, model=args.model, weights=args.weights,
-                         augment=args.augment)
+                         augment=args.augment, cache=args.cache)
     result = train(args.data, args.model_dir, config)
     if result.export_dir != args.model_dir:
         return 0  # a non-chief worker of a multi-node run: the chief evaluates
@@ -309,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default="", help="local weights file for the model (nothing is downloaded)")
     p.add_argument("--augment", action="store_true", help="random flips and crops while training")
     p.add_argument("--min-accuracy", type=float, default=0.0, help="accuracy that makes the model deployable")
+    p.add_argument("--cache", default="auto", metavar="auto|memory|none|DIR",
+                   help="decoded images: auto keeps them in memory when they fit 1 GiB, else re-reads them each "
+                        "epoch; DIR caches on disk (default %(default)s)")
     _add_training_flags(p, epochs=5)
     p.set_defaults(handler=cmd_train)
 

@@ -249,3 +249,14 @@ def test_the_cache_is_kept_only_within_its_memory_budget():
     assert cache_mode("auto", CACHE_BUDGET_BYTES // (150 * 150 * 3) + 1, 150) == "none"
     assert cache_mode("auto", 0, 150) == "none"  # size unknown: stream
     assert cache_mode("/tmp/c", 10**9, 150) == "/tmp/c" and cache_mode("memory", 10**9, 150) == "memory"
+
+
+def test_the_cli_says_training_diverged_in_one_line_and_exits_2(records, tmp_path, capsys):
+    from pipelines.cli import main
+
+    code = main(["train", "--data", records, "--model-dir", str(tmp_path / "m"), "--epochs", "2",
+                 "--image-size", str(IMAGE_SIZE), "--batch-size", "8", "--learning-rate", "10000", "--cache", "none"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1] == "catsdogs train: error: training diverged: loss became NaN at epoch 1; lower --learning-rate " \
+                      "(now 10000.0)"
