@@ -166,3 +166,15 @@ def test_the_exported_model_decodes_with_the_shared_decoder(tmp_path):
     normalised = tf.stack([tf.round(tf.image.resize(_pil(f), [32, 32])) for f in files])
     expected = loaded.signatures["predict_pixels"](pixels=normalised)["probabilities"].numpy()
     np.testing.assert_allclose(served, expected, atol=1e-3)
+
+
+def test_the_training_reader_gives_the_full_decoders_pixels_on_converted_records(records):
+    """Records hold conversion's JPEGs (RGB, upright): the reader's shortcut gives exactly the full path's
+    pixels, at a size that uses the DCT-domain downscale and one that does not."""
+    from components.train.data import FEATURES, record_files
+
+    for raw in tf.data.TFRecordDataset(record_files(records, "TRAIN")).take(4):
+        jpeg = tf.io.parse_single_example(raw, FEATURES["jpeg"])["image_jpeg"]
+        for size in (32, 150):
+            np.testing.assert_array_equal(decode_and_resize(jpeg, size, converted=True).numpy(),
+                                          decode_and_resize(jpeg, size).numpy())
