@@ -303,7 +303,11 @@ CACHE_MODES = ("auto", "memory", "none")  # or a folder: a disk cache
 # each: 1 GiB holds ~15,900 images at 150 px, ~7,100 at 224 px), and otherwise streams: records are re-read
 # and re-decoded every epoch, so memory stays flat however many images there are.
 CACHE_BUDGET_BYTES = 1 << 30
-SHUFFLE_BYTES = 256 << 20  # the shuffle buffer holds at most 2048 images or this many bytes of them
+# Shuffling happens twice: encoded records before decoding (up to 2048 of them or SHUFFLE_BYTES: cheap to fill,
+# so the first batch does not wait for thousands of decodes and decoding overlaps training from the first
+# step), and decoded images after the cache (a smaller buffer, so epochs differ).
+SHUFFLE_BYTES = 256 << 20
+DECODED_SHUFFLE = 256
 
 
 def cache_mode(cache: str, records: int, image_size: int) -> str:
@@ -326,12 +330,12 @@ def make_dataset(data_dir: str, split: str, image_size: int, batch_size: int, tr
                  cache: str = "auto") -> tf.data.Dataset:
     """Batches of (float32 pixels [B, S, S, 3], int64 labels [B]) from one split.
 
-    Shards are read interleaved and records decoded and resized in parallel into uint8 pixels (exactly
-    decode_and_resize's values). `cache`: "auto" keeps them in memory after the first epoch when the split
-    fits CACHE_BUDGET_BYTES and streams otherwise; "memory" always caches, "none" never, a folder caches on
-    disk. Shuffling, augmentation (so it differs every epoch) and the cast to float32 come after the cache,
-    and batches are prefetched. With several workers each reads its own files when there are enough of them,
-    else every worker reads all and keeps its share of the records.
+    Shards are read interleaved, encoded records shuffled (training), then decoded and resized in parallel
+    into uint8 pixels (exactly decode_and_resize's values). `cache`: "auto" keeps them in memory after the
+    first epoch when the split fits CACHE_BUDGET_BYTES and streams otherwise; "memory" always caches, "none"
+    never, a folder caches on disk. A second, smaller shuffle, augmentation (so it differs every epoch) and
+    the cast to float32 come after the cache, and batches are prefetched. With several workers each reads its
+    own files when there are enough of them, else every worker reads all and keeps its share of the records.
     """
     files = record_files(data_dir, split)
     if not files:
@@ -344,17 +348,21 @@ def make_dataset(data_dir: str, split: str, image_size: int, batch_size: int, tr
         lambda f: tf.data.TFRecordDataset(f, compression_type=compression),
         cycle_length=min(len(files), 8), num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training,
     )
+    known = schema.split_size(data_dir, split)
+    if training:
+        record_bytes = sum(tf.io.gfile.stat(f).length for f in files) / max(known, 1)
+        records = records.shuffle(int(max(64, min(2048, SHUFFLE_BYTES // max(record_bytes, 1)))), seed=seed,
+                                  reshuffle_each_iteration=True)
     parse = parse_fn(detect_format(data_dir), image_size)
     dataset = records.map(lambda record: _as_uint8(*parse(record)), num_parallel_calls=tf.data.AUTOTUNE,
                           deterministic=not training)
-    known = schema.split_size(data_dir, split)
     mode = cache_mode(cache, known, image_size)
     if mode == "memory":
         dataset = dataset.cache()
     elif mode != "none":
         dataset = dataset.cache(_disk_cache_file(mode, files, split, image_size))
     if training:
-        buffer = max(64, min(2048, SHUFFLE_BYTES // (image_size * image_size * 3)))
+        buffer = max(16, min(DECODED_SHUFFLE, SHUFFLE_BYTES // (image_size * image_size * 3)))
         dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
     if known and workers == 1:  # lets Keras show progress and stop warning that the input "ran out of data"
         dataset = dataset.apply(tf.data.experimental.assert_cardinality(known))
