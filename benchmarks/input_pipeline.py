@@ -66,7 +66,8 @@ def main() -> None:
     prepare_csv(images, os.path.join(workdir, "images.csv"), train_fraction=1.0, validation_fraction=0.0)
     for record_format in ("jpeg", "tfrecorder"):
         if not os.path.isdir(os.path.join(workdir, record_format)):
-            convert(os.path.join(workdir, "images.csv"), os.path.join(workdir, record_format), record_format=record_format)
+            convert(os.path.join(workdir, "images.csv"), os.path.join(workdir, record_format),
+                    record_format=record_format)
 
     size = args.image_size
     runs = {

@@ -82,7 +82,8 @@ def main() -> None:
         wall = (count / ours.seconds[epoch], count / ceiling.seconds[epoch])
         cpu = (count / ours.cpu_seconds[epoch], count / ceiling.cpu_seconds[epoch])
         print(f"epoch {epoch + 1}: from TFRecords {wall[0]:7.1f} img/s, from memory {wall[1]:7.1f} img/s, "
-              f"ratio {wall[0] / wall[1]:.0%}; per CPU-second {cpu[0]:6.1f} vs {cpu[1]:6.1f}, ratio {cpu[0] / cpu[1]:.0%}")
+              f"ratio {wall[0] / wall[1]:.0%}; per CPU-second {cpu[0]:6.1f} vs {cpu[1]:6.1f}, "
+              f"ratio {cpu[0] / cpu[1]:.0%}")
 
 
 if __name__ == "__main__":

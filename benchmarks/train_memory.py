@@ -74,10 +74,12 @@ def main() -> None:
         count = build(base, data, size)
         model = tempfile.mkdtemp(prefix="catsdogs-model-")
         out = subprocess.run([sys.executable, "-c", CHILD, data, model, str(args.image_size), args.cache],
-                             check=True, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+                             check=True, capture_output=True, text=True,
+                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
         shutil.rmtree(model, ignore_errors=True)
         results[size] = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"{count:>7} images, {args.image_size}px, cache {args.cache}: peak RSS {results[size]['peak_rss_mb']:7.0f} MB, "
+        print(f"{count:>7} images, {args.image_size}px, cache {args.cache}: "
+              f"peak RSS {results[size]['peak_rss_mb']:7.0f} MB, "
               f"epoch {results[size]['seconds']:.0f} s", flush=True)
     sizes = sorted(results)
     if len(sizes) > 1:

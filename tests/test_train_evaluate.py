@@ -29,9 +29,8 @@ def test_export_has_bytes_and_pixel_signatures_that_agree(trained_model, sample_
     from_bytes = loaded.signatures["serving_default"](image_bytes=tf.constant(encoded))
     decoded = [decode_and_resize(tf.constant(b), IMAGE_SIZE) for b in encoded]
     from_pixels = [loaded.signatures["predict_pixels"](pixels=p[tf.newaxis]) for p in decoded]
-    np.testing.assert_allclose(
-        from_bytes["probabilities"].numpy(), np.concatenate([o["probabilities"].numpy() for o in from_pixels]), atol=1e-5
-    )
+    np.testing.assert_allclose(from_bytes["probabilities"].numpy(),
+                               np.concatenate([o["probabilities"].numpy() for o in from_pixels]), atol=1e-5)
     probabilities = from_bytes["probabilities"].numpy()
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
     assert [c.decode() for c in from_bytes["classes"].numpy()[0]] == ["cats", "dogs"]
@@ -55,7 +54,8 @@ def test_export_gives_the_keras_models_probabilities(tmp_path, sample_images, nu
     assert expected.shape == (3, num_classes)
     served = loaded.signatures["serving_default"](image_bytes=tf.constant(encoded))
     np.testing.assert_allclose(served["probabilities"].numpy(), expected, atol=1e-5)
-    np.testing.assert_allclose(loaded.signatures["predict_pixels"](pixels=pixels)["probabilities"].numpy(), expected, atol=1e-5)
+    np.testing.assert_allclose(loaded.signatures["predict_pixels"](pixels=pixels)["probabilities"].numpy(), expected,
+                               atol=1e-5)
 
 
 def test_training_history_and_class_names_are_saved_beside_the_model(trained_model):

@@ -16,10 +16,10 @@ import keras
 import tensorflow as tf
 
 from components import storage
+from components.contracts import HELD_OUT_SPLITS
 from components.convert import schema
 from components.errors import InputError
 from components.train import distribute
-from components.contracts import HELD_OUT_SPLITS
 from components.train.data import CACHE_MODES, make_dataset, shard_errors
 from components.train.export import export_saved_model
 from components.train.models import MODELS

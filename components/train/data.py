@@ -28,8 +28,8 @@ FEATURES = {
 
 # Where the orientation parser looks: EXIF sits in the first segments (JPEG APP1, right after SOI or JFIF's
 # APP0; PNG eXIf before IDAT; WebP EXIF chunk), found within the first HEADER_BYTES (searching 64 KiB cost
-# more than the JPEG decode of a 150 px training image, measured); IFD0 (offset 8 in every writer we know) is read from a
-# window of TIFF_BYTES after the TIFF header (entries beyond it are not seen).
+# more than the JPEG decode of a 150 px training image, measured); IFD0 (offset 8 in every writer we know) is
+# read from a window of TIFF_BYTES after the TIFF header (entries beyond it are not seen).
 HEADER_BYTES = 1 << 13
 TIFF_BYTES = 1024
 MAX_IFD_ENTRIES = 64
@@ -200,6 +200,15 @@ def decode_and_resize(image_bytes: tf.Tensor, image_size: int, converted: bool =
     return tf.round(tf.image.resize(image, [image_size, image_size]))
 
 
+def _box_downscale(pixels: tf.Tensor, image_size: int) -> tf.Tensor:
+    """Raw pixels averaged down by 2, 4 or 8 as decode_jpeg's DCT-domain scaling does for a JPEG of that size
+    (the same rule as _jpeg_scale), so both record formats give the trainer nearly the same pixels."""
+    shape = tf.shape(pixels)[:2]
+    factor = tf.bitwise.left_shift(1, tf.reduce_sum(tf.cast(tf.reduce_min(shape) >= tf.constant([2, 4, 8]) * image_size,
+                                                            tf.int32)))
+    return tf.image.resize(pixels, (shape + factor - 1) // factor, method="area")
+
+
 def tfrecorder_pixels(features: dict[str, tf.Tensor]) -> tf.Tensor:
     """TFRecorder's reader: URL-safe base64 -> raw uint8 -> [height, width, channels]."""
     raw = tf.io.decode_raw(tf.io.decode_base64(features["image"]), tf.uint8)
@@ -283,7 +292,8 @@ def parse_fn(record_format: str, image_size: int):
         if record_format == "jpeg":
             pixels = decode_and_resize(features["image_jpeg"], image_size, converted=True)
         else:
-            pixels = tf.image.resize(tfrecorder_pixels(features), [image_size, image_size])
+            pixels = tf.round(tf.image.resize(_box_downscale(tfrecorder_pixels(features), image_size),
+                                              [image_size, image_size]))
         return pixels, features["label"]
 
     return parse
@@ -372,9 +382,8 @@ def make_dataset(data_dir: str, split: str, image_size: int, batch_size: int, tr
     else:
         dataset = dataset.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y))
     options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = (
-        tf.data.experimental.AutoShardPolicy.FILE if len(files) >= workers else tf.data.experimental.AutoShardPolicy.DATA
-    )
+    policy = tf.data.experimental.AutoShardPolicy
+    options.experimental_distribute.auto_shard_policy = policy.FILE if len(files) >= workers else policy.DATA
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
