@@ -10,7 +10,7 @@ REGION ?= us-central1
 BUCKET ?= $(PROJECT)-catsdogs
 MACHINE ?= T4_1X
 
-.PHONY: install test run compile submit cloud clean engine images lock
+.PHONY: install lint test run compile submit cloud clean engine images lock
 
 install: $(VENV)/.installed
 
@@ -22,8 +22,12 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 
 # The `images` tests build and run the container images: they need podman or docker (installed here on CI).
 # PYTEST_ARGS='-m "not images"' leaves them out where containers cannot run, e.g. inside a Cloud Build step.
-test: install engine
+test: install lint engine
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# ruff's configuration is in pyproject.toml ([tool.ruff]); `$(BIN)/ruff check --fix .` mends the mechanical ones.
+lint: install
+	$(BIN)/ruff check .
 
 run: install
 	$(BIN)/catsdogs run --workdir $(WORKDIR)

@@ -10,6 +10,7 @@ import signal
 import sys
 
 from components import logs, storage, tracking
+from components.contracts import DEFAULT_RECORD_FORMAT, RECORD_FORMATS
 from components.errors import InputError
 
 log = logging.getLogger("catsdogs")
@@ -61,12 +62,9 @@ def cmd_inspect(args) -> None:
 
 def cmd_train(args) -> int:
     from components.evaluate.core import evaluate
-    from components.train.core import TrainConfig, train
+    from components.train.core import train
 
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size,
-                         learning_rate=args.learning_rate, model=args.model, weights=args.weights,
-                         augment=args.augment)
-    result = train(args.data, args.model_dir, config)
+    result = train(args.data, args.model_dir, training_config(args))
     if result.export_dir != args.model_dir:
         return 0  # a non-chief worker of a multi-node run: the chief evaluates
     scored = evaluate(args.model_dir, args.data)
@@ -149,6 +147,7 @@ def cmd_run(args) -> None:
     from pipelines.local import local_workdir, run_local
 
     local_workdir(args.workdir)  # before a sample is generated there
+    config = training_config(args)  # a bad flag fails here, before anything runs
     images_root = args.images_root
     if images_root is None:
         images_root = os.path.join(args.workdir, "sample")
@@ -158,10 +157,10 @@ def cmd_run(args) -> None:
     rows = scan_images(images_root)  # fail here, clearly, before the pipeline starts
 
     result = run_local(
-        images_root, args.workdir, model_name=args.model_name, model_base=args.model_base, epochs=args.epochs,
-        batch_size=args.batch_size, image_size=args.image_size, learning_rate=args.learning_rate,
-        min_accuracy=args.min_accuracy,
+        images_root, args.workdir, model_name=args.model_name, model_base=args.model_base,
+        min_accuracy=args.min_accuracy, record_format=args.format,
         wandb_project=args.wandb_project, wandb_mode=args.wandb_mode, wandb_group=args.wandb_group,
+        **training_arguments(config),
     )
     print(f"\nheld-out accuracy: {result.accuracy:.4f}")
     if result.version is None:
@@ -227,12 +226,37 @@ def _add_vertex_build_flags(parser: argparse.ArgumentParser) -> None:
                         help="training machines; more than 1 trains multi-node (default %(default)s)")
 
 
-def _add_training_flags(parser: argparse.ArgumentParser, epochs: int) -> None:
-    parser.add_argument("--epochs", type=int, default=epochs, help="passes over the training split (default %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=32,
-                        help="images per step on each GPU or worker (default %(default)s)")
-    parser.add_argument("--image-size", type=int, default=150, help="images are resized to SxS pixels (default %(default)s)")
-    parser.add_argument("--learning-rate", type=float, default=0.001, help="Adam learning rate (default %(default)s)")
+def _add_training_flags(parser: argparse.ArgumentParser) -> None:
+    """Every training parameter as a flag, with TrainConfig's defaults; architectures listed from the registry."""
+    from components.train.config import HELP, parameters
+    from components.train.models import ARCHITECTURES
+
+    group = parser.add_argument_group("training")
+    for name, default in parameters().items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(default, bool):
+            group.add_argument(flag, action="store_true", help=HELP[name])
+        elif name == "architecture":
+            group.add_argument(flag, default=default, metavar="NAME",
+                               help=f"{HELP[name]}: {', '.join(ARCHITECTURES)} (default %(default)s)")
+        else:
+            group.add_argument(flag, type=type(default), default=default, help=f"{HELP[name]} (default %(default)s)")
+
+
+def training_config(args):
+    """The TrainConfig of the parsed training flags, checked (one error line for a bad value)."""
+    from components.train.config import TrainConfig, parameters
+
+    config = TrainConfig(**{name: getattr(args, name) for name in parameters()})
+    config.check()
+    return config
+
+
+def training_arguments(config) -> dict[str, object]:
+    """The pipeline arguments of a TrainConfig (its training parameters, by name)."""
+    from components.train.config import parameters
+
+    return {name: getattr(config, name) for name in parameters()}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -265,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "errors-*.csv (bad rows with the reason). Arguments after -- go to Beam.")
     p.add_argument("csv", metavar="CSV")
     p.add_argument("--output-dir", required=True, help="folder for the shards, labels.json, summary.json, errors")
-    p.add_argument("--format", choices=("jpeg", "tfrecorder"), default="jpeg",
+    p.add_argument("--format", choices=RECORD_FORMATS, default=DEFAULT_RECORD_FORMAT,
                    help="jpeg: JPEG bytes (default); tfrecorder: TFRecorder's base64 raw pixels")
     p.add_argument("--compression", choices=("gzip", "none"), default=None,
                    help="default: none for jpeg (JPEGs do not compress), gzip for tfrecorder")
@@ -304,12 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "an interrupted command resumes from its last finished epoch.")
     p.add_argument("--data", required=True, metavar="TFRECORD_DIR", help="output folder of `catsdogs convert`")
     p.add_argument("--model-dir", required=True, help="where the SavedModel goes (local or gs://)")
-    p.add_argument("--model", default="seed_cnn", choices=("seed_cnn", "mobilenet_v3_small"),
-                   help="architecture (default %(default)s)")
-    p.add_argument("--weights", default="", help="local weights file for the model (nothing is downloaded)")
-    p.add_argument("--augment", action="store_true", help="random flips and crops while training")
     p.add_argument("--min-accuracy", type=float, default=0.0, help="accuracy that makes the model deployable")
-    _add_training_flags(p, epochs=5)
+    _add_training_flags(p)
     p.set_defaults(handler=cmd_train)
 
     p = sub.add_parser("serve", help="serve the newest model version over HTTP")
@@ -362,11 +382,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", type=_classes, default=("cats", "dogs"), help="sample classes (default cats,dogs)")
     p.add_argument("--seed", type=int, default=0, help="sample seed (default %(default)s)")
     p.add_argument("--model-name", default="catsdogs", help="deployed model name (default %(default)s)")
+    p.add_argument("--format", choices=RECORD_FORMATS, default=DEFAULT_RECORD_FORMAT,
+                   help="TFRecord schema of the conversion (default %(default)s)")
     p.add_argument("--model-base", default=None,
                    help="where model versions are published, local or gs:// (default WORKDIR/models/MODEL_NAME)")
     p.add_argument("--min-accuracy", type=float, default=0.0,
                    help="deploy only when held-out accuracy reaches this (default %(default)s)")
-    _add_training_flags(p, epochs=5)
+    _add_training_flags(p)
     wandb = p.add_argument_group("Weights & Biases (one run per step; W&B files go under WORKDIR/wandb)")
     wandb.add_argument("--wandb-project", default=tracking.PROJECT, help="(default %(default)s)")
     wandb.add_argument("--wandb-mode", choices=tracking.MODES,

@@ -11,6 +11,7 @@ from kfp import dsl, local
 from kfp.dsl import Metrics
 
 from components import storage, tracking
+from components.contracts import DEFAULT_RECORD_FORMAT
 from components.convert.component import convert
 from components.deploy.component import deploy_local
 from components.deploy.core import versions
@@ -18,36 +19,44 @@ from components.errors import InputError
 from components.evaluate.component import evaluate
 from components.prepare.component import prepare
 from components.train.component import train
+from components.train.config import TrainConfig
+from pipelines.dag import Steps, Wired, training_arguments, wire
+
+
+TRAINING = TrainConfig()  # the training parameters' defaults, written once in TrainConfig
 
 
 @dsl.pipeline(name="catsdogs-local", description="Labelled images to a served image classifier, on this machine.")
 def local_pipeline(
     images_root: str,
     model_base: str,
-    epochs: int = 5,
-    batch_size: int = 32,
-    image_size: int = 150,
-    learning_rate: float = 0.001,
-    model_name: str = "seed_cnn",
+    epochs: int = TRAINING.epochs,
+    batch_size: int = TRAINING.batch_size,
+    image_size: int = TRAINING.image_size,
+    learning_rate: float = TRAINING.learning_rate,
+    architecture: str = TRAINING.architecture,
+    weights: str = TRAINING.weights,
+    augment: bool = TRAINING.augment,
+    record_format: str = DEFAULT_RECORD_FORMAT,
     min_accuracy: float = 0.0,
     wandb_project: str = tracking.PROJECT,
     wandb_mode: str = "disabled",
     wandb_group: str = "",
 ) -> Metrics:
+    """The shared DAG (pipelines/dag.py) with every step in this environment; passing evaluation publishes the
+    model as the next numbered version under model_base."""
     wandb_settings = tracking.pipeline_settings(wandb_project, wandb_mode, wandb_group)
-    images = prepare(images_root=images_root, wandb_settings=wandb_settings)
-    records = convert(image_csv=images.outputs["image_csv"], wandb_settings=wandb_settings)
-    trained = train(
-        tfrecords=records.outputs["tfrecords"], epochs=epochs, batch_size=batch_size, image_size=image_size,
-        learning_rate=learning_rate, model_name=model_name, wandb_settings=wandb_settings,
+
+    def publish(wired: Wired) -> None:
+        deploy_local(model=wired.train.outputs["model"], model_base=model_base,
+                     wandb_settings=wandb_settings).set_display_name("publish version")
+
+    wired = wire(
+        Steps(prepare=prepare, convert=convert, train=train, evaluate=evaluate),
+        images_root=images_root, record_format=record_format, training=training_arguments(locals()),
+        min_accuracy=min_accuracy, wandb_settings=wandb_settings, deploy=publish,
     )
-    scored = evaluate(
-        model=trained.outputs["model"], tfrecords=records.outputs["tfrecords"], min_accuracy=min_accuracy,
-        wandb_settings=wandb_settings,
-    )
-    with dsl.If(scored.outputs["Output"] == True, name="accuracy-reaches-min"):  # noqa: E712 - KFP condition
-        deploy_local(model=trained.outputs["model"], model_base=model_base, wandb_settings=wandb_settings)
-    return scored.outputs["metrics"]
+    return wired.evaluate.outputs["metrics"]
 
 
 @dataclass(frozen=True)

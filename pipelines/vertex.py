@@ -11,20 +11,29 @@ from kfp import compiler, dsl
 from kfp.dsl import Artifact, Input
 
 from components import tracking
+from components.contracts import DEFAULT_RECORD_FORMAT
 from components.convert.component import convert
 from components.deploy.component import find_model, find_or_create_endpoint, record_deployment
-from components.errors import InputError
 from components.deploy.vertex import HEALTH_ROUTE, PREDICT_ROUTE, SERVING_PORT
+from components.errors import InputError
 from components.evaluate.component import evaluate
 from components.images import LOCAL, Images, with_image
 from components.prepare.component import prepare
 from components.train.component import train
+from components.train.config import TrainConfig
+from pipelines.dag import Steps, Wired, training_arguments, wire
 from pipelines.machines import machine_spec
+
+TRAINING = TrainConfig()  # the training parameters' defaults, written once in TrainConfig
 
 
 @dsl.component(base_image=LOCAL.components, install_kfp_package=False)
 def artifact_uri(artifact: Input[Artifact]) -> str:
-    """The artifact's storage URI, for importing the trained SavedModel as a Vertex model."""
+    """The artifact's storage URI, for importing the trained SavedModel as a Vertex model.
+
+    Args:
+        artifact: Any artifact; its URI (gs://...) is returned.
+    """
     return artifact.uri
 
 
@@ -47,54 +56,57 @@ def build_vertex_pipeline(images: Images = LOCAL, machine: str = "T4_1X", replic
         images_root: str,
         dataflow_temp_location: str,
         location: str = "us-central1",
-        epochs: int = 10,
-        batch_size: int = 32,
-        image_size: int = 150,
-        learning_rate: float = 0.001,
-        model_name: str = "seed_cnn",
+        epochs: int = TRAINING.epochs,
+        batch_size: int = TRAINING.batch_size,
+        image_size: int = TRAINING.image_size,
+        learning_rate: float = TRAINING.learning_rate,
+        architecture: str = TRAINING.architecture,
+        weights: str = TRAINING.weights,
+        augment: bool = TRAINING.augment,
+        record_format: str = DEFAULT_RECORD_FORMAT,
         min_accuracy: float = 0.8,
         model_display_name: str = "catsdogs",
         endpoint_display_name: str = "catsdogs",
         deploy_machine_type: str = "n1-standard-2",
         deploy_min_replicas: int = 1,
         deploy_max_replicas: int = 1,
-        record_format: str = "jpeg",
         dataflow_machine_type: str = "n1-standard-4",
         dataflow_max_workers: int = 10,
         dataflow_subnetwork: str = "",
         service_account: str = "",
-        augment: bool = False,
         wandb_project: str = tracking.PROJECT,
         wandb_mode: str = "disabled",
         wandb_secret: str = "",  # Secret Manager secret holding the W&B API key, read by each step at run time
         wandb_group: str = "",
     ):
-        """Parameters: where the images are, how to convert them on Dataflow, how to train (the machines are
-        chosen at compile time), the accuracy the model needs to be deployed to the endpoint, and W&B
-        tracking. The service account runs the Dataflow workers and the training job (empty: the defaults)."""
+        """The shared DAG (pipelines/dag.py) with conversion on Dataflow, training as a custom job on the machines
+        chosen at compile time, and, when evaluation passes min_accuracy, a new version of the Vertex model
+        deployed to the endpoint. The service account runs the Dataflow workers and the training job (empty:
+        the defaults)."""
         wandb_settings = tracking.pipeline_settings(wandb_project, wandb_mode, wandb_group, wandb_secret, project)
-        images_csv = with_image(prepare, components_image)(
-            images_root=images_root, wandb_settings=wandb_settings
-        ).set_display_name("prepare CSV")
-        records = with_image(convert, components_image)(
-            image_csv=images_csv.outputs["image_csv"], record_format=record_format, runner="DataflowRunner",
-            dataflow_project=project, dataflow_region=location, dataflow_temp_location=dataflow_temp_location,
-            dataflow_sdk_container_image=components_image, dataflow_service_account=service_account,
-            dataflow_machine_type=dataflow_machine_type, dataflow_max_workers=dataflow_max_workers,
-            dataflow_subnetwork=dataflow_subnetwork, dataflow_labels={"app": "catsdogs"},
-            wandb_settings=wandb_settings,
-        ).set_display_name("convert to TFRecords (Dataflow)")
-        trained = train_job(
-            tfrecords=records.outputs["tfrecords"], epochs=epochs, batch_size=batch_size, image_size=image_size,
-            learning_rate=learning_rate, model_name=model_name, augment=augment, project=project,
-            location=location, service_account=service_account, wandb_settings=wandb_settings,
-        ).set_display_name(f"train ({machine} x{replicas})")
-        scored = with_image(evaluate, components_image)(
-            model=trained.outputs["model"], tfrecords=records.outputs["tfrecords"], min_accuracy=min_accuracy,
-            wandb_settings=wandb_settings,
-        ).set_display_name("evaluate")
-        with dsl.If(scored.outputs["Output"] == True, name="accuracy-reaches-min"):  # noqa: E712
-            model_uri = with_image(artifact_uri, components_image)(artifact=trained.outputs["model"])
+        steps = Steps(
+            prepare=with_image(prepare, components_image),
+            convert=with_image(convert, components_image),
+            train=train_job,
+            evaluate=with_image(evaluate, components_image),
+            convert_options=dict(
+                runner="DataflowRunner", dataflow_project=project, dataflow_region=location,
+                dataflow_temp_location=dataflow_temp_location, dataflow_sdk_container_image=components_image,
+                dataflow_service_account=service_account, dataflow_machine_type=dataflow_machine_type,
+                dataflow_max_workers=dataflow_max_workers, dataflow_subnetwork=dataflow_subnetwork,
+                dataflow_labels={"app": "catsdogs"},
+            ),
+            train_options=dict(project=project, location=location, service_account=service_account),
+            convert_name="convert to TFRecords (Dataflow)",
+            train_name=f"train ({machine} x{replicas})",
+        )
+
+        def deploy_to_endpoint(wired: Wired) -> None:
+            """A new version of the model named model_display_name (made its default), deployed to the endpoint
+            named endpoint_display_name (found or created)."""
+            trained = wired.train
+            model_uri = with_image(artifact_uri, components_image)(
+                artifact=trained.outputs["model"]).set_display_name("model URI")
             serving_model = dsl.importer(
                 artifact_uri=model_uri.output,
                 artifact_class=artifact_types.UnmanagedContainerModel,
@@ -139,6 +151,9 @@ def build_vertex_pipeline(images: Images = LOCAL, machine: str = "T4_1X", replic
                 model=trained.outputs["model"], endpoint=endpoint.outputs["endpoint"], wandb_settings=wandb_settings,
                 vertex_model=dsl.OneOf(new_version.outputs["model"], new_model.outputs["model"]),
             ).after(deployed).set_display_name("record deployment (W&B)")
+
+        wire(steps, images_root=images_root, record_format=record_format, training=training_arguments(locals()),
+             min_accuracy=min_accuracy, wandb_settings=wandb_settings, deploy=deploy_to_endpoint)
 
     return vertex_pipeline
 

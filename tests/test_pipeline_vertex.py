@@ -22,35 +22,73 @@ def compiled(tmp_path_factory) -> dict:
     return yaml.safe_load(path.read_text())
 
 
-def test_dag_runs_prepare_convert_train_evaluate_then_gated_deploy(compiled):
-    tasks = compiled["root"]["dag"]["tasks"]
-    assert set(tasks) == {"prepare", "convert", "train", "evaluate", "condition-1"}
-    assert tasks["convert"]["dependentTasks"] == ["prepare"]
-    assert tasks["train"]["dependentTasks"] == ["convert"]
-    assert set(tasks["evaluate"]["dependentTasks"]) == {"convert", "train"}
-    gate = tasks["condition-1"]
-    assert "evaluate" in gate["dependentTasks"]
-    assert gate["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--evaluate-Output'] == true"
-    deploy = compiled["components"]["comp-condition-1"]["dag"]["tasks"]
-    assert set(deploy) == {"artifact-uri", "importer", "find-model", "condition-branches-2", "find-or-create-endpoint",
-                           "model-deploy", "record-deployment"}
-    assert set(deploy["model-deploy"]["dependentTasks"]) == {"condition-branches-2", "find-or-create-endpoint"}
+class Dag:
+    """The compiled pipeline's tasks by display name (`.set_display_name`), wherever they are nested, so the tests
+    read like the DAG and do not depend on kfp's generated ids (condition-branches-2, importer-2)."""
+
+    def __init__(self, compiled: dict):
+        self.compiled = compiled
+        self.tasks: dict[str, dict] = {}  # display name -> task
+        self.ids: dict[str, str] = {}  # display name -> kfp's task id
+        self.parent: dict[str, str] = {}  # display name -> display name of the condition it is in ("" at the root)
+        self._walk(compiled["root"]["dag"], "")
+
+    def _walk(self, dag: dict, parent: str) -> None:
+        names = {task_id: task["taskInfo"]["name"] for task_id, task in dag["tasks"].items()}
+        for task_id, task in dag["tasks"].items():
+            name = names[task_id]
+            assert name not in self.tasks, f"two tasks are displayed as {name!r}"
+            self.tasks[name], self.ids[name], self.parent[name] = task, task_id, parent
+            task["_depends_on"] = {names[d] for d in task.get("dependentTasks", [])}
+            component = self.compiled["components"][task["componentRef"]["name"]]
+            if "dag" in component:
+                self._walk(component["dag"], name)
+
+    def depends_on(self, name: str) -> set[str]:
+        return self.tasks[name]["_depends_on"]
+
+    def condition(self, name: str) -> str:
+        return self.tasks[name]["triggerPolicy"]["condition"]
+
+    def parameters(self, name: str) -> dict:
+        return self.tasks[name]["inputs"]["parameters"]
+
+    def producer(self, name: str, artifact: str) -> str:
+        """The display name of the task whose output feeds this task's input artifact."""
+        producer_id = self.tasks[name]["inputs"]["artifacts"][artifact]["taskOutputArtifact"]["producerTask"]
+        return next(n for n, i in self.ids.items() if i == producer_id)
 
 
-def test_each_run_uploads_a_new_version_of_the_model_and_reuses_the_endpoint(compiled):
-    components = compiled["components"]
-    branches = components["comp-condition-branches-2"]["dag"]["tasks"]
-    assert branches["condition-3"]["triggerPolicy"]["condition"] == \
-        "inputs.parameter_values['pipelinechannel--find-model-Output'] != ''"
-    new_version = components["comp-condition-3"]["dag"]["tasks"]["model-upload"]["inputs"]
-    assert new_version["artifacts"]["parent_model"]["taskOutputArtifact"]["producerTask"] == "importer-2"
-    assert new_version["parameters"]["version_aliases"]["runtimeValue"]["constant"] == ["default"]
-    assert "parent_model" not in components["comp-condition-4"]["dag"]["tasks"]["model-upload-2"]["inputs"]["artifacts"]
-    deploy = components["comp-condition-1"]["dag"]["tasks"]
-    assert deploy["model-deploy"]["inputs"]["artifacts"]["endpoint"]["taskOutputArtifact"]["producerTask"] == \
-        "find-or-create-endpoint"
-    for lookup in ("find-model", "find-or-create-endpoint"):
-        assert deploy[lookup]["cachingOptions"].get("enableCache", False) is False
+@pytest.fixture(scope="module")
+def dag(compiled) -> Dag:
+    return Dag(compiled)
+
+
+def test_dag_runs_prepare_convert_train_evaluate_then_gated_deploy(dag):
+    top = {name for name, parent in dag.parent.items() if parent == ""}
+    assert top == {"prepare CSV", "convert to TFRecords (Dataflow)", "train (T4_4X x1)", "evaluate",
+                   "evaluation-passes"}
+    assert dag.depends_on("convert to TFRecords (Dataflow)") == {"prepare CSV"}
+    assert dag.depends_on("train (T4_4X x1)") == {"convert to TFRecords (Dataflow)"}
+    assert dag.depends_on("evaluate") == {"convert to TFRecords (Dataflow)", "train (T4_4X x1)"}
+    assert "evaluate" in dag.depends_on("evaluation-passes")
+    assert dag.condition("evaluation-passes") == "inputs.parameter_values['pipelinechannel--evaluate-Output'] == true"
+    gated = {name for name, parent in dag.parent.items() if parent == "evaluation-passes"}
+    assert {"model URI", "serving model", "find model", "find or create endpoint", "deploy to endpoint",
+            "record deployment (W&B)"} <= gated
+    assert dag.depends_on("deploy to endpoint") >= {"find or create endpoint"}
+
+
+def test_each_run_uploads_a_new_version_of_the_model_and_reuses_the_endpoint(dag):
+    assert dag.condition("model-exists") == "inputs.parameter_values['pipelinechannel--find-model-Output'] != ''"
+    assert dag.parent["upload model version"] == "model-exists" and dag.parent["upload model"] == "new-model"
+    assert dag.producer("upload model version", "parent_model") == "parent model"
+    version = dag.parameters("upload model version")
+    assert version["version_aliases"]["runtimeValue"]["constant"] == ["default"]
+    assert "parent_model" not in dag.tasks["upload model"]["inputs"]["artifacts"]
+    assert dag.producer("deploy to endpoint", "endpoint") == "find or create endpoint"
+    for lookup in ("find model", "find or create endpoint"):
+        assert dag.tasks[lookup]["cachingOptions"].get("enableCache", False) is False
 
 
 def test_training_is_a_custom_job_on_the_preset_machine_with_the_trainer_image(compiled):
@@ -62,8 +100,8 @@ def test_training_is_a_custom_job_on_the_preset_machine_with_the_trainer_image(c
     assert specs[0]["container_spec"]["image_uri"] == f"{REGISTRY}/catsdogs-trainer:abc123"
 
 
-def test_conversion_runs_on_dataflow_with_the_components_image(compiled):
-    params = compiled["root"]["dag"]["tasks"]["convert"]["inputs"]["parameters"]
+def test_conversion_runs_on_dataflow_with_the_components_image(dag):
+    params = dag.parameters("convert to TFRecords (Dataflow)")
     assert params["runner"]["runtimeValue"]["constant"] == "DataflowRunner"
     assert params["dataflow_sdk_container_image"]["runtimeValue"]["constant"] == f"{REGISTRY}/catsdogs-components:abc123"
     assert params["dataflow_project"] == {"componentInputParameter": "project"}
@@ -78,12 +116,9 @@ def test_every_step_uses_a_registry_image_and_the_model_is_served_by_ours(compil
     assert (spec["healthRoute"], spec["predictRoute"]) == ("/health", "/predict")
 
 
-def test_gcpc_steps_get_the_pipelines_location(compiled):
-    components = compiled["components"]
-    for dag, task in [("comp-condition-3", "model-upload"), ("comp-condition-4", "model-upload-2"),
-                      ("comp-condition-1", "find-model"), ("comp-condition-1", "find-or-create-endpoint")]:
-        location = components[dag]["dag"]["tasks"][task]["inputs"]["parameters"]["location"]
-        assert location["componentInputParameter"].endswith("location")
+def test_gcpc_steps_get_the_pipelines_location(dag):
+    for task in ("upload model version", "upload model", "find model", "find or create endpoint"):
+        assert dag.parameters(task)["location"]["componentInputParameter"].endswith("location")
 
 
 def test_compilation_is_deterministic(tmp_path):
@@ -115,18 +150,17 @@ def test_multi_node_training_has_a_chief_pool_and_a_worker_pool(tmp_path):
     specs = compiled["components"]["comp-train"]["inputDefinitions"]["parameters"]["worker_pool_specs"]["defaultValue"]
     assert [s["replica_count"] for s in specs] == [1, 2]
     assert all(s["machine_spec"]["accelerator_count"] == 4 for s in specs)
-    assert compiled["root"]["dag"]["tasks"]["train"]["taskInfo"]["name"] == "train (V100_4X x3)"
+    assert "train (V100_4X x3)" in Dag(compiled).tasks
 
 
-def test_pipeline_parameters_cover_data_dataflow_training_and_deploy(compiled):
+def test_pipeline_parameters_cover_data_dataflow_training_and_deploy(compiled, dag):
     parameters = compiled["root"]["inputDefinitions"]["parameters"]
     for name in ("project", "location", "images_root", "record_format", "dataflow_machine_type",
-                 "dataflow_max_workers", "dataflow_subnetwork", "service_account", "epochs", "batch_size",
-                 "image_size", "model_name", "min_accuracy", "endpoint_display_name", "deploy_machine_type",
-                 "deploy_min_replicas", "deploy_max_replicas"):
+                 "dataflow_max_workers", "dataflow_subnetwork", "service_account", "min_accuracy",
+                 "endpoint_display_name", "deploy_machine_type", "deploy_min_replicas", "deploy_max_replicas"):
         assert name in parameters, name
     assert parameters["min_accuracy"]["defaultValue"] == 0.8
-    convert = compiled["root"]["dag"]["tasks"]["convert"]["inputs"]["parameters"]
+    convert = dag.parameters("convert to TFRecords (Dataflow)")
     assert convert["dataflow_service_account"] == {"componentInputParameter": "service_account"}
     assert convert["dataflow_max_workers"] == {"componentInputParameter": "dataflow_max_workers"}
 

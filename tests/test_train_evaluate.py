@@ -92,7 +92,7 @@ def test_three_classes_train_with_softmax_and_learn(tmp_path):
 @pytest.mark.parametrize(
     "config, message",
     [(TrainConfig(epochs=0), "--epochs"), (TrainConfig(image_size=8), "--image-size"),
-     (TrainConfig(model="resnet9000"), "unknown"), (TrainConfig(learning_rate=0), "learning-rate")],
+     (TrainConfig(architecture="resnet9000"), "unknown"), (TrainConfig(learning_rate=0), "learning-rate")],
 )
 def test_bad_training_settings_are_refused(records, tmp_path, config, message):
     with pytest.raises(InputError, match=message):
@@ -143,7 +143,7 @@ def test_augmentation_keeps_shape_and_changes_pixels():
 
 @pytest.mark.slow
 def test_mobilenet_backbone_trains_and_exports(records, tmp_path):
-    train(records, str(tmp_path / "m"), TrainConfig(epochs=1, image_size=32, batch_size=16, model="mobilenet_v3_small"))
+    train(records, str(tmp_path / "m"), TrainConfig(epochs=1, image_size=32, batch_size=16, architecture="mobilenet_v3_small"))
     result = evaluate(str(tmp_path / "m"), records)
     assert result.examples > 0
     assert json.loads(open(tmp_path / "m" / "training.json").read())["config"]["model"] == "mobilenet_v3_small"

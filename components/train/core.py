@@ -17,40 +17,15 @@ import tensorflow as tf
 from components import storage
 from components.convert import schema
 from components.errors import InputError
-from components.train import distribute
+from components.train import distribute, models
+from components.train.config import TrainConfig
 from components.train.data import make_dataset
 from components.train.export import export_saved_model
-from components.train.models import MODELS
 
 log = logging.getLogger(__name__)
 
 TRAINING_INFO = "training.json"  # beside the SavedModel: config, class names, per-epoch history
 BACKUP_DIR = "backup"  # inside the model dir while training; removed when training completes
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 5
-    batch_size: int = 32  # per replica: each GPU or worker gets this many images a step
-    image_size: int = 150
-    learning_rate: float = 1e-3
-    model: str = "seed_cnn"
-    weights: str = ""  # a local weights file for the model's backbone; nothing downloads at run time
-    augment: bool = False
-    seed: int = 0
-
-    def check(self) -> None:
-        for name in ("epochs", "batch_size", "image_size"):
-            if getattr(self, name) < 1:
-                raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.image_size < 32:
-            raise InputError(f"--image-size must be at least 32, got {self.image_size}")
-        if not self.learning_rate > 0:
-            raise InputError(f"--learning-rate must be positive, got {self.learning_rate}")
-        if self.model not in MODELS:
-            raise InputError(f"--model {self.model!r} is unknown; choose from {', '.join(MODELS)}")
-        if self.weights and not storage.exists(self.weights):
-            raise InputError(f"--weights {self.weights} does not exist")
 
 
 def set_precision() -> str:
@@ -60,7 +35,7 @@ def set_precision() -> str:
 
 
 def compile_model(config: TrainConfig, num_classes: int) -> keras.Model:
-    model = MODELS[config.model](config.image_size, num_classes, config.weights or None)
+    model = models.build(config.architecture, config.image_size, num_classes, config.weights or None)
     loss = "binary_crossentropy" if num_classes == 2 else "sparse_categorical_crossentropy"
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=loss, metrics=["accuracy"])
     return model
@@ -117,7 +92,7 @@ def train(data_dir: str, model_dir: str, config: TrainConfig = TrainConfig(),
     with strategy.scope():
         model = compile_model(config, len(class_names))
     backup = ResumableBackup(storage.join(output_dir, BACKUP_DIR))
-    log.info("training %s (%s) on %d classes %s for %d epochs, %d replicas, global batch %d", config.model,
+    log.info("training %s (%s) on %d classes %s for %d epochs, %d replicas, global batch %d", config.architecture,
              policy, len(class_names), class_names, config.epochs, strategy.num_replicas_in_sync, global_batch)
     history = model.fit(
         train_data, validation_data=validation, epochs=config.epochs, verbose=2,
