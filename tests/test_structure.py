@@ -57,6 +57,14 @@ def test_both_pipelines_take_every_training_parameter_with_trainconfigs_default(
     assert "model_name" not in compiled_pipelines["vertex"]["root"]["inputDefinitions"]["parameters"]
 
 
+def test_both_pipelines_hand_every_training_parameter_to_the_train_step(compiled_pipelines):
+    for name, compiled in compiled_pipelines.items():
+        tasks = compiled["root"]["dag"]["tasks"].values()
+        train_task = next(task for task in tasks if task["taskInfo"]["name"].startswith("train"))
+        for parameter in parameters():
+            assert train_task["inputs"]["parameters"][parameter] == {"componentInputParameter": parameter}, name
+
+
 def test_local_and_vertex_pipelines_are_one_wiring(compiled_pipelines):
     def top_level(compiled):
         tasks = compiled["root"]["dag"]["tasks"].values()
