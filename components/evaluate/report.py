@@ -26,7 +26,7 @@ h1 { margin-bottom: 0.2em; } h2 { margin-top: 1.4em; border-bottom: 1px solid #d
 .charts { display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; }
 .charts svg { height: auto; max-width: 100%; }
 table { border-collapse: collapse; margin: 0.5em 0; } td, th { border: 1px solid #ccc; padding: 4px 10px; }
-td { text-align: right; } caption { text-align: left; padding-bottom: 4px; white-space: nowrap; }
+td { text-align: right; } caption { text-align: left; padding-bottom: 4px; } table.confusion { min-width: 20em; }
 """
 
 
@@ -68,7 +68,12 @@ def _curves(history: dict[str, list[float]]) -> str:
         axes.set_title(metric)
         axes.set_xlabel("epoch")
         axes.set_ylabel(metric)
-        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        epochs = max(len(history[k]) for k in keys)
+        if epochs <= 12:
+            axes.set_xticks(range(1, epochs + 1))
+            axes.set_xlim(0.5, epochs + 0.5)
+        else:
+            axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         if metric == "accuracy":
             axes.set_ylim(-0.02, 1.02)
         axes.grid(alpha=0.3)
@@ -126,8 +131,8 @@ def _confusion_matrix(result: Evaluation) -> str:
             f'<td style="background: rgba(31,119,180,{count / largest:.2f})">{count}</td>' for count in row
         )
         rows.append(f"<tr><th>{html.escape(name)}</th>{cells}</tr>")
-    return (f'<table class="confusion"><caption>Confusion matrix on {result.split} (rows: true, columns: '
-            f"predicted)</caption><tr><th></th>{header}</tr>{''.join(rows)}</table>")
+    return (f'<table class="confusion"><caption>Confusion matrix (rows: true, columns: predicted)</caption>'
+            f"<tr><th></th>{header}</tr>{''.join(rows)}</table>")
 
 
 def _per_class_table(result: Evaluation) -> str:
