@@ -35,7 +35,7 @@ SKIPPED = re.compile(r"Skipping conditional task (\S+) \(condition evaluated to 
 EXECUTOR_OUTPUT = re.compile(r"Wrote executor output file to (.+?)\.?$")
 EPOCH = re.compile(r"^\s*Epoch (\d+)/(\d+)")
 KERAS_METRICS = re.compile(r" - (\w+): ([0-9.e+-]+)")
-COMPONENT_LOG = re.compile(r"^\S+ \S+ INFO (components\.\S+|pipelines\.\S+): (.*)$")
+COMPONENT_LOG = re.compile(r"^\s*\S+ \S+ INFO (components\.\S+|pipelines\.\S+): (.*)$")
 WANDB_OFFLINE = re.compile(r"wandb: Run data is saved locally in (\S+)")
 WANDB_ONLINE = re.compile(r"wandb: .*View run at (https?://\S+)")
 
@@ -152,6 +152,7 @@ class Step:
     epoch: tuple[int, int] | None = None
     epoch_metrics: dict[str, float] = field(default_factory=dict)
     activity: str = ""  # the latest thing the step said it did
+    shown: str = ""  # the activity on the live line
     wandb_runs: list[str] = field(default_factory=list)  # offline run folders or online run URLs
     summary: str = ""
     closing: bool = False  # finished; kfp is listing its outputs
@@ -228,7 +229,7 @@ def live_activity(step: Step) -> str:
             text += ": " + ", ".join(f"{k} {step.epoch_metrics[k]:.3f}" for k in ("loss", "accuracy")
                                      if k in step.epoch_metrics)
         return text
-    return step.activity
+    return step.activity or "running"
 
 
 class StepLogs(io.TextIOBase):
@@ -329,7 +330,10 @@ class StepLogs(io.TextIOBase):
         elif match := WANDB_OFFLINE.search(line) or WANDB_ONLINE.search(line):
             if match.group(1) not in step.wandb_runs:
                 step.wandb_runs.append(match.group(1))
-        self.console.show(step_line(step.name, time.monotonic() - step.started, live_activity(step)))
+        activity = live_activity(step)
+        if activity != step.shown:  # the ticker redraws the elapsed time
+            step.shown = activity
+            self.console.show(step_line(step.name, time.monotonic() - step.started, activity))
 
     def _tick_start(self) -> None:
         """On a terminal, redraws the running step's line every half second (its elapsed time)."""
