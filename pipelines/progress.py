@@ -323,7 +323,8 @@ class StepLogs(io.TextIOBase):
         elif match := EPOCH.search(line):
             step.epoch = (int(match.group(1)), int(match.group(2)))
             step.epoch_metrics = {}
-        elif step.epoch and (" - loss: " in line or " - accuracy: " in line):
+        elif " - loss: " in line and KERAS_METRICS.search(line):
+            step.epoch = step.epoch or (1, 1)  # Keras prints no "Epoch 1/1" for a single epoch
             step.epoch_metrics = {k: float(v) for k, v in KERAS_METRICS.findall(line)}
         elif match := COMPONENT_LOG.search(line):
             step.activity = match.group(2)

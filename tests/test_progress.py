@@ -64,6 +64,14 @@ def test_each_task_gets_its_own_log_and_one_console_line_even_from_parallel_thre
     assert logs.steps["prepare"].run_dir == str(root)
 
 
+def test_a_single_epoch_has_no_epoch_header_but_is_reported(tmp_path):
+    console = io.StringIO()
+    logs = progress.StepLogs(str(tmp_path / "logs"), progress.Console(console))
+    with logs.capture():
+        _task("train", ["1/1 - 3s - 3s/step - accuracy: 0.4500 - loss: 0.6981 - val_accuracy: 0.3333"], {}, tmp_path)
+    assert console.getvalue().rstrip().endswith("epoch 1/1: loss 0.698, accuracy 0.450, val_accuracy 0.333")
+
+
 def test_a_failed_task_shows_the_end_of_its_log_and_its_path(tmp_path):
     console = io.StringIO()
     logs = progress.StepLogs(str(tmp_path / "logs"), progress.Console(console))
