@@ -202,9 +202,9 @@ def _summary(console, result, args) -> None:
         rows.append(("deployed", f"version {result.version} at "
                                  f"{progress.relative(storage.join(result.model_base, str(result.version)))}"))
     rows += [("report", progress.relative(report)) for report in result.reports]
-    rows.append(("W&B", _wandb_summary(result.wandb_runs, args.workdir)))
+    rows.append(("W&B", _wandb_summary(result.wandb_runs)))
     rows.append(("step logs", f"{progress.relative(result.logs_dir)}/ ("
-                              + ", ".join(f"{s.name}.log" for s in result.steps) + ")"))
+                              + ", ".join(os.path.basename(s.log_path) for s in result.steps) + ")"))
     if result.version is not None:
         rows.append(("serve it", f"catsdogs serve {progress.relative(result.model_base)} --port 8080"))
     console.print()
@@ -212,7 +212,7 @@ def _summary(console, result, args) -> None:
         console.print(f"{name:<18} {text}")
 
 
-def _wandb_summary(runs: tuple[str, ...], workdir: str) -> str:
+def _wandb_summary(runs: tuple[str, ...]) -> str:
     from pipelines import progress
 
     online = [r for r in runs if "://" in r]
