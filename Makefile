@@ -10,7 +10,7 @@ REGION ?= us-central1
 BUCKET ?= $(PROJECT)-catsdogs
 MACHINE ?= T4_1X
 
-.PHONY: install lint test run compile submit cloud clean engine images lock
+.PHONY: install lint test run compile submit cloud clean engine browser images lock
 
 install: $(VENV)/.installed
 
@@ -22,7 +22,8 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 
 # The `images` tests build and run the container images: they need podman or docker (installed here on CI).
 # PYTEST_ARGS='-m "not images"' leaves them out where containers cannot run, e.g. inside a Cloud Build step.
-test: install lint engine
+# The `browser` tests open the evaluation report in headless Chromium (installed here on CI; skipped without it).
+test: install lint engine browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # ruff's configuration is in pyproject.toml ([tool.ruff]); `$(BIN)/ruff check --fix .` mends the mechanical ones.
@@ -51,6 +52,9 @@ images: engine
 
 engine:
 	images/install-engine.sh
+
+browser:
+	images/install-browser.sh
 
 # Pins every dependency of the local install and of the images (requirements.lock), after changing them.
 lock: install

@@ -139,41 +139,101 @@ def demo_images(rows: list, per_label: int = 2) -> list[str]:
     return [uri for uris in picked.values() for uri in uris]
 
 
-def cmd_run(args) -> None:
-    from components.prepare.core import scan_images
-    from components.sample_data import generate_sample
-    from components.serve.client import format_prediction, predict_files
-    from components.serve.server import make_server, serve_in_background
-    from pipelines.local import local_workdir, run_local
+def cmd_run(args) -> int:
+    from pipelines import progress
+    from pipelines.local import local_workdir
 
-    local_workdir(args.workdir)  # before a sample is generated there
+    workdir = local_workdir(args.workdir)  # before a sample is generated there
     config = training_config(args)  # a bad flag fails here, before anything runs
+    logs_dir = os.path.join(workdir, "logs")
+    progress.clear_logs(logs_dir)
+    if args.verbose:
+        return _run(args, config, progress.Console(sys.stdout, verbose=True), logs_dir)
+    # This process's own output (TensorFlow's C++ start-up lines among it) goes to logs/run.log.
+    with progress.quiet_process(os.path.join(logs_dir, progress.RUN_LOG)) as terminal:
+        return _run(args, config, progress.Console(terminal), logs_dir)
+
+
+def _run(args, config, console, logs_dir: str) -> int:
+    from components.prepare.core import scan_images
+    from pipelines import progress
+    from pipelines.local import PipelineFailed, run_local
+
+    console.print(f"catsdogs run: the pipeline through kfp.local, each step's output in {progress.relative(logs_dir)}/"
+                  + ("" if console.verbose else " (--verbose shows it here)"))
     images_root = args.images_root
     if images_root is None:
-        images_root = os.path.join(args.workdir, "sample")
-        shutil.rmtree(images_root, ignore_errors=True)
-        generate_sample(images_root, per_class=args.per_class, classes=args.classes, seed=args.seed)
-        print(f"generated {args.per_class} images per class {list(args.classes)} in {images_root}")
-    rows = scan_images(images_root)  # fail here, clearly, before the pipeline starts
+        from components.sample_data import generate_sample
 
-    result = run_local(
-        images_root, args.workdir, model_name=args.model_name, model_base=args.model_base,
-        min_accuracy=args.min_accuracy, record_format=args.format,
-        wandb_project=args.wandb_project, wandb_mode=args.wandb_mode, wandb_group=args.wandb_group,
-        **training_arguments(config),
-    )
-    print(f"\nheld-out accuracy: {result.accuracy:.4f}")
+        images_root = os.path.join(args.workdir, "sample")
+        with progress.timed_step(console, "sample", "generating images") as step:
+            shutil.rmtree(images_root, ignore_errors=True)
+            paths = generate_sample(images_root, per_class=args.per_class, classes=args.classes, seed=args.seed)
+            step["summary"] = (f"{len(paths)} images generated ({args.per_class} per class: "
+                               f"{', '.join(args.classes)}) in {progress.relative(images_root)}")
+    rows = scan_images(images_root)  # fail here, clearly, before the pipeline starts
+    try:
+        result = run_local(
+            images_root, args.workdir, model_name=args.model_name, model_base=args.model_base,
+            min_accuracy=args.min_accuracy, record_format=args.format, console=console,
+            wandb_project=args.wandb_project, wandb_mode=args.wandb_mode, wandb_group=args.wandb_group,
+            **training_arguments(config),
+        )
+    except PipelineFailed as e:
+        console.print(f"catsdogs run: step {e.step.name} failed, so the steps after it did not run")
+        return 1
+    _summary(console, result, args)
+    if result.version is not None:
+        _predict(console, result, rows)
+    return 0
+
+
+def _summary(console, result, args) -> None:
+    from pipelines import progress
+
+    metrics = result.metrics
+    auc = f", AUC {metrics['auc']:.3f}" if "auc" in metrics else ""
+    rows = [("held-out accuracy", f"{result.accuracy:.4f} on {int(metrics.get('examples', 0))} "
+                                  f"{metrics.get('split', '')} images{auc}")]
     if result.version is None:
-        print(f"not deployed: accuracy is below --min-accuracy {args.min_accuracy}")
-        return
-    print(f"deployed version {result.version} at {storage.join(result.model_base, str(result.version))}")
+        rows.append(("not deployed", f"accuracy is below --min-accuracy {args.min_accuracy}"))
+    else:
+        rows.append(("deployed", f"version {result.version} at "
+                                 f"{progress.relative(storage.join(result.model_base, str(result.version)))}"))
+    rows += [("report", progress.relative(report)) for report in result.reports]
+    rows.append(("W&B", _wandb_summary(result.wandb_runs)))
+    rows.append(("step logs", f"{progress.relative(result.logs_dir)}/ ("
+                              + ", ".join(os.path.basename(s.log_path) for s in result.steps) + ")"))
+    if result.version is not None:
+        rows.append(("serve it", f"catsdogs serve {progress.relative(result.model_base)} --port 8080"))
+    console.print()
+    for name, text in rows:
+        console.print(f"{name:<18} {text}")
+
+
+def _wandb_summary(runs: tuple[str, ...]) -> str:
+    from pipelines import progress
+
+    online = [r for r in runs if "://" in r]
+    if online:
+        return f"{len(online)} runs, e.g. {online[0]}"
+    if runs:
+        wandb_dir = progress.relative(os.path.dirname(runs[0]))
+        return f"{len(runs)} offline runs in {wandb_dir}; upload: wandb sync {wandb_dir}/offline-run-*"
+    return "no runs (--wandb-mode disabled)"
+
+
+def _predict(console, result, rows) -> None:
+    from components.serve.client import format_prediction, predict_files
+    from components.serve.server import make_server, serve_in_background
+
     server = make_server(result.model_base, "127.0.0.1", 0)
     serve_in_background(server)
     try:
-        print(f"predictions from {server.url} (version {server.model.version}):")
+        console.print(f"predictions from {server.url} (version {server.model.version}):")
         images = demo_images(rows)
         for path, prediction in zip(images, predict_files(images, server.url)):
-            print("  " + format_prediction(path, prediction))
+            console.print("  " + format_prediction(path, prediction))
     finally:
         server.shutdown()
         server.server_close()
@@ -388,6 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where model versions are published, local or gs:// (default WORKDIR/models/MODEL_NAME)")
     p.add_argument("--min-accuracy", type=float, default=0.0,
                    help="deploy only when held-out accuracy reaches this (default %(default)s)")
+    p.add_argument("--verbose", "-v", action="store_true", default=argparse.SUPPRESS,
+                   help="show every step's whole output here too (it always goes to WORKDIR/logs/<step>.log)")
     _add_training_flags(p)
     wandb = p.add_argument_group("Weights & Biases (one run per step; W&B files go under WORKDIR/wandb)")
     wandb.add_argument("--wandb-project", default=tracking.PROJECT, help="(default %(default)s)")
@@ -431,15 +493,15 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup(logging.DEBUG if args.verbose else logging.INFO)
     try:
         if getattr(args, "takes_beam_args", False):
-            args.handler(args, beam_args)
+            code = args.handler(args, beam_args)
         else:
             if beam_args:
                 raise InputError(f"arguments after -- are only for `catsdogs convert`: {' '.join(beam_args)}")
-            args.handler(args)
+            code = args.handler(args)
     except InputError as e:
         print(f"catsdogs {args.command}: error: {e}", file=sys.stderr)
         return 2
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

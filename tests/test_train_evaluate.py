@@ -124,7 +124,10 @@ def test_evaluation_has_auc_roc_and_an_html_report_with_pictures(trained_model, 
     assert 0.0 <= result.auc <= 1.0
     assert len(result.roc["fpr"]) == len(result.roc["tpr"]) == len(result.roc["thresholds"]) >= 1
     page = html_report(result, training_info(trained_model)["history"])
-    assert page.count("<svg") == 2 and "<polyline" in page
+    assert page.count("<svg") == 3  # training curves, ROC, per-class precision/recall (matplotlib)
+    assert page.count('src="data:image/jpeg;base64,') == len(result.gallery) == min(result.examples, 24)
+    mistakes = [e.mistake for e in result.gallery]
+    assert mistakes == sorted(mistakes, reverse=True)  # mistakes first
     assert f"accuracy <b>{result.accuracy:.4f}</b>" in page
     for name in result.class_names:
         assert f"<th>{name}</th>" in page
