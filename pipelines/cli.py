@@ -53,6 +53,30 @@ def cmd_convert(args, beam_args: list[str]) -> None:
           f"{summary.duplicates} duplicates, {summary.discarded} discarded; labels {summary.labels}")
 
 
+def _dataflow_beam_args(args) -> list[str]:
+    """Dataflow's Beam options from the flags of _add_dataflow_flags (the same ones convert takes)."""
+    from components.convert.pipeline import dataflow_args
+
+    return dataflow_args(
+        args.project, args.region, args.temp_location, sdk_container_image=args.sdk_container_image,
+        service_account=args.service_account, machine_type=args.machine_type, max_workers=args.max_workers,
+        job_name=args.job_name, subnetwork=args.subnetwork, labels=dict(label.split("=", 1) for label in args.label),
+    )
+
+
+def cmd_batch_predict(args, beam_args: list[str]) -> None:
+    from components.batch_predict.core import batch_predict
+
+    if args.runner == "DataflowRunner":
+        beam_args = _dataflow_beam_args(args) + beam_args
+    summary = batch_predict(args.source, args.model, args.output_dir, args.batch_size, args.runner, beam_args,
+                            args.dry_run)
+    if args.dry_run:
+        return
+    print(f"{summary.predictions} predictions and {summary.errors} errors from {summary.model} version "
+          f"{summary.version} in {summary.output_dir} (predictions-*.jsonl, errors-*.csv)")
+
+
 def cmd_inspect(args) -> None:
     from components.convert.inspect import inspect_records
 
@@ -235,6 +259,20 @@ def _add_training_flags(parser: argparse.ArgumentParser, epochs: int) -> None:
     parser.add_argument("--learning-rate", type=float, default=0.001, help="Adam learning rate (default %(default)s)")
 
 
+def _add_dataflow_flags(parser: argparse.ArgumentParser) -> None:
+    dataflow = parser.add_argument_group("Dataflow (with --runner DataflowRunner)")
+    dataflow.add_argument("--project", default="")
+    dataflow.add_argument("--region", default="")
+    dataflow.add_argument("--temp-location", default="", help="gs:// folder for Dataflow's staging")
+    dataflow.add_argument("--sdk-container-image", default="", help="worker image (the catsdogs components image)")
+    dataflow.add_argument("--service-account", default="", help="worker service account email")
+    dataflow.add_argument("--machine-type", default="", help="worker machine type, e.g. n1-standard-4")
+    dataflow.add_argument("--max-workers", type=int, default=0, help="autoscaling limit")
+    dataflow.add_argument("--job-name", default="")
+    dataflow.add_argument("--subnetwork", default="", help="workers' subnetwork (regions/R/subnetworks/S or a URL)")
+    dataflow.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="job label (repeatable)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="catsdogs",
@@ -289,6 +327,25 @@ def build_parser() -> argparse.ArgumentParser:
     dataflow.add_argument("--subnetwork", default="", help="workers' subnetwork (regions/R/subnetworks/S or a URL)")
     dataflow.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="job label (repeatable)")
     p.set_defaults(handler=cmd_convert, takes_beam_args=True)
+
+    p = sub.add_parser("batch-predict", help="score a folder or CSV of images with a model, with Apache Beam",
+                       description="Scores every image of SOURCE with the newest version of MODEL (RunInference, "
+                                   "batched) and writes predictions-SSSSS-of-NNNNN.jsonl (image_uri, label, "
+                                   "probabilities, model, version) and errors-SSSSS-of-NNNNN.csv (image_uri,reason) "
+                                   "for files that are missing, unreadable or not images. Arguments after -- go "
+                                   "to Beam.")
+    p.add_argument("source", metavar="SOURCE",
+                   help="folder of images (<label>/<file>, <split>/<label>/<file> or flat; local or gs://) or a "
+                        "CSV with an image_uri column")
+    p.add_argument("--model", required=True, help="model base (its newest numbered version) or a SavedModel folder")
+    p.add_argument("--output-dir", required=True, help="folder for the predictions and errors (local or gs://)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per model call (default %(default)s)")
+    p.add_argument("--runner", choices=("DirectRunner", "DataflowRunner"), default="DirectRunner",
+                   help="(default %(default)s)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the pipeline options, steps and job graph size, run nothing")
+    _add_dataflow_flags(p)
+    p.set_defaults(handler=cmd_batch_predict, takes_beam_args=True)
 
     p = sub.add_parser("inspect", help="show what a folder of TFRecords holds, and write a few images")
     p.add_argument("data_dir", metavar="DIR", help="output folder of `catsdogs convert`")

@@ -18,6 +18,7 @@ import csv
 import io
 import json
 import logging
+import re
 import shutil
 import uuid
 from collections.abc import Iterable, Sequence
@@ -231,7 +232,9 @@ def _decode(model: _LoadedModel, data: bytes):
     try:
         return model.decode(tf.constant(data)).numpy()
     except tf.errors.InvalidArgumentError as e:
-        raise BadImage(f"cannot decode the image: {e.message}") from e
+        # TensorFlow's message: "{{function_node ...}} jpeg::Uncompress failed. ...\n\t [[{{node ...}}]] [Op:...]"
+        message = re.sub(r"\{\{.*?\}\}\s*", "", e.message.splitlines()[0]).strip()
+        raise BadImage(f"cannot decode the image: {message}") from e
 
 
 def _prediction_line(result: PredictionResult, model: ModelRef) -> str:
@@ -243,7 +246,8 @@ def _prediction_line(result: PredictionResult, model: ModelRef) -> str:
 def _error_line(uri_reason: tuple[str, str]) -> str:
     Metrics.counter(COUNTER_NAMESPACE, "errors").inc()
     buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="").writerow(uri_reason)
+    uri, reason = uri_reason
+    csv.writer(buffer, lineterminator="").writerow([uri, " ".join(reason.split())])  # one line per error
     return buffer.getvalue()
 
 
