@@ -206,10 +206,13 @@ def cmd_run(args) -> None:
 
 def cmd_compile(args) -> None:
     from components.images import Images
-    from pipelines.vertex import compile_vertex_pipeline
+    from pipelines.batch import BATCH_PREDICT, compile_pipeline
 
     images = Images.from_registry(args.images_registry, args.images_tag)
-    compile_vertex_pipeline(args.output, images, args.machine, args.replicas)
+    compile_pipeline(args.pipeline, args.output, images, args.machine, args.replicas)
+    if args.pipeline == BATCH_PREDICT:
+        print(f"compiled the Vertex batch-prediction pipeline (Dataflow with {images.components}) to {args.output}")
+        return
     print(f"compiled the Vertex pipeline ({args.replicas} x {args.machine} training, images {images.components}, "
           f"{images.trainer}, {images.serving}) to {args.output}")
 
@@ -221,13 +224,13 @@ def cmd_submit(args) -> None:
     from google.auth.credentials import AnonymousCredentials
 
     from components.images import Images
+    from pipelines.batch import compile_pipeline
     from pipelines.submit import build_job, job_request, submit
-    from pipelines.vertex import compile_vertex_pipeline
 
     images = Images.from_registry(args.images_registry, args.images_tag)
     with tempfile.TemporaryDirectory(prefix="catsdogs-submit-") as folder:
         template = f"{folder}/pipeline.yaml"
-        compile_vertex_pipeline(template, images, args.machine, args.replicas)
+        compile_pipeline(args.pipeline, template, images, args.machine, args.replicas)
         labels = dict(label.split("=", 1) for label in args.label)
         job = build_job(template, args.project, args.region, args.pipeline_root, args.images, args.param,
                         enable_caching=not args.no_cache, labels=labels,
@@ -241,7 +244,57 @@ def cmd_submit(args) -> None:
     print(f"submitted {name}")
 
 
+def cmd_schedule(args) -> None:
+    import json
+    import tempfile
+
+    from google.auth.credentials import AnonymousCredentials
+
+    from components.images import Images
+    from pipelines import schedule
+    from pipelines.batch import compile_pipeline
+    from pipelines.submit import build_job
+
+    credentials = AnonymousCredentials() if args.dry_run else None
+    if args.list:
+        if args.dry_run:
+            print(json.dumps({"method": "ScheduleService.ListSchedules",
+                              "parent": f"projects/{args.project}/locations/{args.region}"}, indent=2))
+            return
+        for found in schedule.list_schedules(args.project, args.region):
+            print(json.dumps(found))
+        return
+    if args.delete:
+        if args.dry_run:
+            name = schedule.schedule_name(args.delete, args.project, args.region)
+            print(json.dumps({"method": "ScheduleService.DeleteSchedule", "name": name}, indent=2))
+            return
+        print(f"deleted {schedule.delete_schedule(args.delete, args.project, args.region)}")
+        return
+    missing = [flag for flag, value in (("--cron", args.cron), ("--pipeline-root", args.pipeline_root),
+                                        ("--images", args.images)) if not value]
+    if missing:
+        raise InputError(f"creating a schedule needs {', '.join(missing)} (or use --list / --delete NAME)")
+    settings = schedule.schedule_settings(args.cron, args.max_concurrent_runs, args.service_account)
+    images = Images.from_registry(args.images_registry, args.images_tag)
+    with tempfile.TemporaryDirectory(prefix="catsdogs-schedule-") as folder:
+        template = f"{folder}/pipeline.yaml"
+        compile_pipeline(args.pipeline, template, images, args.machine, args.replicas)
+        labels = dict(label.split("=", 1) for label in args.label)
+        job = build_job(template, args.project, args.region, args.pipeline_root, args.images, args.param,
+                        enable_caching=not args.no_cache, labels=labels, credentials=credentials)
+        planned = schedule.build_schedule(job, args.display_name or f"catsdogs-{args.pipeline}", credentials)
+        if args.dry_run:
+            print(json.dumps(schedule.schedule_request(planned, settings), indent=2))
+            return
+        name = schedule.create_schedule(planned, settings)
+    print(f"created {name}: {args.pipeline} at {settings['cron']!r}")
+
+
 def _add_vertex_build_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pipeline", choices=("training", "batch-predict"), default="training",
+                        help="training: images to a deployed model; batch-predict: score images with a model "
+                             "(default %(default)s)")
     parser.add_argument("--images-registry", default="",
                         help="e.g. us-central1-docker.pkg.dev/PROJECT/catsdogs (default: local image names)")
     parser.add_argument("--images-tag", default="latest", help="(default %(default)s)")
@@ -452,6 +505,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the job request, submit nothing")
     _add_vertex_build_flags(p)
     p.set_defaults(handler=cmd_submit)
+    p = sub.add_parser("schedule", help="create, list or delete Vertex AI pipeline schedules (e.g. weekly retraining)",
+                       description="Creates a Vertex AI Pipelines schedule that runs the training (or batch-"
+                                   "prediction) pipeline at each --cron tick, with the job `catsdogs submit` would "
+                                   "send; --list shows the schedules, --delete NAME removes one created here. "
+                                   "--dry-run prints the request and needs no credentials.")
+    p.add_argument("--project", required=True)
+    p.add_argument("--region", required=True, help="e.g. europe-west4")
+    p.add_argument("--cron", default="", help='e.g. "0 3 * * 1" (Mondays 03:00 UTC); "CRON_TZ=Europe/Paris 0 3 * * 1"')
+    p.add_argument("--pipeline-root", default="", help="gs:// folder for the pipeline's artifacts")
+    p.add_argument("--images", default="", help="gs:// folder of images (training: labelled; batch-predict: to score)")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="pipeline parameter (repeatable)")
+    p.add_argument("--display-name", default="", help="(default catsdogs-PIPELINE)")
+    p.add_argument("--max-concurrent-runs", type=int, default=1,
+                   help="runs of this schedule at once; a tick while one runs is skipped (default %(default)s)")
+    p.add_argument("--service-account", default="", help="service account the runs run as")
+    p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="job label (repeatable)")
+    p.add_argument("--no-cache", action="store_true", help="run every step even if a cached result exists")
+    action = p.add_mutually_exclusive_group()
+    action.add_argument("--list", action="store_true", help="list the schedules in the region")
+    action.add_argument("--delete", default="", metavar="NAME", help="delete a schedule (ID or full name)")
+    p.add_argument("--dry-run", action="store_true", help="print the request, send nothing")
+    _add_vertex_build_flags(p)
+    p.set_defaults(handler=cmd_schedule)
     return parser
 
 
