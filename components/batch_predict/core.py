@@ -180,7 +180,9 @@ class ImageModelHandler(ModelHandler):
     """
 
     def __init__(self, model: ModelRef, batch_size: int = DEFAULT_BATCH_SIZE):
-        super().__init__(min_batch_size=1, max_batch_size=batch_size)
+        # A fixed batch size: BatchElements' adaptive sizing starts at 1 and averaged 6 images per model call
+        # over 200 images, a third of the throughput of batches of 32.
+        super().__init__(min_batch_size=batch_size, max_batch_size=batch_size)
         self.model = model
 
     def load_model(self) -> _LoadedModel:
