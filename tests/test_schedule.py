@@ -105,3 +105,110 @@ def test_schedule_bad_input_is_one_line_and_exit_2(argv, message, capsys):
 def test_cron_with_a_time_zone_is_accepted(capsys):
     assert main(["schedule", "--cron", "CRON_TZ=Europe/Paris 0 3 * * MON", *CREATE, "--dry-run"]) == 0
     assert json.loads(capsys.readouterr().out)["schedule"]["cron"] == "CRON_TZ=Europe/Paris 0 3 * * MON"
+
+
+class FakeScheduleService:
+    """Vertex AI's ScheduleService over REST on 127.0.0.1 (create, list, get, delete), playing the cloud's part
+    for the aiplatform SDK; it records every request."""
+
+    def __init__(self):
+        import re
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.schedules, self.requests = {}, []
+        service = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _reply(self, body: dict, status: int = 200) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _name(self) -> str:
+                return self.path.split("?")[0][len("/v1/"):]
+
+            def do_POST(self):  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                service.requests.append(("POST", self._name(), body))
+                parent = re.fullmatch(r"(projects/[^/]+/locations/[^/]+)/schedules", self._name())[1]
+                name = f"{parent}/schedules/{len(service.schedules) + 1}"
+                service.schedules[name] = {**body, "name": name, "state": "ACTIVE"}
+                self._reply(service.schedules[name])
+
+            def do_GET(self):  # noqa: N802
+                service.requests.append(("GET", self._name(), None))
+                if self._name().endswith("/schedules"):
+                    return self._reply({"schedules": list(service.schedules.values())})
+                if self._name() not in service.schedules:
+                    return self._reply({"error": {"code": 404, "message": "not found", "status": "NOT_FOUND"}}, 404)
+                return self._reply(service.schedules[self._name()])
+
+            def do_DELETE(self):  # noqa: N802
+                service.requests.append(("DELETE", self._name(), None))
+                service.schedules.pop(self._name())
+                self._reply({"name": f"{self._name()}/operations/1", "done": True,
+                             "response": {"@type": "type.googleapis.com/google.protobuf.Empty"}})
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def vertex(monkeypatch):
+    """The SDK pointed at the fake service (REST transport), with credentials that need no Google account; the
+    SDK's global configuration is restored afterwards."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud.aiplatform import initializer
+
+    fake = FakeScheduleService()
+    config = initializer.global_config  # what aiplatform.init(api_endpoint=..., api_transport="rest", ...) sets
+    for name, value in (("_api_endpoint", fake.url), ("_api_transport", "rest"),
+                        ("_credentials", AnonymousCredentials())):
+        monkeypatch.setattr(config, name, value)
+    yield fake
+    fake.stop()
+
+
+def test_schedule_create_sends_what_the_dry_run_prints_then_list_and_delete(vertex, capsys):
+    argv = ["schedule", "--cron", "0 3 * * 1", *CREATE, "--param", "epochs=20"]
+    assert main([*argv, "--dry-run"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert main(argv) == 0
+    assert "created projects/my-project/locations/europe-west4/schedules/1" in capsys.readouterr().out
+
+    method, parent, sent = vertex.requests[-1]
+    assert (method, parent) == ("POST", printed["parent"] + "/schedules")
+    sent_job = sent["createPipelineJobRequest"]["pipelineJob"]
+    assert sent_job.pop("pipelineSpec")["pipelineInfo"]["name"] == "catsdogs"
+    printed_job = printed["schedule"]["createPipelineJobRequest"]["pipelineJob"]
+    assert printed_job.pop("templateName") == "catsdogs"
+    assert sent == printed["schedule"]
+
+    assert main(["schedule", *VERTEX, "--list"]) == 0
+    listed = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [(s["display_name"], s["cron"]) for s in listed] == [("catsdogs-training", "0 3 * * 1")]
+    assert main(["schedule", *VERTEX, "--delete", "1"]) == 0
+    assert vertex.requests[-1][:2] == ("DELETE", "projects/my-project/locations/europe-west4/schedules/1")
+    assert vertex.schedules == {}
+
+
+def test_schedule_delete_refuses_a_schedule_catsdogs_did_not_create(vertex, capsys):
+    name = "projects/my-project/locations/europe-west4/schedules/7"
+    vertex.schedules[name] = {"name": name, "displayName": "someone-elses", "cron": "0 1 * * *",
+                              "createPipelineJobRequest": {"pipelineJob": {"labels": {"team": "other"}}}}
+    assert main(["schedule", *VERTEX, "--delete", name]) == 2
+    assert "not created by catsdogs" in capsys.readouterr().err
+    assert name in vertex.schedules
+    assert all(method != "DELETE" for method, _, _ in vertex.requests)
