@@ -210,3 +210,26 @@ def test_truncated_jpeg_is_really_truncated(mixed_inputs):
     """The fixture's truncated file still opens as a JPEG header: the error must come from decoding."""
     truncated = mixed_inputs["bad"][1]
     assert Image.open(io.BytesIO(open(truncated, "rb").read())).format == "JPEG"
+
+
+def test_gcs_images_model_and_output_in_a_bucket(gcs_bucket, trained_model, mixed_inputs, answers):
+    """Beam's own GCS IO lists and reads the images and writes the outputs; the model version is read from the
+    bucket; a second run replaces the first's files and leaves nothing staged (fake-gcs-server)."""
+    from components import storage
+
+    images, base, out = f"{gcs_bucket}/images", f"{gcs_bucket}/models/catsdogs", f"{gcs_bucket}/scores"
+    storage.copy_tree(mixed_inputs["root"], images)
+    storage.copy_tree(trained_model, f"{base}/3")
+    storage.write_text(f"{out}/README.txt", "not ours\n")
+
+    for _ in range(2):
+        summary = batch_predict(images, base, out)
+        assert (summary.predictions, summary.errors, summary.version) == (31, 3, 3)
+    names = list(storage.walk_files(out))
+    assert "README.txt" in names and not [n for n in names if n.startswith(".staging")]
+    written = [n for n in names if n != "README.txt"]
+    assert {n.split("-")[0] for n in written} == {"predictions", "errors"}
+    lines = [json.loads(line) for n in written if n.startswith("predictions-")
+             for line in storage.read_text(f"{out}/{n}").splitlines()]
+    local = {p["image_uri"].replace(images, mixed_inputs["root"]): p for p in lines}
+    _check_against_model([{**p, "image_uri": uri} for uri, p in local.items()], answers, "catsdogs", 3)
