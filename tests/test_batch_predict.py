@@ -189,20 +189,20 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, trained_model, mixed_in
 
 
 def test_component_registers_the_predictions_as_a_dataset(trained_model, mixed_inputs, tmp_path):
-    """The KFP component's function, as its container runs it: outputs under the Dataset's URI, counts in
-    its metadata and in Metrics."""
-    from kfp import dsl
+    """The KFP component run by kfp.local (a subprocess, as its container runs it): outputs under the Dataset's
+    URI, counts and the model's name and version in its metadata, counts in Metrics."""
+    from kfp import local
 
     from components.batch_predict.component import batch_predict as component
 
-    predictions = dsl.Dataset(name="predictions", uri=str(tmp_path / "predictions"), metadata={})
-    metrics = dsl.Metrics(name="metrics", uri=str(tmp_path / "metrics"), metadata={})
-    component.python_func(source=mixed_inputs["csv"], model=trained_model, predictions=predictions, metrics=metrics)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "pipeline_root"))
+    task = component(source=mixed_inputs["csv"], model=trained_model)
 
+    predictions, metrics = task.outputs["predictions"], task.outputs["metrics"]
     found, errors = _read_outputs(predictions.uri)
     assert (len(found), len(errors)) == (31, 4)
-    assert predictions.metadata["predictions"] == 31 and predictions.metadata["errors"] == 4
-    assert predictions.metadata["model"] == "saved_model" and predictions.metadata["version"] == 1
+    assert {k: predictions.metadata[k] for k in ("predictions", "errors", "model", "version")} == \
+        {"predictions": 31, "errors": 4, "model": "saved_model", "version": 1}
     assert metrics.metadata == {"predictions": 31, "errors": 4}
 
 
