@@ -212,3 +212,11 @@ def test_schedule_delete_refuses_a_schedule_catsdogs_did_not_create(vertex, caps
     assert "not created by catsdogs" in capsys.readouterr().err
     assert name in vertex.schedules
     assert all(method != "DELETE" for method, _, _ in vertex.requests)
+
+
+@pytest.mark.parametrize("command", ["batch-predict", "schedule"])
+def test_new_commands_explain_themselves(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: catsdogs " + command in capsys.readouterr().out

@@ -319,6 +319,18 @@ def _check_paths(source: str, output_dir: str) -> None:
         raise InputError(f"--output-dir {output_dir} is inside SOURCE {source}: its files would be scored next time")
 
 
+class _DropMessage(logging.Filter):
+    """Beam 2.77's RunInference warns at every model load that the `resource` module is missing: its
+    ml.inference.base imports `resource` together with a model manager that needs torch, which we do not have."""
+
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
 def batch_predict(source: str, model: str, output_dir: str, batch_size: int = DEFAULT_BATCH_SIZE,
                   runner: str = "DirectRunner", pipeline_args: list[str] | None = None,
                   dry_run: bool = False) -> BatchSummary:
@@ -349,11 +361,14 @@ def batch_predict(source: str, model: str, output_dir: str, batch_size: int = DE
              output_dir, runner)
     if runner == "DataflowRunner":
         logging.getLogger("apache_beam").setLevel(logging.INFO)  # the job's id, URL and progress
+    quiet = _DropMessage("Resource module is not available")
+    logging.getLogger().addFilter(quiet)
     try:
         result = pipeline.run()
         result.wait_until_finish()
         _publish(staging, output_dir)
     finally:
+        logging.getLogger().removeFilter(quiet)
         _remove(staging)
     for counter in result.metrics().query(MetricsFilter().with_namespace(COUNTER_NAMESPACE))["counters"]:
         name = counter.key.metric.name
