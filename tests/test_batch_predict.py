@@ -233,3 +233,15 @@ def test_gcs_images_model_and_output_in_a_bucket(gcs_bucket, trained_model, mixe
              for line in storage.read_text(f"{out}/{n}").splitlines()]
     local = {p["image_uri"].replace(images, mixed_inputs["root"]): p for p in lines}
     _check_against_model([{**p, "image_uri": uri} for uri, p in local.items()], answers, "catsdogs", 3)
+
+
+def test_a_rerun_replaces_its_own_shards_and_keeps_other_files(trained_model, mixed_inputs, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "predictions-00001-of-00002.jsonl").write_text('{"image_uri": "from an older run"}\n')
+    (out / "notes.txt").write_text("mine\n")
+    batch_predict(mixed_inputs["csv"], trained_model, str(out))
+    names = sorted(os.listdir(out))
+    assert "predictions-00001-of-00002.jsonl" not in names and "notes.txt" in names
+    predictions, errors = _read_outputs(str(out))
+    assert (len(predictions), len(errors)) == (31, 4)

@@ -293,12 +293,16 @@ def _matches(folder: str, patterns: Sequence[str]) -> list[str]:
 
 
 def _publish(staging: str, output_dir: str) -> None:
-    """Replaces the previous run's predictions and errors with this run's (and nothing else in output_dir)."""
+    """Replaces the previous run's predictions and errors with this run's (and nothing else in output_dir): the
+    new files are moved in first (over old ones of the same name), then old shards the new run did not write are
+    deleted, so output_dir never holds no predictions."""
     new = _matches(staging, OUTPUT_PATTERNS)
     old = _matches(output_dir, OUTPUT_PATTERNS)
-    if old:
-        FileSystems.delete(old)
-    FileSystems.rename(new, [storage.join(output_dir, p.rstrip("/").rsplit("/", 1)[-1]) for p in new])
+    targets = [storage.join(output_dir, path.rsplit("/", 1)[-1]) for path in new]
+    FileSystems.rename(new, targets)
+    stale = sorted(set(old) - set(targets))
+    if stale:
+        FileSystems.delete(stale)
 
 
 def _remove(folder: str) -> None:
@@ -366,10 +370,17 @@ def batch_predict(source: str, model: str, output_dir: str, batch_size: int = DE
     try:
         result = pipeline.run()
         result.wait_until_finish()
-        _publish(staging, output_dir)
+    except BaseException:
+        _remove(staging)  # the previous outputs stay as they were
+        raise
     finally:
         logging.getLogger().removeFilter(quiet)
-        _remove(staging)
+    try:
+        _publish(staging, output_dir)
+    except Exception as e:
+        raise InputError(f"the predictions were written to {staging} but could not be moved to {output_dir}: "
+                         f"{type(e).__name__}: {e}") from e
+    _remove(staging)
     for counter in result.metrics().query(MetricsFilter().with_namespace(COUNTER_NAMESPACE))["counters"]:
         name = counter.key.metric.name
         if name in ("predictions", "errors"):
