@@ -545,7 +545,8 @@ def main(argv: list[str] | None = None) -> int:
             args.handler(args, beam_args)
         else:
             if beam_args:
-                raise InputError(f"arguments after -- are only for `catsdogs convert`: {' '.join(beam_args)}")
+                raise InputError(f"arguments after -- are only for `catsdogs convert` and `catsdogs batch-predict`: "
+                                 f"{' '.join(beam_args)}")
             args.handler(args)
     except InputError as e:
         print(f"catsdogs {args.command}: error: {e}", file=sys.stderr)
