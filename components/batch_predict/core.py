@@ -85,14 +85,15 @@ def is_csv(source: str) -> bool:
     return source.lower().endswith(".csv")
 
 
-def csv_uri_column(csv_path: str) -> tuple[int, str]:
-    """(index of the image_uri column, header line) from the CSV's first line only: a big CSV is not read here."""
+def csv_uri_column(csv_path: str) -> int:
+    """The index of the image_uri column, from the CSV's first line only: a big CSV is not read here (Beam reads
+    the rest in splits; a field with a line break inside quotes is not supported)."""
     with FileSystems.open(csv_path) as f:
         first = f.readline().decode("utf-8-sig").strip()
     header = [name.strip().lower() for name in next(csv.reader([first]), [])]
     if URI_COLUMN not in header:
         raise InputError(f"CSV {csv_path} line 1: no {URI_COLUMN} column; header is {first!r}")
-    return header.index(URI_COLUMN), first
+    return header.index(URI_COLUMN)
 
 
 class ListCsv(beam.PTransform):
@@ -347,7 +348,7 @@ def batch_predict(source: str, model: str, output_dir: str, batch_size: int = DE
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
     _check_paths(source, output_dir)
-    column = csv_uri_column(source)[0] if is_csv(source) else None
+    column = csv_uri_column(source) if is_csv(source) else None
     ref = resolve_model(model)
     staging = storage.join(output_dir, f".staging-{uuid.uuid4().hex[:12]}")
     options = PipelineOptions(pipeline_args or [])
