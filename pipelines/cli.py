@@ -54,6 +54,30 @@ def cmd_convert(args, beam_args: list[str]) -> None:
           f"{summary.duplicates} duplicates, {summary.discarded} discarded; labels {summary.labels}")
 
 
+def _dataflow_beam_args(args) -> list[str]:
+    """Dataflow's Beam options from the flags of _add_dataflow_flags (the same ones convert takes)."""
+    from components.convert.pipeline import dataflow_args
+
+    return dataflow_args(
+        args.project, args.region, args.temp_location, sdk_container_image=args.sdk_container_image,
+        service_account=args.service_account, machine_type=args.machine_type, max_workers=args.max_workers,
+        job_name=args.job_name, subnetwork=args.subnetwork, labels=dict(label.split("=", 1) for label in args.label),
+    )
+
+
+def cmd_batch_predict(args, beam_args: list[str]) -> None:
+    from components.batch_predict.core import batch_predict
+
+    if args.runner == "DataflowRunner":
+        beam_args = _dataflow_beam_args(args) + beam_args
+    summary = batch_predict(args.source, args.model, args.output_dir, args.batch_size, args.runner, beam_args,
+                            args.dry_run)
+    if args.dry_run:
+        return
+    print(f"{summary.predictions} predictions and {summary.errors} errors from {summary.model} version "
+          f"{summary.version} in {summary.output_dir} (predictions-*.jsonl, errors-*.csv)")
+
+
 def cmd_inspect(args) -> None:
     from components.convert.inspect import inspect_records
 
@@ -241,10 +265,13 @@ def _predict(console, result, rows) -> None:
 
 def cmd_compile(args) -> None:
     from components.images import Images
-    from pipelines.vertex import compile_vertex_pipeline
+    from pipelines.batch import BATCH_PREDICT, compile_pipeline
 
     images = Images.from_registry(args.images_registry, args.images_tag)
-    compile_vertex_pipeline(args.output, images, args.machine, args.replicas)
+    compile_pipeline(args.pipeline, args.output, images, args.machine, args.replicas)
+    if args.pipeline == BATCH_PREDICT:
+        print(f"compiled the Vertex batch-prediction pipeline (Dataflow with {images.components}) to {args.output}")
+        return
     print(f"compiled the Vertex pipeline ({args.replicas} x {args.machine} training, images {images.components}, "
           f"{images.trainer}, {images.serving}) to {args.output}")
 
@@ -256,13 +283,13 @@ def cmd_submit(args) -> None:
     from google.auth.credentials import AnonymousCredentials
 
     from components.images import Images
+    from pipelines.batch import compile_pipeline
     from pipelines.submit import build_job, job_request, submit
-    from pipelines.vertex import compile_vertex_pipeline
 
     images = Images.from_registry(args.images_registry, args.images_tag)
     with tempfile.TemporaryDirectory(prefix="catsdogs-submit-") as folder:
         template = f"{folder}/pipeline.yaml"
-        compile_vertex_pipeline(template, images, args.machine, args.replicas)
+        compile_pipeline(args.pipeline, template, images, args.machine, args.replicas)
         labels = dict(label.split("=", 1) for label in args.label)
         job = build_job(template, args.project, args.region, args.pipeline_root, args.images, args.param,
                         enable_caching=not args.no_cache, labels=labels,
@@ -276,7 +303,57 @@ def cmd_submit(args) -> None:
     print(f"submitted {name}")
 
 
+def cmd_schedule(args) -> None:
+    import json
+    import tempfile
+
+    from google.auth.credentials import AnonymousCredentials
+
+    from components.images import Images
+    from pipelines import schedule
+    from pipelines.batch import compile_pipeline
+    from pipelines.submit import build_job
+
+    credentials = AnonymousCredentials() if args.dry_run else None
+    if args.list:
+        if args.dry_run:
+            print(json.dumps({"method": "ScheduleService.ListSchedules",
+                              "parent": f"projects/{args.project}/locations/{args.region}"}, indent=2))
+            return
+        for found in schedule.list_schedules(args.project, args.region):
+            print(json.dumps(found))
+        return
+    if args.delete:
+        if args.dry_run:
+            name = schedule.schedule_name(args.delete, args.project, args.region)
+            print(json.dumps({"method": "ScheduleService.DeleteSchedule", "name": name}, indent=2))
+            return
+        print(f"deleted {schedule.delete_schedule(args.delete, args.project, args.region)}")
+        return
+    missing = [flag for flag, value in (("--cron", args.cron), ("--pipeline-root", args.pipeline_root),
+                                        ("--images", args.images)) if not value]
+    if missing:
+        raise InputError(f"creating a schedule needs {', '.join(missing)} (or use --list / --delete NAME)")
+    settings = schedule.schedule_settings(args.cron, args.max_concurrent_runs, args.service_account)
+    images = Images.from_registry(args.images_registry, args.images_tag)
+    with tempfile.TemporaryDirectory(prefix="catsdogs-schedule-") as folder:
+        template = f"{folder}/pipeline.yaml"
+        compile_pipeline(args.pipeline, template, images, args.machine, args.replicas)
+        labels = dict(label.split("=", 1) for label in args.label)
+        job = build_job(template, args.project, args.region, args.pipeline_root, args.images, args.param,
+                        enable_caching=not args.no_cache, labels=labels, credentials=credentials)
+        planned = schedule.build_schedule(job, args.display_name or f"catsdogs-{args.pipeline}", credentials)
+        if args.dry_run:
+            print(json.dumps(schedule.schedule_request(planned, settings), indent=2))
+            return
+        name = schedule.create_schedule(planned, settings)
+    print(f"created {name}: {args.pipeline} at {settings['cron']!r}")
+
+
 def _add_vertex_build_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pipeline", choices=("training", "batch-predict"), default="training",
+                        help="training: images to a deployed model; batch-predict: score images with a model "
+                             "(default %(default)s)")
     parser.add_argument("--images-registry", default="",
                         help="e.g. us-central1-docker.pkg.dev/PROJECT/catsdogs (default: local image names)")
     parser.add_argument("--images-tag", default="latest", help="(default %(default)s)")
@@ -317,6 +394,20 @@ def training_arguments(config) -> dict[str, object]:
     from components.train.config import parameters
 
     return {name: getattr(config, name) for name in parameters()}
+
+
+def _add_dataflow_flags(parser: argparse.ArgumentParser) -> None:
+    dataflow = parser.add_argument_group("Dataflow (with --runner DataflowRunner)")
+    dataflow.add_argument("--project", default="")
+    dataflow.add_argument("--region", default="")
+    dataflow.add_argument("--temp-location", default="", help="gs:// folder for Dataflow's staging")
+    dataflow.add_argument("--sdk-container-image", default="", help="worker image (the catsdogs components image)")
+    dataflow.add_argument("--service-account", default="", help="worker service account email")
+    dataflow.add_argument("--machine-type", default="", help="worker machine type, e.g. n1-standard-4")
+    dataflow.add_argument("--max-workers", type=int, default=0, help="autoscaling limit")
+    dataflow.add_argument("--job-name", default="")
+    dataflow.add_argument("--subnetwork", default="", help="workers' subnetwork (regions/R/subnetworks/S or a URL)")
+    dataflow.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="job label (repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -373,6 +464,25 @@ def build_parser() -> argparse.ArgumentParser:
     dataflow.add_argument("--subnetwork", default="", help="workers' subnetwork (regions/R/subnetworks/S or a URL)")
     dataflow.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="job label (repeatable)")
     p.set_defaults(handler=cmd_convert, takes_beam_args=True)
+
+    p = sub.add_parser("batch-predict", help="score a folder or CSV of images with a model, with Apache Beam",
+                       description="Scores every image of SOURCE with the newest version of MODEL (RunInference, "
+                                   "batched) and writes predictions-SSSSS-of-NNNNN.jsonl (image_uri, label, "
+                                   "probabilities, model, version) and errors-SSSSS-of-NNNNN.csv (image_uri,reason) "
+                                   "for files that are missing, unreadable or not images. Arguments after -- go "
+                                   "to Beam.")
+    p.add_argument("source", metavar="SOURCE",
+                   help="folder of images (<label>/<file>, <split>/<label>/<file> or flat; local or gs://) or a "
+                        "CSV with an image_uri column")
+    p.add_argument("--model", required=True, help="model base (its newest numbered version) or a SavedModel folder")
+    p.add_argument("--output-dir", required=True, help="folder for the predictions and errors (local or gs://)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per model call (default %(default)s)")
+    p.add_argument("--runner", choices=("DirectRunner", "DataflowRunner"), default="DirectRunner",
+                   help="(default %(default)s)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the pipeline options, steps and job graph size, run nothing")
+    _add_dataflow_flags(p)
+    p.set_defaults(handler=cmd_batch_predict, takes_beam_args=True)
 
     p = sub.add_parser("inspect", help="show what a folder of TFRecords holds, and write a few images")
     p.add_argument("data_dir", metavar="DIR", help="output folder of `catsdogs convert`")
@@ -479,6 +589,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the job request, submit nothing")
     _add_vertex_build_flags(p)
     p.set_defaults(handler=cmd_submit)
+    p = sub.add_parser("schedule", help="create, list or delete Vertex AI pipeline schedules (e.g. weekly retraining)",
+                       description="Creates a Vertex AI Pipelines schedule that runs the training (or batch-"
+                                   "prediction) pipeline at each --cron tick, with the job `catsdogs submit` would "
+                                   "send; --list shows the schedules, --delete NAME removes one created here. "
+                                   "--dry-run prints the request and needs no credentials.")
+    p.add_argument("--project", required=True)
+    p.add_argument("--region", required=True, help="e.g. europe-west4")
+    p.add_argument("--cron", default="", help='e.g. "0 3 * * 1" (Mondays 03:00 UTC); "CRON_TZ=Europe/Paris 0 3 * * 1"')
+    p.add_argument("--pipeline-root", default="", help="gs:// folder for the pipeline's artifacts")
+    p.add_argument("--images", default="", help="gs:// folder of images (training: labelled; batch-predict: to score)")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="pipeline parameter (repeatable)")
+    p.add_argument("--display-name", default="", help="(default catsdogs-PIPELINE)")
+    p.add_argument("--max-concurrent-runs", type=int, default=1,
+                   help="runs of this schedule at once; a tick while one runs is skipped (default %(default)s)")
+    p.add_argument("--service-account", default="", help="service account the runs run as")
+    p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="job label (repeatable)")
+    p.add_argument("--no-cache", action="store_true", help="run every step even if a cached result exists")
+    action = p.add_mutually_exclusive_group()
+    action.add_argument("--list", action="store_true", help="list the schedules in the region")
+    action.add_argument("--delete", default="", metavar="NAME", help="delete a schedule (ID or full name)")
+    p.add_argument("--dry-run", action="store_true", help="print the request, send nothing")
+    _add_vertex_build_flags(p)
+    p.set_defaults(handler=cmd_schedule)
     return parser
 
 
@@ -496,7 +629,8 @@ def main(argv: list[str] | None = None) -> int:
             code = args.handler(args, beam_args)
         else:
             if beam_args:
-                raise InputError(f"arguments after -- are only for `catsdogs convert`: {' '.join(beam_args)}")
+                raise InputError(f"arguments after -- are only for `catsdogs convert` and `catsdogs batch-predict`: "
+                                 f"{' '.join(beam_args)}")
             code = args.handler(args)
     except InputError as e:
         print(f"catsdogs {args.command}: error: {e}", file=sys.stderr)

@@ -70,6 +70,10 @@ def build_job(template_path: str, project: str, region: str, pipeline_root: str,
     values = {"project": project, "location": region, "images_root": images_root,
               "dataflow_temp_location": pipeline_root.rstrip("/") + "/dataflow-tmp"}
     values.update(parse_params(params, declared))
+    missing = sorted(name for name, spec in declared.items()
+                     if name not in values and "defaultValue" not in spec and not spec.get("isOptional"))
+    if missing:
+        raise InputError(f"the pipeline needs --param {'=... --param '.join(missing)}=...")
     with credentials_hint():
         return aiplatform.PipelineJob(
             display_name="catsdogs", template_path=template_path, pipeline_root=pipeline_root,
