@@ -52,7 +52,20 @@ def _confusion_matrix(result: Evaluation) -> str:
             f"predicted)</caption><tr><th></th>{header}</tr>{''.join(rows)}</table>")
 
 
-def html_report(result: Evaluation, history: dict[str, list[float]], title: str = "catsdogs model") -> str:
+def _decision(decision: dict | None) -> str:
+    """The champion/challenger decision (components/evaluate/champion.py) as a paragraph."""
+    if not decision:
+        return ""
+    champion = ""
+    if decision.get("champion_accuracy") is not None:
+        champion = (f"; champion (version {html.escape(str(decision.get('champion_version')))}) accuracy "
+                    f"<b>{decision['champion_accuracy']:.4f}</b> on the same images")
+    verdict = "deployed" if decision["published"] else "not deployed"
+    return f"<p>Decision: <b>{verdict}</b>{champion}. {html.escape(decision['reason'])}.</p>"
+
+
+def html_report(result: Evaluation, history: dict[str, list[float]], title: str = "catsdogs model",
+                decision: dict | None = None) -> str:
     per_class = "".join(
         f"<tr><th>{html.escape(n)}</th><td>{s['precision']:.3f}</td><td>{s['recall']:.3f}</td></tr>"
         for n, s in result.per_class().items()
@@ -67,6 +80,7 @@ table {{ border-collapse: collapse; margin: 1em 0; }} td, th {{ border: 1px soli
 td {{ text-align: right; }}</style></head>
 <body><h1>{html.escape(title)}</h1>
 <p>{result.split}: accuracy <b>{result.accuracy:.4f}</b>, AUC <b>{result.auc:.4f}</b> on {result.examples} images.</p>
+{_decision(decision)}
 {curves}
 {_confusion_matrix(result)}
 <table><caption>Per class</caption><tr><th></th><th>precision</th><th>recall</th></tr>{per_class}</table>
