@@ -17,10 +17,11 @@ import tensorflow as tf
 from components import storage
 from components.convert import schema
 from components.errors import InputError
-from components.train import distribute
+from components.train import distribute, finetune
 from components.train.data import make_dataset
 from components.train.export import export_saved_model
 from components.train.models import MODELS
+from components.train.weights import check as check_weights
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +36,10 @@ class TrainConfig:
     image_size: int = 150
     learning_rate: float = 1e-3
     model: str = "seed_cnn"
-    weights: str = ""  # a local weights file for the model's backbone; nothing downloads at run time
+    weights: str = ""  # "", "imagenet" (Keras' download or cache) or a weights file, local or gs:// (weights.py)
     augment: bool = False
     seed: int = 0
+    fine_tune_epochs: int = 0  # > 0: head first with the backbone frozen, then fine-tuning (finetune.py)
 
     def check(self) -> None:
         for name in ("epochs", "batch_size", "image_size"):
@@ -49,8 +51,8 @@ class TrainConfig:
             raise InputError(f"--learning-rate must be positive, got {self.learning_rate}")
         if self.model not in MODELS:
             raise InputError(f"--model {self.model!r} is unknown; choose from {', '.join(MODELS)}")
-        if self.weights and not storage.exists(self.weights):
-            raise InputError(f"--weights {self.weights} does not exist")
+        check_weights(self.weights, self.model)
+        finetune.check(self.fine_tune_epochs, self.model, self.weights)
 
 
 def set_precision() -> str:
@@ -61,6 +63,8 @@ def set_precision() -> str:
 
 def compile_model(config: TrainConfig, num_classes: int) -> keras.Model:
     model = MODELS[config.model](config.image_size, num_classes, config.weights or None)
+    if config.fine_tune_epochs:
+        finetune.freeze_backbone(model)
     loss = "binary_crossentropy" if num_classes == 2 else "sparse_categorical_crossentropy"
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=loss, metrics=["accuracy"])
     return model
@@ -119,17 +123,23 @@ def train(data_dir: str, model_dir: str, config: TrainConfig = TrainConfig(),
     backup = ResumableBackup(storage.join(output_dir, BACKUP_DIR))
     log.info("training %s (%s) on %d classes %s for %d epochs, %d replicas, global batch %d", config.model,
              policy, len(class_names), class_names, config.epochs, strategy.num_replicas_in_sync, global_batch)
-    history = model.fit(
-        train_data, validation_data=validation, epochs=config.epochs, verbose=2,
-        callbacks=[backup, *callbacks],
-    )
+    if config.fine_tune_epochs:
+        tune_backup = storage.join(output_dir, finetune.BACKUP_DIR)
+        history = finetune.fit(
+            model, strategy, train_data, validation, config.epochs, config.fine_tune_epochs, config.learning_rate,
+            [backup, *callbacks], [ResumableBackup(tune_backup), *callbacks], tune_backup)
+    else:
+        history = model.fit(
+            train_data, validation_data=validation, epochs=config.epochs, verbose=2,
+            callbacks=[backup, *callbacks],
+        ).history
     export_saved_model(model, class_names, config.image_size, output_dir)
-    info = {"config": asdict(config), "class_names": class_names, "history": history.history,
+    info = {"config": asdict(config), "class_names": class_names, "history": history,
             "precision": policy, "replicas": strategy.num_replicas_in_sync, "workers": workers,
             "resumed_from_epoch": backup.resumed_from}
     storage.write_text(storage.join(output_dir, TRAINING_INFO), json.dumps(info, indent=1))
     log.info("exported SavedModel to %s", output_dir)
-    return TrainResult(history.history, output_dir)
+    return TrainResult(history, output_dir)
 
 
 def training_info(model_dir: str) -> dict:

@@ -5,6 +5,8 @@ To add one, write the function and name it in MODELS."""
 import keras
 from keras import layers
 
+from components.train.weights import local_path
+
 
 def classifier_head(num_classes: int) -> layers.Layer:
     # float32 even under mixed precision: probabilities near 0 and 1 need the range.
@@ -24,19 +26,19 @@ def seed_cnn(image_size: int, num_classes: int, weights: str | None = None) -> k
     x = layers.Dense(256, activation="relu")(x)
     model = keras.Model(inputs, classifier_head(num_classes)(x), name="seed_cnn")
     if weights:
-        model.load_weights(weights)
+        model.load_weights(local_path(weights, "seed_cnn"))
     return model
 
 
 def mobilenet_v3_small(image_size: int, num_classes: int, weights: str | None = None) -> keras.Model:
     """MobileNetV3Small backbone (its own 0..255 preprocessing built in), global pooling, dropout, head.
-    `weights` is a local file of backbone weights, e.g. ImageNet ones saved beforehand."""
+    `weights`: "imagenet" (Keras' ImageNet weights, see weights.py) or a file of backbone weights."""
     inputs = keras.Input(shape=(image_size, image_size, 3), name="pixels")
     backbone = keras.applications.MobileNetV3Small(
         input_shape=(image_size, image_size, 3), include_top=False, weights=None, include_preprocessing=True
     )
     if weights:
-        backbone.load_weights(weights)
+        backbone.load_weights(local_path(weights, "mobilenet_v3_small"))
     x = layers.GlobalAveragePooling2D()(backbone(inputs))
     x = layers.Dropout(0.2)(x)
     return keras.Model(inputs, classifier_head(num_classes)(x), name="mobilenet_v3_small")
