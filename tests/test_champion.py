@@ -302,3 +302,38 @@ def test_a_canary_keeps_the_rest_of_the_traffic_on_the_served_model(fake_vertex,
     _, endpoints = fake_vertex
     assert canary_split("projects/p/locations/europe-west4/endpoints/9", "europe-west4", percent,
                         endpoints) == split
+
+
+def test_registry_components_connect_to_evaluate_and_gcpcs_upload_in_a_compiled_pipeline(tmp_path):
+    """The wiring the Vertex DAG uses: champion lookup -> evaluate -> upload -> import evaluation, canary split."""
+    import yaml
+    from google_cloud_pipeline_components.types import artifact_types
+    from google_cloud_pipeline_components.v1.model import ModelUploadOp
+    from kfp import compiler, dsl
+
+    from components.deploy.registry import DEFAULT_ALIAS
+    from components.deploy.registry_components import canary_traffic_split, champion_uri, import_evaluation
+    from components.evaluate.component import evaluate as evaluate_component
+
+    @dsl.pipeline(name="registry-wiring")
+    def wiring(project: str, model_uri: str, records_uri: str, canary_traffic_percent: int = 10):
+        champion = champion_uri(project=project, location="europe-west4", model_display_name="catsdogs")
+        model = dsl.importer(artifact_uri=model_uri, artifact_class=dsl.Model)
+        records = dsl.importer(artifact_uri=records_uri, artifact_class=dsl.Dataset)
+        scored = evaluate_component(model=model.output, tfrecords=records.output, champion_uri=champion.output)
+        serving = dsl.importer(artifact_uri=model_uri, artifact_class=artifact_types.UnmanagedContainerModel)
+        uploaded = ModelUploadOp(project=project, location="europe-west4", display_name="catsdogs",
+                                 unmanaged_container_model=serving.output, version_aliases=[DEFAULT_ALIAS])
+        import_evaluation(vertex_model=uploaded.outputs["model"], evaluation=scored.outputs["evaluation"])
+        endpoint = dsl.importer(artifact_uri="https://x", artifact_class=artifact_types.VertexEndpoint)
+        canary_traffic_split(endpoint=endpoint.output, canary_traffic_percent=canary_traffic_percent)
+
+    path = tmp_path / "wiring.yaml"
+    compiler.Compiler().compile(wiring, package_path=str(path))
+    tasks = yaml.safe_load(path.read_text())["root"]["dag"]["tasks"]
+    assert tasks["evaluate"]["inputs"]["parameters"]["champion_uri"]["taskOutputParameter"]["producerTask"] == \
+        "champion-uri"
+    evaluation = tasks["import-evaluation"]["inputs"]["artifacts"]
+    assert evaluation["evaluation"]["taskOutputArtifact"] == {"outputArtifactKey": "evaluation",
+                                                              "producerTask": "evaluate"}
+    assert evaluation["vertex_model"]["taskOutputArtifact"]["producerTask"] == "model-upload"

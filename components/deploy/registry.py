@@ -6,21 +6,19 @@ version was or was not promoted, and the endpoint's traffic split for a canary r
 The evaluation file the evaluate step writes is in the format GCPC's `ModelImportEvaluationOp` reads
 (`{"slicedMetrics": [{"singleOutputSlicingSpec": {}, "metrics": {"classification": {...}}}]}`), so either that
 op or `import_evaluation` here can import it; ours also records the champion comparison in the evaluation's
-metadata. Every call is built as the request the SDK sends, testable without credentials.
+metadata. Every call is built as the request the SDK sends, testable without credentials. The KFP components
+are in registry_components.py (a module a component's body imports must not define components).
 """
 
 
+from __future__ import annotations
+
 import logging
 import math
-from typing import Dict
+from typing import TYPE_CHECKING
 
-from google.cloud import aiplatform_v1
-from google.protobuf import json_format, struct_pb2
-from google_cloud_pipeline_components.types.artifact_types import ClassificationMetrics, VertexEndpoint, VertexModel
-from kfp import dsl
-from kfp.dsl import Input
-
-from components.images import LOCAL
+if TYPE_CHECKING:  # the SDK costs seconds to import; the evaluate step only needs the schema functions
+    from google.cloud import aiplatform_v1
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +80,17 @@ def evaluation_file(evaluation: dict, decision: dict) -> dict:
             "decision": decision}
 
 
-def _value(data) -> struct_pb2.Value:
+def _value(data):
+    from google.protobuf import json_format, struct_pb2
+
     return json_format.ParseDict(data, struct_pb2.Value())
 
 
 def import_evaluation_request(model_name: str, file: dict, display_name: str = "",
                               pipeline_job: str = "") -> aiplatform_v1.ImportModelEvaluationRequest:
     """ImportModelEvaluation of the evaluation file under the model (version) `model_name`."""
+    from google.cloud import aiplatform_v1
+
     metadata = {k: v for k, v in (file.get("decision") or {}).items() if v is not None}
     if pipeline_job:
         metadata["pipeline_job_resource_name"] = pipeline_job
@@ -100,6 +102,8 @@ def import_evaluation_request(model_name: str, file: dict, display_name: str = "
 
 
 def _model_client(location: str, client=None):
+    from google.cloud import aiplatform_v1
+
     from components.deploy.vertex import _client
 
     return client or _client(aiplatform_v1.ModelServiceClient, location)
@@ -115,6 +119,8 @@ def send_evaluation(request: aiplatform_v1.ImportModelEvaluationRequest, locatio
 def default_version_uri(project: str, location: str, display_name: str, client=None) -> str:
     """The artifact URI (the SavedModel folder) of the `default` version of the newest model with this display
     name: the champion. "" when there is no such model (the first run)."""
+    from google.cloud import aiplatform_v1
+
     from components.deploy.vertex import list_models_request
 
     client = _model_client(location, client)
@@ -130,6 +136,8 @@ def default_version_uri(project: str, location: str, display_name: str, client=N
 def canary_split(endpoint_name: str, location: str, percent: int, client=None) -> dict[str, int]:
     """The traffic split for deploying a new model with `percent` of the traffic; the endpoint's models keep
     the rest in their proportions (all of it goes to the new model on an empty endpoint)."""
+    from google.cloud import aiplatform_v1
+
     from components.deploy.vertex import _client, allocate_traffic
 
     client = client or _client(aiplatform_v1.EndpointServiceClient, location)
@@ -141,71 +149,7 @@ def canary_split(endpoint_name: str, location: str, percent: int, client=None) -
     return allocate_traffic(current, percent)
 
 
-def _location(resource_name: str) -> str:
+def location_of(resource_name: str) -> str:
     """projects/P/locations/L/... -> L"""
     parts = resource_name.split("/")
     return parts[parts.index("locations") + 1]
-
-
-@dsl.component(base_image=LOCAL.components, install_kfp_package=False)
-def champion_uri(project: str, location: str, model_display_name: str) -> str:
-    """The champion for evaluation to compare with: the artifact URI of the model's `default` version.
-
-    Args:
-        project: Google Cloud project of the Vertex AI Model Registry.
-        location: Vertex AI region, e.g. us-central1.
-        model_display_name: Display name of the model whose versions the pipeline uploads.
-
-    Returns:
-        The SavedModel folder (gs://) of the default version; empty when the model does not exist yet.
-    """
-    from components import logs
-    from components.deploy.registry import default_version_uri
-
-    logs.setup()
-    return default_version_uri(project, location, model_display_name)
-
-
-@dsl.component(base_image=LOCAL.components, install_kfp_package=False)
-def import_evaluation(vertex_model: Input[VertexModel], evaluation: Input[ClassificationMetrics],
-                      display_name: str = "catsdogs evaluation") -> str:
-    """Imports the evaluate step's metrics (classification schema, confusion matrix) and its champion decision
-    into the Vertex AI Model Registry as an evaluation of the uploaded model version.
-
-    Args:
-        vertex_model: The uploaded model version (ModelUploadOp's output).
-        evaluation: The evaluate step's `evaluation` output (its metrics and decision).
-        display_name: The evaluation's display name in the Model Registry.
-
-    Returns:
-        The imported evaluation's resource name.
-    """
-    import json
-
-    from components import logs, storage
-    from components.deploy.registry import _location, import_evaluation_request, send_evaluation
-
-    logs.setup()
-    model_name = vertex_model.metadata["resourceName"]
-    request = import_evaluation_request(model_name, json.loads(storage.read_text(evaluation.uri)), display_name)
-    return send_evaluation(request, _location(model_name))
-
-
-@dsl.component(base_image=LOCAL.components, install_kfp_package=False)
-def canary_traffic_split(endpoint: Input[VertexEndpoint], canary_traffic_percent: int = 100) -> Dict[str, int]:
-    """The traffic split that gives the model being deployed `canary_traffic_percent` of the endpoint's
-    traffic and keeps the rest on the models it serves now, in their proportions.
-
-    Args:
-        endpoint: The endpoint the model is deployed to.
-        canary_traffic_percent: Share of the traffic for the new model, 1..100 (100: no canary).
-
-    Returns:
-        A traffic split for ModelDeployOp: {"0": percent, DEPLOYED_MODEL_ID: rest, ...}.
-    """
-    from components import logs
-    from components.deploy.registry import _location, canary_split
-
-    logs.setup()
-    name = endpoint.metadata["resourceName"]
-    return canary_split(name, _location(name), canary_traffic_percent)
