@@ -14,7 +14,13 @@ from kfp.dsl import HTML, ClassificationMetrics, Dataset, Metrics, Model
 
 from components.deploy.core import publish_version
 from components.errors import InputError
-from components.evaluate.champion import decide, find_champion, score_champion, summary_line
+from components.evaluate.champion import (
+    decide,
+    decision_from_metrics,
+    find_champion,
+    score_champion,
+    summary_line,
+)
 from components.evaluate.core import evaluate
 
 # -- the decision ------------------------------------------------------------------------------------------------
@@ -144,6 +150,8 @@ def test_evaluate_rejects_a_worse_candidate_and_says_so_everywhere(better_model,
     assert sum(map(sum, matrix["rows"])) == metrics["examples"]
     report = open(out["report"].uri).read()
     assert "not deployed" in report and f"{champion_accuracy:.4f}" in report
+    line = summary_line(decision_from_metrics(metrics), metrics["champion_version"])  # what `catsdogs run` prints
+    assert line.startswith("not deployed") and f"{candidate_accuracy:.4f}" in line and "version 1 stays" in line
 
 
 def test_evaluate_publishes_a_tie_and_the_first_run(trained_model, records, tmp_path):

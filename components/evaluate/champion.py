@@ -73,12 +73,19 @@ def summary_line(decision: Decision, champion_version: str | None) -> str:
     accuracies and the version that stays."""
     champion = ""
     if decision.champion_accuracy is not None:
-        champion = f", champion version {champion_version} {decision.champion_accuracy:.4f}"
+        champion = f", champion (version {champion_version}) {decision.champion_accuracy:.4f}"
     scores = f"candidate {decision.candidate_accuracy:.4f}{champion}"
     if decision.publish:
         return f"deployed: {scores}: {decision.reason}"
     kept = f"version {champion_version} stays deployed" if champion_version else "no version is deployed"
     return f"not deployed ({scores}): {decision.reason}; {kept}"
+
+
+def decision_from_metrics(metrics: dict) -> Decision:
+    """The Decision the evaluate step logged in its Metrics (`published`, `decision`, `accuracy`,
+    `champion_accuracy`), e.g. from the local pipeline's output; its `champion_version` goes to summary_line."""
+    return Decision(bool(metrics["published"]), str(metrics["decision"]), float(metrics["accuracy"]),
+                    metrics.get("champion_accuracy"))
 
 
 def find_champion(champion_uri: str) -> Champion | None:
