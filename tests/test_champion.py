@@ -345,3 +345,15 @@ def test_registry_components_connect_to_evaluate_and_gcpcs_upload_in_a_compiled_
     assert evaluation["evaluation"]["taskOutputArtifact"] == {"outputArtifactKey": "evaluation",
                                                               "producerTask": "evaluate"}
     assert evaluation["vertex_model"]["taskOutputArtifact"]["producerTask"] == "model-upload"
+
+
+def test_a_champion_in_gcs_is_found_and_scored_like_a_local_one(trained_model, records, gcs_bucket):
+    """On Vertex the champion is the default version's artifact URI, a gs:// SavedModel folder."""
+    base = f"{gcs_bucket}/models/catsdogs"
+    publish_version(trained_model, base)
+    champion = find_champion(base)
+    assert champion.version == "1" and champion.model_dir == f"{base}/1"
+    assert find_champion(f"{base}/1").model_dir == f"{base}/1"  # the artifact URI itself
+    candidate = evaluate(trained_model, records)
+    scored = score_champion(champion, records, candidate.split, candidate.class_names)
+    assert scored.confusion_matrix == candidate.confusion_matrix

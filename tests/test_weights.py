@@ -142,3 +142,18 @@ def test_train_with_fine_tuning_records_both_phases_and_cleans_up(cached_imagene
     assert training_info(model_dir)["config"]["fine_tune_epochs"] == 1
     assert not os.path.exists(os.path.join(model_dir, finetune.BACKUP_DIR))
     assert not os.path.exists(os.path.join(model_dir, "backup"))
+
+
+def test_a_weights_file_in_gcs_is_fetched_and_loaded(gcs_bucket, tmp_path):
+    from components import storage
+    from components.train.models import seed_cnn
+
+    keras.utils.set_random_seed(4)
+    source = seed_cnn(IMAGE_SIZE, 2)
+    local = tmp_path / "seed.weights.h5"
+    source.save_weights(str(local))
+    uri = f"{gcs_bucket}/weights/seed.weights.h5"
+    storage.write_bytes(uri, local.read_bytes())
+    keras.utils.set_random_seed(5)
+    loaded = seed_cnn(IMAGE_SIZE, 2, uri)
+    assert all(np.array_equal(a, b) for a, b in zip(loaded.get_weights(), source.get_weights()))
