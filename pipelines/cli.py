@@ -199,7 +199,8 @@ def _run(args, config, console, logs_dir: str) -> int:
     try:
         result = run_local(
             images_root, args.workdir, model_name=args.model_name, model_base=args.model_base,
-            min_accuracy=args.min_accuracy, record_format=args.format, console=console,
+            min_accuracy=args.min_accuracy, max_regression=args.max_regression, record_format=args.format,
+            console=console,
             wandb_project=args.wandb_project, wandb_mode=args.wandb_mode, wandb_group=args.wandb_group,
             **training_arguments(config),
         )
@@ -213,6 +214,7 @@ def _run(args, config, console, logs_dir: str) -> int:
 
 
 def _summary(console, result, args) -> None:
+    from components.evaluate.champion import decision_from_metrics, summary_line
     from pipelines import progress
 
     metrics = result.metrics
@@ -220,7 +222,8 @@ def _summary(console, result, args) -> None:
     rows = [("held-out accuracy", f"{result.accuracy:.4f} on {int(metrics.get('examples', 0))} "
                                   f"{metrics.get('split', '')} images{auc}")]
     if result.version is None:
-        rows.append(("not deployed", f"accuracy is below --min-accuracy {args.min_accuracy}"))
+        decision = summary_line(decision_from_metrics(metrics), metrics.get("champion_version"))
+        rows.append(("not deployed", decision.removeprefix("not deployed").strip()))
     else:
         rows.append(("deployed", f"version {result.version} at "
                                  f"{progress.relative(storage.join(result.model_base, str(result.version)))}"))
@@ -558,6 +561,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where model versions are published, local or gs:// (default WORKDIR/models/MODEL_NAME)")
     p.add_argument("--min-accuracy", type=float, default=0.0,
                    help="deploy only when held-out accuracy reaches this (default %(default)s)")
+    p.add_argument("--max-regression", type=float, default=0.0,
+                   help="deploy only when held-out accuracy is at most this much below the served version's, "
+                        "scored on the same images (default %(default)s: a tie deploys)")
     p.add_argument("--verbose", "-v", action="store_true", default=argparse.SUPPRESS,
                    help="show every step's whole output here too (it always goes to WORKDIR/logs/<step>.log)")
     _add_training_flags(p)

@@ -21,7 +21,7 @@ from components.evaluate.component import evaluate
 from components.prepare.component import prepare
 from components.train.component import train
 from components.train.config import TrainConfig
-from pipelines.dag import Steps, Wired, training_arguments, wire
+from pipelines.dag import Steps, blessed, training_arguments, wire
 from pipelines import progress
 
 TRAINING = TrainConfig()  # the training parameters' defaults, written once in TrainConfig
@@ -38,25 +38,26 @@ def local_pipeline(
     architecture: str = TRAINING.architecture,
     weights: str = TRAINING.weights,
     augment: bool = TRAINING.augment,
+    fine_tune_epochs: int = TRAINING.fine_tune_epochs,
     record_format: str = DEFAULT_RECORD_FORMAT,
     min_accuracy: float = 0.0,
+    max_regression: float = 0.0,
     wandb_project: str = tracking.PROJECT,
     wandb_mode: str = "disabled",
     wandb_group: str = "",
 ) -> Metrics:
-    """The shared DAG (pipelines/dag.py) with every step in this environment; passing evaluation publishes the
-    model as the next numbered version under model_base."""
+    """The shared DAG (pipelines/dag.py) with every step in this environment. The champion is the newest version
+    under model_base; a blessed candidate is published as the next numbered version there."""
     wandb_settings = tracking.pipeline_settings(wandb_project, wandb_mode, wandb_group)
-
-    def publish(wired: Wired) -> None:
-        deploy_local(model=wired.train.outputs["model"], model_base=model_base,
-                     wandb_settings=wandb_settings).set_display_name("publish version")
-
     wired = wire(
         Steps(prepare=prepare, convert=convert, train=train, evaluate=evaluate),
         images_root=images_root, record_format=record_format, training=training_arguments(locals()),
-        min_accuracy=min_accuracy, wandb_settings=wandb_settings, deploy=publish,
+        min_accuracy=min_accuracy, champion_uri=model_base, max_regression=max_regression,
+        wandb_settings=wandb_settings,
     )
+    with blessed(wired):
+        deploy_local(model=wired.train.outputs["model"], model_base=model_base,
+                     wandb_settings=wandb_settings).set_display_name("publish version")
     return wired.evaluate.outputs["metrics"]
 
 

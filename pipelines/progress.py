@@ -213,8 +213,12 @@ def summarize(step: Step) -> str:
         scores = step.artifact("metrics").get("metadata", {})
         if "accuracy" in scores:
             auc = f", AUC {scores['auc']:.3f}" if "auc" in scores else ""
+            champion = ""
+            if "champion_accuracy" in scores:
+                champion = (f"; champion (version {_number(scores.get('champion_version', '?'))}) "
+                            f"{scores['champion_accuracy']:.3f}")
             return (f"{scores.get('split', 'held-out')} accuracy {scores['accuracy']:.3f}{auc} "
-                    f"on {_number(scores.get('examples', 0))} images")
+                    f"on {_number(scores.get('examples', 0))} images{champion}")
     if kind == "deploy" and "Output" in parameters:
         return f"published version {parameters['Output']}"
     if parameters:

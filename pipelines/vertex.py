@@ -14,6 +14,8 @@ from components import tracking
 from components.contracts import DEFAULT_RECORD_FORMAT
 from components.convert.component import convert
 from components.deploy.component import find_model, find_or_create_endpoint, record_deployment
+from components.deploy.registry import CHALLENGER_ALIAS, DEFAULT_ALIAS
+from components.deploy.registry_components import canary_traffic_split, champion_uri, import_evaluation
 from components.deploy.vertex import HEALTH_ROUTE, PREDICT_ROUTE, SERVING_PORT
 from components.errors import InputError
 from components.evaluate.component import evaluate
@@ -21,7 +23,7 @@ from components.images import LOCAL, Images, with_image
 from components.prepare.component import prepare
 from components.train.component import train
 from components.train.config import TrainConfig
-from pipelines.dag import Steps, Wired, training_arguments, wire
+from pipelines.dag import Steps, blessed, training_arguments, wire
 from pipelines.machines import machine_spec
 
 TRAINING = TrainConfig()  # the training parameters' defaults, written once in TrainConfig
@@ -63,8 +65,11 @@ def build_vertex_pipeline(images: Images = LOCAL, machine: str = "T4_1X", replic
         architecture: str = TRAINING.architecture,
         weights: str = TRAINING.weights,
         augment: bool = TRAINING.augment,
+        fine_tune_epochs: int = TRAINING.fine_tune_epochs,
         record_format: str = DEFAULT_RECORD_FORMAT,
         min_accuracy: float = 0.8,
+        max_regression: float = 0.0,
+        canary_traffic_percent: int = 100,
         model_display_name: str = "catsdogs",
         endpoint_display_name: str = "catsdogs",
         deploy_machine_type: str = "n1-standard-2",
@@ -79,10 +84,12 @@ def build_vertex_pipeline(images: Images = LOCAL, machine: str = "T4_1X", replic
         wandb_secret: str = "",  # Secret Manager secret holding the W&B API key, read by each step at run time
         wandb_group: str = "",
     ):
-        """The shared DAG (pipelines/dag.py) with conversion on Dataflow, training as a custom job on the machines
-        chosen at compile time, and, when evaluation passes min_accuracy, a new version of the Vertex model
-        deployed to the endpoint. The service account runs the Dataflow workers and the training job (empty:
-        the defaults)."""
+        """The shared DAG (pipelines/dag.py) with conversion on Dataflow and training as a custom job on the
+        machines chosen at compile time. The candidate is scored against the model's `default` version on the same
+        images; a blessed one (min_accuracy reached, not worse than the champion by more than max_regression)
+        becomes the new default version and takes canary_traffic_percent of the endpoint; a rejected one is kept
+        as the `challenger` version, not deployed. The service account runs the Dataflow workers and the
+        training job (empty: the defaults)."""
         wandb_settings = tracking.pipeline_settings(wandb_project, wandb_mode, wandb_group, wandb_secret, project)
         steps = Steps(
             prepare=with_image(prepare, components_image),
@@ -101,26 +108,33 @@ def build_vertex_pipeline(images: Images = LOCAL, machine: str = "T4_1X", replic
             train_name=f"train ({machine} x{replicas})",
         )
 
-        def deploy_to_endpoint(wired: Wired) -> None:
-            """A new version of the model named model_display_name (made its default), deployed to the endpoint
-            named endpoint_display_name (found or created)."""
-            trained = wired.train
-            model_uri = with_image(artifact_uri, components_image)(
-                artifact=trained.outputs["model"]).set_display_name("model URI")
-            serving_model = dsl.importer(
-                artifact_uri=model_uri.output,
-                artifact_class=artifact_types.UnmanagedContainerModel,
-                metadata={"containerSpec": {
-                    "imageUri": images.serving,
-                    "healthRoute": HEALTH_ROUTE,
-                    "predictRoute": PREDICT_ROUTE,
-                    "ports": [{"containerPort": SERVING_PORT}],
-                }},
-            ).set_display_name("serving model")
-            # Each run adds a version to the model of this name (made the default) rather than a new model.
-            parent = with_image(find_model, components_image)(
-                project=project, location=location, display_name=model_display_name
-            ).set_display_name("find model").set_caching_options(False)  # a cached answer would be stale
+        # The champion: the model's `default` version, scored on the candidate's held-out split.
+        champion = with_image(champion_uri, components_image)(
+            project=project, location=location, model_display_name=model_display_name,
+        ).set_display_name("find champion (default version)").set_caching_options(False)  # must be current
+        wired = wire(
+            steps, images_root=images_root, record_format=record_format, training=training_arguments(locals()),
+            min_accuracy=min_accuracy, champion_uri=champion.output, max_regression=max_regression,
+            wandb_settings=wandb_settings,
+        )
+        model_uri = with_image(artifact_uri, components_image)(
+            artifact=wired.train.outputs["model"]).set_display_name("model URI")
+        serving_model = dsl.importer(
+            artifact_uri=model_uri.output,
+            artifact_class=artifact_types.UnmanagedContainerModel,
+            metadata={"containerSpec": {
+                "imageUri": images.serving,
+                "healthRoute": HEALTH_ROUTE,
+                "predictRoute": PREDICT_ROUTE,
+                "ports": [{"containerPort": SERVING_PORT}],
+            }},
+        ).set_display_name("serving model")
+        # Each run adds a version to the model of this name rather than a new model.
+        parent = with_image(find_model, components_image)(
+            project=project, location=location, display_name=model_display_name
+        ).set_display_name("find model").set_caching_options(False)  # a cached answer would be stale
+
+        with blessed(wired):  # a new default version, its evaluation in the registry, deployed (canary)
             with dsl.If(parent.output != "", name="model-exists"):
                 parent_model = dsl.importer(
                     artifact_uri=parent.output, artifact_class=artifact_types.VertexModel,
@@ -129,31 +143,51 @@ def build_vertex_pipeline(images: Images = LOCAL, machine: str = "T4_1X", replic
                 new_version = ModelUploadOp(
                     project=project, location=location, display_name=model_display_name,
                     unmanaged_container_model=serving_model.outputs["artifact"],
-                    parent_model=parent_model.output, version_aliases=["default"],
-                ).set_display_name("upload model version")
+                    parent_model=parent_model.output, version_aliases=[DEFAULT_ALIAS],
+                ).set_display_name("upload model version (default)")
             with dsl.Else(name="new-model"):
                 new_model = ModelUploadOp(
                     project=project, location=location, display_name=model_display_name,
                     unmanaged_container_model=serving_model.outputs["artifact"],
                 ).set_display_name("upload model")
+            uploaded = dsl.OneOf(new_version.outputs["model"], new_model.outputs["model"])
+            with_image(import_evaluation, components_image)(
+                vertex_model=uploaded, evaluation=wired.evaluate.outputs["evaluation"],
+            ).set_display_name("import evaluation (Model Registry)")
             endpoint = with_image(find_or_create_endpoint, components_image)(
                 project=project, location=location, display_name=endpoint_display_name
             ).set_display_name("find or create endpoint").set_caching_options(False)
+            split = with_image(canary_traffic_split, components_image)(
+                endpoint=endpoint.outputs["endpoint"], canary_traffic_percent=canary_traffic_percent,
+            ).set_display_name("traffic split (canary)").set_caching_options(False)
             deployed = ModelDeployOp(
-                model=dsl.OneOf(new_version.outputs["model"], new_model.outputs["model"]),
+                model=uploaded,
                 endpoint=endpoint.outputs["endpoint"],
                 dedicated_resources_machine_type=deploy_machine_type,
                 dedicated_resources_min_replica_count=deploy_min_replicas,
                 dedicated_resources_max_replica_count=deploy_max_replicas,
-                traffic_split={"0": 100},
+                traffic_split=split.output,
             ).set_display_name("deploy to endpoint")
             with_image(record_deployment, components_image)(
-                model=trained.outputs["model"], endpoint=endpoint.outputs["endpoint"], wandb_settings=wandb_settings,
-                vertex_model=dsl.OneOf(new_version.outputs["model"], new_model.outputs["model"]),
+                model=wired.train.outputs["model"], endpoint=endpoint.outputs["endpoint"],
+                wandb_settings=wandb_settings, vertex_model=uploaded,
             ).after(deployed).set_display_name("record deployment (W&B)")
-
-        wire(steps, images_root=images_root, record_format=record_format, training=training_arguments(locals()),
-             min_accuracy=min_accuracy, wandb_settings=wandb_settings, deploy=deploy_to_endpoint)
+        with dsl.Else(name="rejected"):
+            # A rejected candidate is kept in the registry as the `challenger`, never deployed. A first run can
+            # only be rejected by min_accuracy, and then there is no model to add a version to: nothing uploads.
+            with dsl.If(parent.output != "", name="rejected-model-exists"):
+                rejected_parent = dsl.importer(
+                    artifact_uri=parent.output, artifact_class=artifact_types.VertexModel,
+                    metadata={"resourceName": parent.output},
+                ).set_display_name("parent model (challenger)")
+                challenger = ModelUploadOp(
+                    project=project, location=location, display_name=model_display_name,
+                    unmanaged_container_model=serving_model.outputs["artifact"],
+                    parent_model=rejected_parent.output, version_aliases=[CHALLENGER_ALIAS],
+                ).set_display_name("upload challenger version (not deployed)")
+                with_image(import_evaluation, components_image)(
+                    vertex_model=challenger.outputs["model"], evaluation=wired.evaluate.outputs["evaluation"],
+                ).set_display_name("import challenger evaluation (Model Registry)")
 
     return vertex_pipeline
 

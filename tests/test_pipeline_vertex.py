@@ -64,26 +64,58 @@ def dag(compiled) -> Dag:
     return Dag(compiled)
 
 
+def inside(dag: Dag, name: str) -> set[str]:
+    """Every task nested (at any depth) under the condition displayed as `name`."""
+    found = set()
+    for task, parent in dag.parent.items():
+        while parent:
+            if parent == name:
+                found.add(task)
+                break
+            parent = dag.parent[parent]
+    return found
+
+
 def test_dag_runs_prepare_convert_train_evaluate_then_gated_deploy(dag):
-    top = {name for name, parent in dag.parent.items() if parent == ""}
-    assert top == {"prepare CSV", "convert to TFRecords (Dataflow)", "train (T4_4X x1)", "evaluate",
-                   "evaluation-passes"}
     assert dag.depends_on("convert to TFRecords (Dataflow)") == {"prepare CSV"}
     assert dag.depends_on("train (T4_4X x1)") == {"convert to TFRecords (Dataflow)"}
-    assert dag.depends_on("evaluate") == {"convert to TFRecords (Dataflow)", "train (T4_4X x1)"}
-    assert "evaluate" in dag.depends_on("evaluation-passes")
-    assert dag.condition("evaluation-passes") == "inputs.parameter_values['pipelinechannel--evaluate-Output'] == true"
-    gated = {name for name, parent in dag.parent.items() if parent == "evaluation-passes"}
-    assert {"model URI", "serving model", "find model", "find or create endpoint", "deploy to endpoint",
-            "record deployment (W&B)"} <= gated
-    assert dag.depends_on("deploy to endpoint") >= {"find or create endpoint"}
+    assert dag.depends_on("evaluate vs champion") == {"convert to TFRecords (Dataflow)", "train (T4_4X x1)",
+                                                      "find champion (default version)"}
+    assert dag.condition("blessed") == "inputs.parameter_values['pipelinechannel--evaluate-Output'] == true"
+    assert dag.condition("rejected") == "!(inputs.parameter_values['pipelinechannel--evaluate-Output'] == true)"
+    assert {"upload model version (default)", "upload model", "import evaluation (Model Registry)",
+            "find or create endpoint", "traffic split (canary)", "deploy to endpoint",
+            "record deployment (W&B)"} <= inside(dag, "blessed")
+    assert dag.depends_on("deploy to endpoint") >= {"find or create endpoint", "traffic split (canary)"}
+
+
+def test_a_rejected_candidate_is_uploaded_as_challenger_and_never_deployed(dag):
+    rejected = inside(dag, "rejected")
+    assert "upload challenger version (not deployed)" in rejected
+    assert "import challenger evaluation (Model Registry)" in rejected
+    assert not {"deploy to endpoint", "traffic split (canary)", "find or create endpoint"} & rejected
+    aliases = dag.parameters("upload challenger version (not deployed)")["version_aliases"]
+    assert aliases["runtimeValue"]["constant"] == ["challenger"]
+
+
+def test_the_champion_is_the_default_version_looked_up_uncached(dag, compiled):
+    champion = "find champion (default version)"
+    assert dag.tasks[champion]["cachingOptions"].get("enableCache", False) is False
+    evaluate = dag.parameters("evaluate vs champion")
+    assert evaluate["champion_uri"]["taskOutputParameter"]["producerTask"] == dag.ids[champion]
+    assert evaluate["max_regression"] == {"componentInputParameter": "max_regression"}
+    assert "evaluate" in dag.tasks["import evaluation (Model Registry)"]["inputs"]["artifacts"]["evaluation"][
+        "componentInputArtifact"]  # the evaluate step's output, handed into the condition
+    parameters = compiled["root"]["inputDefinitions"]["parameters"]
+    assert {"architecture", "weights", "fine_tune_epochs", "max_regression", "canary_traffic_percent"} <= set(parameters)
+    assert parameters["canary_traffic_percent"]["defaultValue"] == 100
 
 
 def test_each_run_uploads_a_new_version_of_the_model_and_reuses_the_endpoint(dag):
     assert dag.condition("model-exists") == "inputs.parameter_values['pipelinechannel--find-model-Output'] != ''"
-    assert dag.parent["upload model version"] == "model-exists" and dag.parent["upload model"] == "new-model"
-    assert dag.producer("upload model version", "parent_model") == "parent model"
-    version = dag.parameters("upload model version")
+    assert dag.parent["upload model version (default)"] == "model-exists" and dag.parent["upload model"] == "new-model"
+    assert dag.producer("upload model version (default)", "parent_model") == "parent model"
+    version = dag.parameters("upload model version (default)")
     assert version["version_aliases"]["runtimeValue"]["constant"] == ["default"]
     assert "parent_model" not in dag.tasks["upload model"]["inputs"]["artifacts"]
     assert dag.producer("deploy to endpoint", "endpoint") == "find or create endpoint"
@@ -117,7 +149,8 @@ def test_every_step_uses_a_registry_image_and_the_model_is_served_by_ours(compil
 
 
 def test_gcpc_steps_get_the_pipelines_location(dag):
-    for task in ("upload model version", "upload model", "find model", "find or create endpoint"):
+    for task in ("upload model version (default)", "upload model", "upload challenger version (not deployed)",
+                 "find model", "find or create endpoint", "find champion (default version)"):
         assert dag.parameters(task)["location"]["componentInputParameter"].endswith("location")
 
 

@@ -165,7 +165,20 @@ def _gallery(result: Evaluation) -> str:
             f'<div class="gallery" id="gallery">{"".join(_thumbnail(e) for e in result.gallery)}</div>')
 
 
-def html_report(result: Evaluation, history: dict[str, list[float]], title: str = "catsdogs model") -> str:
+def _decision(decision: dict | None) -> str:
+    """The champion/challenger decision (components/evaluate/champion.py) as a paragraph."""
+    if not decision:
+        return ""
+    champion = ""
+    if decision.get("champion_accuracy") is not None:
+        champion = (f"; champion (version {html.escape(str(decision.get('champion_version')))}) accuracy "
+                    f"<b>{decision['champion_accuracy']:.4f}</b> on the same images")
+    verdict = "deployed" if decision["published"] else "not deployed"
+    return f"<p>Decision: <b>{verdict}</b>{champion}. {html.escape(decision['reason'])}.</p>"
+
+
+def html_report(result: Evaluation, history: dict[str, list[float]], title: str = "catsdogs model",
+                decision: dict | None = None) -> str:
     auc = f", AUC <b>{result.auc:.4f}</b>" if math.isfinite(result.auc) else ""
     curves = _curves(history)
     return f"""<!doctype html>
@@ -174,6 +187,7 @@ def html_report(result: Evaluation, history: dict[str, list[float]], title: str 
 <body><h1>{html.escape(title)}</h1>
 <p>{result.split}: accuracy <b>{result.accuracy:.4f}</b>{auc} on {result.examples} images; classes
 {", ".join(html.escape(n) for n in result.class_names)}.</p>
+{_decision(decision)}
 {_gallery(result)}
 <h2>Evaluation on {result.split}</h2>
 <div class="charts">{_roc(result)}{_precision_recall(result)}</div>

@@ -19,6 +19,7 @@ def train(
     architecture: str,
     weights: str,
     augment: bool,
+    fine_tune_epochs: int,
     wandb_settings: Optional[Dict[str, str]] = None,
 ):
     """Trains a Keras image classifier from TFRecords with tf.data and exports a SavedModel whose serving
@@ -34,8 +35,11 @@ def train(
         learning_rate: Adam's learning rate.
         architecture: A registered architecture (seed_cnn, mobilenet_v3_small, ...) or module.path:function
             importable in the trainer image.
-        weights: A weights file for the architecture's backbone (local or gs://); empty for random weights.
+        weights: The backbone's starting weights: "imagenet" (Keras' pretrained weights, downloaded on Google
+            Cloud), a weights file (local or gs://), or empty for random weights.
         augment: Random flips and crops while training.
+        fine_tune_epochs: After `epochs` with the backbone frozen, this many more with its top layers unfrozen at
+            a lower learning rate (0: no fine-tuning; needs an architecture with a pretrained backbone).
         wandb_settings: W&B tracking (tracking.pipeline_settings); the chief's run logs per-epoch metrics.
     """
     from dataclasses import asdict
@@ -46,7 +50,8 @@ def train(
 
     logs.setup()
     config = TrainConfig(epochs=epochs, batch_size=batch_size, image_size=image_size, learning_rate=learning_rate,
-                         architecture=architecture, weights=weights, augment=augment)
+                         architecture=architecture, weights=weights, augment=augment,
+                         fine_tune_epochs=fine_tune_epochs)
     chief = distribute.is_chief(distribute.cluster_config())
     with tracking.step_run("train", wandb_settings, asdict(config), primary=chief) as run:
         run.use("tfrecords", tfrecords.uri)

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from components import storage
 from components.errors import InputError
-from components.train import models
+from components.train import models, weights
 
 MAX_IMAGE_SIZE = 1024  # a batch of 32 float32 1024x1024 images is 400 MB before the network's activations
 
@@ -23,8 +22,9 @@ class TrainConfig:
     image_size: int = 150
     learning_rate: float = 1e-3
     architecture: str = models.DEFAULT_ARCHITECTURE  # a registered name or module.path:function
-    weights: str = ""  # a local weights file for the model's backbone; nothing downloads at run time
+    weights: str = ""  # "", "imagenet" (Keras' download or cache) or a weights file, local or gs:// (weights.py)
     augment: bool = False
+    fine_tune_epochs: int = 0  # > 0: head first with the backbone frozen, then fine-tuning (finetune.py)
     seed: int = 0
 
     def check(self) -> None:
@@ -36,8 +36,10 @@ class TrainConfig:
         if not self.learning_rate > 0:
             raise InputError(f"--learning-rate must be positive, got {self.learning_rate}")
         models.resolve(self.architecture)  # InputError naming the value when it is neither registered nor importable
-        if self.weights and not storage.exists(self.weights):
-            raise InputError(f"--weights {self.weights} does not exist")
+        weights.check(self.weights, self.architecture)
+        from components.train import finetune  # imports Keras: not at module level, --help stays fast
+
+        finetune.check(self.fine_tune_epochs, self.architecture, self.weights)
 
 
 HELP = {
@@ -46,8 +48,10 @@ HELP = {
     "image_size": "images are resized to SxS pixels",
     "learning_rate": "Adam learning rate",
     "architecture": "network: a registered one or module.path:function",
-    "weights": "weights file for the architecture's backbone (local or gs://)",
+    "weights": "the backbone's weights: imagenet (Keras' cache, downloaded where a network allows) or a file, "
+               "local or gs://",
     "augment": "random flips and crops while training",
+    "fine_tune_epochs": "after --epochs with the backbone frozen, this many more with its top layers unfrozen",
 }
 
 

@@ -17,7 +17,7 @@ import tensorflow as tf
 from components import storage
 from components.convert import schema
 from components.errors import InputError
-from components.train import distribute, models
+from components.train import distribute, finetune, models
 from components.train.config import TrainConfig
 from components.train.data import make_dataset
 from components.train.export import export_saved_model
@@ -36,6 +36,8 @@ def set_precision() -> str:
 
 def compile_model(config: TrainConfig, num_classes: int) -> keras.Model:
     model = models.build(config.architecture, config.image_size, num_classes, config.weights or None)
+    if config.fine_tune_epochs:
+        finetune.freeze_backbone(model)
     loss = "binary_crossentropy" if num_classes == 2 else "sparse_categorical_crossentropy"
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=loss, metrics=["accuracy"])
     return model
@@ -94,17 +96,23 @@ def train(data_dir: str, model_dir: str, config: TrainConfig = TrainConfig(),
     backup = ResumableBackup(storage.join(output_dir, BACKUP_DIR))
     log.info("training %s (%s) on %d classes %s for %d epochs, %d replicas, global batch %d", config.architecture,
              policy, len(class_names), class_names, config.epochs, strategy.num_replicas_in_sync, global_batch)
-    history = model.fit(
-        train_data, validation_data=validation, epochs=config.epochs, verbose=2,
-        callbacks=[backup, *callbacks],
-    )
+    if config.fine_tune_epochs:
+        tune_backup = storage.join(output_dir, finetune.BACKUP_DIR)
+        history = finetune.fit(
+            model, strategy, train_data, validation, config.epochs, config.fine_tune_epochs, config.learning_rate,
+            [backup, *callbacks], [ResumableBackup(tune_backup), *callbacks], tune_backup)
+    else:
+        history = model.fit(
+            train_data, validation_data=validation, epochs=config.epochs, verbose=2,
+            callbacks=[backup, *callbacks],
+        ).history
     export_saved_model(model, class_names, config.image_size, output_dir)
-    info = {"config": asdict(config), "class_names": class_names, "history": history.history,
+    info = {"config": asdict(config), "class_names": class_names, "history": history,
             "precision": policy, "replicas": strategy.num_replicas_in_sync, "workers": workers,
             "resumed_from_epoch": backup.resumed_from}
     storage.write_text(storage.join(output_dir, TRAINING_INFO), json.dumps(info, indent=1))
     log.info("exported SavedModel to %s", output_dir)
-    return TrainResult(history.history, output_dir)
+    return TrainResult(history, output_dir)
 
 
 def training_info(model_dir: str) -> dict:

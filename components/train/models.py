@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from components.errors import InputError
+from components.train.weights import local_path
 
 if TYPE_CHECKING:
     import keras
@@ -60,14 +61,14 @@ def seed_cnn(image_size: int, num_classes: int, weights: str | None = None) -> k
     x = layers.Dense(256, activation="relu")(x)
     model = keras.Model(inputs, classifier_head(num_classes)(x), name="seed_cnn")
     if weights:
-        model.load_weights(weights)
+        model.load_weights(local_path(weights, "seed_cnn"))
     return model
 
 
 @register
 def mobilenet_v3_small(image_size: int, num_classes: int, weights: str | None = None) -> keras.Model:
     """MobileNetV3Small backbone (its own 0..255 preprocessing built in), global pooling, dropout, head.
-    `weights` is a local file of backbone weights, e.g. ImageNet ones saved beforehand."""
+    `weights`: "imagenet" (Keras' ImageNet weights, see weights.py) or a file of backbone weights."""
     import keras
     from keras import layers
 
@@ -76,7 +77,7 @@ def mobilenet_v3_small(image_size: int, num_classes: int, weights: str | None = 
         input_shape=(image_size, image_size, 3), include_top=False, weights=None, include_preprocessing=True
     )
     if weights:
-        backbone.load_weights(weights)
+        backbone.load_weights(local_path(weights, "mobilenet_v3_small"))
     x = layers.GlobalAveragePooling2D()(backbone(inputs))
     x = layers.Dropout(0.2)(x)
     return keras.Model(inputs, classifier_head(num_classes)(x), name="mobilenet_v3_small")
