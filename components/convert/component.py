@@ -33,7 +33,8 @@ def convert(
     Bad images are listed with a reason in errors-*.csv beside the records.
     wandb_settings (tracking.pipeline_settings) makes it a W&B run: image_uris_csv in, tfrecords out."""
     from components import logs, tracking
-    from components.convert.pipeline import convert as run_conversion, dataflow_args
+    from components.convert.pipeline import convert as run_conversion
+    from components.convert.pipeline import dataflow_args
 
     logs.setup()
     args = []

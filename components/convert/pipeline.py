@@ -74,11 +74,13 @@ def _bad(row: dict, reason: str) -> dict:
 
 
 def normalise_uri(uri: str) -> str:
-    """One spelling per file: `a//b`, `./a/b` and `a/./b` are `a/b` (local paths and gs:// object names alike;
-    GCS could hold both `a//b` and `a/b`, but no image set does)."""
-    if storage.is_gcs(uri):
-        return "gs://" + posixpath.normpath(uri[len("gs://"):])
-    return os.path.normpath(uri)
+    """One spelling per file: `a//b`, `./a/b`, `a/./b` and the absolute path are one local file; `//` and `/./`
+    are collapsed in gs:// (and other scheme://) names too (GCS could hold both `a//b` and `a/b`; no image set
+    does). Relative local paths are resolved against the working folder, as reading them would."""
+    scheme, sep, rest = uri.partition("://")
+    if sep:
+        return f"{scheme}://{posixpath.normpath(rest)}"
+    return os.path.abspath(uri)
 
 
 def check_row(values: list[str], columns: dict[str, int], width: int) -> tuple[dict, str | None]:
@@ -111,10 +113,16 @@ class CsvScan:
     first_problem: str = ""
 
 
-def _open_text(csv_path: str):
-    # utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark, which would otherwise end up in "split".
-    raw = FileSystems.open(csv_path, compression_type=CompressionTypes.UNCOMPRESSED)
-    return io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
+def _text_lines(csv_path: str):
+    """The CSV's lines as text, decoded one line at a time so an encoding error names its line. utf-8-sig:
+    Excel's "CSV UTF-8" starts with a byte-order mark, which would otherwise end up in the name "split"."""
+    with FileSystems.open(csv_path, compression_type=CompressionTypes.UNCOMPRESSED) as raw:
+        for number, line in enumerate(raw, start=1):
+            try:
+                yield line.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(f"CSV {csv_path} line {number} is not UTF-8 text ({e.reason} at byte {e.start} "
+                                 f"of the line); save it as UTF-8 (Excel: CSV UTF-8)") from None
 
 
 def scan_csv(csv_path: str) -> CsvScan:
@@ -125,48 +133,43 @@ def scan_csv(csv_path: str) -> CsvScan:
     if not FileSystems.exists(csv_path):
         raise InputError(f"CSV {csv_path} does not exist")
     labels: set[str] = set()
-    scan = None
     reader = None
     try:
-        with _open_text(csv_path) as text:
-            reader = csv.reader(text)
-            header = next(reader, None)
-            if header is None:
-                raise InputError(f"CSV {csv_path} is empty: expected a header {','.join(REQUIRED_COLUMNS)} and rows")
-            names = [name.strip().lower() for name in header]
-            missing = [c for c in REQUIRED_COLUMNS if c not in names]
-            if missing:
-                looks_like_data = header and header[0].strip().upper() in CSV_SPLITS
-                hint = " (the first line looks like data: the CSV needs a header)" if looks_like_data else ""
-                raise InputError(
-                    f"CSV {csv_path} line 1: missing column(s) {', '.join(missing)}{hint}; "
-                    f"header is {','.join(header)!r}, expected at least {','.join(REQUIRED_COLUMNS)}")
-            scan = CsvScan(columns={c: names.index(c) for c in REQUIRED_COLUMNS}, width=len(header))
+        reader = csv.reader(_text_lines(csv_path))
+        header = next(reader, None)
+        if header is None:
+            raise InputError(f"CSV {csv_path} is empty: expected a header {','.join(REQUIRED_COLUMNS)} and rows")
+        names = [name.strip().lower() for name in header]
+        missing = [c for c in REQUIRED_COLUMNS if c not in names]
+        if missing:
+            looks_like_data = header and header[0].strip().upper() in CSV_SPLITS
+            hint = " (the first line looks like data: the CSV needs a header)" if looks_like_data else ""
+            raise InputError(
+                f"CSV {csv_path} line 1: missing column(s) {', '.join(missing)}{hint}; "
+                f"header is {','.join(header)!r}, expected at least {','.join(REQUIRED_COLUMNS)}")
+        scan = CsvScan(columns={c: names.index(c) for c in REQUIRED_COLUMNS}, width=len(header))
+        last_line = reader.line_num
+        for values in reader:
+            if reader.line_num != last_line + 1:
+                raise InputError(f"CSV {csv_path} line {last_line + 1}: a quoted field spans lines; "
+                                 f"convert reads one row per line (remove the line break from the field)")
             last_line = reader.line_num
-            for values in reader:
-                if reader.line_num != last_line + 1:
-                    raise InputError(f"CSV {csv_path} line {last_line + 1}: a quoted field spans lines; "
-                                     f"convert reads one row per line (remove the line break from the field)")
-                last_line = reader.line_num
-                if not any(v.strip() for v in values):
-                    continue
-                scan.rows += 1
-                row, problem = check_row(values, scan.columns, scan.width)
-                if problem is None:
-                    labels.add(row["label"])
-                    scan.per_split[row["split"]] = scan.per_split.get(row["split"], 0) + 1
-                elif not scan.first_problem:
-                    scan.first_problem = f"line {reader.line_num}: {'all rows are DISCARD' if problem == DISCARD else problem}"
-    except UnicodeDecodeError as e:
-        line = f" line {reader.line_num + 1}" if reader is not None else ""
-        raise InputError(f"CSV {csv_path}{line} is not UTF-8 text ({e.reason} at byte {e.start} of a block); "
-                         f"save it as UTF-8 (Excel: CSV UTF-8)") from e
+            if not any(v.strip() for v in values):
+                continue
+            scan.rows += 1
+            row, problem = check_row(values, scan.columns, scan.width)
+            if problem is None:
+                labels.add(row["label"])
+                scan.per_split[row["split"]] = scan.per_split.get(row["split"], 0) + 1
+            elif problem != DISCARD and not scan.first_problem:
+                scan.first_problem = f"line {reader.line_num}: {problem}"
     except csv.Error as e:
         raise InputError(f"CSV {csv_path} line {reader.line_num}: {e}") from e
     if scan.rows == 0:
         raise InputError(f"CSV {csv_path} has a header but no rows")
     if not scan.per_split:
-        raise InputError(f"CSV {csv_path}: no usable rows; first problem: {scan.first_problem}")
+        first = scan.first_problem or "all rows are DISCARD"
+        raise InputError(f"CSV {csv_path}: no usable rows; first problem: {first}")
     scan.labels = sorted(labels)
     if len(scan.labels) < 2:
         raise InputError(f"CSV {csv_path}: only the label {scan.labels} among the rows to convert; "
@@ -288,7 +291,8 @@ class WriteShard(beam.DoFn):
             index = self.label_index[row["label"]]
             if self.record_format == "tfrecorder":
                 pixels, height, width = to_rgb_pixels(data)
-                return row, schema.tfrecorder_example(pixels, height, width, row["image_uri"], index, row["split"]), None
+                example = schema.tfrecorder_example(pixels, height, width, row["image_uri"], index, row["split"])
+                return row, example, None
             jpeg, height, width = to_rgb_jpeg(data)
             return row, schema.jpeg_example(jpeg, height, width, row["image_uri"], index, row["label"],
                                             row["split"]), None
@@ -316,7 +320,8 @@ class WriteShards(beam.PTransform):
 
     def __init__(self, folder: str, shards: dict[str, int], labels: list[str], record_format: str, gzip: bool):
         super().__init__()
-        self.folder, self.shards, self.labels, self.record_format, self.gzip = folder, shards, labels, record_format, gzip
+        self.folder, self.shards, self.labels = folder, shards, labels
+        self.record_format, self.gzip = record_format, gzip
 
     def expand(self, rows):
         shards = self.shards
@@ -516,17 +521,18 @@ def convert(csv_path: str, output_dir: str, record_format: str = "jpeg", compres
     except BaseException:
         output.discard(staging)
         raise
-    errors_path = storage.join(staging, output.ERRORS_FILE)
     checked = summary.good + summary.bad
-    if summary.bad:
-        log.warning("%d of %d rows are bad; reasons in %s", summary.bad, checked, errors_path)
     if summary.good == 0 or summary.bad / max(checked, 1) > max_error_fraction:
         output.discard(staging, keep=(output.ERRORS_FILE, schema.SUMMARY_FILE))
         what = "no image could be converted" if summary.good == 0 else (
             f"{summary.bad} of {checked} rows ({summary.bad / checked:.1%}) are bad, more than "
             f"--max-error-fraction {max_error_fraction:.1%}")
-        raise InputError(f"{what}; {output_dir} is left as it was; reasons in {errors_path}")
+        raise InputError(f"{what}; {output_dir} is left as it was; reasons in "
+                         f"{storage.join(staging, output.ERRORS_FILE)}")
     output.commit(staging, output_dir, previous)
+    if summary.bad:
+        log.warning("%d of %d rows are bad; reasons in %s", summary.bad, checked,
+                    storage.join(output_dir, output.ERRORS_FILE))
     return summary
 
 
