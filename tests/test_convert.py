@@ -415,3 +415,27 @@ def test_two_spellings_of_one_path_are_one_image(tmp_path, monkeypatch):
     respelled = [(split, "./images//" + name, label), (split, "images/./" + name, label)]
     summary = convert(_write_csv(tmp_path / "in.csv", rows + respelled), str(tmp_path / "out"))
     assert (summary.good, summary.duplicates, summary.rows) == (6, 2, 8)
+
+
+def test_gcs_output_is_staged_kept_on_failure_and_owns_only_its_files(tmp_path, gcs_bucket):
+    from components import storage
+
+    rows = _images(tmp_path)
+    out = f"{gcs_bucket}/records"
+    storage.write_text(f"{out}/notes.txt", "the user's")
+    storage.write_text(f"{out}/mydata.tfrecord", "another dataset")
+    convert(_write_csv(tmp_path / "in.csv", rows), out, num_shards=2)
+    before = {rel: storage.read_bytes(f"{out}/{rel}") for rel in storage.walk_files(out)}
+    assert "train-00001-of-00002.tfrecord" in before and "_catsdogs_manifest.json" in before
+
+    missing = [(split, uri.replace(".jpg", "-gone.jpg"), label) for split, uri, label in rows]
+    with pytest.raises(InputError, match="no image could be converted"):
+        convert(_write_csv(tmp_path / "missing.csv", missing), out, max_error_fraction=1.0)
+    assert {rel: storage.read_bytes(f"{out}/{rel}") for rel in storage.walk_files(out)} == before
+
+    convert(_write_csv(tmp_path / "in.csv", rows), out, num_shards=1)
+    after = set(storage.walk_files(out))
+    assert {"notes.txt", "mydata.tfrecord", "train-00000-of-00001.tfrecord"} <= after
+    assert not any(name.endswith("-of-00002.tfrecord") for name in after)
+    # Nothing left beside the output but the failed run's report: the re-run removed it as a leftover.
+    assert sorted({rel.split("/", 1)[0] for rel in storage.walk_files(gcs_bucket)}) == ["records"]
