@@ -20,8 +20,8 @@ import os
 import tempfile
 import time
 
-from components.convert.images import to_rgb_jpeg, to_rgb_pixels
 from components.convert import schema
+from components.convert.images import to_rgb_jpeg, to_rgb_pixels
 from components.convert.pipeline import ShardFile, convert
 from components.prepare import prepare_csv
 from components.sample_data import generate_sample
