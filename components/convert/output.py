@@ -75,6 +75,9 @@ def _write_manifest(folder: str, files: list[str], state: str) -> None:
 def check_output_dir(output_dir: str) -> list[str]:
     """Refuses an output that cannot be written safely, before anything is touched; returns the previous
     conversion's files (from the manifest) that a successful run will replace."""
+    if storage.is_gcs(output_dir) and "/" not in output_dir[len("gs://"):].strip("/"):
+        raise InputError(f"--output-dir {output_dir} is a bucket's root: name a folder inside it (the run is staged "
+                         f"in a folder beside the output)")
     if not storage.is_gcs(output_dir) and os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise InputError(f"--output-dir {output_dir} is a file, expected a folder")
     if not storage.is_gcs(output_dir) and not os.path.exists(output_dir):
