@@ -128,9 +128,10 @@ def test_rerun_with_fewer_shards_leaves_no_stale_shards(tmp_path):
         ("split,image_uri\nTRAIN,a.jpg\n", "missing column.*label"),
         ("TRAIN,a.jpg,cats\n", "the CSV needs a header"),
         ("split,image_uri,label\n", "no rows"),
-        ("split,image_uri,label\nBOGUS,a.jpg,cats\n", "no usable rows.*unknown split"),
+        ("split,image_uri,label\nBOGUS,a.jpg,cats\n", "no usable rows.*line 2: unknown split"),
+        ('split,image_uri,label\nTRAIN,"a\nb.jpg",cats\nTEST,c.jpg,dogs\n', "line 2: a quoted field spans lines"),
     ],
-    ids=["empty", "missing-column", "no-header", "no-rows", "no-usable-rows"],
+    ids=["empty", "missing-column", "no-header", "no-rows", "no-usable-rows", "multi-line-field"],
 )
 def test_structurally_bad_csvs_fail_before_any_work(tmp_path, content, message):
     (tmp_path / "in.csv").write_text(content)
@@ -376,6 +377,11 @@ def test_options_are_checked_before_anything_is_touched(tmp_path, make_output, k
     with pytest.raises(InputError, match=message):
         convert(csv_path, str(tmp_path / "out"), **kwargs)
     assert _snapshot(tmp_path) == before
+
+
+def test_a_bucket_root_is_refused_as_output(tmp_path):
+    with pytest.raises(InputError, match="bucket's root"):
+        convert(_write_csv(tmp_path / "in.csv", _images(tmp_path)), "gs://some-bucket/")
 
 
 def test_a_csv_saved_by_excel_with_a_byte_order_mark_works(tmp_path):
