@@ -452,9 +452,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fail when more rows than this are bad (default %(default)s)")
     p.add_argument("--runner", choices=("DirectRunner", "DataflowRunner"), default="DirectRunner",
                    help="(default %(default)s)")
-    p.add_argument("--workers", type=int, default=0,
-                   help="DirectRunner processes; 0: one below 5000 rows, else one per core")
-    p.add_argument("--dry-run", action="store_true", help="print the pipeline options and steps, run nothing")
+    p.add_argument("--workers", type=int, default=1,
+                   help="DirectRunner processes (default 1: one process, threads per shard use the cores)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the pipeline options, steps and job graph size; run nothing")
     dataflow = p.add_argument_group("Dataflow (with --runner DataflowRunner)")
     dataflow.add_argument("--project", default="")
     dataflow.add_argument("--region", default="")
