@@ -34,17 +34,19 @@ def cmd_prepare(args) -> None:
     print(f"wrote {sum(counts.values())} rows to {args.output}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
 
+def key_values(pairs: list[str], flag: str) -> dict[str, str]:
+    """KEY=VALUE flags as a dict; one error line naming the flag for a pair without '='."""
+    for pair in pairs:
+        if "=" not in pair or pair.startswith("="):
+            raise InputError(f"{flag} {pair!r}: expected KEY=VALUE")
+    return dict(pair.split("=", 1) for pair in pairs)
+
+
 def cmd_convert(args, beam_args: list[str]) -> None:
     from components.convert.pipeline import convert
-    from components.convert.pipeline import dataflow_args
 
     if args.runner == "DataflowRunner":
-        labels = dict(label.split("=", 1) for label in args.label)
-        beam_args = dataflow_args(
-            args.project, args.region, args.temp_location, sdk_container_image=args.sdk_container_image,
-            service_account=args.service_account, machine_type=args.machine_type, max_workers=args.max_workers,
-            job_name=args.job_name, subnetwork=args.subnetwork, labels=labels,
-        ) + beam_args
+        beam_args = _dataflow_beam_args(args) + beam_args
     summary = convert(args.csv, args.output_dir, args.format, args.compression, args.num_shards,
                       args.max_error_fraction, args.runner, beam_args, args.workers, args.dry_run)
     if args.dry_run:
@@ -61,7 +63,7 @@ def _dataflow_beam_args(args) -> list[str]:
     return dataflow_args(
         args.project, args.region, args.temp_location, sdk_container_image=args.sdk_container_image,
         service_account=args.service_account, machine_type=args.machine_type, max_workers=args.max_workers,
-        job_name=args.job_name, subnetwork=args.subnetwork, labels=dict(label.split("=", 1) for label in args.label),
+        job_name=args.job_name, subnetwork=args.subnetwork, labels=key_values(args.label, "--label"),
     )
 
 
@@ -270,6 +272,8 @@ def cmd_compile(args) -> None:
     from components.images import Images
     from pipelines.batch import BATCH_PREDICT, compile_pipeline
 
+    if not args.output.endswith((".yaml", ".yml")) or os.path.isdir(args.output):
+        raise InputError(f"--output {args.output}: expected a .yaml file to write the pipeline to")
     images = Images.from_registry(args.images_registry, args.images_tag)
     compile_pipeline(args.pipeline, args.output, images, args.machine, args.replicas)
     if args.pipeline == BATCH_PREDICT:
@@ -293,7 +297,7 @@ def cmd_submit(args) -> None:
     with tempfile.TemporaryDirectory(prefix="catsdogs-submit-") as folder:
         template = f"{folder}/pipeline.yaml"
         compile_pipeline(args.pipeline, template, images, args.machine, args.replicas)
-        labels = dict(label.split("=", 1) for label in args.label)
+        labels = key_values(args.label, "--label")
         job = build_job(template, args.project, args.region, args.pipeline_root, args.images, args.param,
                         enable_caching=not args.no_cache, labels=labels,
                         credentials=AnonymousCredentials() if args.dry_run else None)
@@ -342,7 +346,7 @@ def cmd_schedule(args) -> None:
     with tempfile.TemporaryDirectory(prefix="catsdogs-schedule-") as folder:
         template = f"{folder}/pipeline.yaml"
         compile_pipeline(args.pipeline, template, images, args.machine, args.replicas)
-        labels = dict(label.split("=", 1) for label in args.label)
+        labels = key_values(args.label, "--label")
         job = build_job(template, args.project, args.region, args.pipeline_root, args.images, args.param,
                         enable_caching=not args.no_cache, labels=labels, credentials=credentials)
         planned = schedule.build_schedule(job, args.display_name or f"catsdogs-{args.pipeline}", credentials)
@@ -413,8 +417,16 @@ def _add_dataflow_flags(parser: argparse.ArgumentParser) -> None:
     dataflow.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="job label (repeatable)")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the project's error format: one line `catsdogs <cmd>: error: ...`, exit 2 (argparse's own
+    prints the whole usage above it). Subcommands' parsers are of this class too."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="catsdogs",
         description="Labelled images -> CSV -> TFRecords -> Keras classifier -> served model, locally or on Vertex AI.",
     )
@@ -456,17 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DirectRunner processes (default 1: one process, threads per shard use the cores)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the pipeline options, steps and job graph size; run nothing")
-    dataflow = p.add_argument_group("Dataflow (with --runner DataflowRunner)")
-    dataflow.add_argument("--project", default="")
-    dataflow.add_argument("--region", default="")
-    dataflow.add_argument("--temp-location", default="", help="gs:// folder for Dataflow's staging")
-    dataflow.add_argument("--sdk-container-image", default="", help="worker image (the catsdogs components image)")
-    dataflow.add_argument("--service-account", default="", help="worker service account email")
-    dataflow.add_argument("--machine-type", default="", help="worker machine type, e.g. n1-standard-4")
-    dataflow.add_argument("--max-workers", type=int, default=0, help="autoscaling limit")
-    dataflow.add_argument("--job-name", default="")
-    dataflow.add_argument("--subnetwork", default="", help="workers' subnetwork (regions/R/subnetworks/S or a URL)")
-    dataflow.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="job label (repeatable)")
+    _add_dataflow_flags(p)
     p.set_defaults(handler=cmd_convert, takes_beam_args=True)
 
     p = sub.add_parser("batch-predict", help="score a folder or CSV of images with a model, with Apache Beam",
@@ -641,6 +643,12 @@ def main(argv: list[str] | None = None) -> int:
             code = args.handler(args)
     except InputError as e:
         print(f"catsdogs {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if not e.filename:
+            raise
+        # A path the user gave that is missing, of the wrong kind (a file for a folder) or not readable.
+        print(f"catsdogs {args.command}: error: {e.filename}: {e.strerror or e}", file=sys.stderr)
         return 2
     return code or 0
 
