@@ -1,9 +1,31 @@
+import atexit
 import os
+import shutil
+import sys
+import tempfile
 
 import pytest
 
+from fake_metadata import FakeMetadataServer
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.pop("WANDB_API_KEY", None)  # a developer's key must not send test runs to W&B (offline is the default)
+
+# Every test runs as on a Google Cloud machine (Cloud Build's workers included), where a metadata server hands
+# out credentials: a fake one here, and no other credentials (no key file, no gcloud login), so nothing can reach
+# Google with real ones. google-auth reads these variables once, when it is imported: before anything below is.
+# NO_GCE_CHECK would hide the metadata server and make the suite pass here while failing on Google Cloud.
+METADATA = FakeMetadataServer()
+METADATA.start()
+atexit.register(METADATA.stop)
+_GCLOUD_CONFIG = tempfile.mkdtemp(prefix="catsdogs-gcloud-")
+atexit.register(shutil.rmtree, _GCLOUD_CONFIG, True)
+os.environ.update({"GCE_METADATA_HOST": METADATA.host, "GCE_METADATA_IP": METADATA.host,
+                   "CLOUDSDK_CONFIG": _GCLOUD_CONFIG})
+for _name in ("NO_GCE_CHECK", "GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_CLOUD_PROJECT", "GCLOUD_PROJECT"):
+    os.environ.pop(_name, None)
+assert "google.auth.compute_engine._metadata" not in sys.modules, \
+    "google-auth was imported before tests/conftest.py could point it at the fake metadata server"
 
 from components.convert.pipeline import convert  # noqa: E402
 from components.prepare import prepare_csv  # noqa: E402
@@ -60,3 +82,26 @@ def gcs_bucket(gcs_emulator, monkeypatch, request) -> str:
     name = "test-" + "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:50].strip("-")
     storage.Client().create_bucket(name)
     return f"gs://{name}"
+
+
+@pytest.fixture
+def metadata_server():
+    """The session's fake GCE metadata server (tests/fake_metadata.py), its request log cleared."""
+    METADATA.requests.clear()
+    yield METADATA
+    METADATA.answering = True
+
+
+@pytest.fixture
+def off_google_cloud(metadata_server, monkeypatch):
+    """This process as on a laptop: the metadata server does not answer and the machine's DMI product name is not
+    Google's (google-auth falls back to reading it when the server is silent; on a Google VM it says "Google")."""
+    from google.auth.compute_engine import _metadata
+
+    product_name = tempfile.NamedTemporaryFile("w", suffix="product_name", delete=False)
+    product_name.write("Standard PC\n")
+    product_name.close()
+    monkeypatch.setattr(_metadata, "_GCE_PRODUCT_NAME_FILE", product_name.name)
+    metadata_server.answering = False
+    yield metadata_server
+    os.unlink(product_name.name)

@@ -226,14 +226,32 @@ def test_submit_refuses_bad_parameters_by_name(extra, message, capsys):
     assert code == 2 and message in capsys.readouterr().err
 
 
-def test_submit_without_credentials_says_how_to_get_them(tmp_path, capsys, monkeypatch):
-    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
-    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path))  # no gcloud login here
-    monkeypatch.setenv("NO_GCE_CHECK", "true")  # and no metadata server to ask
+def test_the_suite_runs_as_on_google_cloud_with_the_fake_metadata_servers_credentials(metadata_server):
+    # tests/conftest.py: what Application Default Credentials find on a Cloud Build worker, played locally.
+    import google.auth
+    import google.auth.transport.requests
+
+    credentials, project = google.auth.default()
+    assert project == metadata_server.project
+    credentials.refresh(google.auth.transport.requests.Request())
+    assert credentials.token == "fake-metadata-token" and metadata_server.token_requests()
+
+
+def test_submit_dry_run_asks_google_cloud_for_nothing(metadata_server, capsys):
+    # On a Google Cloud machine credentials are there for the taking: a dry run must not take them.
+    assert main(["submit", "--project", "my-project", "--region", "europe-west4", "--pipeline-root", "gs://b/root",
+                 "--images", "gs://b/images", "--dry-run"]) == 0
+    assert json.loads(capsys.readouterr().out)["runtimeConfig"]["parameterValues"]["project"] == "my-project"
+    assert metadata_server.token_requests() == []
+
+
+def test_submit_without_credentials_says_how_to_get_them(off_google_cloud, capsys):
+    # No key file and no gcloud login (tests/conftest.py), and here no metadata server: a laptop's first run.
     code = main(["submit", "--project", "my-project", "--region", "europe-west4", "--pipeline-root", "gs://b/root",
                  "--images", "gs://b/images"])
     assert code == 2
     assert "gcloud auth application-default login" in capsys.readouterr().err
+    assert off_google_cloud.requests, "google-auth never asked the metadata server: the test proves nothing"
 
 
 def test_submit_checks_paths_and_project_before_anything_else(capsys):
