@@ -300,7 +300,8 @@ def cmd_submit(args) -> None:
         labels = key_values(args.label, "--label")
         job = build_job(template, args.project, args.region, args.pipeline_root, args.images, args.param,
                         enable_caching=not args.no_cache, labels=labels,
-                        credentials=AnonymousCredentials() if args.dry_run else None)
+                        credentials=AnonymousCredentials() if args.dry_run else None,
+                        service_account=args.service_account)
         if args.dry_run:
             request = {**job_request(job), "serviceAccount": args.service_account,
                        "location": args.region, "project": args.project}
@@ -348,7 +349,8 @@ def cmd_schedule(args) -> None:
         compile_pipeline(args.pipeline, template, images, args.machine, args.replicas)
         labels = key_values(args.label, "--label")
         job = build_job(template, args.project, args.region, args.pipeline_root, args.images, args.param,
-                        enable_caching=not args.no_cache, labels=labels, credentials=credentials)
+                        enable_caching=not args.no_cache, labels=labels, credentials=credentials,
+                        service_account=args.service_account)
         planned = schedule.build_schedule(job, args.display_name or f"catsdogs-{args.pipeline}", credentials)
         if args.dry_run:
             print(json.dumps(schedule.schedule_request(planned, settings), indent=2))

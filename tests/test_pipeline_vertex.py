@@ -261,3 +261,16 @@ def test_submit_checks_paths_and_project_before_anything_else(capsys):
     assert main(["submit", "--project", "my-project", "--region", "r", "--pipeline-root", "/tmp/root",
                  "--images", "gs://b/i", "--dry-run"]) == 2
     assert "--pipeline-root must be a gs:// path" in capsys.readouterr().err
+
+
+def test_submit_hands_its_service_account_to_the_steps(capsys):
+    # The job's identity does not reach Dataflow workers or the training job: the pipeline parameter does.
+    account = "catsdogs-pipelines@my-project.iam.gserviceaccount.com"
+    args = ["submit", "--project", "my-project", "--region", "europe-west4", "--pipeline-root", "gs://b/root",
+            "--images", "gs://b/images", "--service-account", account, "--dry-run"]
+    assert main(args) == 0
+    request = json.loads(capsys.readouterr().out)
+    assert request["serviceAccount"] == account
+    assert request["runtimeConfig"]["parameterValues"]["service_account"] == account
+    assert main([*args, "--param", "service_account=other@my-project.iam.gserviceaccount.com"]) == 2
+    assert "give one" in capsys.readouterr().err
