@@ -168,13 +168,21 @@ def test_cpu_preset_has_no_accelerator(tmp_path):
     assert "accelerator_type" not in json.dumps(spec[0]["machine_spec"])
 
 
-def test_presets_cover_tensorflow_clouds_names():
-    for name in ("CPU", "K80_1X", "K80_4X", "K80_8X", "P100_1X", "P100_4X", "P4_1X", "P4_4X", "V100_1X", "V100_4X",
+def test_presets_cover_tensorflow_clouds_names_that_vertex_still_offers():
+    for name in ("CPU", "P100_1X", "P100_4X", "P4_1X", "P4_4X", "V100_1X", "V100_4X",
                  "T4_1X", "T4_4X", "A100_1X", "A100_8X", "L4_1X"):
         assert name in PRESETS
+    assert not [name for name, spec in PRESETS.items() if "K80" in name or "K80" in spec.accelerator_type]
     assert machine_spec("t4_1x").accelerator_count == 1
     with pytest.raises(InputError, match="unknown machine preset"):
         machine_spec("TPU_9000")
+
+
+@pytest.mark.parametrize("preset", ["K80_1X", "k80_8x"])
+def test_compile_refuses_the_retired_k80(preset, tmp_path, capsys):
+    assert main(["compile", "--output", str(tmp_path / "p.yaml"), "--machine", preset]) == 2
+    assert "retired the K80" in capsys.readouterr().err
+    assert not (tmp_path / "p.yaml").exists()
 
 
 def test_multi_node_training_has_a_chief_pool_and_a_worker_pool(tmp_path):
