@@ -195,3 +195,40 @@ def deploy(d: VertexDeployment) -> tuple[str, str]:
     _client(aiplatform_v1.EndpointServiceClient, d.location).deploy_model(request=deploy_request(d, model, endpoint.name, split)).result()
     log.info("deployed %s to %s with traffic %s", model, endpoint.name, split)
     return model, endpoint.name
+
+
+def models_to_undeploy(endpoint: aiplatform_v1.Endpoint, display_name: str,
+                       keep: int) -> list[aiplatform_v1.DeployedModel]:
+    """The endpoint's deployed models of this display name that take no traffic, less the `keep` newest of them.
+
+    Every deploy leaves the previous model deployed at 0% traffic on its own dedicated nodes, billed as if it
+    served; these are the ones to undeploy. A model that takes traffic is never one of them, nor is another
+    model's deployment sharing the endpoint. Undeploying keeps the version in the Model Registry."""
+    if keep < 0:
+        raise InputError(f"keep must be 0 or more previous models, got {keep}")
+    split = dict(endpoint.traffic_split)
+    idle = [m for m in endpoint.deployed_models if m.display_name == display_name and split.get(m.id, 0) == 0]
+    idle.sort(key=lambda m: (m.create_time.timestamp() if m.create_time else 0, m.id), reverse=True)
+    return idle[keep:]
+
+
+def undeploy_request(endpoint: str, deployed_model_id: str) -> aiplatform_v1.UndeployModelRequest:
+    # No traffic_split: the model takes none, and leaving it out leaves the endpoint's split as it is.
+    return aiplatform_v1.UndeployModelRequest(endpoint=endpoint, deployed_model_id=deployed_model_id)
+
+
+def undeploy_previous(project: str, location: str, endpoint: str, display_name: str, keep: int,
+                      client: aiplatform_v1.EndpointServiceClient | None = None) -> list[str]:
+    """Undeploys models_to_undeploy from the endpoint (a resource name), oldest first, so that a run cut short
+    leaves the newer ones for rollback; returns their deployed model ids. Run it once the new model takes all
+    the traffic. Needs Google credentials (or a `client`)."""
+    if not endpoint.startswith(f"projects/{project}/locations/{location}/endpoints/"):
+        raise InputError(f"endpoint {endpoint!r} is not in projects/{project}/locations/{location}")
+    client = client or _client(aiplatform_v1.EndpointServiceClient, location)
+    current = client.get_endpoint(name=endpoint)
+    undeployed = []
+    for model in reversed(models_to_undeploy(current, display_name, keep)):
+        client.undeploy_model(request=undeploy_request(endpoint, model.id)).result()
+        log.info("undeployed %s (%s, deployed %s) from %s", model.id, model.model, model.create_time, endpoint)
+        undeployed.append(model.id)
+    return undeployed
