@@ -1,8 +1,10 @@
 import atexit
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -105,3 +107,21 @@ def off_google_cloud(metadata_server, monkeypatch):
     metadata_server.answering = False
     yield metadata_server
     os.unlink(product_name.name)
+
+
+@pytest.fixture(scope="session")
+def image():
+    """image(name) builds catsdogs-<name>:latest with images/build.sh, once per session, and returns its tag."""
+    built = set()
+    build_sh = Path(__file__).resolve().parent.parent / "images" / "build.sh"
+
+    def build(name: str) -> str:
+        if name not in built:
+            result = subprocess.run([str(build_sh), name], capture_output=True, text=True)
+            if result.returncode != 0:
+                pytest.fail(f"images/build.sh {name} failed ({result.returncode}):\n{result.stdout[-4000:]}\n"
+                            f"{result.stderr[-4000:]}")
+            built.add(name)
+        return f"catsdogs-{name}:latest"
+
+    return build

@@ -75,23 +75,6 @@ def test_beam_boot_image_matches_the_locked_beam_sdk():
     assert beam_image == f"docker.io/apache/beam_python3.11_sdk:{locked_version('apache-beam')}"
 
 
-@pytest.fixture(scope="session")
-def image():
-    """image(name) builds catsdogs-<name>:latest with images/build.sh, once per session, and returns its tag."""
-    built = set()
-
-    def build(name: str) -> str:
-        if name not in built:
-            result = subprocess.run([str(ROOT / "images" / "build.sh"), name], capture_output=True, text=True)
-            if result.returncode != 0:
-                pytest.fail(f"images/build.sh {name} failed ({result.returncode}):\n{result.stdout[-4000:]}\n"
-                            f"{result.stderr[-4000:]}")
-            built.add(name)
-        return f"catsdogs-{name}:latest"
-
-    return build
-
-
 @pytest.mark.images
 @pytest.mark.parametrize("name", NAMES)
 def test_image_runs_as_non_root(image, name):
