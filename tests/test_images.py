@@ -10,6 +10,7 @@ import base64
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -220,3 +221,95 @@ def test_serving_container_follows_the_vertex_contract(image, trained_model, sam
         assert engine("inspect", "--format", "{{.State.ExitCode}}", container).stdout.strip() == "0"
     finally:
         engine("rm", "--force", container, check=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _has_beams_boot(components: str) -> bool:
+    """Beam's boot program is a Go binary; images/build.sh's stand-in (no registry reachable) is a shell script."""
+    head = engine("run", "--rm", "--entrypoint", "od", components, "-An", "-c", "-N4", "/opt/apache/beam/boot")
+    return head.stdout.split() == ["177", "E", "L", "F"]
+
+
+@pytest.mark.images
+def test_beam_worker_environment_runs_the_sdk_in_the_images_own_python(image):
+    # Beam's boot program (>= 2.44) makes a venv per worker unless this is set; that venv sees the base
+    # interpreter's packages, not /opt/venv's, and lives under /opt/apache, which uid 1000 cannot write.
+    env = json.loads(engine("image", "inspect", "--format", "{{json .Config.Env}}", image("components")).stdout)
+    assert "RUN_PYTHON_SDK_IN_DEFAULT_ENVIRONMENT=1" in env
+    assert any(e.startswith("PATH=/opt/venv/bin:") for e in env)
+
+
+CONVERT_WITH_EXTERNAL_WORKERS = """
+import json, sys
+from components.convert.pipeline import convert
+csv, out, pool = sys.argv[1:]
+summary = convert(csv, out, runner="PortableRunner", pipeline_args=[
+    "--job_endpoint=embed", "--environment_type=EXTERNAL", f"--environment_config={pool}"])
+print(json.dumps({"good": summary.good, "bad": summary.bad, "per_split": summary.per_split}))
+"""
+
+
+@pytest.mark.images
+def test_beam_worker_in_the_components_image_converts_as_a_dataflow_worker(image, sample_images, tmp_path):
+    """The conversion with every DoFn in the components image, as uid 1000: Beam's portable runner here hands
+    the work to a worker pool in the container (EXTERNAL environment), as Dataflow hands it to the SDK container.
+    With Beam's real boot program the pool is the image's entrypoint with --worker_pool (boot then starts each
+    worker the way Dataflow starts it); with the stand-in it is Beam's worker pool module in the image's Python."""
+    from components.prepare import prepare_csv
+
+    components = image("components")
+    csv, out = tmp_path / "images.csv", tmp_path / "records"
+    prepare_csv(sample_images, str(csv), train_fraction=0.6, validation_fraction=0.2)
+    out.mkdir()
+    out.chmod(0o777)  # the workers (uid 1000) write the shards, as into a bucket they may write to
+    Path(sample_images).chmod(0o755)
+    if _has_beams_boot(components):
+        port, command = 50000, ["--worker_pool"]  # boot's worker pool listens on 50000
+    else:
+        port = _free_port()
+        command = ["--entrypoint", "python", components, "-m", "apache_beam.runners.worker.worker_pool_main",
+                   f"--service_port={port}"]
+    container = f"catsdogs-beam-worker-{os.getpid()}"
+    engine("rm", "--force", container, check=False)
+    engine("run", "--detach", "--name", container, "--network", "host",
+           "--volume", f"{sample_images}:{sample_images}:ro", "--volume", f"{out}:{out}",
+           *(command if command[0] == "--entrypoint" else [components, *command]))
+    try:
+        deadline = time.monotonic() + 120  # a guard against hanging, not a speed requirement
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if time.monotonic() > deadline or engine("inspect", "--format", "{{.State.Running}}",
+                                                     container).stdout.strip() != "true":
+                pytest.fail(f"the worker pool never listened on {port}:\n{_logs(container)}")
+            time.sleep(0.5)
+        try:
+            result = subprocess.run([sys.executable, "-c", CONVERT_WITH_EXTERNAL_WORKERS, str(csv), str(out),
+                                     f"localhost:{port}"], capture_output=True, text=True, timeout=400,
+                                    env={**os.environ, "PYTHONPATH": str(ROOT)})
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the conversion hung; the worker pool said:\n{_logs(container)[-4000:]}")
+        assert result.returncode == 0, f"{result.stderr[-4000:]}\nworker pool:\n{_logs(container)[-4000:]}"
+        summary = json.loads(result.stdout.strip().splitlines()[-1])
+        assert summary["good"] == 40 and summary["bad"] == 0, summary
+        assert "Starting worker" in _logs(container), "no worker was started in the container"
+    finally:
+        engine("rm", "--force", container, check=False)
+    shards = sorted(out.glob("*.tfrecord*"))
+    assert shards, sorted(p.name for p in out.iterdir())
+    # Written by the workers in the container, as its user: not by this (root) process.
+    assert {p.stat().st_uid for p in shards} == {1000}
+    import tensorflow as tf
+
+    records = [r.numpy() for p in shards for r in tf.data.TFRecordDataset(str(p))]
+    assert len(records) == summary["good"]
+    features = tf.train.Example.FromString(records[0]).features.feature
+    height, width = features["image_height"].int64_list.value[0], features["image_width"].int64_list.value[0]
+    pixels = tf.io.decode_jpeg(features["image_jpeg"].bytes_list.value[0])  # as the container's Pillow wrote it
+    assert pixels.shape == (height, width, 3)
