@@ -313,3 +313,48 @@ def test_beam_worker_in_the_components_image_converts_as_a_dataflow_worker(image
     height, width = features["image_height"].int64_list.value[0], features["image_width"].int64_list.value[0]
     pixels = tf.io.decode_jpeg(features["image_jpeg"].bytes_list.value[0])  # as the container's Pillow wrote it
     assert pixels.shape == (height, width, 3)
+
+
+@pytest.mark.images
+def test_component_writes_its_outputs_under_the_gcs_mount_as_on_vertex(image, sample_images, tmp_path, gcs_bucket,
+                                                                       gcs_emulator, metadata_server):
+    """A step as Vertex runs it: uid 1000, gs:// artifact URIs with their bucket mounted at /gcs/BUCKET (Cloud
+    Storage FUSE; KFP's executor makes the output's folders there), a metadata server, and objects written
+    through the GCS API (the emulator here, which needs no token)."""
+    from components import storage
+
+    pipeline = tmp_path / "pipeline.yaml"
+    subprocess.run([sys.executable, "-m", "pipelines.cli", "compile", "--output", str(pipeline)], check=True,
+                   capture_output=True)
+    spec = yaml.safe_load(pipeline.read_text())["deploymentSpec"]["executors"]["exec-prepare"]["container"]
+    bucket = gcs_bucket.removeprefix("gs://")
+    mount, outputs = tmp_path / "gcs" / bucket, tmp_path / "kfp_outputs"
+    for folder in (mount, outputs):
+        folder.mkdir(parents=True)
+        os.chown(folder, 1000, 1000)  # the step's to write, as the bucket is its service account's
+    csv_uri = f"{gcs_bucket}/pipeline-root/run-1/prepare/image_csv"
+    executor_input = {
+        "inputs": {"parameterValues": {"images_root": "/data/images", "train_fraction": 0.8,
+                                       "validation_fraction": 0.1}},
+        "outputs": {
+            "artifacts": {"image_csv": {"artifacts": [{
+                "name": "image_csv", "uri": csv_uri, "metadata": {},
+                "type": {"schemaTitle": "system.Dataset", "schemaVersion": "0.0.1"}}]}},
+            "outputFile": "/tmp/kfp_outputs/output_metadata.json",
+        },
+    }
+    args = [json.dumps(executor_input) if arg == "{{$}}" else arg for arg in spec["args"]]
+    Path(sample_images).chmod(0o755)
+    engine("run", "--rm", "--network", "host", "-v", f"{sample_images}:/data/images:ro",
+           "-v", f"{mount}:/gcs/{bucket}", "-v", f"{outputs}:/tmp/kfp_outputs",
+           "--env", f"STORAGE_EMULATOR_HOST={gcs_emulator.url}",
+           "--env", f"GCE_METADATA_HOST={metadata_server.host}", "--env", f"GCE_METADATA_IP={metadata_server.host}",
+           "--entrypoint", spec["command"][0], image("components"), *spec["command"][1:], *args)
+
+    rows = storage.read_text(csv_uri).splitlines()
+    assert rows[0] == "split,image_uri,label" and len(rows) == 1 + 40
+    assert all(row.split(",")[1].startswith("/data/images/") for row in rows[1:])
+    made = mount / "pipeline-root" / "run-1" / "prepare"
+    assert made.is_dir() and made.stat().st_uid == 1000, "KFP's executor made no folder under the /gcs mount"
+    output = json.loads((outputs / "output_metadata.json").read_text())
+    assert output["artifacts"]["image_csv"]["artifacts"][0]["metadata"], "the step's CSV counts are missing"
