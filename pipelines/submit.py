@@ -46,7 +46,8 @@ def parse_params(pairs: list[str], declared: dict[str, dict]) -> dict:
         if not sep:
             raise InputError(f"--param {pair!r}: expected KEY=VALUE")
         if name not in declared:
-            raise InputError(f"--param {name}: the pipeline has no such parameter; it has {', '.join(sorted(declared))}")
+            raise InputError(f"--param {name}: the pipeline has no such parameter; "
+                             f"it has {', '.join(sorted(declared))}")
         kind = declared[name]["parameterType"]
         try:
             values[name] = _boolean(name, text) if kind == "BOOLEAN" else TYPES[kind](text)

@@ -1,33 +1,16 @@
-import atexit
 import os
-import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
-
-from fake_metadata import FakeMetadataServer
+from fake_metadata import start_for_session
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.pop("WANDB_API_KEY", None)  # a developer's key must not send test runs to W&B (offline is the default)
 
-# Every test runs as on a Google Cloud machine (Cloud Build's workers included), where a metadata server hands
-# out credentials: a fake one here, and no other credentials (no key file, no gcloud login), so nothing can reach
-# Google with real ones. google-auth reads these variables once, when it is imported: before anything below is.
-# NO_GCE_CHECK would hide the metadata server and make the suite pass here while failing on Google Cloud.
-METADATA = FakeMetadataServer()
-METADATA.start()
-atexit.register(METADATA.stop)
-_GCLOUD_CONFIG = tempfile.mkdtemp(prefix="catsdogs-gcloud-")
-atexit.register(shutil.rmtree, _GCLOUD_CONFIG, True)
-os.environ.update({"GCE_METADATA_HOST": METADATA.host, "GCE_METADATA_IP": METADATA.host,
-                   "CLOUDSDK_CONFIG": _GCLOUD_CONFIG})
-for _name in ("NO_GCE_CHECK", "GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_CLOUD_PROJECT", "GCLOUD_PROJECT"):
-    os.environ.pop(_name, None)
-assert "google.auth.compute_engine._metadata" not in sys.modules, \
-    "google-auth was imported before tests/conftest.py could point it at the fake metadata server"
+# Every test runs as on a Google Cloud machine (tests/fake_metadata.py): before anything below imports google-auth.
+METADATA = start_for_session()
 
 from components.convert.pipeline import convert  # noqa: E402
 from components.prepare import prepare_csv  # noqa: E402

@@ -10,7 +10,12 @@ so that tests can assert which ones asked for a token.
 
 from __future__ import annotations
 
+import atexit
 import json
+import os
+import shutil
+import sys
+import tempfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
@@ -98,3 +103,29 @@ class FakeMetadataServer:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+_SESSION: FakeMetadataServer | None = None
+
+
+def start_for_session() -> FakeMetadataServer:
+    """Starts the session's server once (conftest.py may be imported twice, as `conftest` and `tests.conftest`)
+    and makes it this process's and its children's only source of Google credentials: no key file, no gcloud
+    login, and no NO_GCE_CHECK, which would hide it and let the suite pass here while failing on Google Cloud.
+    google-auth reads GCE_METADATA_HOST once, when it is imported: it must not have been yet."""
+    global _SESSION
+    if _SESSION is not None:
+        return _SESSION
+    if "google.auth.compute_engine._metadata" in sys.modules:
+        raise RuntimeError("google-auth was imported before tests/conftest.py could point it at the fake metadata "
+                           "server")
+    _SESSION = FakeMetadataServer()
+    _SESSION.start()
+    atexit.register(_SESSION.stop)
+    gcloud_config = tempfile.mkdtemp(prefix="catsdogs-gcloud-")
+    atexit.register(shutil.rmtree, gcloud_config, True)
+    os.environ.update({"GCE_METADATA_HOST": _SESSION.host, "GCE_METADATA_IP": _SESSION.host,
+                       "CLOUDSDK_CONFIG": gcloud_config})
+    for name in ("NO_GCE_CHECK", "GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_CLOUD_PROJECT", "GCLOUD_PROJECT"):
+        os.environ.pop(name, None)
+    return _SESSION

@@ -39,8 +39,8 @@ def substitute(text: str, build: dict) -> str:
 
 
 def substituted_steps(build: dict) -> dict[str, dict]:
-    return {s["id"]: {**s, "name": substitute(s["name"], build), "args": [substitute(a, build) for a in s.get("args", [])]}
-            for s in build["steps"]}
+    return {s["id"]: {**s, "name": substitute(s["name"], build),
+                      "args": [substitute(a, build) for a in s.get("args", [])]} for s in build["steps"]}
 
 
 def waits_for(steps: dict[str, dict], step_id: str) -> set[str]:

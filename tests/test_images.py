@@ -54,8 +54,8 @@ def arg_default(dockerfile: Path, name: str) -> str:
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_hadolint_is_clean(dockerfile):
     # Any warning we accept carries an inline `# hadolint ignore=...` with its reason written above it.
-    result = subprocess.run([str(BIN / "hadolint"), "--failure-threshold", "info", str(dockerfile)], capture_output=True,
-                            text=True)
+    result = subprocess.run([str(BIN / "hadolint"), "--failure-threshold", "info", str(dockerfile)],
+                            capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     lines = dockerfile.read_text().splitlines()
     for i, line in enumerate(lines):
@@ -90,7 +90,8 @@ def test_trainer_image_has_cuda_tensorflow_and_falls_back_to_cpu(image):
         "x = tf.random.uniform((64, 64))\n"
         "print(json.dumps({'version': tf.__version__, 'cuda_build': tf.test.is_built_with_cuda(),\n"
         "                  'gpus': len(tf.config.list_physical_devices('GPU')),\n"
-        "                  'device': tf.matmul(x, x).device, 'cudnn': tf.sysconfig.get_build_info()['cudnn_version']}))\n"
+        "                  'device': tf.matmul(x, x).device,\n"
+        "                  'cudnn': tf.sysconfig.get_build_info()['cudnn_version']}))\n"
     )
     result = engine("run", "--rm", "--entrypoint", "python", image("trainer"), "-c", script)
     info = json.loads(result.stdout.strip().splitlines()[-1])
@@ -106,8 +107,8 @@ def test_components_image_is_a_beam_sdk_container(image):
     components = image("components")
     assert json.loads(engine("image", "inspect", "--format", "{{json .Config.Entrypoint}}", components).stdout) == \
         ["/opt/apache/beam/boot"]
-    result = engine("run", "--rm", "--entrypoint", "python", components, "-c",
-                    "import apache_beam, os; print(apache_beam.__version__, os.access('/opt/apache/beam/boot', os.X_OK))")
+    result = engine("run", "--rm", "--entrypoint", "python", components, "-c", "import apache_beam, os; "
+                    "print(apache_beam.__version__, os.access('/opt/apache/beam/boot', os.X_OK))")
     assert result.stdout.split() == [locked_version("apache-beam"), "True"]
 
 

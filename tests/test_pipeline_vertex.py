@@ -135,13 +135,15 @@ def test_training_is_a_custom_job_on_the_preset_machine_with_the_trainer_image(c
 def test_conversion_runs_on_dataflow_with_the_components_image(dag):
     params = dag.parameters("convert to TFRecords (Dataflow)")
     assert params["runner"]["runtimeValue"]["constant"] == "DataflowRunner"
-    assert params["dataflow_sdk_container_image"]["runtimeValue"]["constant"] == f"{REGISTRY}/catsdogs-components:abc123"
+    image = params["dataflow_sdk_container_image"]["runtimeValue"]["constant"]
+    assert image == f"{REGISTRY}/catsdogs-components:abc123"
     assert params["dataflow_project"] == {"componentInputParameter": "project"}
 
 
 def test_every_step_uses_a_registry_image_and_the_model_is_served_by_ours(compiled):
     executors = compiled["deploymentSpec"]["executors"]
-    ours = {e["container"]["image"] for e in executors.values() if "container" in e and "catsdogs" in e["container"]["image"]}
+    ours = {e["container"]["image"] for e in executors.values()
+            if "container" in e and "catsdogs" in e["container"]["image"]}
     assert ours == {f"{REGISTRY}/catsdogs-components:abc123"}
     spec = executors["exec-importer"]["importer"]["metadata"]["containerSpec"]
     assert spec["imageUri"] == f"{REGISTRY}/catsdogs-serving:abc123"

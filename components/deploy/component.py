@@ -1,8 +1,7 @@
 from typing import Dict, Optional
 
-from google_cloud_pipeline_components.types.artifact_types import VertexEndpoint
+from google_cloud_pipeline_components.types.artifact_types import VertexEndpoint, VertexModel
 from kfp import dsl
-from google_cloud_pipeline_components.types.artifact_types import VertexModel
 from kfp.dsl import Input, Model, Output
 
 from components.images import LOCAL

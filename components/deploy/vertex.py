@@ -192,7 +192,8 @@ def deploy(d: VertexDeployment) -> tuple[str, str]:
     log.info("uploaded %s%s", model, f" as a new version of {parent}" if parent else "")
     endpoint = find_or_create_endpoint(d.project, d.location, d.endpoint_display_name)
     split = allocate_traffic(dict(endpoint.traffic_split), d.traffic_percent)
-    _client(aiplatform_v1.EndpointServiceClient, d.location).deploy_model(request=deploy_request(d, model, endpoint.name, split)).result()
+    _client(aiplatform_v1.EndpointServiceClient, d.location).deploy_model(
+        request=deploy_request(d, model, endpoint.name, split)).result()
     log.info("deployed %s to %s with traffic %s", model, endpoint.name, split)
     return model, endpoint.name
 

@@ -77,7 +77,8 @@ def choose_strategy(config: dict | None) -> tf.distribute.Strategy:
             task_id=config["task"]["index"], rpc_layer="grpc",
         )
         strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
-        log.info("MultiWorkerMirroredStrategy: %d workers, %d replicas", worker_count(config), strategy.num_replicas_in_sync)
+        log.info("MultiWorkerMirroredStrategy: %d workers, %d replicas", worker_count(config),
+                 strategy.num_replicas_in_sync)
         return strategy
     gpus = tf.config.list_logical_devices("GPU")
     if len(gpus) > 1:
