@@ -147,6 +147,7 @@ def cmd_deploy(args) -> None:
         model_display_name=args.model_display_name, endpoint_display_name=args.endpoint_display_name,
         machine_type=args.machine_type, min_replicas=args.min_replicas, max_replicas=args.max_replicas,
         traffic_percent=args.traffic_percent, version_aliases=tuple(a for a in args.version_aliases.split(",") if a),
+        keep_previous=args.keep_previous,
     )
     if args.dry_run:
         print(json.dumps(dry_run(deployment), indent=1))
@@ -547,6 +548,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-replicas", type=int, default=1, help="autoscaling upper bound (default %(default)s)")
     p.add_argument("--traffic-percent", type=int, default=100,
                    help="share of the endpoint's traffic for the new version (default %(default)s)")
+    p.add_argument("--keep-previous", type=int, default=0,
+                   help="earlier deployments of the model that take no traffic to leave deployed for rollback; "
+                        "the others are undeployed, as they bill their nodes (default %(default)s)")
     p.add_argument("--dry-run", action="store_true", help="print the requests instead of sending them")
     p.set_defaults(handler=cmd_deploy)
 

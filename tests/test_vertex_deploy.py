@@ -51,7 +51,8 @@ def test_deploy_dry_run_prints_every_request_in_order(capsys):
     assert printed["api_endpoint"] == "europe-west4-aiplatform.googleapis.com"
     calls = {call["method"].split()[0]: call["request"] for call in printed["calls"]}
     assert list(calls) == ["ModelService.ListModels", "ModelService.UploadModel", "EndpointService.ListEndpoints",
-                           "EndpointService.CreateEndpoint", "EndpointService.DeployModel"]
+                           "EndpointService.CreateEndpoint", "EndpointService.DeployModel",
+                           "EndpointService.GetEndpoint", "EndpointService.UndeployModel"]
     parent = "projects/my-project/locations/europe-west4"
     assert calls["ModelService.ListModels"]["parent"] == parent
     assert calls["ModelService.ListModels"]["filter"] == 'display_name="catsdogs"'
@@ -69,11 +70,14 @@ def test_deploy_dry_run_prints_every_request_in_order(capsys):
     assert deploy["deployedModel"]["dedicatedResources"] == {
         "machineSpec": {"machineType": "n1-standard-4"}, "minReplicaCount": 1, "maxReplicaCount": 3}
     assert deploy["trafficSplit"] == {"0": 100}
+    assert calls["EndpointService.UndeployModel"]["endpoint"] == calls["EndpointService.GetEndpoint"]["name"]
+    assert "trafficSplit" not in calls["EndpointService.UndeployModel"], "an idle model's undeploy leaves the split"
 
 
 def test_deploy_dry_run_with_a_traffic_share_keeps_the_rest_for_the_endpoints_models(capsys):
     assert main([*DEPLOY, "--traffic-percent", "10", "--dry-run"]) == 0
-    split = _printed_json(capsys)["calls"][-1]["request"]["trafficSplit"]
+    [deploy] = [c for c in _printed_json(capsys)["calls"] if c["method"] == "EndpointService.DeployModel"]
+    split = deploy["request"]["trafficSplit"]
     assert split["0"] == 10 and sum(split.values()) == 100
 
 
@@ -84,8 +88,9 @@ def test_deploy_dry_run_with_a_traffic_share_keeps_the_rest_for_the_endpoints_mo
         (["--traffic-percent", "0"], "1..100"),
         (["--version-aliases", "V2"], "aliases ['V2']"),
         (["--version-aliases", "default"], "not be 'default'"),
+        (["--keep-previous", "-1"], "keep previous must be 0 or more"),
     ],
-    ids=["replicas", "traffic", "alias", "default-alias"],
+    ids=["replicas", "traffic", "alias", "default-alias", "keep"],
 )
 def test_deploy_refuses_bad_settings_before_any_request(extra, message, capsys):
     assert main([*DEPLOY, *extra, "--dry-run"]) == 2

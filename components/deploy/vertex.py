@@ -4,7 +4,8 @@ The SavedModel folder (in GCS) is uploaded as a Model served by our container: a
 model with the same display name when there is one (`parent_model`), made its default version, with any
 extra version aliases. The newest endpoint with the endpoint display name is reused (created only when there
 is none), and the new version is deployed to it with autoscaling between min and max replicas and a share of
-the traffic (the endpoint's other models share the rest as before).
+the traffic (the endpoint's other models share the rest as before). Earlier deployments of the model that
+then take no traffic are undeployed, but for the newest `keep_previous` (they would bill their nodes forever).
 
 Every call is built as the request object the SDK sends, so `--dry-run` prints exactly those requests
 without credentials; values only known once earlier calls have answered are shown as {placeholders}.
@@ -36,6 +37,7 @@ FOUND_MODEL = "{the model that ListModels finds, if any}"
 UPLOADED_MODEL = "{the model version that UploadModel creates}"
 FOUND_ENDPOINT = "{the endpoint that ListEndpoints finds, or that CreateEndpoint creates}"
 OTHER_MODELS = "{the endpoint's other deployed models, scaled to share the rest}"
+IDLE_MODEL = "{each earlier deployment of the model that takes no traffic, beyond the newest keep_previous}"
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class VertexDeployment:
     max_replicas: int = 1
     traffic_percent: int = 100
     version_aliases: tuple[str, ...] = ()
+    keep_previous: int = 0  # earlier idle deployments of the model left deployed (undeploy_previous)
 
     def __post_init__(self):
         if not self.project or not self.location:
@@ -64,6 +67,8 @@ class VertexDeployment:
             raise InputError(f"replicas: need 1 <= min ({self.min_replicas}) <= max ({self.max_replicas})")
         if not 0 < self.traffic_percent <= 100:
             raise InputError(f"traffic percent must be 1..100, got {self.traffic_percent}")
+        if self.keep_previous < 0:
+            raise InputError(f"keep previous must be 0 or more deployments, got {self.keep_previous}")
         bad = [a for a in self.version_aliases if not ALIAS.fullmatch(a) or a == "default"]
         if bad:
             raise InputError(f"version aliases {bad}: each must match {ALIAS.pattern} and not be 'default' "
@@ -159,6 +164,8 @@ def dry_run(d: VertexDeployment) -> dict:
         ("EndpointService.CreateEndpoint (only if none is found)",
          create_endpoint_request(d.project, d.location, d.endpoint_display_name)),
         ("EndpointService.DeployModel", deploy_request(d, UPLOADED_MODEL, FOUND_ENDPOINT, split)),
+        ("EndpointService.GetEndpoint", aiplatform_v1.GetEndpointRequest(name=FOUND_ENDPOINT)),
+        ("EndpointService.UndeployModel (for each)", undeploy_request(FOUND_ENDPOINT, IDLE_MODEL)),
     ]
     return {"api_endpoint": api_endpoint(d.location),
             "calls": [{"method": method, "request": as_json(request)} for method, request in calls]}
@@ -195,6 +202,7 @@ def deploy(d: VertexDeployment) -> tuple[str, str]:
     _client(aiplatform_v1.EndpointServiceClient, d.location).deploy_model(
         request=deploy_request(d, model, endpoint.name, split)).result()
     log.info("deployed %s to %s with traffic %s", model, endpoint.name, split)
+    undeploy_previous(d.project, d.location, endpoint.name, d.model_display_name, d.keep_previous)
     return model, endpoint.name
 
 
