@@ -62,7 +62,7 @@ def test_every_substitution_used_is_declared_or_built_in(build):
 def test_every_dockerfile_and_path_it_names_exists(build):
     for step in build["steps"]:
         args = step.get("args", [])
-        for flag, value in zip(args, args[1:]):
+        for flag, value in zip(args, args[1:], strict=False):
             if flag == "-f":
                 assert os.path.isfile(os.path.join(ROOT, value)), value
     assert {os.path.basename(os.path.dirname(a)) for s in build["steps"] for a in s.get("args", []) if

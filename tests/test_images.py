@@ -165,7 +165,8 @@ def _predict_here(model_dir: str, image: bytes) -> tuple[str, dict]:
 
     outputs = tf.saved_model.load(model_dir).signatures["serving_default"](image_bytes=tf.constant([image]))
     classes = [c.decode() for c in outputs["classes"].numpy()[0]]
-    return outputs["labels"].numpy()[0].decode(), dict(zip(classes, outputs["probabilities"].numpy()[0].tolist()))
+    probabilities = outputs["probabilities"].numpy()[0].tolist()
+    return outputs["labels"].numpy()[0].decode(), dict(zip(classes, probabilities, strict=True))
 
 
 def _logs(container: str) -> str:
