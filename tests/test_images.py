@@ -265,10 +265,11 @@ def test_beam_worker_in_the_components_image_converts_as_a_dataflow_worker(image
     from components.prepare import prepare_csv
 
     components = image("components")
-    csv, out = tmp_path / "images.csv", tmp_path / "records"
+    bucket = tmp_path / "bucket"  # the workers read the CSV and write (and stage) the shards here, as in a bucket
+    bucket.mkdir()
+    os.chown(bucket, 1000, 1000)
+    csv, out = bucket / "images.csv", bucket / "records"
     prepare_csv(sample_images, str(csv), train_fraction=0.6, validation_fraction=0.2)
-    out.mkdir()
-    out.chmod(0o777)  # the workers (uid 1000) write the shards, as into a bucket they may write to
     Path(sample_images).chmod(0o755)
     if _has_beams_boot(components):
         port, command = 50000, ["--worker_pool"]  # boot's worker pool listens on 50000
@@ -279,7 +280,7 @@ def test_beam_worker_in_the_components_image_converts_as_a_dataflow_worker(image
     container = f"catsdogs-beam-worker-{os.getpid()}"
     engine("rm", "--force", container, check=False)
     engine("run", "--detach", "--name", container, "--network", "host",
-           "--volume", f"{sample_images}:{sample_images}:ro", "--volume", f"{out}:{out}",
+           "--volume", f"{sample_images}:{sample_images}:ro", "--volume", f"{bucket}:{bucket}",
            *(command if command[0] == "--entrypoint" else [components, *command]))
     try:
         deadline = time.monotonic() + 120  # a guard against hanging, not a speed requirement
@@ -292,9 +293,11 @@ def test_beam_worker_in_the_components_image_converts_as_a_dataflow_worker(image
                 pytest.fail(f"the worker pool never listened on {port}:\n{_logs(container)}")
             time.sleep(0.5)
         try:
+            # umask 0: the folders this (root) launcher makes, e.g. the staging folder, are the workers' to write
+            # in too, as a bucket's are for Dataflow's launcher and workers (one service account).
             result = subprocess.run([sys.executable, "-c", CONVERT_WITH_EXTERNAL_WORKERS, str(csv), str(out),
                                      f"localhost:{port}"], capture_output=True, text=True, timeout=400,
-                                    env={**os.environ, "PYTHONPATH": str(ROOT)})
+                                    env={**os.environ, "PYTHONPATH": str(ROOT)}, umask=0)
         except subprocess.TimeoutExpired:
             pytest.fail(f"the conversion hung; the worker pool said:\n{_logs(container)[-4000:]}")
         assert result.returncode == 0, f"{result.stderr[-4000:]}\nworker pool:\n{_logs(container)[-4000:]}"
