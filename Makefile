@@ -9,6 +9,7 @@ PROJECT ?=
 REGION ?= us-central1
 BUCKET ?= $(PROJECT)-catsdogs
 MACHINE ?= T4_1X
+SERVICE_ACCOUNT ?= catsdogs-pipelines@$(PROJECT).iam.gserviceaccount.com
 
 .PHONY: install lint test run compile submit cloud clean engine browser images lock
 
@@ -42,9 +43,11 @@ submit: install
 		--images gs://$(BUCKET)/images --images-registry "$(REGISTRY)" --images-tag $(TAG) --machine $(MACHINE)
 
 # Test, build, push, compile and submit on Google Cloud from this checkout.
+# The source goes to our bucket, which the build's service account may read (README: one service account).
 cloud:
 	gcloud builds submit --project $(PROJECT) --config cloudbuild.yaml \
-		--substitutions=_REGION=$(REGION),_MACHINE=$(MACHINE),_TAG=$$(git rev-parse HEAD)
+		--gcs-source-staging-dir gs://$(BUCKET)/cloudbuild-source \
+		--substitutions=_REGION=$(REGION),_MACHINE=$(MACHINE),_TAG=$$(git rev-parse HEAD),_SERVICE_ACCOUNT=$(SERVICE_ACCOUNT),_PIPELINE_ROOT=gs://$(BUCKET)/pipeline-root,_IMAGES_ROOT=gs://$(BUCKET)/images
 
 # Builds catsdogs-components, catsdogs-trainer and catsdogs-serving:$(TAG) locally (images/build.sh).
 images: engine

@@ -147,6 +147,7 @@ def cmd_deploy(args) -> None:
         model_display_name=args.model_display_name, endpoint_display_name=args.endpoint_display_name,
         machine_type=args.machine_type, min_replicas=args.min_replicas, max_replicas=args.max_replicas,
         traffic_percent=args.traffic_percent, version_aliases=tuple(a for a in args.version_aliases.split(",") if a),
+        keep_previous=args.keep_previous,
     )
     if args.dry_run:
         print(json.dumps(dry_run(deployment), indent=1))
@@ -300,7 +301,8 @@ def cmd_submit(args) -> None:
         labels = key_values(args.label, "--label")
         job = build_job(template, args.project, args.region, args.pipeline_root, args.images, args.param,
                         enable_caching=not args.no_cache, labels=labels,
-                        credentials=AnonymousCredentials() if args.dry_run else None)
+                        credentials=AnonymousCredentials() if args.dry_run else None,
+                        service_account=args.service_account)
         if args.dry_run:
             request = {**job_request(job), "serviceAccount": args.service_account,
                        "location": args.region, "project": args.project}
@@ -348,7 +350,8 @@ def cmd_schedule(args) -> None:
         compile_pipeline(args.pipeline, template, images, args.machine, args.replicas)
         labels = key_values(args.label, "--label")
         job = build_job(template, args.project, args.region, args.pipeline_root, args.images, args.param,
-                        enable_caching=not args.no_cache, labels=labels, credentials=credentials)
+                        enable_caching=not args.no_cache, labels=labels, credentials=credentials,
+                        service_account=args.service_account)
         planned = schedule.build_schedule(job, args.display_name or f"catsdogs-{args.pipeline}", credentials)
         if args.dry_run:
             print(json.dumps(schedule.schedule_request(planned, settings), indent=2))
@@ -545,6 +548,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-replicas", type=int, default=1, help="autoscaling upper bound (default %(default)s)")
     p.add_argument("--traffic-percent", type=int, default=100,
                    help="share of the endpoint's traffic for the new version (default %(default)s)")
+    p.add_argument("--keep-previous", type=int, default=0,
+                   help="earlier deployments of the model that take no traffic to leave deployed for rollback; "
+                        "the others are undeployed, as they bill their nodes (default %(default)s)")
     p.add_argument("--dry-run", action="store_true", help="print the requests instead of sending them")
     p.set_defaults(handler=cmd_deploy)
 

@@ -135,13 +135,15 @@ def test_training_is_a_custom_job_on_the_preset_machine_with_the_trainer_image(c
 def test_conversion_runs_on_dataflow_with_the_components_image(dag):
     params = dag.parameters("convert to TFRecords (Dataflow)")
     assert params["runner"]["runtimeValue"]["constant"] == "DataflowRunner"
-    assert params["dataflow_sdk_container_image"]["runtimeValue"]["constant"] == f"{REGISTRY}/catsdogs-components:abc123"
+    image = params["dataflow_sdk_container_image"]["runtimeValue"]["constant"]
+    assert image == f"{REGISTRY}/catsdogs-components:abc123"
     assert params["dataflow_project"] == {"componentInputParameter": "project"}
 
 
 def test_every_step_uses_a_registry_image_and_the_model_is_served_by_ours(compiled):
     executors = compiled["deploymentSpec"]["executors"]
-    ours = {e["container"]["image"] for e in executors.values() if "container" in e and "catsdogs" in e["container"]["image"]}
+    ours = {e["container"]["image"] for e in executors.values()
+            if "container" in e and "catsdogs" in e["container"]["image"]}
     assert ours == {f"{REGISTRY}/catsdogs-components:abc123"}
     spec = executors["exec-importer"]["importer"]["metadata"]["containerSpec"]
     assert spec["imageUri"] == f"{REGISTRY}/catsdogs-serving:abc123"
@@ -168,13 +170,21 @@ def test_cpu_preset_has_no_accelerator(tmp_path):
     assert "accelerator_type" not in json.dumps(spec[0]["machine_spec"])
 
 
-def test_presets_cover_tensorflow_clouds_names():
-    for name in ("CPU", "K80_1X", "K80_4X", "K80_8X", "P100_1X", "P100_4X", "P4_1X", "P4_4X", "V100_1X", "V100_4X",
+def test_presets_cover_tensorflow_clouds_names_that_vertex_still_offers():
+    for name in ("CPU", "P100_1X", "P100_4X", "P4_1X", "P4_4X", "V100_1X", "V100_4X",
                  "T4_1X", "T4_4X", "A100_1X", "A100_8X", "L4_1X"):
         assert name in PRESETS
+    assert not [name for name, spec in PRESETS.items() if "K80" in name or "K80" in spec.accelerator_type]
     assert machine_spec("t4_1x").accelerator_count == 1
     with pytest.raises(InputError, match="unknown machine preset"):
         machine_spec("TPU_9000")
+
+
+@pytest.mark.parametrize("preset", ["K80_1X", "k80_8x"])
+def test_compile_refuses_the_retired_k80(preset, tmp_path, capsys):
+    assert main(["compile", "--output", str(tmp_path / "p.yaml"), "--machine", preset]) == 2
+    assert "retired the K80" in capsys.readouterr().err
+    assert not (tmp_path / "p.yaml").exists()
 
 
 def test_multi_node_training_has_a_chief_pool_and_a_worker_pool(tmp_path):
@@ -226,14 +236,32 @@ def test_submit_refuses_bad_parameters_by_name(extra, message, capsys):
     assert code == 2 and message in capsys.readouterr().err
 
 
-def test_submit_without_credentials_says_how_to_get_them(tmp_path, capsys, monkeypatch):
-    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
-    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path))  # no gcloud login here
-    monkeypatch.setenv("NO_GCE_CHECK", "true")  # and no metadata server to ask
+def test_the_suite_runs_as_on_google_cloud_with_the_fake_metadata_servers_credentials(metadata_server):
+    # tests/conftest.py: what Application Default Credentials find on a Cloud Build worker, played locally.
+    import google.auth
+    import google.auth.transport.requests
+
+    credentials, project = google.auth.default()
+    assert project == metadata_server.project
+    credentials.refresh(google.auth.transport.requests.Request())
+    assert credentials.token == "fake-metadata-token" and metadata_server.token_requests()
+
+
+def test_submit_dry_run_asks_google_cloud_for_nothing(metadata_server, capsys):
+    # On a Google Cloud machine credentials are there for the taking: a dry run must not take them.
+    assert main(["submit", "--project", "my-project", "--region", "europe-west4", "--pipeline-root", "gs://b/root",
+                 "--images", "gs://b/images", "--dry-run"]) == 0
+    assert json.loads(capsys.readouterr().out)["runtimeConfig"]["parameterValues"]["project"] == "my-project"
+    assert metadata_server.token_requests() == []
+
+
+def test_submit_without_credentials_says_how_to_get_them(off_google_cloud, capsys):
+    # No key file and no gcloud login (tests/conftest.py), and here no metadata server: a laptop's first run.
     code = main(["submit", "--project", "my-project", "--region", "europe-west4", "--pipeline-root", "gs://b/root",
                  "--images", "gs://b/images"])
     assert code == 2
     assert "gcloud auth application-default login" in capsys.readouterr().err
+    assert off_google_cloud.requests, "google-auth never asked the metadata server: the test proves nothing"
 
 
 def test_submit_checks_paths_and_project_before_anything_else(capsys):
@@ -243,3 +271,16 @@ def test_submit_checks_paths_and_project_before_anything_else(capsys):
     assert main(["submit", "--project", "my-project", "--region", "r", "--pipeline-root", "/tmp/root",
                  "--images", "gs://b/i", "--dry-run"]) == 2
     assert "--pipeline-root must be a gs:// path" in capsys.readouterr().err
+
+
+def test_submit_hands_its_service_account_to_the_steps(capsys):
+    # The job's identity does not reach Dataflow workers or the training job: the pipeline parameter does.
+    account = "catsdogs-pipelines@my-project.iam.gserviceaccount.com"
+    args = ["submit", "--project", "my-project", "--region", "europe-west4", "--pipeline-root", "gs://b/root",
+            "--images", "gs://b/images", "--service-account", account, "--dry-run"]
+    assert main(args) == 0
+    request = json.loads(capsys.readouterr().out)
+    assert request["serviceAccount"] == account
+    assert request["runtimeConfig"]["parameterValues"]["service_account"] == account
+    assert main([*args, "--param", "service_account=other@my-project.iam.gserviceaccount.com"]) == 2
+    assert "give one" in capsys.readouterr().err
