@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import shutil
@@ -10,6 +11,7 @@ import signal
 import sys
 
 from components import logs, storage, tracking
+from components.contracts import DEFAULT_RECORD_FORMAT, RECORD_FORMATS
 from components.errors import InputError
 
 log = logging.getLogger("catsdogs")
@@ -33,17 +35,19 @@ def cmd_prepare(args) -> None:
     print(f"wrote {sum(counts.values())} rows to {args.output}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
 
+def key_values(pairs: list[str], flag: str) -> dict[str, str]:
+    """KEY=VALUE flags as a dict; one error line naming the flag for a pair without '='."""
+    for pair in pairs:
+        if "=" not in pair or pair.startswith("="):
+            raise InputError(f"{flag} {pair!r}: expected KEY=VALUE")
+    return dict(pair.split("=", 1) for pair in pairs)
+
+
 def cmd_convert(args, beam_args: list[str]) -> None:
     from components.convert.pipeline import convert
-    from components.convert.pipeline import dataflow_args
 
     if args.runner == "DataflowRunner":
-        labels = dict(label.split("=", 1) for label in args.label)
-        beam_args = dataflow_args(
-            args.project, args.region, args.temp_location, sdk_container_image=args.sdk_container_image,
-            service_account=args.service_account, machine_type=args.machine_type, max_workers=args.max_workers,
-            job_name=args.job_name, subnetwork=args.subnetwork, labels=labels,
-        ) + beam_args
+        beam_args = _dataflow_beam_args(args) + beam_args
     summary = convert(args.csv, args.output_dir, args.format, args.compression, args.num_shards,
                       args.max_error_fraction, args.runner, beam_args, args.workers, args.dry_run)
     if args.dry_run:
@@ -51,6 +55,30 @@ def cmd_convert(args, beam_args: list[str]) -> None:
     print(f"{summary.good} of {summary.rows} rows written to {args.output_dir} as {summary.format} records "
           f"({', '.join(f'{k} {v}' for k, v in summary.per_split.items())}); {summary.bad} bad, "
           f"{summary.duplicates} duplicates, {summary.discarded} discarded; labels {summary.labels}")
+
+
+def _dataflow_beam_args(args) -> list[str]:
+    """Dataflow's Beam options from the flags of _add_dataflow_flags (the same ones convert takes)."""
+    from components.convert.pipeline import dataflow_args
+
+    return dataflow_args(
+        args.project, args.region, args.temp_location, sdk_container_image=args.sdk_container_image,
+        service_account=args.service_account, machine_type=args.machine_type, max_workers=args.max_workers,
+        job_name=args.job_name, subnetwork=args.subnetwork, labels=key_values(args.label, "--label"),
+    )
+
+
+def cmd_batch_predict(args, beam_args: list[str]) -> None:
+    from components.batch_predict.core import batch_predict
+
+    if args.runner == "DataflowRunner":
+        beam_args = _dataflow_beam_args(args) + beam_args
+    summary = batch_predict(args.source, args.model, args.output_dir, args.batch_size, args.runner, beam_args,
+                            args.dry_run)
+    if args.dry_run:
+        return
+    print(f"{summary.predictions} predictions and {summary.errors} errors from {summary.model} version "
+          f"{summary.version} in {summary.output_dir} (predictions-*.jsonl, errors-*.csv)")
 
 
 def cmd_inspect(args) -> None:
@@ -61,11 +89,9 @@ def cmd_inspect(args) -> None:
 
 def cmd_train(args) -> int:
     from components.evaluate.core import evaluate
-    from components.train.core import TrainConfig, train
+    from components.train.core import train
 
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size,
-                         learning_rate=args.learning_rate, model=args.model, weights=args.weights,
-                         augment=args.augment, cache=args.cache)
+    config = dataclasses.replace(training_config(args), cache=args.cache)
     result = train(args.data, args.model_dir, config)
     if result.export_dir != args.model_dir:
         return 0  # a non-chief worker of a multi-node run: the chief evaluates
@@ -123,6 +149,7 @@ def cmd_deploy(args) -> None:
         model_display_name=args.model_display_name, endpoint_display_name=args.endpoint_display_name,
         machine_type=args.machine_type, min_replicas=args.min_replicas, max_replicas=args.max_replicas,
         traffic_percent=args.traffic_percent, version_aliases=tuple(a for a in args.version_aliases.split(",") if a),
+        keep_previous=args.keep_previous,
     )
     if args.dry_run:
         print(json.dumps(dry_run(deployment), indent=1))
@@ -141,40 +168,104 @@ def demo_images(rows: list, per_label: int = 2) -> list[str]:
     return [uri for uris in picked.values() for uri in uris]
 
 
-def cmd_run(args) -> None:
-    from components.prepare.core import scan_images
-    from components.sample_data import generate_sample
-    from components.serve.client import format_prediction, predict_files
-    from components.serve.server import make_server, serve_in_background
-    from pipelines.local import local_workdir, run_local
+def cmd_run(args) -> int:
+    from pipelines import progress
+    from pipelines.local import local_workdir
 
-    local_workdir(args.workdir)  # before a sample is generated there
+    workdir = local_workdir(args.workdir)  # before a sample is generated there
+    config = training_config(args)  # a bad flag fails here, before anything runs
+    logs_dir = os.path.join(workdir, "logs")
+    progress.clear_logs(logs_dir)
+    if args.verbose:
+        return _run(args, config, progress.Console(sys.stdout, verbose=True), logs_dir)
+    # This process's own output (TensorFlow's C++ start-up lines among it) goes to logs/run.log.
+    with progress.quiet_process(os.path.join(logs_dir, progress.RUN_LOG)) as terminal:
+        return _run(args, config, progress.Console(terminal), logs_dir)
+
+
+def _run(args, config, console, logs_dir: str) -> int:
+    from components.prepare.core import scan_images
+    from pipelines import progress
+    from pipelines.local import PipelineFailed, run_local
+
+    console.print(f"catsdogs run: the pipeline through kfp.local, each step's output in {progress.relative(logs_dir)}/"
+                  + ("" if console.verbose else " (--verbose shows it here)"))
     images_root = args.images_root
     if images_root is None:
-        images_root = os.path.join(args.workdir, "sample")
-        shutil.rmtree(images_root, ignore_errors=True)
-        generate_sample(images_root, per_class=args.per_class, classes=args.classes, seed=args.seed)
-        print(f"generated {args.per_class} images per class {list(args.classes)} in {images_root}")
-    rows = scan_images(images_root)  # fail here, clearly, before the pipeline starts
+        from components.sample_data import generate_sample
 
-    result = run_local(
-        images_root, args.workdir, model_name=args.model_name, model_base=args.model_base, epochs=args.epochs,
-        batch_size=args.batch_size, image_size=args.image_size, learning_rate=args.learning_rate,
-        min_accuracy=args.min_accuracy,
-        wandb_project=args.wandb_project, wandb_mode=args.wandb_mode, wandb_group=args.wandb_group,
-    )
-    print(f"\nheld-out accuracy: {result.accuracy:.4f}")
+        images_root = os.path.join(args.workdir, "sample")
+        with progress.timed_step(console, "sample", "generating images") as step:
+            shutil.rmtree(images_root, ignore_errors=True)
+            paths = generate_sample(images_root, per_class=args.per_class, classes=args.classes, seed=args.seed)
+            step["summary"] = (f"{len(paths)} images generated ({args.per_class} per class: "
+                               f"{', '.join(args.classes)}) in {progress.relative(images_root)}")
+    rows = scan_images(images_root)  # fail here, clearly, before the pipeline starts
+    try:
+        result = run_local(
+            images_root, args.workdir, model_name=args.model_name, model_base=args.model_base,
+            min_accuracy=args.min_accuracy, max_regression=args.max_regression, record_format=args.format,
+            console=console,
+            wandb_project=args.wandb_project, wandb_mode=args.wandb_mode, wandb_group=args.wandb_group,
+            **training_arguments(config),
+        )
+    except PipelineFailed as e:
+        console.print(f"catsdogs run: step {e.step.name} failed, so the steps after it did not run")
+        return 1
+    _summary(console, result, args)
+    if result.version is not None:
+        _predict(console, result, rows)
+    return 0
+
+
+def _summary(console, result, args) -> None:
+    from components.evaluate.champion import decision_from_metrics, summary_line
+    from pipelines import progress
+
+    metrics = result.metrics
+    auc = f", AUC {metrics['auc']:.3f}" if "auc" in metrics else ""
+    rows = [("held-out accuracy", f"{result.accuracy:.4f} on {int(metrics.get('examples', 0))} "
+                                  f"{metrics.get('split', '')} images{auc}")]
     if result.version is None:
-        print(f"not deployed: accuracy is below --min-accuracy {args.min_accuracy}")
-        return
-    print(f"deployed version {result.version} at {storage.join(result.model_base, str(result.version))}")
+        decision = summary_line(decision_from_metrics(metrics), metrics.get("champion_version"))
+        rows.append(("not deployed", decision.removeprefix("not deployed").strip()))
+    else:
+        rows.append(("deployed", f"version {result.version} at "
+                                 f"{progress.relative(storage.join(result.model_base, str(result.version)))}"))
+    rows += [("report", progress.relative(report)) for report in result.reports]
+    rows.append(("W&B", _wandb_summary(result.wandb_runs)))
+    rows.append(("step logs", f"{progress.relative(result.logs_dir)}/ ("
+                              + ", ".join(os.path.basename(s.log_path) for s in result.steps) + ")"))
+    if result.version is not None:
+        rows.append(("serve it", f"catsdogs serve {progress.relative(result.model_base)} --port 8080"))
+    console.print()
+    for name, text in rows:
+        console.print(f"{name:<18} {text}")
+
+
+def _wandb_summary(runs: tuple[str, ...]) -> str:
+    from pipelines import progress
+
+    online = [r for r in runs if "://" in r]
+    if online:
+        return f"{len(online)} runs, e.g. {online[0]}"
+    if runs:
+        wandb_dir = progress.relative(os.path.dirname(runs[0]))
+        return f"{len(runs)} offline runs in {wandb_dir}; upload: wandb sync {wandb_dir}/offline-run-*"
+    return "no runs (--wandb-mode disabled)"
+
+
+def _predict(console, result, rows) -> None:
+    from components.serve.client import format_prediction, predict_files
+    from components.serve.server import make_server, serve_in_background
+
     server = make_server(result.model_base, "127.0.0.1", 0)
     serve_in_background(server)
     try:
-        print(f"predictions from {server.url} (version {server.model.version}):")
+        console.print(f"predictions from {server.url} (version {server.model.version}):")
         images = demo_images(rows)
         for path, prediction in zip(images, predict_files(images, server.url)):
-            print("  " + format_prediction(path, prediction))
+            console.print("  " + format_prediction(path, prediction))
     finally:
         server.shutdown()
         server.server_close()
@@ -182,10 +273,15 @@ def cmd_run(args) -> None:
 
 def cmd_compile(args) -> None:
     from components.images import Images
-    from pipelines.vertex import compile_vertex_pipeline
+    from pipelines.batch import BATCH_PREDICT, compile_pipeline
 
+    if not args.output.endswith((".yaml", ".yml")) or os.path.isdir(args.output):
+        raise InputError(f"--output {args.output}: expected a .yaml file to write the pipeline to")
     images = Images.from_registry(args.images_registry, args.images_tag)
-    compile_vertex_pipeline(args.output, images, args.machine, args.replicas)
+    compile_pipeline(args.pipeline, args.output, images, args.machine, args.replicas)
+    if args.pipeline == BATCH_PREDICT:
+        print(f"compiled the Vertex batch-prediction pipeline (Dataflow with {images.components}) to {args.output}")
+        return
     print(f"compiled the Vertex pipeline ({args.replicas} x {args.machine} training, images {images.components}, "
           f"{images.trainer}, {images.serving}) to {args.output}")
 
@@ -197,17 +293,18 @@ def cmd_submit(args) -> None:
     from google.auth.credentials import AnonymousCredentials
 
     from components.images import Images
+    from pipelines.batch import compile_pipeline
     from pipelines.submit import build_job, job_request, submit
-    from pipelines.vertex import compile_vertex_pipeline
 
     images = Images.from_registry(args.images_registry, args.images_tag)
     with tempfile.TemporaryDirectory(prefix="catsdogs-submit-") as folder:
         template = f"{folder}/pipeline.yaml"
-        compile_vertex_pipeline(template, images, args.machine, args.replicas)
-        labels = dict(label.split("=", 1) for label in args.label)
+        compile_pipeline(args.pipeline, template, images, args.machine, args.replicas)
+        labels = key_values(args.label, "--label")
         job = build_job(template, args.project, args.region, args.pipeline_root, args.images, args.param,
                         enable_caching=not args.no_cache, labels=labels,
-                        credentials=AnonymousCredentials() if args.dry_run else None)
+                        credentials=AnonymousCredentials() if args.dry_run else None,
+                        service_account=args.service_account)
         if args.dry_run:
             request = {**job_request(job), "serviceAccount": args.service_account,
                        "location": args.region, "project": args.project}
@@ -217,7 +314,58 @@ def cmd_submit(args) -> None:
     print(f"submitted {name}")
 
 
+def cmd_schedule(args) -> None:
+    import json
+    import tempfile
+
+    from google.auth.credentials import AnonymousCredentials
+
+    from components.images import Images
+    from pipelines import schedule
+    from pipelines.batch import compile_pipeline
+    from pipelines.submit import build_job
+
+    credentials = AnonymousCredentials() if args.dry_run else None
+    if args.list:
+        if args.dry_run:
+            print(json.dumps({"method": "ScheduleService.ListSchedules",
+                              "parent": f"projects/{args.project}/locations/{args.region}"}, indent=2))
+            return
+        for found in schedule.list_schedules(args.project, args.region):
+            print(json.dumps(found))
+        return
+    if args.delete:
+        if args.dry_run:
+            name = schedule.schedule_name(args.delete, args.project, args.region)
+            print(json.dumps({"method": "ScheduleService.DeleteSchedule", "name": name}, indent=2))
+            return
+        print(f"deleted {schedule.delete_schedule(args.delete, args.project, args.region)}")
+        return
+    missing = [flag for flag, value in (("--cron", args.cron), ("--pipeline-root", args.pipeline_root),
+                                        ("--images", args.images)) if not value]
+    if missing:
+        raise InputError(f"creating a schedule needs {', '.join(missing)} (or use --list / --delete NAME)")
+    settings = schedule.schedule_settings(args.cron, args.max_concurrent_runs, args.service_account)
+    images = Images.from_registry(args.images_registry, args.images_tag)
+    with tempfile.TemporaryDirectory(prefix="catsdogs-schedule-") as folder:
+        template = f"{folder}/pipeline.yaml"
+        compile_pipeline(args.pipeline, template, images, args.machine, args.replicas)
+        labels = key_values(args.label, "--label")
+        job = build_job(template, args.project, args.region, args.pipeline_root, args.images, args.param,
+                        enable_caching=not args.no_cache, labels=labels, credentials=credentials,
+                        service_account=args.service_account)
+        planned = schedule.build_schedule(job, args.display_name or f"catsdogs-{args.pipeline}", credentials)
+        if args.dry_run:
+            print(json.dumps(schedule.schedule_request(planned, settings), indent=2))
+            return
+        name = schedule.create_schedule(planned, settings)
+    print(f"created {name}: {args.pipeline} at {settings['cron']!r}")
+
+
 def _add_vertex_build_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pipeline", choices=("training", "batch-predict"), default="training",
+                        help="training: images to a deployed model; batch-predict: score images with a model "
+                             "(default %(default)s)")
     parser.add_argument("--images-registry", default="",
                         help="e.g. us-central1-docker.pkg.dev/PROJECT/catsdogs (default: local image names)")
     parser.add_argument("--images-tag", default="latest", help="(default %(default)s)")
@@ -227,16 +375,63 @@ def _add_vertex_build_flags(parser: argparse.ArgumentParser) -> None:
                         help="training machines; more than 1 trains multi-node (default %(default)s)")
 
 
-def _add_training_flags(parser: argparse.ArgumentParser, epochs: int) -> None:
-    parser.add_argument("--epochs", type=int, default=epochs, help="passes over the training split (default %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=32,
-                        help="images per step on each GPU or worker (default %(default)s)")
-    parser.add_argument("--image-size", type=int, default=150, help="images are resized to SxS pixels (default %(default)s)")
-    parser.add_argument("--learning-rate", type=float, default=0.001, help="Adam learning rate (default %(default)s)")
+def _add_training_flags(parser: argparse.ArgumentParser) -> None:
+    """Every training parameter as a flag, with TrainConfig's defaults; architectures listed from the registry."""
+    from components.train.config import HELP, parameters
+    from components.train.models import ARCHITECTURES
+
+    group = parser.add_argument_group("training")
+    for name, default in parameters().items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(default, bool):
+            group.add_argument(flag, action="store_true", help=HELP[name])
+        elif name == "architecture":
+            group.add_argument(flag, default=default, metavar="NAME",
+                               help=f"{HELP[name]}: {', '.join(ARCHITECTURES)} (default %(default)s)")
+        else:
+            group.add_argument(flag, type=type(default), default=default, help=f"{HELP[name]} (default %(default)s)")
+
+
+def training_config(args):
+    """The TrainConfig of the parsed training flags, checked (one error line for a bad value)."""
+    from components.train.config import TrainConfig, parameters
+
+    config = TrainConfig(**{name: getattr(args, name) for name in parameters()})
+    config.check()
+    return config
+
+
+def training_arguments(config) -> dict[str, object]:
+    """The pipeline arguments of a TrainConfig (its training parameters, by name)."""
+    from components.train.config import parameters
+
+    return {name: getattr(config, name) for name in parameters()}
+
+
+def _add_dataflow_flags(parser: argparse.ArgumentParser) -> None:
+    dataflow = parser.add_argument_group("Dataflow (with --runner DataflowRunner)")
+    dataflow.add_argument("--project", default="")
+    dataflow.add_argument("--region", default="")
+    dataflow.add_argument("--temp-location", default="", help="gs:// folder for Dataflow's staging")
+    dataflow.add_argument("--sdk-container-image", default="", help="worker image (the catsdogs components image)")
+    dataflow.add_argument("--service-account", default="", help="worker service account email")
+    dataflow.add_argument("--machine-type", default="", help="worker machine type, e.g. n1-standard-4")
+    dataflow.add_argument("--max-workers", type=int, default=0, help="autoscaling limit")
+    dataflow.add_argument("--job-name", default="")
+    dataflow.add_argument("--subnetwork", default="", help="workers' subnetwork (regions/R/subnetworks/S or a URL)")
+    dataflow.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="job label (repeatable)")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the project's error format: one line `catsdogs <cmd>: error: ...`, exit 2 (argparse's own
+    prints the whole usage above it). Subcommands' parsers are of this class too."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="catsdogs",
         description="Labelled images -> CSV -> TFRecords -> Keras classifier -> served model, locally or on Vertex AI.",
     )
@@ -265,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "errors-*.csv (bad rows with the reason). Arguments after -- go to Beam.")
     p.add_argument("csv", metavar="CSV")
     p.add_argument("--output-dir", required=True, help="folder for the shards, labels.json, summary.json, errors")
-    p.add_argument("--format", choices=("jpeg", "tfrecorder"), default="jpeg",
+    p.add_argument("--format", choices=RECORD_FORMATS, default=DEFAULT_RECORD_FORMAT,
                    help="jpeg: JPEG bytes (default); tfrecorder: TFRecorder's base64 raw pixels")
     p.add_argument("--compression", choices=("gzip", "none"), default=None,
                    help="default: none for jpeg (JPEGs do not compress), gzip for tfrecorder")
@@ -274,21 +469,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fail when more rows than this are bad (default %(default)s)")
     p.add_argument("--runner", choices=("DirectRunner", "DataflowRunner"), default="DirectRunner",
                    help="(default %(default)s)")
-    p.add_argument("--workers", type=int, default=0,
-                   help="DirectRunner processes; 0: one below 5000 rows, else one per core")
-    p.add_argument("--dry-run", action="store_true", help="print the pipeline options and steps, run nothing")
-    dataflow = p.add_argument_group("Dataflow (with --runner DataflowRunner)")
-    dataflow.add_argument("--project", default="")
-    dataflow.add_argument("--region", default="")
-    dataflow.add_argument("--temp-location", default="", help="gs:// folder for Dataflow's staging")
-    dataflow.add_argument("--sdk-container-image", default="", help="worker image (the catsdogs components image)")
-    dataflow.add_argument("--service-account", default="", help="worker service account email")
-    dataflow.add_argument("--machine-type", default="", help="worker machine type, e.g. n1-standard-4")
-    dataflow.add_argument("--max-workers", type=int, default=0, help="autoscaling limit")
-    dataflow.add_argument("--job-name", default="")
-    dataflow.add_argument("--subnetwork", default="", help="workers' subnetwork (regions/R/subnetworks/S or a URL)")
-    dataflow.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="job label (repeatable)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="DirectRunner processes (default 1: one process, threads per shard use the cores)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the pipeline options, steps and job graph size; run nothing")
+    _add_dataflow_flags(p)
     p.set_defaults(handler=cmd_convert, takes_beam_args=True)
+
+    p = sub.add_parser("batch-predict", help="score a folder or CSV of images with a model, with Apache Beam",
+                       description="Scores every image of SOURCE with the newest version of MODEL (RunInference, "
+                                   "batched) and writes predictions-SSSSS-of-NNNNN.jsonl (image_uri, label, "
+                                   "probabilities, model, version) and errors-SSSSS-of-NNNNN.csv (image_uri,reason) "
+                                   "for files that are missing, unreadable or not images. Arguments after -- go "
+                                   "to Beam.")
+    p.add_argument("source", metavar="SOURCE",
+                   help="folder of images (<label>/<file>, <split>/<label>/<file> or flat; local or gs://) or a "
+                        "CSV with an image_uri column")
+    p.add_argument("--model", required=True, help="model base (its newest numbered version) or a SavedModel folder")
+    p.add_argument("--output-dir", required=True, help="folder for the predictions and errors (local or gs://)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per model call (default %(default)s)")
+    p.add_argument("--runner", choices=("DirectRunner", "DataflowRunner"), default="DirectRunner",
+                   help="(default %(default)s)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the pipeline options, steps and job graph size, run nothing")
+    _add_dataflow_flags(p)
+    p.set_defaults(handler=cmd_batch_predict, takes_beam_args=True)
 
     p = sub.add_parser("inspect", help="show what a folder of TFRecords holds, and write a few images")
     p.add_argument("data_dir", metavar="DIR", help="output folder of `catsdogs convert`")
@@ -304,15 +509,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "an interrupted command resumes from its last finished epoch.")
     p.add_argument("--data", required=True, metavar="TFRECORD_DIR", help="output folder of `catsdogs convert`")
     p.add_argument("--model-dir", required=True, help="where the SavedModel goes (local or gs://)")
-    p.add_argument("--model", default="seed_cnn", choices=("seed_cnn", "mobilenet_v3_small"),
-                   help="architecture (default %(default)s)")
-    p.add_argument("--weights", default="", help="local weights file for the model (nothing is downloaded)")
-    p.add_argument("--augment", action="store_true", help="random flips and crops while training")
     p.add_argument("--min-accuracy", type=float, default=0.0, help="accuracy that makes the model deployable")
     p.add_argument("--cache", default="auto", metavar="auto|memory|none|DIR",
                    help="decoded images: auto keeps them in memory when they fit 1 GiB, else re-reads them each "
                         "epoch; DIR caches on disk (default %(default)s)")
-    _add_training_flags(p, epochs=5)
+    _add_training_flags(p)
     p.set_defaults(handler=cmd_train)
 
     p = sub.add_parser("serve", help="serve the newest model version over HTTP")
@@ -352,6 +553,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-replicas", type=int, default=1, help="autoscaling upper bound (default %(default)s)")
     p.add_argument("--traffic-percent", type=int, default=100,
                    help="share of the endpoint's traffic for the new version (default %(default)s)")
+    p.add_argument("--keep-previous", type=int, default=0,
+                   help="earlier deployments of the model that take no traffic to leave deployed for rollback; "
+                        "the others are undeployed, as they bill their nodes (default %(default)s)")
     p.add_argument("--dry-run", action="store_true", help="print the requests instead of sending them")
     p.set_defaults(handler=cmd_deploy)
 
@@ -365,11 +569,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", type=_classes, default=("cats", "dogs"), help="sample classes (default cats,dogs)")
     p.add_argument("--seed", type=int, default=0, help="sample seed (default %(default)s)")
     p.add_argument("--model-name", default="catsdogs", help="deployed model name (default %(default)s)")
+    p.add_argument("--format", choices=RECORD_FORMATS, default=DEFAULT_RECORD_FORMAT,
+                   help="TFRecord schema of the conversion (default %(default)s)")
     p.add_argument("--model-base", default=None,
                    help="where model versions are published, local or gs:// (default WORKDIR/models/MODEL_NAME)")
     p.add_argument("--min-accuracy", type=float, default=0.0,
                    help="deploy only when held-out accuracy reaches this (default %(default)s)")
-    _add_training_flags(p, epochs=5)
+    p.add_argument("--max-regression", type=float, default=0.0,
+                   help="deploy only when held-out accuracy is at most this much below the served version's, "
+                        "scored on the same images (default %(default)s: a tie deploys)")
+    p.add_argument("--verbose", "-v", action="store_true", default=argparse.SUPPRESS,
+                   help="show every step's whole output here too (it always goes to WORKDIR/logs/<step>.log)")
+    _add_training_flags(p)
     wandb = p.add_argument_group("Weights & Biases (one run per step; W&B files go under WORKDIR/wandb)")
     wandb.add_argument("--wandb-project", default=tracking.PROJECT, help="(default %(default)s)")
     wandb.add_argument("--wandb-mode", choices=tracking.MODES,
@@ -398,6 +609,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the job request, submit nothing")
     _add_vertex_build_flags(p)
     p.set_defaults(handler=cmd_submit)
+    p = sub.add_parser("schedule", help="create, list or delete Vertex AI pipeline schedules (e.g. weekly retraining)",
+                       description="Creates a Vertex AI Pipelines schedule that runs the training (or batch-"
+                                   "prediction) pipeline at each --cron tick, with the job `catsdogs submit` would "
+                                   "send; --list shows the schedules, --delete NAME removes one created here. "
+                                   "--dry-run prints the request and needs no credentials.")
+    p.add_argument("--project", required=True)
+    p.add_argument("--region", required=True, help="e.g. europe-west4")
+    p.add_argument("--cron", default="", help='e.g. "0 3 * * 1" (Mondays 03:00 UTC); "CRON_TZ=Europe/Paris 0 3 * * 1"')
+    p.add_argument("--pipeline-root", default="", help="gs:// folder for the pipeline's artifacts")
+    p.add_argument("--images", default="", help="gs:// folder of images (training: labelled; batch-predict: to score)")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="pipeline parameter (repeatable)")
+    p.add_argument("--display-name", default="", help="(default catsdogs-PIPELINE)")
+    p.add_argument("--max-concurrent-runs", type=int, default=1,
+                   help="runs of this schedule at once; a tick while one runs is skipped (default %(default)s)")
+    p.add_argument("--service-account", default="", help="service account the runs run as")
+    p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="job label (repeatable)")
+    p.add_argument("--no-cache", action="store_true", help="run every step even if a cached result exists")
+    action = p.add_mutually_exclusive_group()
+    action.add_argument("--list", action="store_true", help="list the schedules in the region")
+    action.add_argument("--delete", default="", metavar="NAME", help="delete a schedule (ID or full name)")
+    p.add_argument("--dry-run", action="store_true", help="print the request, send nothing")
+    _add_vertex_build_flags(p)
+    p.set_defaults(handler=cmd_schedule)
     return parser
 
 
@@ -412,15 +646,22 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup(logging.DEBUG if args.verbose else logging.INFO)
     try:
         if getattr(args, "takes_beam_args", False):
-            args.handler(args, beam_args)
+            code = args.handler(args, beam_args)
         else:
             if beam_args:
-                raise InputError(f"arguments after -- are only for `catsdogs convert`: {' '.join(beam_args)}")
-            args.handler(args)
+                raise InputError(f"arguments after -- are only for `catsdogs convert` and `catsdogs batch-predict`: "
+                                 f"{' '.join(beam_args)}")
+            code = args.handler(args)
     except InputError as e:
         print(f"catsdogs {args.command}: error: {e}", file=sys.stderr)
         return 2
-    return 0
+    except OSError as e:
+        if not e.filename:
+            raise
+        # A path the user gave that is missing, of the wrong kind (a file for a folder) or not readable.
+        print(f"catsdogs {args.command}: error: {e.filename}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    return code or 0
 
 
 if __name__ == "__main__":

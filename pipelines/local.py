@@ -4,13 +4,15 @@ kfp.local's SubprocessRunner in this Python environment, with the same component
 
 import contextlib
 import os
+import shutil
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kfp import dsl, local
 from kfp.dsl import Metrics
 
 from components import storage, tracking
+from components.contracts import DEFAULT_RECORD_FORMAT
 from components.convert.component import convert
 from components.deploy.component import deploy_local
 from components.deploy.core import versions
@@ -18,36 +20,45 @@ from components.errors import InputError
 from components.evaluate.component import evaluate
 from components.prepare.component import prepare
 from components.train.component import train
+from components.train.config import TrainConfig
+from pipelines.dag import Steps, blessed, training_arguments, wire
+from pipelines import progress
+
+TRAINING = TrainConfig()  # the training parameters' defaults, written once in TrainConfig
 
 
 @dsl.pipeline(name="catsdogs-local", description="Labelled images to a served image classifier, on this machine.")
 def local_pipeline(
     images_root: str,
     model_base: str,
-    epochs: int = 5,
-    batch_size: int = 32,
-    image_size: int = 150,
-    learning_rate: float = 0.001,
-    model_name: str = "seed_cnn",
+    epochs: int = TRAINING.epochs,
+    batch_size: int = TRAINING.batch_size,
+    image_size: int = TRAINING.image_size,
+    learning_rate: float = TRAINING.learning_rate,
+    architecture: str = TRAINING.architecture,
+    weights: str = TRAINING.weights,
+    augment: bool = TRAINING.augment,
+    fine_tune_epochs: int = TRAINING.fine_tune_epochs,
+    record_format: str = DEFAULT_RECORD_FORMAT,
     min_accuracy: float = 0.0,
+    max_regression: float = 0.0,
     wandb_project: str = tracking.PROJECT,
     wandb_mode: str = "disabled",
     wandb_group: str = "",
 ) -> Metrics:
+    """The shared DAG (pipelines/dag.py) with every step in this environment. The champion is the newest version
+    under model_base; a blessed candidate is published as the next numbered version there."""
     wandb_settings = tracking.pipeline_settings(wandb_project, wandb_mode, wandb_group)
-    images = prepare(images_root=images_root, wandb_settings=wandb_settings)
-    records = convert(image_csv=images.outputs["image_csv"], wandb_settings=wandb_settings)
-    trained = train(
-        tfrecords=records.outputs["tfrecords"], epochs=epochs, batch_size=batch_size, image_size=image_size,
-        learning_rate=learning_rate, model_name=model_name, wandb_settings=wandb_settings,
-    )
-    scored = evaluate(
-        model=trained.outputs["model"], tfrecords=records.outputs["tfrecords"], min_accuracy=min_accuracy,
+    wired = wire(
+        Steps(prepare=prepare, convert=convert, train=train, evaluate=evaluate),
+        images_root=images_root, record_format=record_format, training=training_arguments(locals()),
+        min_accuracy=min_accuracy, champion_uri=model_base, max_regression=max_regression,
         wandb_settings=wandb_settings,
     )
-    with dsl.If(scored.outputs["Output"] == True, name="accuracy-reaches-min"):  # noqa: E712 - KFP condition
-        deploy_local(model=trained.outputs["model"], model_base=model_base, wandb_settings=wandb_settings)
-    return scored.outputs["metrics"]
+    with blessed(wired):
+        deploy_local(model=wired.train.outputs["model"], model_base=model_base,
+                     wandb_settings=wandb_settings).set_display_name("publish version")
+    return wired.evaluate.outputs["metrics"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +66,20 @@ class LocalRun:
     accuracy: float
     version: int | None  # None when the model did not pass the deploy gate
     model_base: str
+    metrics: dict = field(default_factory=dict)  # the pipeline's output Metrics: accuracy, auc, examples, split...
+    run_name: str = ""  # the kfp.local run: workdir/pipeline_root/<run_name>
+    reports: tuple[str, ...] = ()  # HTML reports, copied to workdir/reports/<run_name>/
+    logs_dir: str = ""  # workdir/logs: <step>.log per step, and progress.RUN_LOG
+    steps: tuple[progress.Step, ...] = ()  # in the order they ran
+    wandb_runs: tuple[str, ...] = ()  # offline run folders or online run URLs
+
+
+class PipelineFailed(Exception):
+    """A step failed; its log's last lines have been shown."""
+
+    def __init__(self, step: progress.Step):
+        super().__init__(f"step {step.name} failed; its log: {step.log_path}")
+        self.step = step
 
 
 @contextlib.contextmanager
@@ -73,11 +98,15 @@ def _environment(variables: dict[str, str]):
 
 
 def run_local(images_root: str, workdir: str, model_name: str = "catsdogs", model_base: str | None = None,
-              wandb_mode: str | None = None, **parameters) -> LocalRun:
+              wandb_mode: str | None = None, console: progress.Console | None = None, **parameters) -> LocalRun:
     """Runs the local DAG with pipeline outputs under workdir/pipeline_root, the model versions under
     model_base (default workdir/models/<model_name>) and W&B's files under workdir/wandb. images_root and
     model_base may be gs:// URIs; workdir must be local: kfp.local writes its task outputs there with plain
-    file I/O. wandb_mode defaults to online with WANDB_API_KEY set, else offline."""
+    file I/O. wandb_mode defaults to online with WANDB_API_KEY set, else offline.
+
+    Each step's output goes to workdir/logs/<step>.log, and the console (default: this process's stdout) gets
+    one line per step; the HTML reports are copied to workdir/reports/<run>/. Raises PipelineFailed when a step
+    fails, after showing the end of its log."""
     wandb_mode = wandb_mode or tracking.default_mode()
     tracking.check_mode(wandb_mode)
     if wandb_mode == "online":
@@ -87,12 +116,44 @@ def run_local(images_root: str, workdir: str, model_name: str = "catsdogs", mode
     # Our components name their container images; here they run in this environment on purpose.
     warnings.filterwarnings("ignore", message="You may be attemping to run a task that uses custom")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=os.path.join(workdir, "pipeline_root"))
+    logs_dir = os.path.join(workdir, "logs")
+    progress.clear_logs(logs_dir, keep=(progress.RUN_LOG,))
+    steps = progress.StepLogs(logs_dir, console or progress.Console())
     before = versions(model_base)
-    with _environment(tracking.local_dirs(workdir)):
-        task = local_pipeline(images_root=_absolute(images_root), model_base=model_base,
-                              wandb_mode=wandb_mode, **parameters)
+    with _environment({**tracking.local_dirs(workdir), **QUIET_ENVIRONMENT}), steps.capture():
+        try:
+            task = local_pipeline(images_root=_absolute(images_root), model_base=model_base,
+                                  wandb_mode=wandb_mode, **parameters)
+        except RuntimeError:  # kfp.local: "Pipeline ... finished with status FAILURE"
+            if steps.failed() is None:
+                raise
+            raise PipelineFailed(steps.failed()) from None
     after = versions(model_base)
-    return LocalRun(task.output.metadata["accuracy"], after[-1] if after != before else None, model_base)
+    ran = tuple(steps.steps.values())
+    run_dir = next((s.run_dir for s in ran if s.run_dir), "")
+    run_name = os.path.basename(run_dir)
+    return LocalRun(task.output.metadata["accuracy"], after[-1] if after != before else None, model_base,
+                    metrics=dict(task.output.metadata), run_name=run_name,
+                    reports=_copy_reports(ran, os.path.join(workdir, "reports", run_name or "latest")),
+                    logs_dir=logs_dir, steps=ran, wandb_runs=tuple(steps.wandb_runs()))
+
+
+# The steps' own environment: TensorFlow's C++ logging at errors only (its info lines still go to the step logs,
+# never to the console) and no Python buffering, so a step's log is complete up to the moment it fails.
+QUIET_ENVIRONMENT = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+
+
+def _copy_reports(steps: tuple[progress.Step, ...], folder: str) -> tuple[str, ...]:
+    """Copies each step's `report` (HTML) output to folder: report.html for evaluate, <step>-report.html else."""
+    copied = []
+    for step in steps:
+        uri = step.artifact("report").get("uri", "")
+        if uri and os.path.isfile(uri):
+            os.makedirs(folder, exist_ok=True)
+            target = os.path.join(folder, "report.html" if step.name == "evaluate" else f"{step.name}-report.html")
+            shutil.copyfile(uri, target)
+            copied.append(target)
+    return tuple(copied)
 
 
 def local_workdir(workdir: str) -> str:

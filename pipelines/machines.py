@@ -24,7 +24,6 @@ def _gpus(accelerator: str, one: str, four: str, eight: str = "") -> dict[str, M
 
 PRESETS: dict[str, MachineSpec] = {
     "CPU": MachineSpec("n1-standard-4"),
-    **_gpus("NVIDIA_TESLA_K80", "n1-standard-8", "n1-standard-16", "n1-standard-32"),
     **_gpus("NVIDIA_TESLA_P100", "n1-standard-8", "n1-standard-16"),
     **_gpus("NVIDIA_TESLA_P4", "n1-standard-8", "n1-standard-16"),
     **_gpus("NVIDIA_TESLA_V100", "n1-standard-8", "n1-standard-16", "n1-standard-32"),
@@ -34,8 +33,17 @@ PRESETS: dict[str, MachineSpec] = {
 }
 
 
+# TensorFlow Cloud's presets for accelerators Vertex AI no longer offers (its AcceleratorType enum marks
+# NVIDIA_TESLA_K80 end of support): a job asking for one would be refused after the pipeline had already run.
+RETIRED = {"K80_1X", "K80_4X", "K80_8X"}
+
+
 def machine_spec(preset: str) -> MachineSpec:
+    name = preset.upper()
+    if name in RETIRED:
+        raise InputError(f"machine preset {preset!r}: Vertex AI has retired the K80 GPU; choose T4_1X, T4_4X, "
+                         "L4_1X or another of " + ", ".join(PRESETS))
     try:
-        return PRESETS[preset.upper()]
+        return PRESETS[name]
     except KeyError:
         raise InputError(f"unknown machine preset {preset!r}; choose from {', '.join(PRESETS)}") from None

@@ -46,7 +46,8 @@ def parse_params(pairs: list[str], declared: dict[str, dict]) -> dict:
         if not sep:
             raise InputError(f"--param {pair!r}: expected KEY=VALUE")
         if name not in declared:
-            raise InputError(f"--param {name}: the pipeline has no such parameter; it has {', '.join(sorted(declared))}")
+            raise InputError(f"--param {name}: the pipeline has no such parameter; "
+                             f"it has {', '.join(sorted(declared))}")
         kind = declared[name]["parameterType"]
         try:
             values[name] = _boolean(name, text) if kind == "BOOLEAN" else TYPES[kind](text)
@@ -57,8 +58,12 @@ def parse_params(pairs: list[str], declared: dict[str, dict]) -> dict:
 
 def build_job(template_path: str, project: str, region: str, pipeline_root: str, images_root: str,
               params: list[str], enable_caching: bool = True, labels: dict[str, str] | None = None,
-              credentials=None):
-    """An aiplatform.PipelineJob for the template; nothing is sent until it is submitted."""
+              credentials=None, service_account: str = ""):
+    """An aiplatform.PipelineJob for the template; nothing is sent until it is submitted.
+
+    service_account (the job's identity, passed again to `submit`) also becomes the pipeline's
+    `service_account` parameter: the job's identity alone does not reach the steps, so without it Dataflow workers
+    would run as the Compute Engine default account and training as Vertex's Custom Code service agent."""
     from google.cloud import aiplatform
 
     for name, value in (("--pipeline-root", pipeline_root), ("--images", images_root)):
@@ -69,7 +74,17 @@ def build_job(template_path: str, project: str, region: str, pipeline_root: str,
     declared = pipeline_parameters(template_path)
     values = {"project": project, "location": region, "images_root": images_root,
               "dataflow_temp_location": pipeline_root.rstrip("/") + "/dataflow-tmp"}
-    values.update(parse_params(params, declared))
+    given = parse_params(params, declared)
+    if service_account and "service_account" in declared:
+        if given.get("service_account", service_account) != service_account:
+            raise InputError(f"--param service_account={given['service_account']} differs from --service-account "
+                             f"{service_account}: give one")
+        values["service_account"] = service_account
+    values.update(given)
+    missing = sorted(name for name, spec in declared.items()
+                     if name not in values and "defaultValue" not in spec and not spec.get("isOptional"))
+    if missing:
+        raise InputError(f"the pipeline needs --param {'=... --param '.join(missing)}=...")
     with credentials_hint():
         return aiplatform.PipelineJob(
             display_name="catsdogs", template_path=template_path, pipeline_root=pipeline_root,

@@ -11,20 +11,31 @@ from kfp import compiler, dsl
 from kfp.dsl import Artifact, Input
 
 from components import tracking
+from components.contracts import DEFAULT_RECORD_FORMAT
 from components.convert.component import convert
 from components.deploy.component import find_model, find_or_create_endpoint, record_deployment
-from components.errors import InputError
+from components.deploy.registry import CHALLENGER_ALIAS, DEFAULT_ALIAS
+from components.deploy.registry_components import canary_traffic_split, champion_uri, import_evaluation
 from components.deploy.vertex import HEALTH_ROUTE, PREDICT_ROUTE, SERVING_PORT
+from components.errors import InputError
 from components.evaluate.component import evaluate
 from components.images import LOCAL, Images, with_image
 from components.prepare.component import prepare
 from components.train.component import train
+from components.train.config import TrainConfig
+from pipelines.dag import Steps, blessed, training_arguments, wire
 from pipelines.machines import machine_spec
+
+TRAINING = TrainConfig()  # the training parameters' defaults, written once in TrainConfig
 
 
 @dsl.component(base_image=LOCAL.components, install_kfp_package=False)
 def artifact_uri(artifact: Input[Artifact]) -> str:
-    """The artifact's storage URI, for importing the trained SavedModel as a Vertex model."""
+    """The artifact's storage URI, for importing the trained SavedModel as a Vertex model.
+
+    Args:
+        artifact: Any artifact; its URI (gs://...) is returned.
+    """
     return artifact.uri
 
 
@@ -47,68 +58,83 @@ def build_vertex_pipeline(images: Images = LOCAL, machine: str = "T4_1X", replic
         images_root: str,
         dataflow_temp_location: str,
         location: str = "us-central1",
-        epochs: int = 10,
-        batch_size: int = 32,
-        image_size: int = 150,
-        learning_rate: float = 0.001,
-        model_name: str = "seed_cnn",
+        epochs: int = TRAINING.epochs,
+        batch_size: int = TRAINING.batch_size,
+        image_size: int = TRAINING.image_size,
+        learning_rate: float = TRAINING.learning_rate,
+        architecture: str = TRAINING.architecture,
+        weights: str = TRAINING.weights,
+        augment: bool = TRAINING.augment,
+        fine_tune_epochs: int = TRAINING.fine_tune_epochs,
+        record_format: str = DEFAULT_RECORD_FORMAT,
         min_accuracy: float = 0.8,
+        max_regression: float = 0.0,
+        canary_traffic_percent: int = 100,
         model_display_name: str = "catsdogs",
         endpoint_display_name: str = "catsdogs",
         deploy_machine_type: str = "n1-standard-2",
         deploy_min_replicas: int = 1,
         deploy_max_replicas: int = 1,
-        record_format: str = "jpeg",
         dataflow_machine_type: str = "n1-standard-4",
         dataflow_max_workers: int = 10,
         dataflow_subnetwork: str = "",
         service_account: str = "",
-        augment: bool = False,
         wandb_project: str = tracking.PROJECT,
         wandb_mode: str = "disabled",
         wandb_secret: str = "",  # Secret Manager secret holding the W&B API key, read by each step at run time
         wandb_group: str = "",
     ):
-        """Parameters: where the images are, how to convert them on Dataflow, how to train (the machines are
-        chosen at compile time), the accuracy the model needs to be deployed to the endpoint, and W&B
-        tracking. The service account runs the Dataflow workers and the training job (empty: the defaults)."""
+        """The shared DAG (pipelines/dag.py) with conversion on Dataflow and training as a custom job on the
+        machines chosen at compile time. The candidate is scored against the model's `default` version on the same
+        images; a blessed one (min_accuracy reached, not worse than the champion by more than max_regression)
+        becomes the new default version and takes canary_traffic_percent of the endpoint; a rejected one is kept
+        as the `challenger` version, not deployed. The service account runs the Dataflow workers and the
+        training job (empty: the defaults)."""
         wandb_settings = tracking.pipeline_settings(wandb_project, wandb_mode, wandb_group, wandb_secret, project)
-        images_csv = with_image(prepare, components_image)(
-            images_root=images_root, wandb_settings=wandb_settings
-        ).set_display_name("prepare CSV")
-        records = with_image(convert, components_image)(
-            image_csv=images_csv.outputs["image_csv"], record_format=record_format, runner="DataflowRunner",
-            dataflow_project=project, dataflow_region=location, dataflow_temp_location=dataflow_temp_location,
-            dataflow_sdk_container_image=components_image, dataflow_service_account=service_account,
-            dataflow_machine_type=dataflow_machine_type, dataflow_max_workers=dataflow_max_workers,
-            dataflow_subnetwork=dataflow_subnetwork, dataflow_labels={"app": "catsdogs"},
+        steps = Steps(
+            prepare=with_image(prepare, components_image),
+            convert=with_image(convert, components_image),
+            train=train_job,
+            evaluate=with_image(evaluate, components_image),
+            convert_options=dict(
+                runner="DataflowRunner", dataflow_project=project, dataflow_region=location,
+                dataflow_temp_location=dataflow_temp_location, dataflow_sdk_container_image=components_image,
+                dataflow_service_account=service_account, dataflow_machine_type=dataflow_machine_type,
+                dataflow_max_workers=dataflow_max_workers, dataflow_subnetwork=dataflow_subnetwork,
+                dataflow_labels={"app": "catsdogs"},
+            ),
+            train_options=dict(project=project, location=location, service_account=service_account),
+            convert_name="convert to TFRecords (Dataflow)",
+            train_name=f"train ({machine} x{replicas})",
+        )
+
+        # The champion: the model's `default` version, scored on the candidate's held-out split.
+        champion = with_image(champion_uri, components_image)(
+            project=project, location=location, model_display_name=model_display_name,
+        ).set_display_name("find champion (default version)").set_caching_options(False)  # must be current
+        wired = wire(
+            steps, images_root=images_root, record_format=record_format, training=training_arguments(locals()),
+            min_accuracy=min_accuracy, champion_uri=champion.output, max_regression=max_regression,
             wandb_settings=wandb_settings,
-        ).set_display_name("convert to TFRecords (Dataflow)")
-        trained = train_job(
-            tfrecords=records.outputs["tfrecords"], epochs=epochs, batch_size=batch_size, image_size=image_size,
-            learning_rate=learning_rate, model_name=model_name, augment=augment, project=project,
-            location=location, service_account=service_account, wandb_settings=wandb_settings,
-        ).set_display_name(f"train ({machine} x{replicas})")
-        scored = with_image(evaluate, components_image)(
-            model=trained.outputs["model"], tfrecords=records.outputs["tfrecords"], min_accuracy=min_accuracy,
-            wandb_settings=wandb_settings,
-        ).set_display_name("evaluate")
-        with dsl.If(scored.outputs["Output"] == True, name="accuracy-reaches-min"):  # noqa: E712
-            model_uri = with_image(artifact_uri, components_image)(artifact=trained.outputs["model"])
-            serving_model = dsl.importer(
-                artifact_uri=model_uri.output,
-                artifact_class=artifact_types.UnmanagedContainerModel,
-                metadata={"containerSpec": {
-                    "imageUri": images.serving,
-                    "healthRoute": HEALTH_ROUTE,
-                    "predictRoute": PREDICT_ROUTE,
-                    "ports": [{"containerPort": SERVING_PORT}],
-                }},
-            ).set_display_name("serving model")
-            # Each run adds a version to the model of this name (made the default) rather than a new model.
-            parent = with_image(find_model, components_image)(
-                project=project, location=location, display_name=model_display_name
-            ).set_display_name("find model").set_caching_options(False)  # a cached answer would be stale
+        )
+        model_uri = with_image(artifact_uri, components_image)(
+            artifact=wired.train.outputs["model"]).set_display_name("model URI")
+        serving_model = dsl.importer(
+            artifact_uri=model_uri.output,
+            artifact_class=artifact_types.UnmanagedContainerModel,
+            metadata={"containerSpec": {
+                "imageUri": images.serving,
+                "healthRoute": HEALTH_ROUTE,
+                "predictRoute": PREDICT_ROUTE,
+                "ports": [{"containerPort": SERVING_PORT}],
+            }},
+        ).set_display_name("serving model")
+        # Each run adds a version to the model of this name rather than a new model.
+        parent = with_image(find_model, components_image)(
+            project=project, location=location, display_name=model_display_name
+        ).set_display_name("find model").set_caching_options(False)  # a cached answer would be stale
+
+        with blessed(wired):  # a new default version, its evaluation in the registry, deployed (canary)
             with dsl.If(parent.output != "", name="model-exists"):
                 parent_model = dsl.importer(
                     artifact_uri=parent.output, artifact_class=artifact_types.VertexModel,
@@ -117,28 +143,51 @@ def build_vertex_pipeline(images: Images = LOCAL, machine: str = "T4_1X", replic
                 new_version = ModelUploadOp(
                     project=project, location=location, display_name=model_display_name,
                     unmanaged_container_model=serving_model.outputs["artifact"],
-                    parent_model=parent_model.output, version_aliases=["default"],
-                ).set_display_name("upload model version")
+                    parent_model=parent_model.output, version_aliases=[DEFAULT_ALIAS],
+                ).set_display_name("upload model version (default)")
             with dsl.Else(name="new-model"):
                 new_model = ModelUploadOp(
                     project=project, location=location, display_name=model_display_name,
                     unmanaged_container_model=serving_model.outputs["artifact"],
                 ).set_display_name("upload model")
+            uploaded = dsl.OneOf(new_version.outputs["model"], new_model.outputs["model"])
+            with_image(import_evaluation, components_image)(
+                vertex_model=uploaded, evaluation=wired.evaluate.outputs["evaluation"],
+            ).set_display_name("import evaluation (Model Registry)")
             endpoint = with_image(find_or_create_endpoint, components_image)(
                 project=project, location=location, display_name=endpoint_display_name
             ).set_display_name("find or create endpoint").set_caching_options(False)
+            split = with_image(canary_traffic_split, components_image)(
+                endpoint=endpoint.outputs["endpoint"], canary_traffic_percent=canary_traffic_percent,
+            ).set_display_name("traffic split (canary)").set_caching_options(False)
             deployed = ModelDeployOp(
-                model=dsl.OneOf(new_version.outputs["model"], new_model.outputs["model"]),
+                model=uploaded,
                 endpoint=endpoint.outputs["endpoint"],
                 dedicated_resources_machine_type=deploy_machine_type,
                 dedicated_resources_min_replica_count=deploy_min_replicas,
                 dedicated_resources_max_replica_count=deploy_max_replicas,
-                traffic_split={"0": 100},
+                traffic_split=split.output,
             ).set_display_name("deploy to endpoint")
             with_image(record_deployment, components_image)(
-                model=trained.outputs["model"], endpoint=endpoint.outputs["endpoint"], wandb_settings=wandb_settings,
-                vertex_model=dsl.OneOf(new_version.outputs["model"], new_model.outputs["model"]),
+                model=wired.train.outputs["model"], endpoint=endpoint.outputs["endpoint"],
+                wandb_settings=wandb_settings, vertex_model=uploaded,
             ).after(deployed).set_display_name("record deployment (W&B)")
+        with dsl.Else(name="rejected"):
+            # A rejected candidate is kept in the registry as the `challenger`, never deployed. A first run can
+            # only be rejected by min_accuracy, and then there is no model to add a version to: nothing uploads.
+            with dsl.If(parent.output != "", name="rejected-model-exists"):
+                rejected_parent = dsl.importer(
+                    artifact_uri=parent.output, artifact_class=artifact_types.VertexModel,
+                    metadata={"resourceName": parent.output},
+                ).set_display_name("parent model (challenger)")
+                challenger = ModelUploadOp(
+                    project=project, location=location, display_name=model_display_name,
+                    unmanaged_container_model=serving_model.outputs["artifact"],
+                    parent_model=rejected_parent.output, version_aliases=[CHALLENGER_ALIAS],
+                ).set_display_name("upload challenger version (not deployed)")
+                with_image(import_evaluation, components_image)(
+                    vertex_model=challenger.outputs["model"], evaluation=wired.evaluate.outputs["evaluation"],
+                ).set_display_name("import challenger evaluation (Model Registry)")
 
     return vertex_pipeline
 

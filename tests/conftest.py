@@ -1,9 +1,16 @@
 import os
+import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
+from fake_metadata import start_for_session
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.pop("WANDB_API_KEY", None)  # a developer's key must not send test runs to W&B (offline is the default)
+
+# Every test runs as on a Google Cloud machine (tests/fake_metadata.py): before anything below imports google-auth.
+METADATA = start_for_session()
 
 from components.convert.pipeline import convert  # noqa: E402
 from components.prepare import prepare_csv  # noqa: E402
@@ -60,3 +67,44 @@ def gcs_bucket(gcs_emulator, monkeypatch, request) -> str:
     name = "test-" + "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:50].strip("-")
     storage.Client().create_bucket(name)
     return f"gs://{name}"
+
+
+@pytest.fixture
+def metadata_server():
+    """The session's fake GCE metadata server (tests/fake_metadata.py), its request log cleared."""
+    METADATA.requests.clear()
+    yield METADATA
+    METADATA.answering = True
+
+
+@pytest.fixture
+def off_google_cloud(metadata_server, monkeypatch):
+    """This process as on a laptop: the metadata server does not answer and the machine's DMI product name is not
+    Google's (google-auth falls back to reading it when the server is silent; on a Google VM it says "Google")."""
+    from google.auth.compute_engine import _metadata
+
+    product_name = tempfile.NamedTemporaryFile("w", suffix="product_name", delete=False)
+    product_name.write("Standard PC\n")
+    product_name.close()
+    monkeypatch.setattr(_metadata, "_GCE_PRODUCT_NAME_FILE", product_name.name)
+    metadata_server.answering = False
+    yield metadata_server
+    os.unlink(product_name.name)
+
+
+@pytest.fixture(scope="session")
+def image():
+    """image(name) builds catsdogs-<name>:latest with images/build.sh, once per session, and returns its tag."""
+    built = set()
+    build_sh = Path(__file__).resolve().parent.parent / "images" / "build.sh"
+
+    def build(name: str) -> str:
+        if name not in built:
+            result = subprocess.run([str(build_sh), name], capture_output=True, text=True)
+            if result.returncode != 0:
+                pytest.fail(f"images/build.sh {name} failed ({result.returncode}):\n{result.stdout[-4000:]}\n"
+                            f"{result.stderr[-4000:]}")
+            built.add(name)
+        return f"catsdogs-{name}:latest"
+
+    return build

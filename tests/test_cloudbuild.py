@@ -1,8 +1,16 @@
-"""cloudbuild.yaml is checked here as far as it can be without Google Cloud: files, substitutions, and its
-catsdogs commands run with --dry-run."""
+"""cloudbuild.yaml, checked as far as it can be without Google Cloud.
 
+Without a container engine: files, substitutions, the build's identity, the Google builder steps' arguments, and
+its catsdogs commands run here with --dry-run. With one (marked `images`): the steps that use our images run
+in them the way Cloud Build runs a step, i.e. `docker run` of the step's image as the image's own user, with
+the step's entrypoint and substituted args, /workspace a root-owned volume that is also the working directory,
+HOME=/builder/home (root-owned too), and a metadata server that hands out credentials.
+"""
+
+import json
 import os
 import re
+import subprocess
 
 import pytest
 import yaml
@@ -10,7 +18,11 @@ import yaml
 from pipelines.cli import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENGINE = os.path.join(ROOT, "images", "engine.sh")
 BUILT_IN = {"PROJECT_ID": "my-project", "COMMIT_SHA": "0123456789abcdef", "SHORT_SHA": "0123456", "BUILD_ID": "b"}
+REGISTRY = "us-central1-docker.pkg.dev/my-project/catsdogs"
+OURS = re.compile(r"^" + re.escape(REGISTRY) + r"/catsdogs-(components|trainer|serving):0123456789abcdef$")
+BUILDERS = "gcr.io/cloud-builders/"
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +38,19 @@ def substitute(text: str, build: dict) -> str:
     return text
 
 
+def substituted_steps(build: dict) -> dict[str, dict]:
+    return {s["id"]: {**s, "name": substitute(s["name"], build),
+                      "args": [substitute(a, build) for a in s.get("args", [])]} for s in build["steps"]}
+
+
+def waits_for(steps: dict[str, dict], step_id: str) -> set[str]:
+    """Every step that must finish before step_id starts (waitFor, transitively; none: all earlier steps)."""
+    ids = list(steps)
+    direct = steps[step_id].get("waitFor", ids[:ids.index(step_id)])
+    direct = [] if direct == ["-"] else direct
+    return set(direct).union(*(waits_for(steps, d) for d in direct)) if direct else set()
+
+
 def test_every_substitution_used_is_declared_or_built_in(build):
     used = set(re.findall(r"\$\{(\w+)\}|\$(_\w+)", yaml.safe_dump(build)))
     names = {a or b for a, b in used}
@@ -37,7 +62,7 @@ def test_every_substitution_used_is_declared_or_built_in(build):
 def test_every_dockerfile_and_path_it_names_exists(build):
     for step in build["steps"]:
         args = step.get("args", [])
-        for flag, value in zip(args, args[1:]):
+        for flag, value in zip(args, args[1:], strict=False):
             if flag == "-f":
                 assert os.path.isfile(os.path.join(ROOT, value)), value
     assert {os.path.basename(os.path.dirname(a)) for s in build["steps"] for a in s.get("args", []) if
@@ -49,21 +74,132 @@ def test_images_are_pushed_before_the_pipeline_is_submitted(build):
     assert {"push-components", "push-trainer", "push-serving"} <= set(steps["submit"]["waitFor"])
     for name in ("components", "trainer", "serving"):
         assert steps[f"push-{name}"]["waitFor"] == [f"build-{name}", "test"]
-    assert build["options"]["logging"] == "CLOUD_LOGGING_ONLY"
+
+
+def test_cloudbuild_runs_as_the_pipelines_service_account(build):
+    # Since 2024 new projects run builds as the Compute Engine default account unless the config names one; a
+    # build with its own account must log to Cloud Logging or its own bucket (else Cloud Build refuses it).
+    account = substitute("${_SERVICE_ACCOUNT}", build)
+    assert re.fullmatch(r"[a-z][a-z0-9-]{4,28}[a-z0-9]@my-project\.iam\.gserviceaccount\.com", account)
+    assert substitute(build["serviceAccount"], build) == f"projects/my-project/serviceAccounts/{account}"
+    logging = build["options"]["logging"]
+    assert logging == "CLOUD_LOGGING_ONLY" or (logging == "GCS_ONLY" and build.get("logsBucket"))
+    submit = substituted_steps(build)["submit"]["args"]
+    assert submit[submit.index("--service-account") + 1] == account, "the pipeline must run as the build's account"
+
+
+def test_cloudbuild_google_builder_steps_build_and_push_what_the_catsdogs_steps_use(build):
+    steps = substituted_steps(build)
+    built, pushed = {}, {}
+    for step_id, step in steps.items():
+        if not step["name"].startswith(BUILDERS) or step.get("entrypoint"):
+            continue
+        args = step["args"]
+        assert step["name"] == BUILDERS + "docker", step_id
+        if args[0] == "build":
+            dockerfile, tag = args[args.index("-f") + 1], args[args.index("-t") + 1]
+            name = os.path.basename(os.path.dirname(dockerfile))
+            assert tag == f"{REGISTRY}/catsdogs-{name}:0123456789abcdef" and args[-1] == ".", args
+            built[tag] = step_id
+        else:
+            assert args[0] == "push" and len(args) == 2, args
+            assert built.get(args[1]) in waits_for(steps, step_id), f"{step_id} pushes {args[1]} before building it"
+            pushed[args[1]] = step_id
+    assert set(pushed) == set(built) and len(built) == 3
+    for step_id, step in steps.items():
+        if step["name"].startswith(BUILDERS):
+            continue
+        images = [step["name"], *(a for a in step["args"] if OURS.match(a))]
+        # The images a submitted pipeline runs must be pushed before it starts (compiling only names them).
+        if step["args"][:1] == ["submit"]:
+            registry = step["args"][step["args"].index("--images-registry") + 1]
+            tag = step["args"][step["args"].index("--images-tag") + 1]
+            images += [f"{registry}/catsdogs-{name}:{tag}" for name in ("components", "trainer", "serving")]
+        for used in filter(OURS.match, images):
+            assert used in pushed and pushed[used] in waits_for(steps, step_id), f"{step_id} uses {used} unpushed"
+
+
+def test_cloudbuild_workspace_step_gives_our_images_user_a_folder_for_every_file_they_write(build):
+    steps = substituted_steps(build)
+    workspace = steps["workspace"]
+    assert workspace["name"] == BUILDERS + "docker" and workspace["entrypoint"] == "bash"  # builders run as root
+    match = re.fullmatch(r"install -d -o (\d+) -g (\d+) (/workspace/\S+)", workspace["args"][1])
+    assert workspace["args"][0] == "-c" and match, workspace["args"]
+    with open(os.path.join(ROOT, "images", "components", "Dockerfile")) as f:
+        user = re.findall(r"^USER (\S+)$", f.read(), re.M)[-1]
+    assert f"{match[1]}:{match[2]}" == user
+    folder = match[3]
+    output = steps["compile"]["args"][steps["compile"]["args"].index("--output") + 1]
+    assert os.path.dirname(output) == folder and "workspace" in waits_for(steps, "compile")
+    for path in build["artifacts"]["objects"]["paths"]:
+        assert os.path.dirname(os.path.join("/workspace", path)) == folder, path
+
+
+def _as_run_here(step: dict, workspace: str) -> list[str]:
+    return [a.replace("/workspace", workspace) for a in step["args"]]
 
 
 @pytest.mark.parametrize("step_id", ["compile", "submit"])
-def test_the_catsdogs_steps_run_here(build, step_id, tmp_path, capsys, monkeypatch):
-    (step,) = [s for s in build["steps"] if s["id"] == step_id]
+def test_the_catsdogs_steps_run_here(build, step_id, tmp_path, capsys, metadata_server):
+    step = substituted_steps(build)[step_id]
     assert step["entrypoint"] == "catsdogs"
-    args = [substitute(a, build).replace("/workspace", str(tmp_path)) for a in step["args"]]
+    (tmp_path / "compiled").mkdir()  # the workspace step's folder
+    args = _as_run_here(step, str(tmp_path))
     if step_id == "submit":
         args.append("--dry-run")
     assert main(args) == 0
     out = capsys.readouterr().out
     if step_id == "compile":
-        text = (tmp_path / "pipeline.yaml").read_text()
-        assert "us-central1-docker.pkg.dev/my-project/catsdogs/catsdogs-trainer:0123456789abcdef" in text
+        text = (tmp_path / "compiled" / "pipeline.yaml").read_text()
+        assert f"{REGISTRY}/catsdogs-trainer:0123456789abcdef" in text
     else:
-        assert '"gcsOutputDirectory": "gs://my-project-catsdogs/pipeline-root"' in out
-        assert '"commit": "0123456789abcdef"' in out
+        request = json.loads(out)
+        assert request["runtimeConfig"]["gcsOutputDirectory"] == "gs://my-project-catsdogs/pipeline-root"
+        assert request["labels"]["commit"] == "0123456789abcdef"
+        assert request["runtimeConfig"]["parameterValues"]["service_account"] == request["serviceAccount"]
+    assert metadata_server.token_requests() == []
+
+
+def _engine(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([ENGINE, *args], capture_output=True, text=True)
+
+
+@pytest.mark.images
+def test_cloudbuild_steps_run_in_our_images_as_cloud_build_runs_them(build, image, tmp_path, metadata_server):
+    """Every step that is not a Google builder's docker build or push (checked above by their arguments) nor the
+    test step (this suite), in the file's order: our images as their own user, a builder's bash as root."""
+    steps = substituted_steps(build)
+    workspace, home = tmp_path / "workspace", tmp_path / "builder-home"
+    for folder in (workspace, home):
+        folder.mkdir()
+        os.chown(folder, 0, 0)
+        folder.chmod(0o755)  # as Cloud Build's: root's, not writable by others
+    outputs = {}
+    for step_id, step in steps.items():
+        match = OURS.match(step["name"])
+        if step_id == "test" or (step["name"].startswith(BUILDERS) and not step.get("entrypoint")):
+            continue
+        run = ["run", "--rm", "--network", "host", "--volume", f"{workspace}:/workspace",
+               "--volume", f"{home}:/builder/home", "--workdir", "/workspace", "--env", "HOME=/builder/home",
+               "--env", f"GCE_METADATA_HOST={metadata_server.host}", "--env", f"GCE_METADATA_IP={metadata_server.host}"]
+        if match:
+            local = image(match[1])  # images/build.sh's build of the same Dockerfile
+        else:
+            # A Google builder's shell step: builders run as root; our image stands in for its bash.
+            assert step["name"].startswith(BUILDERS) and step["entrypoint"] == "bash", step_id
+            local = image("components")
+            run += ["--user", "0"]
+        args = [*step["args"], *(["--dry-run"] if step_id == "submit" else [])]  # nothing is submitted
+        result = _engine(*run, "--entrypoint", step["entrypoint"], local, *args)
+        assert result.returncode == 0, f"step {step_id} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        outputs[step_id] = result.stdout
+    assert {"workspace", "compile", "submit"} <= set(outputs)
+    for path in build["artifacts"]["objects"]["paths"]:
+        assert (workspace / path).is_file(), f"artifact {path} was not written"
+    compiled = yaml.safe_load((workspace / "compiled" / "pipeline.yaml").read_text())
+    assert compiled["pipelineInfo"]["name"] == "catsdogs"
+    request = json.loads(outputs["submit"][outputs["submit"].index("{"):])
+    account = substitute("${_SERVICE_ACCOUNT}", build)
+    assert request["serviceAccount"] == account
+    assert request["runtimeConfig"]["parameterValues"]["service_account"] == account
+    assert metadata_server.token_requests() == [], "a dry run asked for a token"

@@ -12,8 +12,8 @@ from PIL import Image
 
 import components.convert.accessor  # noqa: F401 - registers df.tensorflow
 from components.convert import schema
-from components.convert.pipeline import convert
 from components.convert.inspect import inspect_records
+from components.convert.pipeline import convert
 from components.errors import InputError
 from components.prepare import prepare_csv
 from components.train.data import detect_format, make_dataset
@@ -113,8 +113,8 @@ def test_the_format_is_detected_from_the_records_when_summary_is_missing(tmp_pat
 )
 def test_awkward_but_valid_images_arrive_as_rgb_jpeg(tmp_path, name, make, expected_size):
     make(tmp_path / name)
-    convert(_csv(tmp_path / "in.csv", [("TRAIN", str(tmp_path / name), "x"), ("TRAIN", str(tmp_path / name) + "2", "y")]),
-            str(tmp_path / "out"), max_error_fraction=1.0)
+    rows = [("TRAIN", str(tmp_path / name), "x"), ("TRAIN", str(tmp_path / name) + "2", "y")]
+    convert(_csv(tmp_path / "in.csv", rows), str(tmp_path / "out"), max_error_fraction=1.0)
     (example,) = _records(tmp_path / "out")
     f = example.features.feature
     with Image.open(io.BytesIO(f["image_jpeg"].bytes_list.value[0])) as image:
@@ -128,7 +128,9 @@ def test_exif_orientation_is_applied(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90° clockwise to display
     _save(tmp_path / "rotated.jpg", image, "JPEG", exif=exif.tobytes())
-    convert(_csv(tmp_path / "in.csv", [("TRAIN", str(tmp_path / "rotated.jpg"), "a")]), str(tmp_path / "out"))
+    _save(tmp_path / "other.jpg", image, "JPEG")
+    convert(_csv(tmp_path / "in.csv", [("TRAIN", str(tmp_path / "rotated.jpg"), "a"),
+                                       ("TEST", str(tmp_path / "other.jpg"), "b")]), str(tmp_path / "out"))
     (example,) = _records(tmp_path / "out")
     with Image.open(io.BytesIO(example.features.feature["image_jpeg"].bytes_list.value[0])) as stored:
         assert stored.size == (20, 40)
@@ -137,8 +139,10 @@ def test_exif_orientation_is_applied(tmp_path):
 
 def test_uris_with_commas_and_extra_columns_are_read(tmp_path):
     path = _save(tmp_path / "a, b.jpg", Image.new("RGB", (8, 8), "red"), "JPEG")
-    summary = convert(_csv(tmp_path / "in.csv", [("TEST", path, "a")], extra_column=True), str(tmp_path / "out"))
-    assert summary.good == 1
+    other = _save(tmp_path / "b.jpg", Image.new("RGB", (8, 8), "blue"), "JPEG")
+    summary = convert(_csv(tmp_path / "in.csv", [("TEST", path, "a"), ("TRAIN", other, "b")], extra_column=True),
+                      str(tmp_path / "out"))
+    assert summary.good == 2
     (example,) = _records(tmp_path / "out", "test")
     assert example.features.feature["image_uri"].bytes_list.value[0].decode() == path
 
@@ -153,8 +157,10 @@ def test_dry_run_prints_dataflow_options_and_steps_and_touches_nothing(tmp_path,
     assert code == 0
     for expected in ("with DataflowRunner", "--project=my-project", "--region=europe-west4",
                      "--temp_location=gs://bucket/tmp", "--sdk_container_image=reg/catsdogs-components:1",
-                     "--max_num_workers=5", "team=ml", "EncodeImages", "WriteSplits", "WriteErrors"):
+                     "--max_num_workers=5", "team=ml", "ReadCsv", "CheckRows", "Deduplicate", "WriteShards",
+                     "WriteErrors", "job graph: "):
         assert expected in out
+    assert os.listdir(tmp_path) == ["images.csv"]  # nothing staged, nothing written
 
 
 def test_dataflow_needs_a_gcs_temp_location(tmp_path, sample_images, capsys):

@@ -37,6 +37,21 @@ def test_vertex_cluster_spec_becomes_tf_config(monkeypatch):
     assert distribute.worker_count(config) == 3 and not distribute.is_chief(config)
 
 
+@pytest.mark.parametrize("variable", ["CLUSTER_SPEC", "TF_CONFIG"])
+def test_a_master_task_is_the_chief(variable, monkeypatch):
+    # AI Platform's name for the chief: without translation TensorFlow refuses it and the worker would count the
+    # cluster as one task and train alone.
+    spec = {"cluster": {"master": ["m:2222"], "worker": ["w1:2222"]}, "task": {"type": "master", "index": 0}}
+    for name in ("CLUSTER_SPEC", "TF_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(variable, json.dumps(spec))
+    config = distribute.cluster_config()
+    assert config == {"cluster": {"chief": ["m:2222"], "worker": ["w1:2222"]}, "task": {"type": "chief", "index": 0}}
+    assert distribute.worker_count(config) == 2 and distribute.is_chief(config)
+    monkeypatch.setenv(variable, json.dumps({**spec, "task": {"type": "worker", "index": 0}}))
+    assert not distribute.is_chief(distribute.cluster_config())
+
+
 def test_one_task_is_no_cluster_and_worker_zero_is_chief_without_a_chief(monkeypatch):
     monkeypatch.delenv("CLUSTER_SPEC", raising=False)
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 0}}))

@@ -117,7 +117,7 @@ def test_gcs_run_pipeline_with_images_and_model_versions_in_a_bucket(gcs_bucket,
     workdir = str(tmp_path / "w")
     assert main(["run", gcs_images, "--workdir", workdir, "--model-base", base, *FAST]) == 0
     out = capsys.readouterr().out
-    assert f"deployed version 1 at {base}/1" in out
+    assert f"version 1 at {base}/1" in out  # the summary row "deployed   version 1 at ..."
     assert storage.exists(f"{base}/1/saved_model.pb")
     assert not os.path.exists(os.path.join(workdir, "models"))
     predictions = out.split("predictions from", 1)[1].splitlines()[1:]

@@ -10,6 +10,7 @@ import base64
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -53,8 +54,8 @@ def arg_default(dockerfile: Path, name: str) -> str:
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_hadolint_is_clean(dockerfile):
     # Any warning we accept carries an inline `# hadolint ignore=...` with its reason written above it.
-    result = subprocess.run([str(BIN / "hadolint"), "--failure-threshold", "info", str(dockerfile)], capture_output=True,
-                            text=True)
+    result = subprocess.run([str(BIN / "hadolint"), "--failure-threshold", "info", str(dockerfile)],
+                            capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     lines = dockerfile.read_text().splitlines()
     for i, line in enumerate(lines):
@@ -75,23 +76,6 @@ def test_beam_boot_image_matches_the_locked_beam_sdk():
     assert beam_image == f"docker.io/apache/beam_python3.11_sdk:{locked_version('apache-beam')}"
 
 
-@pytest.fixture(scope="session")
-def image():
-    """image(name) builds catsdogs-<name>:latest with images/build.sh, once per session, and returns its tag."""
-    built = set()
-
-    def build(name: str) -> str:
-        if name not in built:
-            result = subprocess.run([str(ROOT / "images" / "build.sh"), name], capture_output=True, text=True)
-            if result.returncode != 0:
-                pytest.fail(f"images/build.sh {name} failed ({result.returncode}):\n{result.stdout[-4000:]}\n"
-                            f"{result.stderr[-4000:]}")
-            built.add(name)
-        return f"catsdogs-{name}:latest"
-
-    return build
-
-
 @pytest.mark.images
 @pytest.mark.parametrize("name", NAMES)
 def test_image_runs_as_non_root(image, name):
@@ -106,7 +90,8 @@ def test_trainer_image_has_cuda_tensorflow_and_falls_back_to_cpu(image):
         "x = tf.random.uniform((64, 64))\n"
         "print(json.dumps({'version': tf.__version__, 'cuda_build': tf.test.is_built_with_cuda(),\n"
         "                  'gpus': len(tf.config.list_physical_devices('GPU')),\n"
-        "                  'device': tf.matmul(x, x).device, 'cudnn': tf.sysconfig.get_build_info()['cudnn_version']}))\n"
+        "                  'device': tf.matmul(x, x).device,\n"
+        "                  'cudnn': tf.sysconfig.get_build_info()['cudnn_version']}))\n"
     )
     result = engine("run", "--rm", "--entrypoint", "python", image("trainer"), "-c", script)
     info = json.loads(result.stdout.strip().splitlines()[-1])
@@ -122,8 +107,8 @@ def test_components_image_is_a_beam_sdk_container(image):
     components = image("components")
     assert json.loads(engine("image", "inspect", "--format", "{{json .Config.Entrypoint}}", components).stdout) == \
         ["/opt/apache/beam/boot"]
-    result = engine("run", "--rm", "--entrypoint", "python", components, "-c",
-                    "import apache_beam, os; print(apache_beam.__version__, os.access('/opt/apache/beam/boot', os.X_OK))")
+    result = engine("run", "--rm", "--entrypoint", "python", components, "-c", "import apache_beam, os; "
+                    "print(apache_beam.__version__, os.access('/opt/apache/beam/boot', os.X_OK))")
     assert result.stdout.split() == [locked_version("apache-beam"), "True"]
 
 
@@ -180,7 +165,8 @@ def _predict_here(model_dir: str, image: bytes) -> tuple[str, dict]:
 
     outputs = tf.saved_model.load(model_dir).signatures["serving_default"](image_bytes=tf.constant([image]))
     classes = [c.decode() for c in outputs["classes"].numpy()[0]]
-    return outputs["labels"].numpy()[0].decode(), dict(zip(classes, outputs["probabilities"].numpy()[0].tolist()))
+    probabilities = outputs["probabilities"].numpy()[0].tolist()
+    return outputs["labels"].numpy()[0].decode(), dict(zip(classes, probabilities, strict=True))
 
 
 def _logs(container: str) -> str:
@@ -237,3 +223,143 @@ def test_serving_container_follows_the_vertex_contract(image, trained_model, sam
         assert engine("inspect", "--format", "{{.State.ExitCode}}", container).stdout.strip() == "0"
     finally:
         engine("rm", "--force", container, check=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _has_beams_boot(components: str) -> bool:
+    """Beam's boot program is a Go binary; images/build.sh's stand-in (no registry reachable) is a shell script."""
+    head = engine("run", "--rm", "--entrypoint", "od", components, "-An", "-c", "-N4", "/opt/apache/beam/boot")
+    return head.stdout.split() == ["177", "E", "L", "F"]
+
+
+@pytest.mark.images
+def test_beam_worker_environment_runs_the_sdk_in_the_images_own_python(image):
+    # Beam's boot program (>= 2.44) makes a venv per worker unless this is set; that venv sees the base
+    # interpreter's packages, not /opt/venv's, and lives under /opt/apache, which uid 1000 cannot write.
+    env = json.loads(engine("image", "inspect", "--format", "{{json .Config.Env}}", image("components")).stdout)
+    assert "RUN_PYTHON_SDK_IN_DEFAULT_ENVIRONMENT=1" in env
+    assert any(e.startswith("PATH=/opt/venv/bin:") for e in env)
+
+
+CONVERT_WITH_EXTERNAL_WORKERS = """
+import json, sys
+from components.convert.pipeline import convert
+csv, out, pool = sys.argv[1:]
+summary = convert(csv, out, runner="PortableRunner", pipeline_args=[
+    "--job_endpoint=embed", "--environment_type=EXTERNAL", f"--environment_config={pool}"])
+print(json.dumps({"good": summary.good, "bad": summary.bad, "per_split": summary.per_split}))
+"""
+
+
+@pytest.mark.images
+def test_beam_worker_in_the_components_image_converts_as_a_dataflow_worker(image, sample_images, tmp_path):
+    """The conversion with every DoFn in the components image, as uid 1000: Beam's portable runner here hands
+    the work to a worker pool in the container (EXTERNAL environment), as Dataflow hands it to the SDK container.
+    With Beam's real boot program the pool is the image's entrypoint with --worker_pool (boot then starts each
+    worker the way Dataflow starts it); with the stand-in it is Beam's worker pool module in the image's Python."""
+    from components.prepare import prepare_csv
+
+    components = image("components")
+    bucket = tmp_path / "bucket"  # the workers read the CSV and write (and stage) the shards here, as in a bucket
+    bucket.mkdir()
+    os.chown(bucket, 1000, 1000)
+    csv, out = bucket / "images.csv", bucket / "records"
+    prepare_csv(sample_images, str(csv), train_fraction=0.6, validation_fraction=0.2)
+    Path(sample_images).chmod(0o755)
+    if _has_beams_boot(components):
+        port, command = 50000, ["--worker_pool"]  # boot's worker pool listens on 50000
+    else:
+        port = _free_port()
+        command = ["--entrypoint", "python", components, "-m", "apache_beam.runners.worker.worker_pool_main",
+                   f"--service_port={port}"]
+    container = f"catsdogs-beam-worker-{os.getpid()}"
+    engine("rm", "--force", container, check=False)
+    engine("run", "--detach", "--name", container, "--network", "host",
+           "--volume", f"{sample_images}:{sample_images}:ro", "--volume", f"{bucket}:{bucket}",
+           *(command if command[0] == "--entrypoint" else [components, *command]))
+    try:
+        deadline = time.monotonic() + 120  # a guard against hanging, not a speed requirement
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if time.monotonic() > deadline or engine("inspect", "--format", "{{.State.Running}}",
+                                                     container).stdout.strip() != "true":
+                pytest.fail(f"the worker pool never listened on {port}:\n{_logs(container)}")
+            time.sleep(0.5)
+        try:
+            # umask 0: the folders this (root) launcher makes, e.g. the staging folder, are the workers' to write
+            # in too, as a bucket's are for Dataflow's launcher and workers (one service account).
+            result = subprocess.run([sys.executable, "-c", CONVERT_WITH_EXTERNAL_WORKERS, str(csv), str(out),
+                                     f"localhost:{port}"], capture_output=True, text=True, timeout=400,
+                                    env={**os.environ, "PYTHONPATH": str(ROOT)}, umask=0)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the conversion hung; the worker pool said:\n{_logs(container)[-4000:]}")
+        assert result.returncode == 0, f"{result.stderr[-4000:]}\nworker pool:\n{_logs(container)[-4000:]}"
+        summary = json.loads(result.stdout.strip().splitlines()[-1])
+        assert summary["good"] == 40 and summary["bad"] == 0, summary
+        assert "Starting worker" in _logs(container), "no worker was started in the container"
+    finally:
+        engine("rm", "--force", container, check=False)
+    shards = sorted(out.glob("*.tfrecord*"))
+    assert shards, sorted(p.name for p in out.iterdir())
+    # Written by the workers in the container, as its user: not by this (root) process.
+    assert {p.stat().st_uid for p in shards} == {1000}
+    import tensorflow as tf
+
+    records = [r.numpy() for p in shards for r in tf.data.TFRecordDataset(str(p))]
+    assert len(records) == summary["good"]
+    features = tf.train.Example.FromString(records[0]).features.feature
+    height, width = features["image_height"].int64_list.value[0], features["image_width"].int64_list.value[0]
+    pixels = tf.io.decode_jpeg(features["image_jpeg"].bytes_list.value[0])  # as the container's Pillow wrote it
+    assert pixels.shape == (height, width, 3)
+
+
+@pytest.mark.images
+def test_component_writes_its_outputs_under_the_gcs_mount_as_on_vertex(image, sample_images, tmp_path, gcs_bucket,
+                                                                       gcs_emulator, metadata_server):
+    """A step as Vertex runs it: uid 1000, gs:// artifact URIs with their bucket mounted at /gcs/BUCKET (Cloud
+    Storage FUSE; KFP's executor makes the output's folders there), a metadata server, and objects written
+    through the GCS API (the emulator here, which needs no token)."""
+    from components import storage
+
+    pipeline = tmp_path / "pipeline.yaml"
+    subprocess.run([sys.executable, "-m", "pipelines.cli", "compile", "--output", str(pipeline)], check=True,
+                   capture_output=True)
+    spec = yaml.safe_load(pipeline.read_text())["deploymentSpec"]["executors"]["exec-prepare"]["container"]
+    bucket = gcs_bucket.removeprefix("gs://")
+    mount, outputs = tmp_path / "gcs" / bucket, tmp_path / "kfp_outputs"
+    for folder in (mount, outputs):
+        folder.mkdir(parents=True)
+        os.chown(folder, 1000, 1000)  # the step's to write, as the bucket is its service account's
+    csv_uri = f"{gcs_bucket}/pipeline-root/run-1/prepare/image_csv"
+    executor_input = {
+        "inputs": {"parameterValues": {"images_root": "/data/images", "train_fraction": 0.8,
+                                       "validation_fraction": 0.1}},
+        "outputs": {
+            "artifacts": {"image_csv": {"artifacts": [{
+                "name": "image_csv", "uri": csv_uri, "metadata": {},
+                "type": {"schemaTitle": "system.Dataset", "schemaVersion": "0.0.1"}}]}},
+            "outputFile": "/tmp/kfp_outputs/output_metadata.json",
+        },
+    }
+    args = [json.dumps(executor_input) if arg == "{{$}}" else arg for arg in spec["args"]]
+    Path(sample_images).chmod(0o755)
+    engine("run", "--rm", "--network", "host", "-v", f"{sample_images}:/data/images:ro",
+           "-v", f"{mount}:/gcs/{bucket}", "-v", f"{outputs}:/tmp/kfp_outputs",
+           "--env", f"STORAGE_EMULATOR_HOST={gcs_emulator.url}",
+           "--env", f"GCE_METADATA_HOST={metadata_server.host}", "--env", f"GCE_METADATA_IP={metadata_server.host}",
+           "--entrypoint", spec["command"][0], image("components"), *spec["command"][1:], *args)
+
+    rows = storage.read_text(csv_uri).splitlines()
+    assert rows[0] == "split,image_uri,label" and len(rows) == 1 + 40
+    assert all(row.split(",")[1].startswith("/data/images/") for row in rows[1:])
+    made = mount / "pipeline-root" / "run-1" / "prepare"
+    assert made.is_dir() and made.stat().st_uid == 1000, "KFP's executor made no folder under the /gcs mount"
+    output = json.loads((outputs / "output_metadata.json").read_text())
+    assert output["artifacts"]["image_csv"]["artifacts"][0]["metadata"], "the step's CSV counts are missing"

@@ -2,9 +2,13 @@
 
 import glob
 import os
+import re
+import subprocess
+import sys
 
 import pytest
 
+from components.evaluate.core import GALLERY_SIZE
 from components.sample_data import generate_sample
 from pipelines.cli import main
 
@@ -17,7 +21,8 @@ def test_run_deploys_a_new_version_each_time_and_predicts_from_it(tmp_path, caps
     assert main(["run", "--workdir", workdir, *FAST]) == 0
     out = capsys.readouterr().out
     assert os.path.isfile(os.path.join(workdir, "models", "catsdogs", "1", "saved_model.pb"))
-    assert "held-out accuracy:" in out and "deployed version 1" in out
+    assert re.search(r"^held-out accuracy +[01]\.\d{4} on \d+ TEST images", out, re.M)
+    assert re.search(r"^deployed +version 1 at ", out, re.M)
     predictions = out.split("predictions from", 1)[1].splitlines()[1:]
     assert len(predictions) == 4  # two images per class
     assert {line.rsplit(": ", 1)[1].split()[0] for line in predictions} <= {"cats", "dogs"}
@@ -25,11 +30,14 @@ def test_run_deploys_a_new_version_each_time_and_predicts_from_it(tmp_path, caps
 
     reports = glob.glob(os.path.join(workdir, "pipeline_root", "*", "evaluate", "report"))
     assert len(reports) == 1 and "<svg" in open(reports[0]).read()
+    run_name = reports[0].split(os.sep)[-3]
+    copy = os.path.join(workdir, "reports", run_name, "report.html")
+    assert open(copy).read() == open(reports[0]).read() and re.search(r"^report +\S+report\.html$", out, re.M)
     metrics = glob.glob(os.path.join(workdir, "pipeline_root", "*", "evaluate", "executor_output.json"))
     assert '"accuracy"' in open(metrics[0]).read()
 
     assert main(["run", "--workdir", workdir, *FAST]) == 0
-    assert "deployed version 2" in capsys.readouterr().out
+    assert re.search(r"^deployed +version 2 at ", capsys.readouterr().out, re.M)
     assert sorted(os.listdir(os.path.join(workdir, "models", "catsdogs"))) == ["1", "2"]
 
 
@@ -41,3 +49,53 @@ def test_run_on_a_split_folder_with_an_unreachable_gate_does_not_deploy(tmp_path
     assert code == 0
     assert "not deployed" in out
     assert not os.path.exists(os.path.join(workdir, "models", "catsdogs"))
+
+
+# What kfp.local, TensorFlow, CUDA, absl and W&B print when left to themselves (a run printed 826 such lines).
+NOISE = re.compile(r"absl|cuInit|cuda|oneDNN|^[IWE]0000|Executing task|executor_input|KFP Executor|wandb:|"
+                   r"Traceback|Warning|WARNING|^\s*[{}\]]", re.I | re.M)
+STEPS = ("prepare", "convert", "train", "evaluate", "deploy-local")
+
+
+def test_run_prints_a_short_readable_account_and_keeps_every_step_log(tmp_path):
+    # As a person runs it: a fresh process, its stdout and stderr together, as on a terminal.
+    workdir = tmp_path / "w"
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "run", "--workdir", str(workdir), "--per-class", "40", "--epochs",
+         "2", "--image-size", "64"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, timeout=900)
+    out = done.stdout
+    assert done.returncode == 0, out
+    lines = out.splitlines()
+    assert len(lines) <= 40, out
+    assert not NOISE.search(out), NOISE.search(out).group(0) + "\n" + out
+    for step in STEPS:  # one line per step, with what it did
+        assert re.search(rf"^  {re.escape(step)} +\d+\.\ds  \S", out, re.M), out
+    assert re.search(r"^  train .*epoch 2/2: loss \d\.\d{3}, accuracy \d\.\d{3}", out, re.M), out
+    assert re.search(r"^  prepare .* 80 images found", out, re.M), out
+
+    report = re.search(r"^report +(\S+\.html)$", out, re.M).group(1)
+    page = open(os.path.join(tmp_path, report)).read()
+    thumbnails = page.count('src="data:image/jpeg;base64,')
+    assert 4 <= thumbnails <= GALLERY_SIZE
+    assert re.search(r"^serve it +catsdogs serve \S+ --port 8080$", out, re.M)
+
+    logs = workdir / "logs"
+    assert sorted(p.name for p in logs.iterdir()) == sorted([f"{s}.log" for s in STEPS] + ["run.log"])
+    for step in STEPS:
+        text = (logs / f"{step}.log").read_text()
+        assert f"Executing task '{step}'" in text and "finished with status SUCCESS" in text
+    assert "epoch" in (logs / "train.log").read_text().lower()
+
+
+def test_a_failing_step_shows_the_end_of_its_log_and_where_the_log_is(tmp_path, capsys):
+    workdir = tmp_path / "w"
+    code = main(["run", "--workdir", str(workdir), "--per-class", "12", "--epochs", "1", "--image-size", "8"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert re.search(r"^  train .*FAILED", out, re.M)
+    assert "InputError: --image-size must be at least 32" in out  # the log's last lines
+    log = workdir / "logs" / "train.log"
+    assert str(log) in out and "--image-size must be at least 32" in log.read_text()
+    assert not (workdir / "models").exists()
+    assert len(out.splitlines()) <= 40

@@ -22,35 +22,105 @@ def compiled(tmp_path_factory) -> dict:
     return yaml.safe_load(path.read_text())
 
 
-def test_dag_runs_prepare_convert_train_evaluate_then_gated_deploy(compiled):
-    tasks = compiled["root"]["dag"]["tasks"]
-    assert set(tasks) == {"prepare", "convert", "train", "evaluate", "condition-1"}
-    assert tasks["convert"]["dependentTasks"] == ["prepare"]
-    assert tasks["train"]["dependentTasks"] == ["convert"]
-    assert set(tasks["evaluate"]["dependentTasks"]) == {"convert", "train"}
-    gate = tasks["condition-1"]
-    assert "evaluate" in gate["dependentTasks"]
-    assert gate["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--evaluate-Output'] == true"
-    deploy = compiled["components"]["comp-condition-1"]["dag"]["tasks"]
-    assert set(deploy) == {"artifact-uri", "importer", "find-model", "condition-branches-2", "find-or-create-endpoint",
-                           "model-deploy", "record-deployment"}
-    assert set(deploy["model-deploy"]["dependentTasks"]) == {"condition-branches-2", "find-or-create-endpoint"}
+class Dag:
+    """The compiled pipeline's tasks by display name (`.set_display_name`), wherever they are nested, so the tests
+    read like the DAG and do not depend on kfp's generated ids (condition-branches-2, importer-2)."""
+
+    def __init__(self, compiled: dict):
+        self.compiled = compiled
+        self.tasks: dict[str, dict] = {}  # display name -> task
+        self.ids: dict[str, str] = {}  # display name -> kfp's task id
+        self.parent: dict[str, str] = {}  # display name -> display name of the condition it is in ("" at the root)
+        self._walk(compiled["root"]["dag"], "")
+
+    def _walk(self, dag: dict, parent: str) -> None:
+        names = {task_id: task["taskInfo"]["name"] for task_id, task in dag["tasks"].items()}
+        for task_id, task in dag["tasks"].items():
+            name = names[task_id]
+            assert name not in self.tasks, f"two tasks are displayed as {name!r}"
+            self.tasks[name], self.ids[name], self.parent[name] = task, task_id, parent
+            task["_depends_on"] = {names[d] for d in task.get("dependentTasks", [])}
+            component = self.compiled["components"][task["componentRef"]["name"]]
+            if "dag" in component:
+                self._walk(component["dag"], name)
+
+    def depends_on(self, name: str) -> set[str]:
+        return self.tasks[name]["_depends_on"]
+
+    def condition(self, name: str) -> str:
+        return self.tasks[name]["triggerPolicy"]["condition"]
+
+    def parameters(self, name: str) -> dict:
+        return self.tasks[name]["inputs"]["parameters"]
+
+    def producer(self, name: str, artifact: str) -> str:
+        """The display name of the task whose output feeds this task's input artifact."""
+        producer_id = self.tasks[name]["inputs"]["artifacts"][artifact]["taskOutputArtifact"]["producerTask"]
+        return next(n for n, i in self.ids.items() if i == producer_id)
 
 
-def test_each_run_uploads_a_new_version_of_the_model_and_reuses_the_endpoint(compiled):
-    components = compiled["components"]
-    branches = components["comp-condition-branches-2"]["dag"]["tasks"]
-    assert branches["condition-3"]["triggerPolicy"]["condition"] == \
-        "inputs.parameter_values['pipelinechannel--find-model-Output'] != ''"
-    new_version = components["comp-condition-3"]["dag"]["tasks"]["model-upload"]["inputs"]
-    assert new_version["artifacts"]["parent_model"]["taskOutputArtifact"]["producerTask"] == "importer-2"
-    assert new_version["parameters"]["version_aliases"]["runtimeValue"]["constant"] == ["default"]
-    assert "parent_model" not in components["comp-condition-4"]["dag"]["tasks"]["model-upload-2"]["inputs"]["artifacts"]
-    deploy = components["comp-condition-1"]["dag"]["tasks"]
-    assert deploy["model-deploy"]["inputs"]["artifacts"]["endpoint"]["taskOutputArtifact"]["producerTask"] == \
-        "find-or-create-endpoint"
-    for lookup in ("find-model", "find-or-create-endpoint"):
-        assert deploy[lookup]["cachingOptions"].get("enableCache", False) is False
+@pytest.fixture(scope="module")
+def dag(compiled) -> Dag:
+    return Dag(compiled)
+
+
+def inside(dag: Dag, name: str) -> set[str]:
+    """Every task nested (at any depth) under the condition displayed as `name`."""
+    found = set()
+    for task, parent in dag.parent.items():
+        while parent:
+            if parent == name:
+                found.add(task)
+                break
+            parent = dag.parent[parent]
+    return found
+
+
+def test_dag_runs_prepare_convert_train_evaluate_then_gated_deploy(dag):
+    assert dag.depends_on("convert to TFRecords (Dataflow)") == {"prepare CSV"}
+    assert dag.depends_on("train (T4_4X x1)") == {"convert to TFRecords (Dataflow)"}
+    assert dag.depends_on("evaluate vs champion") == {"convert to TFRecords (Dataflow)", "train (T4_4X x1)",
+                                                      "find champion (default version)"}
+    assert dag.condition("blessed") == "inputs.parameter_values['pipelinechannel--evaluate-Output'] == true"
+    assert dag.condition("rejected") == "!(inputs.parameter_values['pipelinechannel--evaluate-Output'] == true)"
+    assert {"upload model version (default)", "upload model", "import evaluation (Model Registry)",
+            "find or create endpoint", "traffic split (canary)", "deploy to endpoint",
+            "record deployment (W&B)"} <= inside(dag, "blessed")
+    assert dag.depends_on("deploy to endpoint") >= {"find or create endpoint", "traffic split (canary)"}
+
+
+def test_a_rejected_candidate_is_uploaded_as_challenger_and_never_deployed(dag):
+    rejected = inside(dag, "rejected")
+    assert "upload challenger version (not deployed)" in rejected
+    assert "import challenger evaluation (Model Registry)" in rejected
+    assert not {"deploy to endpoint", "traffic split (canary)", "find or create endpoint"} & rejected
+    aliases = dag.parameters("upload challenger version (not deployed)")["version_aliases"]
+    assert aliases["runtimeValue"]["constant"] == ["challenger"]
+
+
+def test_the_champion_is_the_default_version_looked_up_uncached(dag, compiled):
+    champion = "find champion (default version)"
+    assert dag.tasks[champion]["cachingOptions"].get("enableCache", False) is False
+    evaluate = dag.parameters("evaluate vs champion")
+    assert evaluate["champion_uri"]["taskOutputParameter"]["producerTask"] == dag.ids[champion]
+    assert evaluate["max_regression"] == {"componentInputParameter": "max_regression"}
+    assert "evaluate" in dag.tasks["import evaluation (Model Registry)"]["inputs"]["artifacts"]["evaluation"][
+        "componentInputArtifact"]  # the evaluate step's output, handed into the condition
+    parameters = compiled["root"]["inputDefinitions"]["parameters"]
+    assert {"architecture", "weights", "fine_tune_epochs", "max_regression", "canary_traffic_percent"} <= set(parameters)
+    assert parameters["canary_traffic_percent"]["defaultValue"] == 100
+
+
+def test_each_run_uploads_a_new_version_of_the_model_and_reuses_the_endpoint(dag):
+    assert dag.condition("model-exists") == "inputs.parameter_values['pipelinechannel--find-model-Output'] != ''"
+    assert dag.parent["upload model version (default)"] == "model-exists" and dag.parent["upload model"] == "new-model"
+    assert dag.producer("upload model version (default)", "parent_model") == "parent model"
+    version = dag.parameters("upload model version (default)")
+    assert version["version_aliases"]["runtimeValue"]["constant"] == ["default"]
+    assert "parent_model" not in dag.tasks["upload model"]["inputs"]["artifacts"]
+    assert dag.producer("deploy to endpoint", "endpoint") == "find or create endpoint"
+    for lookup in ("find model", "find or create endpoint"):
+        assert dag.tasks[lookup]["cachingOptions"].get("enableCache", False) is False
 
 
 def test_training_is_a_custom_job_on_the_preset_machine_with_the_trainer_image(compiled):
@@ -62,28 +132,28 @@ def test_training_is_a_custom_job_on_the_preset_machine_with_the_trainer_image(c
     assert specs[0]["container_spec"]["image_uri"] == f"{REGISTRY}/catsdogs-trainer:abc123"
 
 
-def test_conversion_runs_on_dataflow_with_the_components_image(compiled):
-    params = compiled["root"]["dag"]["tasks"]["convert"]["inputs"]["parameters"]
+def test_conversion_runs_on_dataflow_with_the_components_image(dag):
+    params = dag.parameters("convert to TFRecords (Dataflow)")
     assert params["runner"]["runtimeValue"]["constant"] == "DataflowRunner"
-    assert params["dataflow_sdk_container_image"]["runtimeValue"]["constant"] == f"{REGISTRY}/catsdogs-components:abc123"
+    image = params["dataflow_sdk_container_image"]["runtimeValue"]["constant"]
+    assert image == f"{REGISTRY}/catsdogs-components:abc123"
     assert params["dataflow_project"] == {"componentInputParameter": "project"}
 
 
 def test_every_step_uses_a_registry_image_and_the_model_is_served_by_ours(compiled):
     executors = compiled["deploymentSpec"]["executors"]
-    ours = {e["container"]["image"] for e in executors.values() if "container" in e and "catsdogs" in e["container"]["image"]}
+    ours = {e["container"]["image"] for e in executors.values()
+            if "container" in e and "catsdogs" in e["container"]["image"]}
     assert ours == {f"{REGISTRY}/catsdogs-components:abc123"}
     spec = executors["exec-importer"]["importer"]["metadata"]["containerSpec"]
     assert spec["imageUri"] == f"{REGISTRY}/catsdogs-serving:abc123"
     assert (spec["healthRoute"], spec["predictRoute"]) == ("/health", "/predict")
 
 
-def test_gcpc_steps_get_the_pipelines_location(compiled):
-    components = compiled["components"]
-    for dag, task in [("comp-condition-3", "model-upload"), ("comp-condition-4", "model-upload-2"),
-                      ("comp-condition-1", "find-model"), ("comp-condition-1", "find-or-create-endpoint")]:
-        location = components[dag]["dag"]["tasks"][task]["inputs"]["parameters"]["location"]
-        assert location["componentInputParameter"].endswith("location")
+def test_gcpc_steps_get_the_pipelines_location(dag):
+    for task in ("upload model version (default)", "upload model", "upload challenger version (not deployed)",
+                 "find model", "find or create endpoint", "find champion (default version)"):
+        assert dag.parameters(task)["location"]["componentInputParameter"].endswith("location")
 
 
 def test_compilation_is_deterministic(tmp_path):
@@ -100,13 +170,21 @@ def test_cpu_preset_has_no_accelerator(tmp_path):
     assert "accelerator_type" not in json.dumps(spec[0]["machine_spec"])
 
 
-def test_presets_cover_tensorflow_clouds_names():
-    for name in ("CPU", "K80_1X", "K80_4X", "K80_8X", "P100_1X", "P100_4X", "P4_1X", "P4_4X", "V100_1X", "V100_4X",
+def test_presets_cover_tensorflow_clouds_names_that_vertex_still_offers():
+    for name in ("CPU", "P100_1X", "P100_4X", "P4_1X", "P4_4X", "V100_1X", "V100_4X",
                  "T4_1X", "T4_4X", "A100_1X", "A100_8X", "L4_1X"):
         assert name in PRESETS
+    assert not [name for name, spec in PRESETS.items() if "K80" in name or "K80" in spec.accelerator_type]
     assert machine_spec("t4_1x").accelerator_count == 1
     with pytest.raises(InputError, match="unknown machine preset"):
         machine_spec("TPU_9000")
+
+
+@pytest.mark.parametrize("preset", ["K80_1X", "k80_8x"])
+def test_compile_refuses_the_retired_k80(preset, tmp_path, capsys):
+    assert main(["compile", "--output", str(tmp_path / "p.yaml"), "--machine", preset]) == 2
+    assert "retired the K80" in capsys.readouterr().err
+    assert not (tmp_path / "p.yaml").exists()
 
 
 def test_multi_node_training_has_a_chief_pool_and_a_worker_pool(tmp_path):
@@ -115,18 +193,17 @@ def test_multi_node_training_has_a_chief_pool_and_a_worker_pool(tmp_path):
     specs = compiled["components"]["comp-train"]["inputDefinitions"]["parameters"]["worker_pool_specs"]["defaultValue"]
     assert [s["replica_count"] for s in specs] == [1, 2]
     assert all(s["machine_spec"]["accelerator_count"] == 4 for s in specs)
-    assert compiled["root"]["dag"]["tasks"]["train"]["taskInfo"]["name"] == "train (V100_4X x3)"
+    assert "train (V100_4X x3)" in Dag(compiled).tasks
 
 
-def test_pipeline_parameters_cover_data_dataflow_training_and_deploy(compiled):
+def test_pipeline_parameters_cover_data_dataflow_training_and_deploy(compiled, dag):
     parameters = compiled["root"]["inputDefinitions"]["parameters"]
     for name in ("project", "location", "images_root", "record_format", "dataflow_machine_type",
-                 "dataflow_max_workers", "dataflow_subnetwork", "service_account", "epochs", "batch_size",
-                 "image_size", "model_name", "min_accuracy", "endpoint_display_name", "deploy_machine_type",
-                 "deploy_min_replicas", "deploy_max_replicas"):
+                 "dataflow_max_workers", "dataflow_subnetwork", "service_account", "min_accuracy",
+                 "endpoint_display_name", "deploy_machine_type", "deploy_min_replicas", "deploy_max_replicas"):
         assert name in parameters, name
     assert parameters["min_accuracy"]["defaultValue"] == 0.8
-    convert = compiled["root"]["dag"]["tasks"]["convert"]["inputs"]["parameters"]
+    convert = dag.parameters("convert to TFRecords (Dataflow)")
     assert convert["dataflow_service_account"] == {"componentInputParameter": "service_account"}
     assert convert["dataflow_max_workers"] == {"componentInputParameter": "dataflow_max_workers"}
 
@@ -159,14 +236,32 @@ def test_submit_refuses_bad_parameters_by_name(extra, message, capsys):
     assert code == 2 and message in capsys.readouterr().err
 
 
-def test_submit_without_credentials_says_how_to_get_them(tmp_path, capsys, monkeypatch):
-    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
-    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path))  # no gcloud login here
-    monkeypatch.setenv("NO_GCE_CHECK", "true")  # and no metadata server to ask
+def test_the_suite_runs_as_on_google_cloud_with_the_fake_metadata_servers_credentials(metadata_server):
+    # tests/conftest.py: what Application Default Credentials find on a Cloud Build worker, played locally.
+    import google.auth
+    import google.auth.transport.requests
+
+    credentials, project = google.auth.default()
+    assert project == metadata_server.project
+    credentials.refresh(google.auth.transport.requests.Request())
+    assert credentials.token == "fake-metadata-token" and metadata_server.token_requests()
+
+
+def test_submit_dry_run_asks_google_cloud_for_nothing(metadata_server, capsys):
+    # On a Google Cloud machine credentials are there for the taking: a dry run must not take them.
+    assert main(["submit", "--project", "my-project", "--region", "europe-west4", "--pipeline-root", "gs://b/root",
+                 "--images", "gs://b/images", "--dry-run"]) == 0
+    assert json.loads(capsys.readouterr().out)["runtimeConfig"]["parameterValues"]["project"] == "my-project"
+    assert metadata_server.token_requests() == []
+
+
+def test_submit_without_credentials_says_how_to_get_them(off_google_cloud, capsys):
+    # No key file and no gcloud login (tests/conftest.py), and here no metadata server: a laptop's first run.
     code = main(["submit", "--project", "my-project", "--region", "europe-west4", "--pipeline-root", "gs://b/root",
                  "--images", "gs://b/images"])
     assert code == 2
     assert "gcloud auth application-default login" in capsys.readouterr().err
+    assert off_google_cloud.requests, "google-auth never asked the metadata server: the test proves nothing"
 
 
 def test_submit_checks_paths_and_project_before_anything_else(capsys):
@@ -176,3 +271,16 @@ def test_submit_checks_paths_and_project_before_anything_else(capsys):
     assert main(["submit", "--project", "my-project", "--region", "r", "--pipeline-root", "/tmp/root",
                  "--images", "gs://b/i", "--dry-run"]) == 2
     assert "--pipeline-root must be a gs:// path" in capsys.readouterr().err
+
+
+def test_submit_hands_its_service_account_to_the_steps(capsys):
+    # The job's identity does not reach Dataflow workers or the training job: the pipeline parameter does.
+    account = "catsdogs-pipelines@my-project.iam.gserviceaccount.com"
+    args = ["submit", "--project", "my-project", "--region", "europe-west4", "--pipeline-root", "gs://b/root",
+            "--images", "gs://b/images", "--service-account", account, "--dry-run"]
+    assert main(args) == 0
+    request = json.loads(capsys.readouterr().out)
+    assert request["serviceAccount"] == account
+    assert request["runtimeConfig"]["parameterValues"]["service_account"] == account
+    assert main([*args, "--param", "service_account=other@my-project.iam.gserviceaccount.com"]) == 2
+    assert "give one" in capsys.readouterr().err

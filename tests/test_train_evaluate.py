@@ -92,7 +92,7 @@ def test_three_classes_train_with_softmax_and_learn(tmp_path):
 @pytest.mark.parametrize(
     "config, message",
     [(TrainConfig(epochs=0), "--epochs"), (TrainConfig(image_size=8), "--image-size"),
-     (TrainConfig(model="resnet9000"), "unknown"), (TrainConfig(learning_rate=0), "learning-rate"),
+     (TrainConfig(architecture="resnet9000"), "unknown"), (TrainConfig(learning_rate=0), "learning-rate"),
      (TrainConfig(learning_rate=float("inf")), "learning-rate")],
 )
 def test_bad_training_settings_are_refused(records, tmp_path, config, message):
@@ -125,7 +125,10 @@ def test_evaluation_has_auc_roc_and_an_html_report_with_pictures(trained_model, 
     assert 0.0 <= result.auc <= 1.0
     assert len(result.roc["fpr"]) == len(result.roc["tpr"]) == len(result.roc["thresholds"]) >= 1
     page = html_report(result, training_info(trained_model)["history"])
-    assert page.count("<svg") == 2 and "<polyline" in page
+    assert page.count("<svg") == 3  # training curves, ROC, per-class precision/recall (matplotlib)
+    assert page.count('src="data:image/jpeg;base64,') == len(result.gallery) == min(result.examples, 24)
+    mistakes = [e.mistake for e in result.gallery]
+    assert mistakes == sorted(mistakes, reverse=True)  # mistakes first
     assert f"accuracy <b>{result.accuracy:.4f}</b>" in page
     for name in result.class_names:
         assert f"<th>{name}</th>" in page
@@ -144,7 +147,7 @@ def test_augmentation_keeps_shape_and_changes_pixels():
 
 @pytest.mark.slow
 def test_mobilenet_backbone_trains_and_exports(records, tmp_path):
-    train(records, str(tmp_path / "m"), TrainConfig(epochs=1, image_size=32, batch_size=16, model="mobilenet_v3_small"))
+    train(records, str(tmp_path / "m"), TrainConfig(epochs=1, image_size=32, batch_size=16, architecture="mobilenet_v3_small"))
     result = evaluate(str(tmp_path / "m"), records)
     assert result.examples > 0
     assert json.loads(open(tmp_path / "m" / "training.json").read())["config"]["model"] == "mobilenet_v3_small"
@@ -225,7 +228,7 @@ def test_a_backup_made_with_other_settings_is_not_resumed(records, tmp_path):
 
 
 def test_image_size_has_an_upper_bound_that_fits_memory(records, tmp_path):
-    with pytest.raises(InputError, match="--image-size must be at most 1024"):
+    with pytest.raises(InputError, match="--image-size must be between 32 and 1024"):
         train(records, str(tmp_path / "m"), TrainConfig(image_size=4096))
 
 

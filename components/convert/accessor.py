@@ -23,7 +23,8 @@ from components.errors import InputError
 
 # TFRecorder arguments that mean nothing here, and why.
 LEGACY_ARGUMENTS = {
-    "tfrecorder_wheel": "Dataflow workers run the catsdogs components image (--sdk_container_image); no wheel is staged",
+    "tfrecorder_wheel": "Dataflow workers run the catsdogs components image (--sdk_container_image); "
+                        "no wheel is staged",
     "schema_map": "the schema is fixed (split, image_uri, label); see components/convert/schema.py",
     "job_label": "pass dataflow_options={'job_name': ...} instead",
 }

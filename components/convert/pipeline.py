@@ -1,41 +1,63 @@
-"""The Beam pipeline behind `catsdogs convert`: CSV rows -> checked images -> TFRecord shards per split.
+"""The Beam pipeline behind `catsdogs convert`: CSV -> checked, de-duplicated rows -> TFRecord shards per split.
 
-    rows --ReadImages--> good ---ToExample--> Partition(split) --> WriteToTFRecord (train/validation/test)
-                   \\--> bad ----------------------------------------> errors-*.csv
+    ReadFromText(csv) --CheckRows--> rows --Deduplicate--> unique rows --WriteShards--> <split>-SSSSS-of-NNNNN
+                             \\--> bad          \\--> bad (conflicts)        \\--> bad (unreadable images)
+                              bad + bad + bad ------------------------------------------> errors-*.csv
 
-Bad rows (unreadable files, non-images, unknown split, empty label ...) go to errors-*.csv with a reason;
-every good row is written. The run fails after writing the errors when more than --max-error-fraction of the
-rows are bad. Runs on DirectRunner here and on Dataflow with `--runner DataflowRunner` plus Dataflow options.
+The CSV is read inside the pipeline (Dataflow workers read it from gs:), so neither the launcher's memory nor
+the job graph grows with the number of rows. A streaming pre-pass in the launcher (`scan_csv`) keeps only the
+header, the label set and per-split counts: the label vocabulary and shard counts are fixed before the job is
+built, structural problems are refused before anything is written; it takes ~1 s per 100k rows here and its
+memory does not grow with them (a side input would need the labels before the shard writers start anyway).
+Images are read, checked and encoded inside the shard writer, so no PCollection ever holds image bytes (a runner
+buffers PCollections between stages: the local FnApiRunner in memory).
+
+Bad rows (unreadable files, non-images, unknown split, empty label, conflicting duplicates ...) go to errors-*.csv
+with a reason; every good row is written. The run fails when more than --max-error-fraction of the rows are bad.
+Output is staged beside --output-dir and moved into place only on success (components/convert/output.py).
 """
 
+from __future__ import annotations
+
+import contextlib
 import csv
+import hashlib
 import io
 import json
 import logging
 import math
 import os
+import posixpath
+import struct
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.tfrecordio import _TFRecordUtil
 from apache_beam.metrics.metric import Metrics, MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 from apache_beam.pipeline import PipelineVisitor
 
 from components import storage
-from components.convert import schema
+from components.contracts import CSV_COLUMNS, CSV_SPLITS, DISCARD, SPLITS
+from components.convert import output, schema
 from components.convert.images import BadImage, to_rgb_jpeg, to_rgb_pixels
 from components.errors import InputError
 
 log = logging.getLogger(__name__)
 
-REQUIRED_COLUMNS = ("split", "image_uri", "label")
-KNOWN_SPLITS = ("TRAIN", "VALIDATION", "TEST")
+REQUIRED_COLUMNS = CSV_COLUMNS
+KNOWN_SPLITS = SPLITS
 ERROR_COLUMNS = "image_uri,label,split,reason"
 COUNTER_NAMESPACE = "catsdogs.convert"
 RECORDS_PER_SHARD = 1000
-MULTI_PROCESS_ROWS = 5000
+# Threads per shard writer: reads (GCS latency) and decodes overlap, and Pillow and zlib release the GIL. Locally
+# on 2 busy cores 8 threads vs 1: 1522 vs 1435 img/s (jpeg, 2000 images); TFRecorder's format is bound by deflate
+# (~15-30 ms per record), which only threads spread over the cores.
+IMAGE_THREADS = 8
 
 
 @dataclass
@@ -56,140 +78,317 @@ def _bad(row: dict, reason: str) -> dict:
             "split": row.get("split", ""), "reason": reason}
 
 
-def read_csv_rows(csv_path: str) -> tuple[list[dict], list[dict], ConversionSummary]:
-    """Parses and checks the CSV before any Beam work: (rows to convert, bad rows, counts so far).
+def normalise_uri(uri: str) -> str:
+    """One spelling per file: `a//b`, `./a/b`, `a/./b` and the absolute path are one local file; `//` and `/./`
+    are collapsed in gs:// (and other scheme://) names too (GCS could hold both `a//b` and `a/b`; no image set
+    does). Relative local paths are resolved against the working folder, as reading them would."""
+    scheme, sep, rest = uri.partition("://")
+    if sep:
+        return f"{scheme}://{posixpath.normpath(rest)}"
+    return os.path.abspath(uri)
 
-    Structural problems (missing file, no header, missing columns, no rows) raise InputError; problems of one
-    row (unknown split, empty label or URI, conflicting duplicate) make that row bad and name its line.
-    """
-    if not storage.exists(csv_path):
+
+def check_row(values: list[str], columns: dict[str, int], width: int,
+              normalise: bool = True) -> tuple[dict, str | None]:
+    """(row, problem): problem is None for a row to convert, DISCARD for a DISCARD row, else the reason."""
+    row = {c: values[i].strip() if i < len(values) else "" for c, i in columns.items()}
+    row["split"] = row["split"].upper()
+    if len(values) < width:
+        return row, f"{len(values)} fields, header has {width}"
+    if row["split"] == DISCARD:
+        return row, DISCARD
+    if row["split"] not in KNOWN_SPLITS:
+        return row, f"unknown split {row['split']!r}, expected one of {', '.join(CSV_SPLITS)}"
+    if not row["image_uri"]:
+        return row, "empty image_uri"
+    if not row["label"]:
+        return row, "empty label"
+    if normalise:
+        row["image_uri"] = normalise_uri(row["image_uri"])
+    return row, None
+
+
+@dataclass
+class CsvScan:
+    """What the launcher keeps of the CSV: its header and counts, never its rows."""
+
+    columns: dict[str, int]
+    width: int
+    rows: int = 0
+    per_split: dict[str, int] = field(default_factory=dict)
+    labels: list[str] = field(default_factory=list)
+    first_problem: str = ""
+
+
+def _text_lines(csv_path: str):
+    """The CSV's lines as text, decoded one line at a time so an encoding error names its line. utf-8-sig:
+    Excel's "CSV UTF-8" starts with a byte-order mark, which would otherwise end up in the name "split"."""
+    with FileSystems.open(csv_path, compression_type=CompressionTypes.UNCOMPRESSED) as raw:
+        for number, line in enumerate(raw, start=1):
+            try:
+                yield line.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(f"CSV {csv_path} line {number} is not UTF-8 text ({e.reason} at byte {e.start} "
+                                 f"of the line); save it as UTF-8 (Excel: CSV UTF-8)") from None
+
+
+def scan_csv(csv_path: str) -> CsvScan:
+    """A streaming pass over the CSV that refuses structural problems (missing file, not UTF-8, no header,
+    missing columns, no usable rows, a quoted field spanning lines) before any Beam work."""
+    if not storage.is_gcs(csv_path) and os.path.isdir(csv_path):
+        raise InputError(f"CSV {csv_path} is a folder, expected a CSV file")
+    if not FileSystems.exists(csv_path):
         raise InputError(f"CSV {csv_path} does not exist")
-    lines = list(csv.reader(io.StringIO(storage.read_text(csv_path))))
-    if not lines:
-        raise InputError(f"CSV {csv_path} is empty: expected a header {','.join(REQUIRED_COLUMNS)} and rows")
-    header = [name.strip().lower() for name in lines[0]]
-    missing = [c for c in REQUIRED_COLUMNS if c not in header]
-    if missing:
-        looks_like_data = lines[0] and lines[0][0].strip().upper() in (*KNOWN_SPLITS, "DISCARD")
-        hint = " (the first line looks like data: the CSV needs a header)" if looks_like_data else ""
-        raise InputError(
-            f"CSV {csv_path} line 1: missing column(s) {', '.join(missing)}{hint}; "
-            f"header is {','.join(lines[0])!r}, expected at least {','.join(REQUIRED_COLUMNS)}"
-        )
-    if len(lines) == 1:
+    labels: set[str] = set()
+    reader = None
+    try:
+        reader = csv.reader(_text_lines(csv_path))
+        header = next(reader, None)
+        if header is None:
+            raise InputError(f"CSV {csv_path} is empty: expected a header {','.join(REQUIRED_COLUMNS)} and rows")
+        names = [name.strip().lower() for name in header]
+        missing = [c for c in REQUIRED_COLUMNS if c not in names]
+        if missing:
+            looks_like_data = header and header[0].strip().upper() in CSV_SPLITS
+            hint = " (the first line looks like data: the CSV needs a header)" if looks_like_data else ""
+            raise InputError(
+                f"CSV {csv_path} line 1: missing column(s) {', '.join(missing)}{hint}; "
+                f"header is {','.join(header)!r}, expected at least {','.join(REQUIRED_COLUMNS)}")
+        scan = CsvScan(columns={c: names.index(c) for c in REQUIRED_COLUMNS}, width=len(header))
+        last_line = reader.line_num
+        for values in reader:
+            if reader.line_num != last_line + 1:
+                raise InputError(f"CSV {csv_path} line {last_line + 1}: a quoted field spans lines; "
+                                 f"convert reads one row per line (remove the line break from the field)")
+            last_line = reader.line_num
+            if not any(v.strip() for v in values):
+                continue
+            scan.rows += 1
+            row, problem = check_row(values, scan.columns, scan.width, normalise=False)
+            if problem is None:
+                labels.add(row["label"])
+                scan.per_split[row["split"]] = scan.per_split.get(row["split"], 0) + 1
+            elif problem != DISCARD and not scan.first_problem:
+                scan.first_problem = f"line {reader.line_num}: {problem}"
+    except csv.Error as e:
+        raise InputError(f"CSV {csv_path} line {reader.line_num}: {e}") from e
+    if scan.rows == 0:
         raise InputError(f"CSV {csv_path} has a header but no rows")
-
-    summary = ConversionSummary()
-    good, bad, seen = [], [], {}
-    for line_number, values in enumerate(lines[1:], start=2):
-        if not any(v.strip() for v in values):
-            continue
-        summary.rows += 1
-        record = dict(zip(header, values))
-        row = {c: record.get(c, "").strip() for c in REQUIRED_COLUMNS}
-        row["split"] = row["split"].upper()
-        where = f"line {line_number}"
-        if len(values) < len(header):
-            bad.append(_bad(row, f"{where}: {len(values)} fields, header has {len(header)}"))
-        elif row["split"] == "DISCARD":
-            summary.discarded += 1
-        elif row["split"] not in KNOWN_SPLITS:
-            bad.append(_bad(row, f"{where}: unknown split {row['split']!r}, expected one of "
-                                 f"{', '.join(KNOWN_SPLITS)} or DISCARD"))
-        elif not row["image_uri"]:
-            bad.append(_bad(row, f"{where}: empty image_uri"))
-        elif not row["label"]:
-            bad.append(_bad(row, f"{where}: empty label"))
-        elif row["image_uri"] in seen:
-            first_line, first = seen[row["image_uri"]]
-            if first == row:
-                summary.duplicates += 1
-            else:
-                bad.append(_bad(row, f"{where}: same image_uri as line {first_line} with another split or label"))
-        else:
-            seen[row["image_uri"]] = (line_number, row)
-            good.append(row)
-    return good, bad, summary
+    if not scan.per_split:
+        first = scan.first_problem or "all rows are DISCARD"
+        raise InputError(f"CSV {csv_path}: no usable rows; first problem: {first}")
+    scan.labels = sorted(labels)
+    if len(scan.labels) < 2:
+        raise InputError(f"CSV {csv_path}: only the label {scan.labels} among the rows to convert; "
+                         f"a classifier needs at least two")
+    return scan
 
 
-class EncodeImage(beam.DoFn):
-    """Reads one row's image through Beam's FileSystems (local or gs://), checks it and encodes the record.
+def _count(name: str) -> None:
+    Metrics.counter(COUNTER_NAMESPACE, name).inc()
 
-    Emits (split, serialized example), or a bad row with the reason on the "bad" output.
-    """
+
+class CheckRow(beam.DoFn):
+    """One CSV line -> a row dict, or a bad row with the reason on the "bad" output. DISCARD rows are counted."""
 
     BAD = "bad"
 
-    def __init__(self, labels: list[str], record_format: str):
-        self.label_index = {label: i for i, label in enumerate(labels)}
-        self.record_format = record_format
+    def __init__(self, columns: dict[str, int], width: int):
+        self.columns, self.width = columns, width
 
-    def process(self, row: dict):
-        try:
-            with FileSystems.open(row["image_uri"]) as f:
-                data = f.read()
-        except Exception as e:  # noqa: BLE001 - any filesystem failure is this row's reason
-            yield beam.pvalue.TaggedOutput(self.BAD, _bad(row, f"cannot read file: {type(e).__name__}: {e}"))
+    def process(self, line: str):
+        if not line.strip():
             return
-        try:
-            example = self._encode(data, row)
-        except BadImage as e:
-            yield beam.pvalue.TaggedOutput(self.BAD, _bad(row, str(e)))
-            return
-        except Exception as e:  # noqa: BLE001 - a decoder bug on one odd file must not stop the other rows
-            log.exception("unexpected failure on %s", row["image_uri"])
-            yield beam.pvalue.TaggedOutput(self.BAD, _bad(row, f"unexpected {type(e).__name__}: {e}"))
-            return
-        Metrics.counter(COUNTER_NAMESPACE, f"good/{row['split']}/{row['label']}").inc()
-        yield row["split"], example
-
-    def _encode(self, data: bytes, row: dict) -> bytes:
-        index = self.label_index[row["label"]]
-        if self.record_format == "tfrecorder":
-            pixels, height, width = to_rgb_pixels(data)
-            return schema.tfrecorder_example(pixels, height, width, row["image_uri"], index, row["split"])
-        jpeg, height, width = to_rgb_jpeg(data)
-        return schema.jpeg_example(jpeg, height, width, row["image_uri"], index, row["label"], row["split"])
+        values = next(csv.reader([line]), [])
+        row, problem = check_row(values, self.columns, self.width)
+        if problem == DISCARD:
+            _count("discarded")
+        elif problem:
+            yield beam.pvalue.TaggedOutput(self.BAD, _bad(row, problem))
+        else:
+            yield row
 
 
-class EncodeImages(beam.PTransform):
-    """Rows -> {"good": (split, example), "bad": bad rows}."""
+class CheckRows(beam.PTransform):
+    """PCollection of CSV lines (header excluded) -> outputs "good" (row dicts) and "bad" (rows with a reason)."""
 
-    def __init__(self, rows: list[dict], labels: list[str], record_format: str):
+    def __init__(self, columns: dict[str, int], width: int):
         super().__init__()
-        self.rows, self.labels, self.record_format = rows, labels, record_format
+        self.columns, self.width = columns, width
 
-    def expand(self, pipeline):
+    def expand(self, lines):
+        return lines | "Check" >> beam.ParDo(CheckRow(self.columns, self.width)).with_outputs(CheckRow.BAD,
+                                                                                              main="good")
+
+
+def _resolve(keyed):
+    """All rows of one (normalised) image_uri -> the row once, or every row as bad when they disagree."""
+    uri, rows = keyed
+    rows = list(rows)
+    distinct = {(r["split"], r["label"]) for r in rows}
+    if len(distinct) == 1:
+        Metrics.counter(COUNTER_NAMESPACE, "duplicates").inc(len(rows) - 1)
+        yield rows[0]
+        return
+    seen = ", ".join(f"{split}/{label}" for split, label in sorted(distinct))
+    for row in rows:
+        yield beam.pvalue.TaggedOutput(CheckRow.BAD, _bad(row, f"the same image is listed {len(rows)} times with "
+                                                               f"different split or label ({seen})"))
+
+
+class Deduplicate(beam.PTransform):
+    """Rows -> "good": one row per image (by normalised URI); "bad": every row of an image listed with
+    conflicting splits or labels (which one is right cannot be known). Exact repeats are counted."""
+
+    def expand(self, rows):
         return (
-            pipeline
-            | "Rows" >> beam.Create(self.rows, reshuffle=True)
-            | "Encode" >> beam.ParDo(EncodeImage(self.labels, self.record_format)).with_outputs(EncodeImage.BAD, main="good")
+            rows
+            | "ByUri" >> beam.Map(lambda row: (row["image_uri"], row))
+            | "GroupByUri" >> beam.GroupByKey()
+            | "Resolve" >> beam.FlatMap(_resolve).with_outputs(CheckRow.BAD, main="good")
         )
 
 
-class WriteSplits(beam.PTransform):
-    """(split, example) -> `<split>-SSSSS-of-NNNNN.tfrecord[.gz]` shards, one set per split."""
+def shard_of(uri: str, shards: int) -> int:
+    """A stable shard for an image: the same CSV gives the same shards on every runner."""
+    return int.from_bytes(hashlib.blake2b(uri.encode("utf-8"), digest_size=8).digest(), "big") % shards
 
-    def __init__(self, output_dir: str, shards_per_split: dict[str, int], compression: str):
+
+def shard_name(split: str, index: int, shards: int, gzip: bool) -> str:
+    return f"{schema.SPLIT_PREFIX[split]}-{index:05d}-of-{shards:05d}.tfrecord" + (".gz" if gzip else "")
+
+
+class ShardFile:
+    """A TFRecord file written record by record, optionally as gzip. Records are framed and deflated by
+    `encode` in the image threads (zlib releases the GIL): each is an independent deflate chunk ending in a
+    sync flush, and the chunks concatenate into one gzip member (pigz's method). Deflating one TFRecorder
+    record (360 KB of base64 pixels) takes ~14 ms, so a single compressing thread capped that format at ~70 img/s.
+    """
+
+    GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no name, no mtime, unknown OS
+    FINAL_BLOCK = b"\x03\x00"  # an empty final fixed-Huffman block ends the deflate stream
+
+    def __init__(self, path: str, gzip: bool):
+        self.gzip, self.crc, self.size = gzip, 0, 0
+        self.file = FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED)
+        if gzip:
+            self.file.write(self.GZIP_HEADER)
+
+    @staticmethod
+    def encode(record: bytes, gzip: bool) -> tuple[bytes, bytes]:
+        """(the TFRecord-framed record, what goes into the file)."""
+        framed = io.BytesIO()
+        _TFRecordUtil.write_record(framed, record)  # length, masked CRC32C of it, data, masked CRC32C of data
+        framed = framed.getvalue()
+        if not gzip:
+            return framed, framed
+        deflate = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)  # level 6: what Beam's gzip writer uses
+        return framed, deflate.compress(framed) + deflate.flush(zlib.Z_SYNC_FLUSH)
+
+    def write(self, encoded: tuple[bytes, bytes]) -> None:
+        framed, data = encoded
+        if self.gzip:
+            self.crc, self.size = zlib.crc32(framed, self.crc), self.size + len(framed)
+        self.file.write(data)
+
+    def close(self) -> None:
+        if self.gzip:
+            self.file.write(self.FINAL_BLOCK + struct.pack("<II", self.crc, self.size & 0xFFFFFFFF))
+        self.file.close()
+
+
+class WriteShard(beam.DoFn):
+    """((split, shard index), rows) -> one TFRecord shard file. Reads, checks and encodes each row's image
+    (threads overlap reads and decodes) and writes the record at once: image bytes never enter a PCollection.
+    Emits the shard's path, and each row whose image cannot be used on the "bad" output."""
+
+    BAD = "bad"
+
+    def __init__(self, folder: str, shards: dict[str, int], labels: list[str], record_format: str, gzip: bool):
+        self.folder, self.shards, self.record_format, self.gzip = folder, shards, record_format, gzip
+        self.label_index = {label: i for i, label in enumerate(labels)}
+
+    def setup(self):
+        self.pool = ThreadPoolExecutor(IMAGE_THREADS)
+
+    def teardown(self):
+        self.pool.shutdown()
+
+    def process(self, keyed):
+        (split, index), rows = keyed
+        path = storage.join(self.folder, shard_name(split, index, self.shards[split], self.gzip))
+        shard = ShardFile(path, self.gzip)
+        try:
+            for row, encoded, reason in _bounded_map(self.pool, self._encode, rows, 4 * IMAGE_THREADS):
+                if reason:
+                    yield beam.pvalue.TaggedOutput(self.BAD, _bad(row, reason))
+                    continue
+                shard.write(encoded)
+                _count(f"good/{row['split']}/{row['label']}")
+        finally:
+            shard.close()
+        yield path
+
+    def _encode(self, row: dict) -> tuple[dict, tuple[bytes, bytes] | None, str | None]:
+        try:
+            with FileSystems.open(row["image_uri"], compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                data = f.read()
+        except Exception as e:  # noqa: BLE001 - any filesystem failure is this row's reason
+            return row, None, f"cannot read file: {type(e).__name__}: {e}"
+        try:
+            index = self.label_index[row["label"]]
+            if self.record_format == "tfrecorder":
+                pixels, height, width = to_rgb_pixels(data)
+                example = schema.tfrecorder_example(pixels, height, width, row["image_uri"], index, row["split"])
+            else:
+                jpeg, height, width = to_rgb_jpeg(data)
+                example = schema.jpeg_example(jpeg, height, width, row["image_uri"], index, row["label"], row["split"])
+            return row, ShardFile.encode(example, self.gzip), None
+        except BadImage as e:
+            return row, None, str(e)
+        except Exception as e:  # noqa: BLE001 - a decoder bug on one odd file must not stop the other rows
+            log.exception("unexpected failure on %s", row["image_uri"])
+            return row, None, f"unexpected {type(e).__name__}: {e}"
+
+
+def _bounded_map(pool: ThreadPoolExecutor, fn, items, window: int):
+    """pool.map in input order with at most `window` results in flight (memory stays bounded)."""
+    pending = []
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= window:
+            yield pending.pop(0).result()
+    for future in pending:
+        yield future.result()
+
+
+class WriteShards(beam.PTransform):
+    """Unique rows -> `<split>-SSSSS-of-NNNNN.tfrecord[.gz]` in `folder` ("written": shard paths; "bad": rows
+    whose image cannot be used). Shards no row fell into are created empty by `finish_shards`."""
+
+    def __init__(self, folder: str, shards: dict[str, int], labels: list[str], record_format: str, gzip: bool):
         super().__init__()
-        self.output_dir, self.shards_per_split, self.compression = output_dir, shards_per_split, compression
+        self.folder, self.shards, self.labels = folder, shards, labels
+        self.record_format, self.gzip = record_format, gzip
 
-    def expand(self, examples):
-        by_split = examples | "BySplit" >> beam.Partition(lambda keyed, _: KNOWN_SPLITS.index(keyed[0]), len(KNOWN_SPLITS))
-        gzip = self.compression == "gzip"
-        for split, keyed in zip(KNOWN_SPLITS, by_split):
-            prefix = schema.SPLIT_PREFIX[split]
-            _ = (
-                keyed
-                | f"{prefix.title()}Records" >> beam.Values()
-                | f"Write{prefix.title()}" >> beam.io.WriteToTFRecord(
-                    storage.join(self.output_dir, prefix),
-                    file_name_suffix=".tfrecord.gz" if gzip else ".tfrecord",
-                    num_shards=self.shards_per_split[split],
-                    compression_type=CompressionTypes.GZIP if gzip else CompressionTypes.UNCOMPRESSED,
-                )
-            )
-        return examples.pipeline
+    def expand(self, rows):
+        shards = self.shards
+        return (
+            rows
+            | "ByShard" >> beam.Map(lambda row: ((row["split"], shard_of(row["image_uri"], shards[row["split"]])), row))
+            | "GroupByShard" >> beam.GroupByKey()
+            | "Write" >> beam.ParDo(WriteShard(self.folder, shards, self.labels, self.record_format, self.gzip))
+            .with_outputs(WriteShard.BAD, main="written")
+        )
+
+
+def finish_shards(folder: str, shards: dict[str, int], gzip: bool) -> None:
+    """Creates the empty shards (a valid, empty TFRecord file), so every split has its full set of names."""
+    for split, count in shards.items():
+        for index in range(count):
+            path = storage.join(folder, shard_name(split, index, count, gzip))
+            if not FileSystems.exists(path):
+                ShardFile(path, gzip).close()
 
 
 class WriteErrors(beam.PTransform):
@@ -218,27 +417,24 @@ def _error_line(row: dict) -> str:
 
 
 def _count_bad(row: dict) -> dict:
-    Metrics.counter(COUNTER_NAMESPACE, "bad").inc()
+    _count("bad")
     return row
 
 
-def _remove_previous_outputs(output_dir: str) -> None:
-    """Re-runs must not leave shards of an earlier run (with another shard count) beside the new ones."""
-    patterns = [storage.join(output_dir, p) for p in ("*.tfrecord*", "errors-*.csv")]
-    stale = [m.path for result in FileSystems.match(patterns) for m in result.metadata_list]
-    if stale:
-        FileSystems.delete(stale)
+def shard_counts(scan: CsvScan, num_shards: int) -> dict[str, int]:
+    return {split: num_shards or max(1, math.ceil(scan.per_split.get(split, 0) / RECORDS_PER_SHARD))
+            for split in KNOWN_SPLITS}
 
 
-def build_pipeline(pipeline: beam.Pipeline, rows: list[dict], bad_rows: list[dict], labels: list[str],
-                   output_dir: str, num_shards: int, record_format: str = "jpeg", compression: str = "none") -> None:
-    shards = {
-        split: num_shards or max(1, math.ceil(sum(r["split"] == split for r in rows) / RECORDS_PER_SHARD))
-        for split in KNOWN_SPLITS
-    }
-    images = pipeline | "EncodeImages" >> EncodeImages(rows, labels, record_format)
-    _ = images.good | "WriteSplits" >> WriteSplits(output_dir, shards, compression)
-    _ = (images[EncodeImage.BAD], pipeline | "CsvBadRows" >> beam.Create(bad_rows)) | "WriteErrors" >> WriteErrors(output_dir)
+def build_pipeline(pipeline: beam.Pipeline, csv_path: str, scan: CsvScan, folder: str, num_shards: int,
+                   record_format: str = "jpeg", compression: str = "none") -> None:
+    """The whole conversion as one graph whose size does not depend on the CSV's length."""
+    lines = pipeline | "ReadCsv" >> beam.io.ReadFromText(csv_path, skip_header_lines=1)
+    checked = lines | "CheckRows" >> CheckRows(scan.columns, scan.width)
+    unique = checked.good | "Deduplicate" >> Deduplicate()
+    written = unique.good | "WriteShards" >> WriteShards(
+        folder, shard_counts(scan, num_shards), scan.labels, record_format, compression == "gzip")
+    _ = (checked.bad, unique[CheckRow.BAD], written[WriteShard.BAD]) | "WriteErrors" >> WriteErrors(folder)
 
 
 def dataflow_args(project: str, region: str, temp_location: str, sdk_container_image: str = "",
@@ -270,12 +466,28 @@ def _runner(name: str):
     return name
 
 
-def pipeline_options(runner: str, pipeline_args: list[str], direct_workers: int, rows: int) -> PipelineOptions:
-    """Beam options; direct_workers=0 picks the DirectRunner's processes: one below MULTI_PROCESS_ROWS rows
-    (starting worker processes costs more than it saves there), else one per core."""
+def check_beam_args(pipeline_args: list[str]) -> None:
+    """Refuses unknown or malformed Beam options (argparse would exit the process, Beam would drop unknown ones
+    with a warning) before anything is touched."""
+    parsers = []
+    errors = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(errors):
+            PipelineOptions(pipeline_args).get_all_options(add_extra_args_fn=parsers.append)
+            _, unknown = parsers[0].parse_known_args(pipeline_args)
+    except SystemExit as e:
+        lines = [line for line in errors.getvalue().splitlines() if line.strip()]
+        message = lines[-1].split("error: ", 1)[-1] if lines else f"exit {e.code}"
+        raise InputError(f"Beam option after --: {message}") from None
+    if unknown:
+        raise InputError(f"unknown Beam option(s) after --: {' '.join(unknown)}")
+
+
+def pipeline_options(runner: str, pipeline_args: list[str], direct_workers: int) -> PipelineOptions:
+    """Beam options; direct_workers > 1 runs the local FnApiRunner's stages in that many processes (one
+    process with threads per shard is the default: measured faster on 2 cores, see benchmarks/convert.py)."""
+    check_beam_args(pipeline_args)
     options = PipelineOptions(pipeline_args)
-    if direct_workers == 0:
-        direct_workers = 1 if rows < MULTI_PROCESS_ROWS else os.cpu_count() or 1
     if runner == "DirectRunner" and direct_workers > 1:
         direct = options.view_as(DirectOptions)
         direct.direct_running_mode = "multi_processing"
@@ -284,7 +496,8 @@ def pipeline_options(runner: str, pipeline_args: list[str], direct_workers: int,
 
 
 def describe(pipeline: beam.Pipeline, options: PipelineOptions) -> str:
-    """What a dry run prints: the options that differ from Beam's defaults and the pipeline's steps."""
+    """What a dry run prints: the options that differ from Beam's defaults, the pipeline's steps and the size
+    of the job graph that would be submitted (Dataflow refuses graphs over ~10 MB)."""
 
     class Steps(PipelineVisitor):
         def __init__(self):
@@ -298,66 +511,95 @@ def describe(pipeline: beam.Pipeline, options: PipelineOptions) -> str:
     steps = Steps()
     pipeline.visit(steps)
     chosen = options.get_all_options(drop_default=True, retain_unknown_options=True)
-    return "\n".join(
-        ["pipeline options:", *(f"  --{k}={v}" for k, v in sorted(chosen.items())), "steps:", *steps.lines]
-    )
+    return "\n".join(["pipeline options:", *(f"  --{k}={v}" for k, v in sorted(chosen.items())), "steps:",
+                      *steps.lines, f"job graph: {job_graph_bytes(pipeline)} bytes"])
+
+
+def job_graph_bytes(pipeline: beam.Pipeline) -> int:
+    """Size of the serialized pipeline proto, what a runner is sent."""
+    return len(pipeline.to_runner_api().SerializeToString())
+
+
+def _check_arguments(record_format: str, compression: str, num_shards: int, max_error_fraction: float) -> None:
+    if record_format not in schema.FORMATS:
+        raise InputError(f"--format must be one of {', '.join(schema.FORMATS)}, got {record_format!r}")
+    if compression not in ("gzip", "none"):
+        raise InputError(f"--compression must be gzip or none, got {compression!r}")
+    if num_shards < 0:
+        raise InputError(f"--num-shards must be 0 (automatic) or more, got {num_shards}")
+    if not 0 <= max_error_fraction <= 1:
+        raise InputError(f"--max-error-fraction must be between 0 and 1, got {max_error_fraction}")
 
 
 def convert(csv_path: str, output_dir: str, record_format: str = "jpeg", compression: str | None = None,
             num_shards: int = 0, max_error_fraction: float = 0.05, runner: str = "DirectRunner",
-            pipeline_args: list[str] | None = None, direct_workers: int = 0,
+            pipeline_args: list[str] | None = None, direct_workers: int = 1,
             dry_run: bool = False) -> ConversionSummary:
     """Converts the CSV's images to TFRecords in output_dir and returns the counts (also in summary.json).
 
     record_format is "jpeg" (default) or "tfrecorder"; compression defaults to none for jpeg (JPEG bytes do not
     compress) and gzip for tfrecorder, as TFRecorder wrote. num_shards=0 picks one shard per 1000 records of
     each split. pipeline_args go to Beam as they are (e.g. Dataflow's --project, --region, --temp_location).
-    direct_workers is the DirectRunner's process count (0: chosen by the row count). dry_run prints the options and
-    steps and returns without reading an image or writing anything.
+    direct_workers is the local runner's process count (1: one process). dry_run prints the options, steps and
+    job-graph size and returns without reading an image or writing anything.
+    A failed run leaves output_dir as it was; a successful one replaces only the files an earlier convert wrote.
     """
-    if record_format not in schema.FORMATS:
-        raise InputError(f"--format must be one of {', '.join(schema.FORMATS)}, got {record_format!r}")
     compression = compression or ("gzip" if record_format == "tfrecorder" else "none")
-    if compression not in ("gzip", "none"):
-        raise InputError(f"--compression must be gzip or none, got {compression!r}")
-    if not 0 <= max_error_fraction <= 1:
-        raise InputError(f"--max-error-fraction must be between 0 and 1, got {max_error_fraction}")
-    rows, bad_rows, summary = read_csv_rows(csv_path)
-    summary.labels = sorted({r["label"] for r in rows})
-    summary.format = record_format
-    if not rows:
-        raise InputError(f"CSV {csv_path}: no usable rows ({len(bad_rows)} bad); first problem: "
-                         f"{bad_rows[0]['reason'] if bad_rows else 'all rows are DISCARD'}")
+    _check_arguments(record_format, compression, num_shards, max_error_fraction)
+    options = pipeline_options(runner, pipeline_args or [], direct_workers)
+    # A dry run needs no credentials: it checks a gs:// output only when the real run starts.
+    previous = [] if dry_run and storage.is_gcs(output_dir) else output.check_output_dir(output_dir)
+    scan = scan_csv(csv_path)
+    summary = ConversionSummary(rows=scan.rows, labels=scan.labels, format=record_format)
 
-    options = pipeline_options(runner, pipeline_args or [], direct_workers, len(rows))
-    # A dry run builds the graph on the local runner: Dataflow's option checks already call GCS.
-    pipeline = beam.Pipeline(runner=_runner("DirectRunner" if dry_run else runner), options=options)
-    build_pipeline(pipeline, rows, bad_rows, summary.labels, output_dir, num_shards, record_format, compression)
     if dry_run:
-        print(f"dry run: would convert {len(rows)} rows of {csv_path} to {output_dir} "
+        # A dry run builds the graph on the local runner: Dataflow's option checks already call GCS.
+        pipeline = beam.Pipeline(runner=_runner("DirectRunner"), options=options)
+        build_pipeline(pipeline, csv_path, scan, storage.join(output_dir, "staging"), num_shards, record_format,
+                       compression)
+        print(f"dry run: would convert {scan.rows} rows of {csv_path} to {output_dir} "
               f"({record_format}, compression {compression}) with {runner}\n{describe(pipeline, options)}")
         return summary
 
-    schema.write_labels(output_dir, summary.labels)
-    _remove_previous_outputs(output_dir)
-    log.info("converting %d rows from %s to %s (%s) with %s", len(rows), csv_path, output_dir, record_format, runner)
+    output.clean_leftovers(output_dir)
+    staging = output.new_staging_dir(output_dir)
+    try:
+        _run(csv_path, staging, scan, summary, options, runner, num_shards, record_format, compression)
+    except BaseException:
+        output.discard(staging)
+        raise
+    checked = summary.good + summary.bad
+    if summary.good == 0 or summary.bad / max(checked, 1) > max_error_fraction:
+        output.discard(staging, keep=(output.ERRORS_FILE, schema.SUMMARY_FILE))
+        what = "no image could be converted" if summary.good == 0 else (
+            f"{summary.bad} of {checked} rows ({summary.bad / checked:.1%}) are bad, more than "
+            f"--max-error-fraction {max_error_fraction:.1%}")
+        raise InputError(f"{what}; {output_dir} is left as it was; reasons in "
+                         f"{storage.join(staging, output.ERRORS_FILE)}")
+    output.commit(staging, output_dir, previous)
+    if summary.bad:
+        log.warning("%d of %d rows are bad; reasons in %s", summary.bad, checked,
+                    storage.join(output_dir, output.ERRORS_FILE))
+    return summary
+
+
+def _run(csv_path: str, staging: str, scan: CsvScan, summary: ConversionSummary, options: PipelineOptions,
+         runner: str, num_shards: int, record_format: str, compression: str) -> None:
+    pipeline = beam.Pipeline(runner=_runner(runner), options=options)
+    build_pipeline(pipeline, csv_path, scan, staging, num_shards, record_format, compression)
+    schema.write_labels(staging, summary.labels)
+    log.info("converting %d rows from %s (%s) with %s, staging in %s", scan.rows, csv_path, record_format, runner,
+             staging)
     if runner == "DataflowRunner":
         logging.getLogger("apache_beam").setLevel(logging.INFO)  # the job's id, URL and progress
     result = pipeline.run()
     result.wait_until_finish()
+    finish_shards(staging, shard_counts(scan, num_shards), compression == "gzip")
+    errors_path = storage.join(staging, output.ERRORS_FILE)
+    if not FileSystems.exists(errors_path):
+        storage.write_text(errors_path, ERROR_COLUMNS + "\n")
     _add_counts(summary, result)
-    storage.write_text(storage.join(output_dir, schema.SUMMARY_FILE), json.dumps(asdict(summary), indent=1) + "\n")
-
-    errors_path = storage.join(output_dir, "errors-00000-of-00001.csv")
-    checked = summary.good + summary.bad
-    if summary.bad:
-        log.warning("%d of %d rows are bad; reasons in %s", summary.bad, checked, errors_path)
-    if checked and summary.bad / checked > max_error_fraction:
-        raise InputError(
-            f"{summary.bad} of {checked} rows ({summary.bad / checked:.1%}) are bad, more than "
-            f"--max-error-fraction {max_error_fraction:.1%}; reasons in {errors_path}"
-        )
-    return summary
+    storage.write_text(storage.join(staging, schema.SUMMARY_FILE), json.dumps(asdict(summary), indent=1) + "\n")
 
 
 def _add_counts(summary: ConversionSummary, result) -> None:
@@ -365,6 +607,8 @@ def _add_counts(summary: ConversionSummary, result) -> None:
         name, value = counter.key.metric.name, counter.committed
         if name == "bad":
             summary.bad += value
+        elif name in ("duplicates", "discarded"):
+            setattr(summary, name, getattr(summary, name) + value)
         else:
             _, split, label = name.split("/", 2)
             summary.good += value

@@ -18,7 +18,8 @@
 padding, of the raw HxWx3 uint8 pixels), `image_height`, `image_width`, `image_channels` (always 3: RGBA and
 palette images are converted, fixing TFRecorder's channel bug), `image_name`, `label`, `split`.
 
-Beside the shards, the output folder holds `labels.json` (the ordered class names) and `summary.json`.
+Beside the shards, the output folder holds `labels.json` (the ordered class names), `summary.json`,
+`errors-00000-of-00001.csv` and `_catsdogs_manifest.json` (the files convert wrote there; see output.py).
 Examples are encoded here without TensorFlow (tf.train.Example's wire format is small and stable), so Beam
 workers never pay TensorFlow's import; tests check that TensorFlow parses them.
 """
@@ -29,11 +30,11 @@ import base64
 import json
 
 from components import storage
+from components.contracts import LABELS_FILE, RECORD_FORMATS, SPLIT_PREFIX, SUMMARY_FILE
 
-FORMATS = ("jpeg", "tfrecorder")
-LABELS_FILE = "labels.json"
-SUMMARY_FILE = "summary.json"
-SPLIT_PREFIX = {"TRAIN": "train", "VALIDATION": "validation", "TEST": "test"}
+FORMATS = RECORD_FORMATS
+__all__ = ["FORMATS", "LABELS_FILE", "SPLIT_PREFIX", "SUMMARY_FILE", "jpeg_example", "read_labels", "read_summary",
+           "serialize_example", "shard_pattern", "split_size", "tfrecorder_example", "write_labels"]
 
 
 def _varint(value: int) -> bytes:

@@ -1,8 +1,7 @@
 from typing import Dict, Optional
 
-from google_cloud_pipeline_components.types.artifact_types import VertexEndpoint
+from google_cloud_pipeline_components.types.artifact_types import VertexEndpoint, VertexModel
 from kfp import dsl
-from google_cloud_pipeline_components.types.artifact_types import VertexModel
 from kfp.dsl import Input, Model, Output
 
 from components.images import LOCAL
@@ -60,3 +59,29 @@ def record_deployment(model: Input[Model], vertex_model: Input[VertexModel], end
     with tracking.step_run("deploy", wandb_settings, {"endpoint": endpoint.uri}) as run:
         run.use("model", model.uri)
         run.log_endpoint(endpoint.uri, vertex_model.metadata.get("resourceName", vertex_model.uri))
+
+
+@dsl.component(base_image=LOCAL.components, install_kfp_package=False)
+def undeploy_previous(project: str, location: str, endpoint: Input[VertexEndpoint], model_display_name: str,
+                      keep: int = 0) -> int:
+    """Undeploys the endpoint's earlier deployments of this model once the new one takes all the traffic: each
+    would otherwise stay deployed at 0% traffic on dedicated nodes, billed as if it served. The versions stay in
+    the Model Registry, to be deployed again.
+
+    Args:
+        project: Google Cloud project of the endpoint.
+        location: Region of the endpoint, e.g. us-central1.
+        endpoint: The endpoint the new model was deployed to (its metadata holds resourceName).
+        model_display_name: Only deployments with this display name are undeployed; other models sharing the
+            endpoint are left alone, and so is any deployment that takes traffic.
+        keep: How many of the newest previous deployments to leave deployed for an instant rollback (each costs
+            its nodes).
+
+    Returns:
+        How many deployments were undeployed.
+    """
+    from components import logs
+    from components.deploy.vertex import undeploy_previous as undeploy
+
+    logs.setup()
+    return len(undeploy(project, location, endpoint.metadata["resourceName"], model_display_name, keep))

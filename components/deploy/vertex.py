@@ -4,7 +4,8 @@ The SavedModel folder (in GCS) is uploaded as a Model served by our container: a
 model with the same display name when there is one (`parent_model`), made its default version, with any
 extra version aliases. The newest endpoint with the endpoint display name is reused (created only when there
 is none), and the new version is deployed to it with autoscaling between min and max replicas and a share of
-the traffic (the endpoint's other models share the rest as before).
+the traffic (the endpoint's other models share the rest as before). Earlier deployments of the model that
+then take no traffic are undeployed, but for the newest `keep_previous` (they would bill their nodes forever).
 
 Every call is built as the request object the SDK sends, so `--dry-run` prints exactly those requests
 without credentials; values only known once earlier calls have answered are shown as {placeholders}.
@@ -36,6 +37,7 @@ FOUND_MODEL = "{the model that ListModels finds, if any}"
 UPLOADED_MODEL = "{the model version that UploadModel creates}"
 FOUND_ENDPOINT = "{the endpoint that ListEndpoints finds, or that CreateEndpoint creates}"
 OTHER_MODELS = "{the endpoint's other deployed models, scaled to share the rest}"
+IDLE_MODEL = "{each earlier deployment of the model that takes no traffic, beyond the newest keep_previous}"
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class VertexDeployment:
     max_replicas: int = 1
     traffic_percent: int = 100
     version_aliases: tuple[str, ...] = ()
+    keep_previous: int = 0  # earlier idle deployments of the model left deployed (undeploy_previous)
 
     def __post_init__(self):
         if not self.project or not self.location:
@@ -64,6 +67,8 @@ class VertexDeployment:
             raise InputError(f"replicas: need 1 <= min ({self.min_replicas}) <= max ({self.max_replicas})")
         if not 0 < self.traffic_percent <= 100:
             raise InputError(f"traffic percent must be 1..100, got {self.traffic_percent}")
+        if self.keep_previous < 0:
+            raise InputError(f"keep previous must be 0 or more deployments, got {self.keep_previous}")
         bad = [a for a in self.version_aliases if not ALIAS.fullmatch(a) or a == "default"]
         if bad:
             raise InputError(f"version aliases {bad}: each must match {ALIAS.pattern} and not be 'default' "
@@ -159,6 +164,8 @@ def dry_run(d: VertexDeployment) -> dict:
         ("EndpointService.CreateEndpoint (only if none is found)",
          create_endpoint_request(d.project, d.location, d.endpoint_display_name)),
         ("EndpointService.DeployModel", deploy_request(d, UPLOADED_MODEL, FOUND_ENDPOINT, split)),
+        ("EndpointService.GetEndpoint", aiplatform_v1.GetEndpointRequest(name=FOUND_ENDPOINT)),
+        ("EndpointService.UndeployModel (for each)", undeploy_request(FOUND_ENDPOINT, IDLE_MODEL)),
     ]
     return {"api_endpoint": api_endpoint(d.location),
             "calls": [{"method": method, "request": as_json(request)} for method, request in calls]}
@@ -192,6 +199,45 @@ def deploy(d: VertexDeployment) -> tuple[str, str]:
     log.info("uploaded %s%s", model, f" as a new version of {parent}" if parent else "")
     endpoint = find_or_create_endpoint(d.project, d.location, d.endpoint_display_name)
     split = allocate_traffic(dict(endpoint.traffic_split), d.traffic_percent)
-    _client(aiplatform_v1.EndpointServiceClient, d.location).deploy_model(request=deploy_request(d, model, endpoint.name, split)).result()
+    _client(aiplatform_v1.EndpointServiceClient, d.location).deploy_model(
+        request=deploy_request(d, model, endpoint.name, split)).result()
     log.info("deployed %s to %s with traffic %s", model, endpoint.name, split)
+    undeploy_previous(d.project, d.location, endpoint.name, d.model_display_name, d.keep_previous)
     return model, endpoint.name
+
+
+def models_to_undeploy(endpoint: aiplatform_v1.Endpoint, display_name: str,
+                       keep: int) -> list[aiplatform_v1.DeployedModel]:
+    """The endpoint's deployed models of this display name that take no traffic, less the `keep` newest of them.
+
+    Every deploy leaves the previous model deployed at 0% traffic on its own dedicated nodes, billed as if it
+    served; these are the ones to undeploy. A model that takes traffic is never one of them, nor is another
+    model's deployment sharing the endpoint. Undeploying keeps the version in the Model Registry."""
+    if keep < 0:
+        raise InputError(f"keep must be 0 or more previous models, got {keep}")
+    split = dict(endpoint.traffic_split)
+    idle = [m for m in endpoint.deployed_models if m.display_name == display_name and split.get(m.id, 0) == 0]
+    idle.sort(key=lambda m: (m.create_time.timestamp() if m.create_time else 0, m.id), reverse=True)
+    return idle[keep:]
+
+
+def undeploy_request(endpoint: str, deployed_model_id: str) -> aiplatform_v1.UndeployModelRequest:
+    # No traffic_split: the model takes none, and leaving it out leaves the endpoint's split as it is.
+    return aiplatform_v1.UndeployModelRequest(endpoint=endpoint, deployed_model_id=deployed_model_id)
+
+
+def undeploy_previous(project: str, location: str, endpoint: str, display_name: str, keep: int,
+                      client: aiplatform_v1.EndpointServiceClient | None = None) -> list[str]:
+    """Undeploys models_to_undeploy from the endpoint (a resource name), oldest first, so that a run cut short
+    leaves the newer ones for rollback; returns their deployed model ids. Run it once the new model takes all
+    the traffic. Needs Google credentials (or a `client`)."""
+    if not endpoint.startswith(f"projects/{project}/locations/{location}/endpoints/"):
+        raise InputError(f"endpoint {endpoint!r} is not in projects/{project}/locations/{location}")
+    client = client or _client(aiplatform_v1.EndpointServiceClient, location)
+    current = client.get_endpoint(name=endpoint)
+    undeployed = []
+    for model in reversed(models_to_undeploy(current, display_name, keep)):
+        client.undeploy_model(request=undeploy_request(endpoint, model.id)).result()
+        log.info("undeployed %s (%s, deployed %s) from %s", model.id, model.model, model.create_time, endpoint)
+        undeployed.append(model.id)
+    return undeployed

@@ -1,5 +1,6 @@
 from typing import Dict, Optional
 
+from google_cloud_pipeline_components.types import artifact_types
 from kfp import dsl
 from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
@@ -13,27 +14,65 @@ def evaluate(
     metrics: Output[Metrics],
     confusion: Output[ClassificationMetrics],
     report: Output[HTML],
+    evaluation: Output[artifact_types.ClassificationMetrics],
     min_accuracy: float = 0.0,
+    champion_uri: str = "",
+    max_regression: float = 0.0,
     wandb_settings: Optional[Dict[str, str]] = None,
 ) -> bool:
-    """Scores the exported SavedModel on the TEST split (VALIDATION if there is no TEST): accuracy, AUC,
-    per-class precision/recall, confusion matrix and ROC (2 classes), an HTML report with the training
-    curves. Returns whether accuracy reaches min_accuracy: the deploy gate.
-    wandb_settings (tracking.pipeline_settings) makes it a W&B run: model and tfrecords in, metrics, confusion
-    matrix and a table of sample predictions out."""
+    """Scores the exported SavedModel, and the champion (the version served now) on the same records, and
+    decides whether the candidate may be deployed.
+
+    Both are scored on the TEST split (VALIDATION if there is no TEST): accuracy, AUC, per-class
+    precision/recall, confusion matrix and ROC (2 classes), and an HTML report with the training curves.
+
+    Args:
+        model: The candidate SavedModel (the train step's output).
+        tfrecords: The records to score on (the convert step's output).
+        metrics: Accuracy, AUC, per-class scores; the champion's accuracy and the decision
+            (`published` 1/0, `decision`, `champion_version`).
+        confusion: Confusion matrix and ROC curve.
+        report: HTML report: curves, confusion matrix, the decision.
+        evaluation: The metrics in Vertex's classification schema and the decision, for the Model Registry.
+        min_accuracy: Accuracy the candidate needs to be deployed.
+        champion_uri: The version served now: a model base (the newest version under it), a SavedModel folder
+            or a Vertex model's artifact URI (gs://). Empty: no champion, min_accuracy alone decides.
+        max_regression: How much lower than the champion's the candidate's accuracy may be (0: ties deploy).
+        wandb_settings: tracking.pipeline_settings; makes it a W&B run: model and tfrecords in, metrics,
+            confusion matrix, sample predictions and the decision out.
+
+    Returns:
+        Whether the candidate is deployed (the deploy gate): accuracy >= min_accuracy and not worse than the
+        champion by more than max_regression.
+    """
+    import json
     import math
+    from dataclasses import asdict
 
     from components import logs, storage, tracking
+    from components.deploy.registry import evaluation_file
+    from components.evaluate.champion import check_max_regression, decide, find_champion, score_champion
     from components.evaluate.core import evaluate as score
     from components.evaluate.report import html_report
     from components.train.core import training_info
 
     logs.setup()
-    with tracking.step_run("evaluate", wandb_settings, {"min_accuracy": min_accuracy}) as run:
+    check_max_regression(max_regression)
+    config = {"min_accuracy": min_accuracy, "champion_uri": champion_uri, "max_regression": max_regression}
+    with tracking.step_run("evaluate", wandb_settings, config) as run:
         run.use("model", model.uri)
         run.use("tfrecords", tfrecords.uri)
         result = score(model.uri, tfrecords.uri)
         run.log_evaluation(result, model.uri, tfrecords.uri)
+        champion = find_champion(champion_uri)
+        scored = score_champion(champion, tfrecords.uri, result.split, result.class_names) if champion else None
+        decision = decide(result.accuracy, scored.accuracy if scored else None, min_accuracy, max_regression)
+        summary = {"accuracy": result.accuracy, "split": result.split, "examples": result.examples,
+                   "champion_accuracy": decision.champion_accuracy,
+                   "champion_version": champion.version if champion else None,
+                   "published": decision.publish, "reason": decision.reason}
+        if run.run is not None:
+            run.run.summary.update({f"decision/{k}": v for k, v in summary.items() if v is not None})
     metrics.log_metric("accuracy", result.accuracy)
     if math.isfinite(result.auc):  # undefined when the split lacks a class; KFP metadata refuses NaN
         metrics.log_metric("auc", result.auc)
@@ -45,6 +84,14 @@ def evaluate(
     confusion.log_confusion_matrix(result.class_names, result.confusion_matrix)
     if result.roc:
         confusion.log_roc_curve(result.roc["fpr"], result.roc["tpr"], result.roc["thresholds"])
-    storage.write_text(report.uri, html_report(result, training_info(model.uri)["history"]))
+    if decision.champion_accuracy is not None:
+        metrics.log_metric("champion_accuracy", decision.champion_accuracy)
+    if champion:
+        metrics.log_metric("champion_version", champion.version)
+    metrics.log_metric("published", float(decision.publish))
+    metrics.log_metric("decision", decision.reason)
+    evaluation.metadata.update({k: v for k, v in summary.items() if v is not None})
+    storage.write_text(evaluation.uri, json.dumps(evaluation_file(asdict(result), summary), indent=1))
+    storage.write_text(report.uri, html_report(result, training_info(model.uri)["history"], decision=summary))
     # A single, unnamed bool: kfp.local 2.17 cannot resolve a dsl.If on a named (NamedTuple) output.
-    return result.accuracy >= min_accuracy
+    return decision.publish

@@ -1,6 +1,8 @@
 """Scores the exported SavedModel (the artifact that gets deployed) on the TEST split, or on VALIDATION when
 the data has no TEST split: accuracy, AUC, per-class precision and recall, confusion matrix, ROC (2 classes)."""
 
+import heapq
+import io
 import logging
 from dataclasses import dataclass, field
 
@@ -13,6 +15,9 @@ from components.train.core import training_info
 from components.train.data import make_dataset, shard_errors
 
 log = logging.getLogger(__name__)
+
+GALLERY_SIZE = 24  # held-out images shown in the report
+THUMBNAIL = 96  # pixels on the longer side
 
 
 def auc(scores: np.ndarray, positives: np.ndarray) -> float:
@@ -33,6 +38,56 @@ def roc_curve(scores: np.ndarray, positives: np.ndarray) -> tuple[list[float], l
     return fpr, tpr, [float(t) for t in thresholds]
 
 
+@dataclass(frozen=True)
+class Example:
+    """One held-out image as the model saw it, with its true and predicted label."""
+    true: str
+    predicted: str
+    confidence: float  # probability of the predicted class
+    thumbnail: bytes  # JPEG, at most THUMBNAIL pixels a side
+
+    @property
+    def mistake(self) -> bool:
+        return self.true != self.predicted
+
+
+class Gallery:
+    """Picks at most `size` examples while the batches stream past, holding at most 2 x size images: the
+    mistakes the model was surest of first, then the correct answers it was least sure of."""
+
+    def __init__(self, class_names: list[str], size: int = GALLERY_SIZE):
+        self.class_names, self.size = class_names, size
+        self.mistakes: list = []  # min-heaps of (priority, seen, pixels, true, predicted, confidence)
+        self.correct: list = []
+        self.seen = 0
+
+    def add(self, pixels: np.ndarray, labels: np.ndarray, probabilities: np.ndarray) -> None:
+        for image, label, probs in zip(pixels, labels, probabilities):
+            predicted = int(probs.argmax())
+            confidence = float(probs[predicted])
+            heap, priority = (self.mistakes, confidence) if predicted != label else (self.correct, -confidence)
+            self.seen += 1
+            if len(heap) >= self.size and priority <= heap[0][0]:
+                continue
+            item = (priority, self.seen, image.clip(0, 255).astype(np.uint8), int(label), predicted, confidence)
+            (heapq.heappush if len(heap) < self.size else heapq.heapreplace)(heap, item)
+
+    def examples(self) -> list[Example]:
+        picked = sorted(self.mistakes, reverse=True) + sorted(self.correct, reverse=True)
+        return [Example(self.class_names[true], self.class_names[predicted], confidence, thumbnail(image))
+                for _, _, image, true, predicted, confidence in picked[:self.size]]
+
+
+def thumbnail(pixels: np.ndarray, size: int = THUMBNAIL) -> bytes:
+    from PIL import Image
+
+    image = Image.fromarray(pixels)
+    image.thumbnail((size, size))
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=85)
+    return out.getvalue()
+
+
 @dataclass
 class Evaluation:
     split: str
@@ -42,6 +97,7 @@ class Evaluation:
     auc: float  # 2 classes: of the second class's score; more: mean of one-vs-rest AUCs
     confusion_matrix: list[list[int]]  # rows: true class, columns: predicted class
     roc: dict[str, list[float]] = field(default_factory=dict)  # 2 classes only: fpr, tpr, thresholds
+    gallery: list[Example] = field(default_factory=list)  # a few held-out images, mistakes first
 
     def per_class(self) -> dict[str, dict[str, float]]:
         matrix = np.array(self.confusion_matrix)
@@ -62,17 +118,20 @@ def evaluation_split(data_dir: str) -> str:
     raise InputError(f"{data_dir} has neither TEST nor VALIDATION records to evaluate on")
 
 
-def evaluate(model_dir: str, data_dir: str, batch_size: int = 64) -> Evaluation:
-    """Runs the exported model's pixel signature over the split, decoded exactly as in training."""
+def evaluate(model_dir: str, data_dir: str, batch_size: int = 64, gallery_size: int = GALLERY_SIZE) -> Evaluation:
+    """Runs the exported model's pixel signature over the split, decoded exactly as in training, and keeps
+    `gallery_size` of the images for the report."""
     class_names = schema.read_labels(data_dir)
     split = evaluation_split(data_dir)
     image_size = training_info(model_dir)["config"]["image_size"]
     predict = tf.saved_model.load(model_dir).signatures["predict_pixels"]
     probabilities, labels = [], []
+    gallery = Gallery(class_names, gallery_size)
     with shard_errors(data_dir):  # one pass: nothing to cache
         for pixels, batch_labels in make_dataset(data_dir, split, image_size, batch_size, cache="none"):
             probabilities.append(predict(pixels=pixels)["probabilities"].numpy())
             labels.append(batch_labels.numpy())
+            gallery.add(pixels.numpy(), labels[-1], probabilities[-1])
     probabilities, labels = np.concatenate(probabilities), np.concatenate(labels)
     broken = int((~np.isfinite(probabilities).all(axis=1)).sum())
     if broken:  # a diverged model: its accuracy would be meaningless, and NaN must never be deployed
@@ -85,6 +144,7 @@ def evaluate(model_dir: str, data_dir: str, batch_size: int = 64) -> Evaluation:
     result = Evaluation(
         split, class_names, len(labels), float(np.trace(matrix) / len(labels)),
         one_vs_rest[1] if len(class_names) == 2 else float(np.nanmean(one_vs_rest)), matrix.tolist(),
+        gallery=gallery.examples(),
     )
     if len(class_names) == 2:
         fpr, tpr, thresholds = roc_curve(probabilities[:, 1], labels == 1)

@@ -1,41 +1,124 @@
-"""A self-contained HTML report of a training run and its evaluation: curves and confusion matrix drawn as
-inline SVG, so it opens anywhere (the Vertex UI, a browser, an email) with nothing to fetch."""
+"""A self-contained HTML report of a training run and its evaluation: a gallery of held-out images (mistakes
+first), the training curves, ROC (two classes), per-class precision and recall and the confusion matrix.
 
+One file with everything inline (thumbnails as data: URIs, charts as matplotlib SVG), so it opens anywhere:
+the Vertex UI's HTML artifact viewer, W&B, a browser, an email, with nothing to fetch."""
+
+from __future__ import annotations
+
+import base64
 import html
+import io
+import math
 
-from components.evaluate.core import Evaluation
+from components.evaluate.core import Evaluation, Example
 
-WIDTH, HEIGHT, PAD = 420, 220, 36
-COLOURS = {"loss": "#d62728", "val_loss": "#ff9896", "accuracy": "#1f77b4", "val_accuracy": "#aec7e8"}
+TRAIN_COLOUR, VALIDATION_COLOUR = "#1f77b4", "#ff7f0e"
+MISTAKE_COLOUR, CORRECT_COLOUR = "#c62828", "#2e7d32"
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 1.5em 2em; color: #222; max-width: 1150px; }
+h1 { margin-bottom: 0.2em; } h2 { margin-top: 1.4em; border-bottom: 1px solid #ddd; }
+.gallery { display: flex; flex-wrap: wrap; gap: 8px; }
+.gallery figure { margin: 0; width: 112px; text-align: center; font-size: 12px; }
+.gallery img { width: 96px; height: 96px; object-fit: contain; border: 3px solid; border-radius: 3px; }
+.gallery .mistake img { border-color: #c62828; } .gallery .correct img { border-color: #2e7d32; }
+.gallery .mistake figcaption b { color: #c62828; }
+.charts { display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; }
+.charts svg { height: auto; max-width: 100%; }
+table { border-collapse: collapse; margin: 0.5em 0; } td, th { border: 1px solid #ccc; padding: 4px 10px; }
+td { text-align: right; } caption { text-align: left; padding-bottom: 4px; } table.confusion { min-width: 20em; }
+"""
 
 
-def _line_chart(title: str, series: dict[str, list[float]]) -> str:
-    values = [v for points in series.values() for v in points]
-    if not values:
+def _svg(figure, salt: str) -> str:
+    """The figure as inline SVG: text stays text (small, selectable); a salt per chart keeps the element ids of
+    several SVGs in one page apart."""
+    import matplotlib
+
+    out = io.StringIO()
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": salt}):
+        figure.savefig(out, format="svg", bbox_inches="tight", metadata={"Date": None})
+    text = out.getvalue()
+    return text[text.index("<svg"):]
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
+
+    figure = Figure(figsize=(width, height), dpi=96, layout="constrained")
+    figure.set_facecolor("white")
+    return figure
+
+
+def _curves(history: dict[str, list[float]]) -> str:
+    """Loss and accuracy per epoch, training and validation, side by side."""
+    from matplotlib.ticker import MaxNLocator
+
+    panels = [(metric, [k for k in (metric, f"val_{metric}") if history.get(k)]) for metric in ("loss", "accuracy")]
+    panels = [(metric, keys) for metric, keys in panels if keys]
+    if not panels:
         return ""
-    low, high = min(values), max(values)
-    span = (high - low) or 1.0
-    epochs = max(len(points) for points in series.values())
+    figure = _figure(4.2 * len(panels), 3.0)
+    for axes, (metric, keys) in zip(figure.subplots(1, len(panels), squeeze=False)[0], panels):
+        for key in keys:
+            values = history[key]
+            axes.plot(range(1, len(values) + 1), values, marker="o",
+                      color=VALIDATION_COLOUR if key.startswith("val_") else TRAIN_COLOUR,
+                      label="validation" if key.startswith("val_") else "training")
+        axes.set_title(metric)
+        axes.set_xlabel("epoch")
+        axes.set_ylabel(metric)
+        epochs = max(len(history[k]) for k in keys)
+        if epochs <= 12:
+            axes.set_xticks(range(1, epochs + 1))
+            axes.set_xlim(0.5, epochs + 0.5)
+        else:
+            axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if metric == "accuracy":
+            axes.set_ylim(-0.02, 1.02)
+        axes.grid(alpha=0.3)
+        axes.legend()
+    return _svg(figure, "curves")
 
-    def xy(i: int, v: float) -> str:
-        x = PAD + (WIDTH - 2 * PAD) * (i / max(epochs - 1, 1))
-        y = HEIGHT - PAD - (HEIGHT - 2 * PAD) * ((v - low) / span)
-        return f"{x:.1f},{y:.1f}"
 
-    lines, legend = [], []
-    for n, (name, points) in enumerate(series.items()):
-        colour = COLOURS.get(name, "#555")
-        lines.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" '
-                     f'points="{" ".join(xy(i, v) for i, v in enumerate(points))}"/>')
-        legend.append(f'<text x="{WIDTH - PAD - 90}" y="{PAD + 14 * n}" fill="{colour}" font-size="11">{name}</text>')
-    axes = (f'<line x1="{PAD}" y1="{HEIGHT - PAD}" x2="{WIDTH - PAD}" y2="{HEIGHT - PAD}" stroke="#999"/>'
-            f'<line x1="{PAD}" y1="{PAD}" x2="{PAD}" y2="{HEIGHT - PAD}" stroke="#999"/>'
-            f'<text x="{PAD}" y="{HEIGHT - 10}" font-size="11">epoch 1</text>'
-            f'<text x="{WIDTH - PAD - 40}" y="{HEIGHT - 10}" font-size="11">epoch {epochs}</text>'
-            f'<text x="2" y="{PAD}" font-size="11">{high:.3g}</text>'
-            f'<text x="2" y="{HEIGHT - PAD}" font-size="11">{low:.3g}</text>')
-    return (f'<figure><figcaption>{html.escape(title)}</figcaption><svg width="{WIDTH}" height="{HEIGHT}" '
-            f'role="img" aria-label="{html.escape(title)}">{axes}{"".join(lines)}{"".join(legend)}</svg></figure>')
+def _roc(result: Evaluation) -> str:
+    if not result.roc:
+        return ""
+    figure = _figure(3.6, 3.4)
+    axes = figure.subplots()
+    fpr, tpr = [0.0, *result.roc["fpr"]], [0.0, *result.roc["tpr"]]
+    auc = f"AUC {result.auc:.3f}" if math.isfinite(result.auc) else "AUC undefined"
+    axes.plot(fpr, tpr, drawstyle="steps-post", color=TRAIN_COLOUR, linewidth=2, label=auc)
+    axes.plot([0, 1], [0, 1], linestyle="--", color="#999", label="chance")
+    axes.set_title(f"ROC, positive class: {result.class_names[1]}")
+    axes.set_xlabel("false positive rate")
+    axes.set_ylabel("true positive rate")
+    axes.set_xlim(-0.02, 1.02)
+    axes.set_ylim(-0.02, 1.02)
+    axes.set_aspect("equal")
+    axes.grid(alpha=0.3)
+    axes.legend(loc="lower right")
+    return _svg(figure, "roc")
+
+
+def _precision_recall(result: Evaluation) -> str:
+    scores = result.per_class()
+    names = list(scores)
+    figure = _figure(max(3.6, 0.9 * len(names) + 1.5), 3.4)
+    axes = figure.subplots()
+    width = 0.38
+    for offset, metric, colour in ((-width / 2, "precision", TRAIN_COLOUR), (width / 2, "recall", VALIDATION_COLOUR)):
+        values = [scores[n][metric] for n in names]
+        bars = axes.bar([i + offset for i in range(len(names))], values, width, label=metric, color=colour)
+        axes.bar_label(bars, fmt="%.2f", fontsize=8, padding=2)
+    axes.set_xticks(range(len(names)), names)
+    axes.set_ylim(0, 1.3)
+    axes.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    axes.set_ylabel("score")
+    axes.set_title(f"Per class on {result.split}")
+    axes.legend(loc="upper center", ncols=2)
+    axes.grid(axis="y", alpha=0.3)
+    return _svg(figure, "per-class")
 
 
 def _confusion_matrix(result: Evaluation) -> str:
@@ -48,27 +131,67 @@ def _confusion_matrix(result: Evaluation) -> str:
             f'<td style="background: rgba(31,119,180,{count / largest:.2f})">{count}</td>' for count in row
         )
         rows.append(f"<tr><th>{html.escape(name)}</th>{cells}</tr>")
-    return (f'<table class="confusion"><caption>Confusion matrix on {result.split} (rows: true, columns: '
-            f"predicted)</caption><tr><th></th>{header}</tr>{''.join(rows)}</table>")
+    return (f'<table class="confusion"><caption>Confusion matrix (rows: true, columns: predicted)</caption>'
+            f"<tr><th></th>{header}</tr>{''.join(rows)}</table>")
 
 
-def html_report(result: Evaluation, history: dict[str, list[float]], title: str = "catsdogs model") -> str:
-    per_class = "".join(
-        f"<tr><th>{html.escape(n)}</th><td>{s['precision']:.3f}</td><td>{s['recall']:.3f}</td></tr>"
-        for n, s in result.per_class().items()
-    )
-    curves = _line_chart("Loss", {k: v for k, v in history.items() if k.endswith("loss")}) + _line_chart(
-        "Accuracy", {k: v for k, v in history.items() if k.endswith("accuracy")}
-    )
+def _per_class_table(result: Evaluation) -> str:
+    rows = "".join(f"<tr><th>{html.escape(n)}</th><td>{s['precision']:.3f}</td><td>{s['recall']:.3f}</td></tr>"
+                   for n, s in result.per_class().items())
+    return f"<table><caption>Per class</caption><tr><th></th><th>precision</th><th>recall</th></tr>{rows}</table>"
+
+
+def _thumbnail(example: Example) -> str:
+    kind = "mistake" if example.mistake else "correct"
+    true, predicted = html.escape(example.true), html.escape(example.predicted)
+    source = "data:image/jpeg;base64," + base64.b64encode(example.thumbnail).decode()
+    text = f"true {true}, predicted {predicted} ({example.confidence:.2f})"
+    return (f'<figure class="{kind}"><img src="{source}" alt="{text}" title="{text}">'
+            f"<figcaption>{true} &rarr; <b>{predicted}</b> {example.confidence:.2f}</figcaption></figure>")
+
+
+def _gallery(result: Evaluation) -> str:
+    if not result.gallery:
+        return ""
+    mistakes = sum(e.mistake for e in result.gallery)
+    shown = f"{len(result.gallery)} of the {result.examples} {result.split} images"
+    if mistakes:
+        order = (f"the {mistakes} {'mistake' if mistakes == 1 else 'mistakes'} first (red border, surest first), "
+                 "then correct answers (green), least sure first")
+    else:
+        order = "no mistakes among them; least sure first"
+    return (f'<h2>Held-out images</h2><p>{shown} as the model saw them: {order}. Caption: true label &rarr; '
+            f'predicted label, and the predicted class\'s probability.</p>'
+            f'<div class="gallery" id="gallery">{"".join(_thumbnail(e) for e in result.gallery)}</div>')
+
+
+def _decision(decision: dict | None) -> str:
+    """The champion/challenger decision (components/evaluate/champion.py) as a paragraph."""
+    if not decision:
+        return ""
+    champion = ""
+    if decision.get("champion_accuracy") is not None:
+        champion = (f"; champion (version {html.escape(str(decision.get('champion_version')))}) accuracy "
+                    f"<b>{decision['champion_accuracy']:.4f}</b> on the same images")
+    verdict = "deployed" if decision["published"] else "not deployed"
+    return f"<p>Decision: <b>{verdict}</b>{champion}. {html.escape(decision['reason'])}.</p>"
+
+
+def html_report(result: Evaluation, history: dict[str, list[float]], title: str = "catsdogs model",
+                decision: dict | None = None) -> str:
+    auc = f", AUC <b>{result.auc:.4f}</b>" if math.isfinite(result.auc) else ""
+    curves = _curves(history)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body {{ font-family: sans-serif; margin: 2em; }} figure {{ display: inline-block; }}
-table {{ border-collapse: collapse; margin: 1em 0; }} td, th {{ border: 1px solid #ccc; padding: 4px 10px; }}
-td {{ text-align: right; }}</style></head>
+<style>{STYLE}</style></head>
 <body><h1>{html.escape(title)}</h1>
-<p>{result.split}: accuracy <b>{result.accuracy:.4f}</b>, AUC <b>{result.auc:.4f}</b> on {result.examples} images.</p>
-{curves}
-{_confusion_matrix(result)}
-<table><caption>Per class</caption><tr><th></th><th>precision</th><th>recall</th></tr>{per_class}</table>
+<p>{result.split}: accuracy <b>{result.accuracy:.4f}</b>{auc} on {result.examples} images; classes
+{", ".join(html.escape(n) for n in result.class_names)}.</p>
+{_decision(decision)}
+{_gallery(result)}
+<h2>Evaluation on {result.split}</h2>
+<div class="charts">{_roc(result)}{_precision_recall(result)}</div>
+<div class="charts">{_confusion_matrix(result)}{_per_class_table(result)}</div>
+{'<h2>Training</h2><div class="charts">' + curves + '</div>' if curves else ''}
 </body></html>
 """

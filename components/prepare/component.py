@@ -14,9 +14,19 @@ def prepare(
     validation_fraction: float = 0.1,
     wandb_settings: Optional[Dict[str, str]] = None,
 ):
-    """Scans labelled images (<label>/<file> or <split>/<label>/<file>, local or gs://) into a CSV with
-    columns split,image_uri,label. Without split folders the split is a stable hash of each path.
-    wandb_settings (tracking.pipeline_settings) makes it a W&B run: training_images in, image_uris_csv out."""
+    """Scans labelled images into the CSV that convert reads (columns split,image_uri,label).
+
+    Without split folders each image's split is a stable hash of its path, so adding images never moves
+    old ones to another split.
+
+    Args:
+        images_root: Folder of images, local or gs://, laid out as <label>/<file> or <split>/<label>/<file>.
+        image_csv: The CSV written, one row per image (split, image_uri, label), with a header.
+        train_fraction: Share of images hashed into TRAIN when there are no split folders (0 to 1).
+        validation_fraction: Share hashed into VALIDATION when there are no split folders; the rest is TEST.
+        wandb_settings: W&B settings from tracking.pipeline_settings; when given the step is a W&B run
+            (training_images in, image_uris_csv out).
+    """
     from components import logs, tracking
     from components.prepare.core import prepare_csv
 

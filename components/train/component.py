@@ -6,24 +6,42 @@ from kfp.dsl import Dataset, Input, Model, Output
 from components.images import LOCAL
 
 
+# The training parameters have no defaults here on purpose: KFP runs this function's source on its own, so a
+# default could not be imported from TrainConfig. Both pipelines pass every one, with TrainConfig's defaults.
 @dsl.component(base_image=LOCAL.trainer, install_kfp_package=False)
 def train(
     tfrecords: Input[Dataset],
     model: Output[Model],
-    epochs: int = 5,
-    batch_size: int = 32,
-    image_size: int = 150,
-    learning_rate: float = 0.001,
-    model_name: str = "seed_cnn",
-    weights: str = "",
-    augment: bool = False,
+    epochs: int,
+    batch_size: int,
+    image_size: int,
+    learning_rate: float,
+    architecture: str,
+    weights: str,
+    augment: bool,
+    fine_tune_epochs: int,
     wandb_settings: Optional[Dict[str, str]] = None,
 ):
-    """Trains a Keras image classifier from the TFRecords with tf.data and exports a SavedModel whose
-    serving_default signature takes encoded image bytes and returns class probabilities and labels.
-    The distribution strategy follows the machine: CPU, N GPUs (mirrored) or N nodes (multi-worker).
-    wandb_settings (tracking.pipeline_settings) makes it a W&B run (the chief's): tfrecords in, per-epoch
-    metrics, model out."""
+    """Trains a Keras image classifier from TFRecords with tf.data and exports a SavedModel whose serving
+    signature takes encoded image bytes and returns class probabilities and labels. The distribution strategy
+    follows the machine: CPU, N GPUs (mirrored) or N nodes (multi-worker).
+
+    Args:
+        tfrecords: The conversion's output folder: TFRecord shards, labels.json and summary.json.
+        model: Where the SavedModel (and training.json, recording the architecture and history) is written.
+        epochs: Passes over the TRAIN split.
+        batch_size: Images per step on each GPU or worker (the global batch is this times the replicas).
+        image_size: Images are resized to image_size x image_size pixels, in training and in serving alike.
+        learning_rate: Adam's learning rate.
+        architecture: A registered architecture (seed_cnn, mobilenet_v3_small, ...) or module.path:function
+            importable in the trainer image.
+        weights: The backbone's starting weights: "imagenet" (Keras' pretrained weights, downloaded on Google
+            Cloud), a weights file (local or gs://), or empty for random weights.
+        augment: Random flips and crops while training.
+        fine_tune_epochs: After `epochs` with the backbone frozen, this many more with its top layers unfrozen at
+            a lower learning rate (0: no fine-tuning; needs an architecture with a pretrained backbone).
+        wandb_settings: W&B tracking (tracking.pipeline_settings); the chief's run logs per-epoch metrics.
+    """
     from dataclasses import asdict
 
     from components import logs, tracking
@@ -31,12 +49,13 @@ def train(
     from components.train.core import TrainConfig, train as fit
 
     logs.setup()
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, image_size=image_size,
-                         learning_rate=learning_rate, model=model_name, weights=weights, augment=augment)
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, image_size=image_size, learning_rate=learning_rate,
+                         architecture=architecture, weights=weights, augment=augment,
+                         fine_tune_epochs=fine_tune_epochs)
     chief = distribute.is_chief(distribute.cluster_config())
     with tracking.step_run("train", wandb_settings, asdict(config), primary=chief) as run:
         run.use("tfrecords", tfrecords.uri)
         result = fit(tfrecords.uri, model.uri, config, callbacks=run.keras_callbacks())
-        model.metadata.update({"framework": "tensorflow", "image_size": image_size, "model": model_name,
+        model.metadata.update({"framework": "tensorflow", "image_size": image_size, "architecture": architecture,
                                "train_accuracy": result.history["accuracy"][-1]})
         run.log_output("model", model.uri, model.metadata)

@@ -19,51 +19,16 @@ from components import storage
 from components.contracts import HELD_OUT_SPLITS
 from components.convert import schema
 from components.errors import InputError
-from components.train import distribute
-from components.train.data import CACHE_MODES, make_dataset, shard_errors
+from components.train import distribute, finetune, models
+from components.train.config import TrainConfig
+from components.train.data import make_dataset, shard_errors
 from components.train.export import export_saved_model
-from components.train.models import MODELS
 
 log = logging.getLogger(__name__)
 
 TRAINING_INFO = "training.json"  # beside the SavedModel: config, class names, per-epoch history
 BACKUP_DIR = "backup"  # inside the model dir while training; removed when training completes
 BACKUP_CONFIG = "catsdogs-config.json"  # inside BACKUP_DIR: the settings the interrupted run trained with
-# At 1024 px the seed CNN's first block alone holds 1024^2 x 16 float32 activations (64 MiB) per image, ~8 GB
-# for a forward and backward pass at batch 32, and its Dense layer 67M weights: that fits the seed's 60 GB
-# training machine and one 16 GB GPU; 2048 px would need four times the activations and 1B dense weights.
-MAX_IMAGE_SIZE = 1024
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 5
-    batch_size: int = 32  # per replica: each GPU or worker gets this many images a step
-    image_size: int = 150
-    learning_rate: float = 1e-3
-    model: str = "seed_cnn"
-    weights: str = ""  # a local weights file for the model's backbone; nothing downloads at run time
-    augment: bool = False
-    seed: int = 0
-    cache: str = "auto"  # decoded training pixels: auto (in memory if they fit 1 GiB), memory, none, or a folder
-
-    def check(self) -> None:
-        for name in ("epochs", "batch_size", "image_size"):
-            if getattr(self, name) < 1:
-                raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.image_size < 32:
-            raise InputError(f"--image-size must be at least 32, got {self.image_size}")
-        if self.image_size > MAX_IMAGE_SIZE:
-            raise InputError(f"--image-size must be at most {MAX_IMAGE_SIZE} (memory), got {self.image_size}")
-        if not self.cache or (self.cache not in CACHE_MODES and storage.exists(self.cache)
-                              and not tf.io.gfile.isdir(self.cache)):
-            raise InputError(f"--cache must be {', '.join(CACHE_MODES)} or a folder, got {self.cache!r}")
-        if not 0 < self.learning_rate < math.inf:
-            raise InputError(f"--learning-rate must be a positive number, got {self.learning_rate}")
-        if self.model not in MODELS:
-            raise InputError(f"--model {self.model!r} is unknown; choose from {', '.join(MODELS)}")
-        if self.weights and not storage.exists(self.weights):
-            raise InputError(f"--weights {self.weights} does not exist")
 
 
 def set_precision() -> str:
@@ -73,7 +38,9 @@ def set_precision() -> str:
 
 
 def compile_model(config: TrainConfig, num_classes: int) -> keras.Model:
-    model = MODELS[config.model](config.image_size, num_classes, config.weights or None)
+    model = models.build(config.architecture, config.image_size, num_classes, config.weights or None)
+    if config.fine_tune_epochs:
+        finetune.freeze_backbone(model)
     loss = "binary_crossentropy" if num_classes == 2 else "sparse_categorical_crossentropy"
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=loss, metrics=["accuracy"])
     return model
@@ -96,8 +63,8 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
 
 
 def _resumable_settings(config: TrainConfig, class_names: list[str]) -> dict:
-    """What must not change for a backup to be resumed: everything but the number of epochs and the cache."""
-    settings = {k: v for k, v in asdict(config).items() if k not in ("epochs", "cache")}
+    """What must not change for a backup to be resumed: everything but the numbers of epochs and the cache."""
+    settings = {k: v for k, v in asdict(config).items() if k not in ("epochs", "fine_tune_epochs", "cache")}
     return {**settings, "class_names": class_names}
 
 
@@ -129,8 +96,8 @@ class StopOnNaN(keras.callbacks.Callback):
     def _check(self, logs, keys):
         for key in keys:
             value = (logs or {}).get(key)
-            if value is not None and not math.isfinite(float(value)) and not self.diverged_at:
-                self.diverged_at = self.epoch + 1
+            if value is not None and not math.isfinite(float(value)):
+                self.diverged_at = self.diverged_at or self.epoch + 1
                 self.model.stop_training = True
 
     def on_train_batch_end(self, batch, logs=None):
@@ -186,25 +153,33 @@ def train(data_dir: str, model_dir: str, config: TrainConfig = TrainConfig(),
     backup = ResumableBackup(storage.join(output_dir, BACKUP_DIR))
     check_backup(backup.backup_dir, _resumable_settings(config, class_names))
     nan_guard = StopOnNaN()
-    log.info("training %s (%s) on %d classes %s for %d epochs, %d replicas, global batch %d", config.model,
+    log.info("training %s (%s) on %d classes %s for %d epochs, %d replicas, global batch %d", config.architecture,
              policy, len(class_names), class_names, config.epochs, strategy.num_replicas_in_sync, global_batch)
     with shard_errors(data_dir):
-        history = model.fit(
-            train_data, validation_data=validation, epochs=config.epochs, verbose=2,
-            callbacks=[nan_guard, backup, *callbacks],
-        )
+        if config.fine_tune_epochs:
+            tune_backup = storage.join(output_dir, finetune.BACKUP_DIR)
+            history = finetune.fit(
+                model, strategy, train_data, validation, config.epochs, config.fine_tune_epochs,
+                config.learning_rate, [nan_guard, backup, *callbacks],
+                [nan_guard, ResumableBackup(tune_backup), *callbacks], tune_backup)
+        else:
+            history = model.fit(
+                train_data, validation_data=validation, epochs=config.epochs, verbose=2,
+                callbacks=[nan_guard, backup, *callbacks],
+            ).history
     if nan_guard.diverged_at:
-        if tf.io.gfile.exists(backup.backup_dir):  # its weights are NaN too: a re-run must start afresh
-            tf.io.gfile.rmtree(backup.backup_dir)
+        for folder in (backup.backup_dir, storage.join(output_dir, finetune.BACKUP_DIR)):
+            if tf.io.gfile.exists(folder):  # its weights are NaN too: a re-run must start afresh
+                tf.io.gfile.rmtree(folder)
         raise InputError(f"training diverged: loss became NaN at epoch {nan_guard.diverged_at}; lower "
                          f"--learning-rate (now {config.learning_rate})")
     export_saved_model(model, class_names, config.image_size, output_dir)
-    info = {"config": asdict(config), "class_names": class_names, "history": history.history,
+    info = {"config": asdict(config), "class_names": class_names, "history": history,
             "precision": policy, "replicas": strategy.num_replicas_in_sync, "workers": workers,
             "resumed_from_epoch": backup.resumed_from}
     storage.write_text(storage.join(output_dir, TRAINING_INFO), json.dumps(info, indent=1))
     log.info("exported SavedModel to %s", output_dir)
-    return TrainResult(history.history, output_dir)
+    return TrainResult(history, output_dir)
 
 
 def training_info(model_dir: str) -> dict:

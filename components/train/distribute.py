@@ -14,23 +14,38 @@ import tensorflow as tf
 
 log = logging.getLogger(__name__)
 
-# Vertex AI names its worker pools; TensorFlow wants chief/worker/ps/evaluator.
+# Vertex AI names its worker pools; TensorFlow wants chief/worker/ps/evaluator. AI Platform's older clusters (and
+# TF_CONFIGs written for them) call the chief "master", which TensorFlow's strategies do not accept and which
+# would not count as a training task: it is the chief.
 VERTEX_POOLS = {"workerpool0": "chief", "workerpool1": "worker", "workerpool2": "ps", "workerpool3": "evaluator"}
+TASK_TYPES = {**VERTEX_POOLS, "master": "chief"}
+
+
+def _tf_task_type(name: str) -> str:
+    return TASK_TYPES.get(name, name)
+
+
+def _as_tf_config(config: dict) -> dict:
+    """A cluster description with Vertex's or AI Platform's task type names (workerpoolN, master) in TensorFlow's."""
+    cluster: dict[str, list] = {}
+    for kind, hosts in config.get("cluster", {}).items():
+        if hosts:
+            cluster.setdefault(_tf_task_type(kind), []).extend(hosts)
+    task = config["task"]
+    return {"cluster": cluster, "task": {"type": _tf_task_type(task["type"]), "index": task.get("index", 0)}}
 
 
 def tf_config_from_cluster_spec(cluster_spec: dict) -> dict:
     """Vertex's CLUSTER_SPEC ({"cluster": {"workerpool0": [...]}, "task": {"type": "workerpool0", ...}}) as
     TF_CONFIG."""
-    cluster = {VERTEX_POOLS[pool]: hosts for pool, hosts in cluster_spec["cluster"].items() if hosts}
-    task = cluster_spec["task"]
-    return {"cluster": cluster, "task": {"type": VERTEX_POOLS[task["type"]], "index": task["index"]}}
+    return _as_tf_config(cluster_spec)
 
 
 def cluster_config() -> dict | None:
     """The multi-node cluster this process belongs to (TF_CONFIG's shape), from TF_CONFIG or else Vertex's
     CLUSTER_SPEC; None when it trains alone."""
     if os.environ.get("TF_CONFIG"):
-        config = json.loads(os.environ["TF_CONFIG"])
+        config = _as_tf_config(json.loads(os.environ["TF_CONFIG"]))
     elif os.environ.get("CLUSTER_SPEC"):
         config = tf_config_from_cluster_spec(json.loads(os.environ["CLUSTER_SPEC"]))
     else:
@@ -62,7 +77,8 @@ def choose_strategy(config: dict | None) -> tf.distribute.Strategy:
             task_id=config["task"]["index"], rpc_layer="grpc",
         )
         strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
-        log.info("MultiWorkerMirroredStrategy: %d workers, %d replicas", worker_count(config), strategy.num_replicas_in_sync)
+        log.info("MultiWorkerMirroredStrategy: %d workers, %d replicas", worker_count(config),
+                 strategy.num_replicas_in_sync)
         return strategy
     gpus = tf.config.list_logical_devices("GPU")
     if len(gpus) > 1:

@@ -1,0 +1,121 @@
+"""Champion/challenger: the candidate is published only when it is at least as good as the version being served.
+
+The champion (locally the newest version under the model base, on Vertex the model's `default` version) is
+scored on the same held-out split of the same records as the candidate, so the two accuracies are comparable;
+`decide` then applies the rule (TFX's Evaluator "blessing"): the candidate reaches `min_accuracy` and is not
+worse than the champion by more than `max_regression`. A rejection is a result, not a failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+from components import storage
+from components.contracts import SAVED_MODEL_FILE
+from components.errors import InputError
+
+log = logging.getLogger(__name__)
+
+# Accuracies on the same split are fractions k/n, but `champion - max_regression` is computed in floating point
+# (0.9 - 0.05 == 0.8500000000000001): a candidate exactly at the limit must not be rejected by rounding.
+TOLERANCE = 1e-9
+
+
+@dataclass(frozen=True)
+class Decision:
+    publish: bool
+    reason: str
+    candidate_accuracy: float = math.nan
+    champion_accuracy: float | None = None  # None: no champion to compare with
+
+
+@dataclass(frozen=True)
+class Champion:
+    model_dir: str  # the SavedModel folder
+    version: str  # what people call it: the version number locally, the artifact URI on Vertex
+
+
+def check_max_regression(max_regression: float) -> None:
+    if not 0.0 <= max_regression <= 1.0:
+        raise InputError(f"--max-regression must be between 0 and 1 (an accuracy difference), got {max_regression}")
+
+
+def decide(candidate_accuracy: float, champion_accuracy: float | None, min_accuracy: float,
+           max_regression: float = 0.0) -> Decision:
+    """Whether the candidate is published: accuracy >= min_accuracy and, when there is a champion, not worse
+    than it by more than max_regression (0: ties publish). A NaN candidate never is; a NaN champion (it could
+    not be scored) counts as no champion."""
+    check_max_regression(max_regression)
+    if champion_accuracy is not None and not math.isfinite(champion_accuracy):
+        champion_accuracy = None
+
+    def decision(publish: bool, reason: str) -> Decision:
+        return Decision(publish, reason, candidate_accuracy, champion_accuracy)
+
+    if not math.isfinite(candidate_accuracy):
+        return decision(False, f"the candidate's accuracy is {candidate_accuracy}")
+    if candidate_accuracy < min_accuracy:
+        return decision(False, f"accuracy {candidate_accuracy:.4f} is below --min-accuracy {min_accuracy:g}")
+    if champion_accuracy is None:
+        return decision(True, f"accuracy {candidate_accuracy:.4f} reaches --min-accuracy {min_accuracy:g} "
+                              "and there is no champion to compare with")
+    if candidate_accuracy + TOLERANCE < champion_accuracy - max_regression:
+        return decision(False, f"accuracy {candidate_accuracy:.4f} is worse than the champion's "
+                               f"{champion_accuracy:.4f} by more than --max-regression {max_regression:g}")
+    return decision(True, f"accuracy {candidate_accuracy:.4f} reaches --min-accuracy {min_accuracy:g} and the "
+                          f"champion's {champion_accuracy:.4f} (--max-regression {max_regression:g})")
+
+
+def summary_line(decision: Decision, champion_version: str | None) -> str:
+    """The line `catsdogs run` prints about the decision. A rejected candidate's contains `not deployed`, both
+    accuracies and the version that stays."""
+    champion = ""
+    if decision.champion_accuracy is not None:
+        champion = f", champion (version {champion_version}) {decision.champion_accuracy:.4f}"
+    scores = f"candidate {decision.candidate_accuracy:.4f}{champion}"
+    if decision.publish:
+        return f"deployed: {scores}: {decision.reason}"
+    kept = f"version {champion_version} stays deployed" if champion_version else "no version is deployed"
+    return f"not deployed ({scores}): {decision.reason}; {kept}"
+
+
+def decision_from_metrics(metrics: dict) -> Decision:
+    """The Decision the evaluate step logged in its Metrics (`published`, `decision`, `accuracy`,
+    `champion_accuracy`), e.g. from the local pipeline's output; its `champion_version` goes to summary_line."""
+    return Decision(bool(metrics["published"]), str(metrics["decision"]), float(metrics["accuracy"]),
+                    metrics.get("champion_accuracy"))
+
+
+def find_champion(champion_uri: str) -> Champion | None:
+    """The SavedModel to compare with: champion_uri itself when it holds saved_model.pb (a Vertex model's
+    artifact URI, a SavedModel folder), else the newest version under it (a local or gs:// model base).
+    None when there is nothing yet (empty URI, missing or empty model base): the first run."""
+    if not champion_uri:
+        return None
+    if storage.exists(storage.join(champion_uri, SAVED_MODEL_FILE)):
+        return Champion(champion_uri, champion_uri)
+    from components.deploy.core import versions
+
+    found = versions(champion_uri)
+    if not found:
+        return None
+    return Champion(storage.join(champion_uri, str(found[-1])), str(found[-1]))
+
+
+def score_champion(champion: Champion, data_dir: str, candidate_split: str, class_names: list[str]):
+    """The champion's Evaluation on the candidate's split of data_dir, or None when the two are not comparable
+    (the champion knows other classes: the label indices of the records mean something else to it)."""
+    from components.evaluate.core import evaluate
+    from components.train.core import training_info
+
+    champion_classes = training_info(champion.model_dir).get("class_names")
+    if champion_classes != class_names:
+        log.warning("champion version %s predicts %s, the records hold %s: not comparable, deciding on "
+                    "--min-accuracy alone", champion.version, champion_classes, class_names)
+        return None
+    result = evaluate(champion.model_dir, data_dir)
+    if result.split != candidate_split:  # evaluate picks the split from the records: the same for both
+        raise AssertionError(f"champion scored on {result.split}, candidate on {candidate_split}")
+    return result

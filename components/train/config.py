@@ -1,0 +1,68 @@
+"""The training parameters, written once: the CLI's flags, both pipelines' parameters and the train component's
+inputs take their defaults and checks from TrainConfig. Importing this module loads neither Keras nor TensorFlow,
+so `catsdogs --help` stays fast."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, fields
+
+from components.errors import InputError
+from components.train import models, weights
+
+MAX_IMAGE_SIZE = 1024  # a batch of 32 float32 1024x1024 images is 400 MB before the network's activations
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train: the one place these parameters' defaults are written. The CLI, the train component's
+    callers and both pipelines take their defaults from here."""
+
+    epochs: int = 5
+    batch_size: int = 32  # per replica: each GPU or worker gets this many images a step
+    image_size: int = 150
+    learning_rate: float = 1e-3
+    architecture: str = models.DEFAULT_ARCHITECTURE  # a registered name or module.path:function
+    weights: str = ""  # "", "imagenet" (Keras' download or cache) or a weights file, local or gs:// (weights.py)
+    augment: bool = False
+    fine_tune_epochs: int = 0  # > 0: head first with the backbone frozen, then fine-tuning (finetune.py)
+    seed: int = 0
+    # Decoded training pixels (data.make_dataset): auto (in memory when they fit 1 GiB, else streamed), memory,
+    # none, or a folder for a disk cache. A property of the machine, not of the model: not a pipeline parameter.
+    cache: str = "auto"
+
+    def check(self) -> None:
+        for name in ("epochs", "batch_size", "image_size"):
+            if getattr(self, name) < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if not 32 <= self.image_size <= MAX_IMAGE_SIZE:
+            raise InputError(f"--image-size must be between 32 and {MAX_IMAGE_SIZE}, got {self.image_size}")
+        if not 0 < self.learning_rate < math.inf:
+            raise InputError(f"--learning-rate must be a positive number, got {self.learning_rate}")
+        if not self.cache or (self.cache not in ("auto", "memory", "none") and os.path.isfile(self.cache)):
+            raise InputError(f"--cache must be auto, memory, none or a folder, got {self.cache!r}")
+        models.resolve(self.architecture)  # InputError naming the value when it is neither registered nor importable
+        weights.check(self.weights, self.architecture)
+        from components.train import finetune  # imports Keras: not at module level, --help stays fast
+
+        finetune.check(self.fine_tune_epochs, self.architecture, self.weights)
+
+
+HELP = {
+    "epochs": "passes over the training split",
+    "batch_size": "images per step on each GPU or worker",
+    "image_size": "images are resized to SxS pixels",
+    "learning_rate": "Adam learning rate",
+    "architecture": "network: a registered one or module.path:function",
+    "weights": "the backbone's weights: imagenet (Keras' cache, downloaded where a network allows) or a file, "
+               "local or gs://",
+    "augment": "random flips and crops while training",
+    "fine_tune_epochs": "after --epochs with the backbone frozen, this many more with its top layers unfrozen",
+}
+
+
+def parameters() -> dict[str, object]:
+    """{name: default} of every training parameter, in TrainConfig's order (seed excluded: tests set it; cache:
+    the CLI's --cache, a property of the machine)."""
+    return {f.name: f.default for f in fields(TrainConfig) if f.name not in ("seed", "cache")}

@@ -1,0 +1,66 @@
+"""The Vertex AI batch-prediction pipeline: a folder or CSV of images in GCS scored on Dataflow by a model's
+newest version, the predictions registered as a KFP Dataset artifact.
+
+Its parameters follow the training pipeline's names where they mean the same thing (project, location,
+images_root, dataflow_temp_location, service_account), so `catsdogs submit` and `catsdogs schedule` build its
+job the same way: `--pipeline batch-predict --images gs://... --param model_base=gs://.../models/catsdogs`.
+"""
+
+from kfp import compiler, dsl
+
+from components.batch_predict.component import batch_predict
+from components.errors import InputError
+from components.images import LOCAL, Images, with_image
+
+TRAINING, BATCH_PREDICT = "training", "batch-predict"
+PIPELINES = (TRAINING, BATCH_PREDICT)
+
+
+def build_batch_pipeline(images: Images = LOCAL):
+    """The pipeline function, with the components image fixed at compile time (it is also the Dataflow workers'
+    SDK container)."""
+    components_image = images.components
+
+    @dsl.pipeline(name="catsdogs-batch-predict",
+                  description="Scores a folder or CSV of images in GCS with a model's newest version on Dataflow.")
+    def batch_pipeline(
+        project: str,
+        images_root: str,
+        model_base: str,
+        dataflow_temp_location: str,
+        location: str = "us-central1",
+        batch_size: int = 32,
+        dataflow_machine_type: str = "n1-standard-4",
+        dataflow_max_workers: int = 10,
+        dataflow_subnetwork: str = "",
+        service_account: str = "",
+    ):
+        """images_root: the gs:// folder or CSV of images to score; model_base: gs:// base of numbered model
+        versions (the newest is used) or one SavedModel folder. The service account runs the Dataflow workers."""
+        with_image(batch_predict, components_image)(
+            source=images_root, model=model_base, batch_size=batch_size, runner="DataflowRunner",
+            dataflow_project=project, dataflow_region=location, dataflow_temp_location=dataflow_temp_location,
+            dataflow_sdk_container_image=components_image, dataflow_service_account=service_account,
+            dataflow_machine_type=dataflow_machine_type, dataflow_max_workers=dataflow_max_workers,
+            dataflow_subnetwork=dataflow_subnetwork, dataflow_labels={"app": "catsdogs"},
+        ).set_display_name("batch predict (Dataflow)").set_caching_options(False)  # the newest version changes
+
+    return batch_pipeline
+
+
+def compile_batch_pipeline(output: str, images: Images = LOCAL) -> None:
+    compiler.Compiler().compile(build_batch_pipeline(images), package_path=output)
+
+
+def compile_pipeline(pipeline: str, output: str, images: Images = LOCAL, machine: str = "T4_1X",
+                     replicas: int = 1) -> None:
+    """Compiles the named pipeline: `training` (pipelines/vertex.py; machine and replicas are its training
+    machines) or `batch-predict` (this module)."""
+    if pipeline == TRAINING:
+        from pipelines.vertex import compile_vertex_pipeline
+
+        compile_vertex_pipeline(output, images, machine, replicas)
+    elif pipeline == BATCH_PREDICT:
+        compile_batch_pipeline(output, images)
+    else:
+        raise InputError(f"--pipeline must be one of {', '.join(PIPELINES)}, got {pipeline!r}")

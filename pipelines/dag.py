@@ -1,0 +1,77 @@
+"""The one wiring of the training DAG, shared by the local and the Vertex pipeline:
+
+    prepare -> convert -> train -> evaluate (candidate vs champion) -> gate: `blessed` -> deploy
+
+What differs between the two is passed in as `Steps`: where each step runs (local components, or our images with
+conversion on Dataflow and training as a Vertex custom job) and the runner options those need. Both pipelines
+call `wire` inside their `@dsl.pipeline` function and open their deploy branch with `blessed(wired)`: publishing
+a local version, or GCPC's upload and deploy ops. A step added here appears in both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from kfp import dsl
+
+from components.train.config import parameters
+
+GATE = "blessed"  # the deploy condition's name in the compiled DAG
+
+
+@dataclass(frozen=True)
+class Steps:
+    """How each step runs. The components are KFP components (or, for training, a custom-job wrapper of one);
+    the *_options are extra arguments those steps take where they run (pipeline channels or constants)."""
+
+    prepare: Any
+    convert: Any
+    train: Any
+    evaluate: Any
+    convert_options: dict = field(default_factory=dict)
+    train_options: dict = field(default_factory=dict)
+    convert_name: str = "convert to TFRecords"
+    train_name: str = "train"
+
+
+@dataclass(frozen=True)
+class Wired:
+    """The tasks `wire` created, for the caller's outputs and its deploy branch."""
+
+    prepare: Any
+    convert: Any
+    train: Any
+    evaluate: Any
+
+
+def training_arguments(arguments: dict) -> dict:
+    """The training parameters (TrainConfig's, by name) out of a pipeline function's arguments."""
+    return {name: arguments[name] for name in parameters()}
+
+
+def wire(steps: Steps, *, images_root, record_format, training: dict, min_accuracy, champion_uri, max_regression,
+         wandb_settings) -> Wired:
+    """Adds prepare -> convert -> train -> evaluate to the pipeline being defined. `training` holds every
+    TrainConfig parameter (see training_arguments); `champion_uri` is the served model evaluation compares the
+    candidate with ("" for none)."""
+    prepared = steps.prepare(images_root=images_root, wandb_settings=wandb_settings).set_display_name("prepare CSV")
+    converted = steps.convert(
+        image_csv=prepared.outputs["image_csv"], record_format=record_format, wandb_settings=wandb_settings,
+        **steps.convert_options,
+    ).set_display_name(steps.convert_name)
+    trained = steps.train(
+        tfrecords=converted.outputs["tfrecords"], wandb_settings=wandb_settings, **training, **steps.train_options,
+    ).set_display_name(steps.train_name)
+    scored = steps.evaluate(
+        model=trained.outputs["model"], tfrecords=converted.outputs["tfrecords"], min_accuracy=min_accuracy,
+        champion_uri=champion_uri, max_regression=max_regression, wandb_settings=wandb_settings,
+    ).set_display_name("evaluate vs champion")
+    return Wired(prepared, converted, trained, scored)
+
+
+def blessed(wired: Wired) -> dsl.If:
+    """The deploy gate: evaluation's single output says the candidate reaches min_accuracy and is not worse than the
+    champion by more than max_regression. (A single-output component's Output: kfp.local 2.17 cannot resolve a
+    dsl.If on a NamedTuple output.)"""
+    return dsl.If(wired.evaluate.outputs["Output"] == True, name=GATE)  # noqa: E712 - a KFP condition

@@ -1,0 +1,93 @@
+"""The evaluation report as a person sees it: opened in headless Chromium (installed by `make test` through
+images/install-browser.sh), screenshotted, and checked to be a real rendering with its pictures loaded."""
+
+import html
+import io
+import json
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from components.evaluate.core import evaluate
+from components.evaluate.report import html_report
+from components.train.core import training_info
+
+WIDTH, HEIGHT = 1200, 1400
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+# Appended to a copy of the report: once everything has loaded, writes what the browser made of the page into
+# the DOM, where --dump-dom shows it (the report itself carries no script: the Vertex UI's viewer need not run any).
+PROBE = """<script>
+window.addEventListener("load", () => {
+  const images = [...document.querySelectorAll("#gallery img")];
+  const box = document.getElementById("gallery").getBoundingClientRect();
+  const out = document.createElement("pre");
+  out.id = "probe";
+  out.textContent = JSON.stringify({
+    images: images.length,
+    loaded: images.filter(i => i.complete && i.naturalWidth > 0).map(i => [i.naturalWidth, i.naturalHeight]),
+    gallery: [box.left, box.top, box.right, box.bottom],
+    svgs: [...document.querySelectorAll("svg")].filter(s => s.getBoundingClientRect().width > 100).length,
+  });
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+def _browser() -> str:
+    for name in BROWSERS:
+        path = shutil.which(name)
+        if path:
+            return path
+    pytest.skip("no chromium: `make test` installs it (images/install-browser.sh, as root on Debian/Ubuntu)")
+
+
+def _chromium(browser: str, *args: str) -> subprocess.CompletedProcess:
+    # --no-sandbox: the tests run as root on CI; --disable-gpu: no GPU process on headless machines.
+    return subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                           f"--window-size={WIDTH},{HEIGHT}", *args], capture_output=True, text=True, timeout=120,
+                          check=True)
+
+
+@pytest.fixture(scope="module")
+def report(trained_model, records, tmp_path_factory):
+    result = evaluate(trained_model, records)
+    path = tmp_path_factory.mktemp("report") / "report.html"
+    path.write_text(html_report(result, training_info(trained_model)["history"]))
+    return path, result
+
+
+def test_report_renders_in_a_browser_with_its_thumbnails_loaded(report, tmp_path):
+    from PIL import Image
+
+    browser = _browser()
+    path, result = report
+    assert len(result.gallery) >= 4
+
+    probe = tmp_path / "probe.html"
+    probe.write_text(path.read_text().replace("</body>", PROBE + "</body>"))
+    dom = _chromium(browser, "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()).stdout
+    found = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S)
+    assert found, f"the page's load handler did not run: {dom[-500:]}"
+    seen = json.loads(html.unescape(found.group(1)))
+    assert seen["images"] == len(result.gallery)
+    assert len(seen["loaded"]) == len(result.gallery)  # every thumbnail decoded
+    sizes = [Image.open(io.BytesIO(e.thumbnail)).size for e in result.gallery]
+    assert [tuple(s) for s in seen["loaded"]] == sizes
+    assert seen["svgs"] == 3  # ROC, per-class, training curves drawn at a readable size
+
+    shot = tmp_path / "report.png"
+    _chromium(browser, f"--screenshot={shot}", path.as_uri())
+    image = Image.open(shot).convert("RGB")
+    assert image.size == (WIDTH, HEIGHT)
+    pixels = np.asarray(image, dtype=np.float32)
+    assert pixels.std() > 20  # not a blank page
+    left, top, right, bottom = (int(v) for v in seen["gallery"])
+    assert 0 <= top < bottom <= HEIGHT and right - left > 200
+    gallery = pixels[top:bottom, left:right]
+    # The thumbnails are photos of coloured shapes: far from the white page and its grey text, many colours.
+    colourful = (gallery.max(axis=2) - gallery.min(axis=2)) > 40
+    assert colourful.mean() > 0.1, colourful.mean()
+    assert len(np.unique(gallery.reshape(-1, 3).astype(np.uint8), axis=0)) > 500

@@ -1,0 +1,152 @@
+"""One definition per parameter, one wiring for both DAGs, architectures from a registry or a user's module."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import yaml
+from kfp import compiler
+
+from components.convert.component import convert
+from components.evaluate.component import evaluate
+from components.prepare.component import prepare
+from components.train import models
+from components.train.component import train
+from components.train.config import TrainConfig, parameters
+from pipelines.cli import main
+from pipelines.local import local_pipeline
+from pipelines.vertex import compile_vertex_pipeline
+
+TINY_ARCHITECTURE = '''
+import keras
+
+
+def tiny(image_size, num_classes):
+    """A user's architecture: the contract's float32 0..255 pixels in, a sigmoid unit (2 classes) or softmax out."""
+    inputs = keras.Input((image_size, image_size, 3))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255)(inputs))
+    if num_classes == 2:
+        return keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(x))
+    return keras.Model(inputs, keras.layers.Dense(num_classes, activation="softmax")(x))
+'''
+
+
+@pytest.fixture(scope="module")
+def compiled_pipelines(tmp_path_factory) -> dict[str, dict]:
+    folder = tmp_path_factory.mktemp("pipelines")
+    compiler.Compiler().compile(local_pipeline, str(folder / "local.yaml"))
+    compile_vertex_pipeline(str(folder / "vertex.yaml"))
+    return {name: yaml.safe_load((folder / f"{name}.yaml").read_text()) for name in ("local", "vertex")}
+
+
+@pytest.fixture
+def plugin_dir(tmp_path) -> str:
+    (tmp_path / "mymodels.py").write_text(textwrap.dedent(TINY_ARCHITECTURE))
+    return str(tmp_path)
+
+
+def test_both_pipelines_take_every_training_parameter_with_trainconfigs_default(compiled_pipelines):
+    for name, compiled in compiled_pipelines.items():
+        inputs = compiled["root"]["inputDefinitions"]["parameters"]
+        for parameter, default in parameters().items():
+            assert parameter in inputs, f"the {name} pipeline has no {parameter} parameter"
+            assert inputs[parameter].get("defaultValue", "") == default, (name, parameter)
+    assert "model_name" not in compiled_pipelines["vertex"]["root"]["inputDefinitions"]["parameters"]
+
+
+def test_both_pipelines_hand_every_training_parameter_to_the_train_step(compiled_pipelines):
+    for name, compiled in compiled_pipelines.items():
+        tasks = compiled["root"]["dag"]["tasks"].values()
+        train_task = next(task for task in tasks if task["taskInfo"]["name"].startswith("train"))
+        for parameter in parameters():
+            assert train_task["inputs"]["parameters"][parameter] == {"componentInputParameter": parameter}, name
+
+
+def test_local_and_vertex_pipelines_are_one_wiring(compiled_pipelines):
+    shared = {"prepare CSV", "convert to TFRecords", "train", "evaluate vs champion"}
+
+    def wiring(compiled):
+        tasks = compiled["root"]["dag"]["tasks"]
+        name = {task_id: task["taskInfo"]["name"].split(" (")[0] for task_id, task in tasks.items()}
+        return {name[i]: {name[d] for d in task.get("dependentTasks", [])} & shared
+                for i, task in tasks.items() if name[i] in shared}
+
+    local, vertex = wiring(compiled_pipelines["local"]), wiring(compiled_pipelines["vertex"])
+    assert local == vertex
+    assert local["evaluate vs champion"] == {"convert to TFRecords", "train"}
+
+
+def test_train_help_lists_the_registered_architectures(capsys, monkeypatch):
+    monkeypatch.setitem(models.ARCHITECTURES, "registered_in_a_test", models.seed_cnn)
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "seed_cnn, mobilenet_v3_small, registered_in_a_test" in text
+
+
+@pytest.mark.parametrize("value, message", [
+    ("resnet_9000", "--architecture 'resnet_9000' is unknown: choose from seed_cnn"),
+    ("no_such_module_here:tiny", "cannot import 'no_such_module_here'"),
+    ("mymodels:missing", "mymodels has no function 'missing'"),
+])
+def test_a_bad_architecture_is_one_error_line(value, message, records, tmp_path, plugin_dir, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(plugin_dir)
+    assert main(["train", "--data", records, "--model-dir", str(tmp_path / "m"), "--architecture", value]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("catsdogs train: error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "m").exists()
+
+
+def test_an_architecture_breaking_the_contract_is_refused(records, tmp_path, plugin_dir, monkeypatch, capsys):
+    (tmp_path / "bad_models.py").write_text("import keras\n\ndef wrong(image_size, num_classes):\n"
+                                            "    i = keras.Input((8, 8, 3))\n"
+                                            "    return keras.Model(i, keras.layers.Flatten()(i))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["train", "--data", records, "--model-dir", str(tmp_path / "m"), "--epochs", "1", "--image-size", "32",
+                 "--architecture", "bad_models:wrong"]) == 2
+    assert "expected (None, 32, 32, 3) to (None, 1)" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_users_architecture_trains_from_pythonpath_and_is_recorded(records, tmp_path, plugin_dir):
+    model_dir = tmp_path / "model"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([plugin_dir, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "train", "--data", records, "--model-dir", str(model_dir),
+         "--architecture", "mymodels:tiny", "--epochs", "1", "--image-size", "32"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (model_dir / "saved_model.pb").exists()
+    assert json.loads((model_dir / "training.json").read_text())["config"]["architecture"] == "mymodels:tiny"
+
+
+def test_a_users_architecture_is_a_vertex_pipeline_parameter(plugin_dir, capsys):
+    assert main(["submit", "--project", "my-project", "--region", "europe-west4", "--pipeline-root", "gs://b/root",
+                 "--images", "gs://b/images", "--param", "architecture=mymodels:tiny", "--dry-run"]) == 0
+    request = json.loads(capsys.readouterr().out)
+    assert request["runtimeConfig"]["parameterValues"]["architecture"] == "mymodels:tiny"
+
+
+def test_run_refuses_a_bad_training_flag_before_anything_runs(tmp_path, capsys):
+    assert main(["run", "--workdir", str(tmp_path / "w"), "--epochs", "0"]) == 2
+    assert "--epochs must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("component", [prepare, convert, evaluate, train], ids=lambda c: c.name)
+def test_component_inputs_carry_descriptions_for_the_vertex_ui(component):
+    inputs = component.component_spec.inputs or {}
+    described = [name for name, spec in inputs.items() if (spec.description or "").strip()]
+    assert len(described) >= 0.8 * len(inputs), f"undescribed: {sorted(set(inputs) - set(described))}"
+
+
+def test_trainconfig_is_the_only_place_of_training_defaults():
+    # The train component takes every training parameter without a default of its own.
+    inputs = train.component_spec.inputs
+    for name in parameters():
+        assert inputs[name].default is None and not inputs[name].optional, name
+    assert TrainConfig().architecture == models.DEFAULT_ARCHITECTURE in models.ARCHITECTURES
