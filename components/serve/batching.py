@@ -39,11 +39,15 @@ class MicroBatcher:
         self._thread.start()
         return self
 
-    def predict(self, model: LoadedModel, pixels: np.ndarray) -> Predictions:
-        """The model's predictions for one request's pixels, computed together with other waiting requests."""
+    def submit(self, model: LoadedModel, pixels: np.ndarray) -> Future:
+        """A future of the model's predictions for one request's pixels, computed with other waiting requests."""
         job = _Job(model, pixels)
         self._queue.put(job)
-        return job.result.result(timeout=RESULT_TIMEOUT_S)
+        return job.result
+
+    def predict(self, model: LoadedModel, pixels: np.ndarray) -> Predictions:
+        """The model's predictions for one request's pixels (blocking), computed with other waiting requests."""
+        return self.submit(model, pixels).result(timeout=RESULT_TIMEOUT_S)
 
     def close(self) -> None:
         if self._thread.is_alive():

@@ -1,0 +1,6 @@
+"""Request size limits that the server enforces and the client checks before sending (no TensorFlow here)."""
+
+# Bodies over this get 413 before they are read; the client refuses to send them.
+MAX_BODY_BYTES = 16 * 1024 * 1024
+# Vertex AI online prediction refuses requests over 1.5 MB (its quotas page); the client stays under it.
+VERTEX_MAX_REQUEST_BYTES = 1_500_000
