@@ -1,6 +1,6 @@
 """Serving benchmark: our server against a naive one (one Keras `model.predict` per request), same run, same model.
 
-    .venv/bin/python benchmarks/serving.py [--duration 60] [--requests 300]
+    .venv/bin/python benchmarks/serving.py [--duration 60] [--requests 300] [--before CHECKOUT]
 
 It exports the seed CNN (150x150, untrained: speed does not depend on the weights) both as our SavedModel and as
 a .keras file, starts each server in its own process on 127.0.0.1, and drives it with a bounded load generator:
@@ -10,7 +10,9 @@ a .keras file, starts each server in its own process on 127.0.0.1, and drives it
 
 Servers: catsdogs (micro-batching), catsdogs --max-batch 1 (same server, no batching: what batching adds),
 and the naive baseline: ThreadingHTTPServer, decode, then model.predict under a lock (Keras models are not
-safe to call from several threads at once).
+safe to call from several threads at once). --before CHECKOUT adds `catsdogs serve` from another checkout of
+this repository (e.g. a git worktree of the previous commit), so a change is compared in the same run, on the
+same load.
 """
 
 from __future__ import annotations
@@ -161,8 +163,10 @@ def drive(port: int, body: bytes, concurrency: int, requests: int, seconds: floa
     return phase
 
 
-def start_server(command: list[str]) -> tuple[subprocess.Popen, int]:
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+def start_server(command: list[str], checkout: str | None = None) -> tuple[subprocess.Popen, int]:
+    """Starts a server, from another checkout if given (`python -m` puts the working folder first on sys.path)."""
+    env = None if checkout is None else {**os.environ, "PYTHONPATH": checkout}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env, cwd=checkout)
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         line = process.stdout.readline()
@@ -174,8 +178,8 @@ def start_server(command: list[str]) -> tuple[subprocess.Popen, int]:
     raise RuntimeError(f"{' '.join(command)} did not start")
 
 
-def measure(name: str, command: list[str], body: bytes, args) -> dict:
-    process, port = start_server(command)
+def measure(name: str, command: list[str], body: bytes, args, checkout: str | None = None) -> dict:
+    process, port = start_server(command, checkout)
     try:
         drive(port, body, 1, 20, 60)  # warm the connection path and any lazy set-up
         sequential = drive(port, body, 1, args.requests, args.duration)
@@ -199,6 +203,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=300, help="sequential requests, concurrency 1 (default %(default)s)")
     parser.add_argument("--duration", type=int, default=60, help="seconds of load per server (default %(default)s)")
     parser.add_argument("--concurrency", type=int, default=16, help="connections in the load phase (default %(default)s)")
+    parser.add_argument("--before", metavar="CHECKOUT",
+                        help="also measure `catsdogs serve` from this checkout (e.g. a worktree of the previous commit)")
     parser.add_argument("--baseline-server", metavar="KERAS_FILE", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.baseline_server:
@@ -220,6 +226,8 @@ def main() -> None:
         results = [
             measure("catsdogs (micro-batching)", serve, body, args),
             measure("catsdogs --max-batch 1 (no batching)", [*serve, "--max-batch", "1"], body, args),
+            *([measure(f"catsdogs at {args.before} (micro-batching)", serve, body, args,
+                       os.path.abspath(args.before))] if args.before else []),
             measure("naive: model.predict per request", [sys.executable, __file__, "--baseline-server", keras_file],
                     body, args),
         ]
@@ -232,6 +240,11 @@ def main() -> None:
     ours, naive = results[0], results[-1]
     print(f"\nthroughput vs naive: {ours['rps'] / naive['rps']:.1f}x; "
           f"median latency at c=1 vs naive: {naive['p50_ms'] / ours['p50_ms']:.1f}x lower")
+    if args.before:
+        before = results[2]
+        print(f"vs {args.before}: throughput {ours['rps'] / before['rps']:.2f}x, p50 {ours['p50_ms'] / before['p50_ms']:.2f}x, "
+              f"p99 {ours['p99_ms'] / before['p99_ms']:.2f}x, p99 at c={args.concurrency} "
+              f"{ours['p99_ms_loaded'] / before['p99_ms_loaded']:.2f}x (times: lower is better)")
     if any(r["errors"] for r in results):
         sys.exit(1)
 

@@ -4,3 +4,5 @@
 MAX_BODY_BYTES = 16 * 1024 * 1024
 # Vertex AI online prediction refuses requests over 1.5 MB (its quotas page); the client stays under it.
 VERTEX_MAX_REQUEST_BYTES = 1_500_000
+# On SIGTERM, how long requests in flight may take to finish: Kubernetes and Vertex send SIGKILL 30 s after it.
+GRACE_SECONDS = 25.0

@@ -45,7 +45,7 @@ from starlette.responses import Response
 from components.errors import InputError
 from components.serve.batching import MicroBatcher
 from components.serve.budget import DecodeLimits, PixelBudget
-from components.serve.limits import MAX_BODY_BYTES
+from components.serve.limits import GRACE_SECONDS, MAX_BODY_BYTES
 from components.serve.model import Instance, LoadedModel, Predictions, RequestError, bad_request, read_instance
 from components.serve.versions import VersionManager
 
@@ -54,7 +54,6 @@ log = logging.getLogger(__name__)
 MAX_INSTANCES = 64
 MAX_BATCH = 32
 POLL_SECONDS = 5.0
-GRACE_SECONDS = 25.0  # Kubernetes and Vertex send SIGKILL 30 s after SIGTERM by default
 KEEP_ALIVE_S = 75  # idle keep-alive connections: longer than the load balancers' 60 s, so they close first
 DECODE_THREADS = 16  # light requests parsing and decoding at once (old server: one thread per connection)
 SIGNATURES = ("serving_default", "predict_pixels")  # the request's form picks the path; both names are fine
