@@ -300,9 +300,7 @@ def _request(method: str, path: str, body: bytes = b"", headers: str = "") -> by
     (b'{"instances": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),
     (b'{"instances": [[[[1' + b"0" * 5000 + b', 0, 0]]]]}', "not valid JSON"),
     (b'{"instances": [[[1' + b"0" * 400 + b', 0, 0]]]}', "array of numbers"),
-    (b'{"instances": [{"b64": "' + base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\xff" * 40) + b'"}]}', "not a decodable"),
-    (b"\xff\xfe not utf-8", "not valid JSON"),
-], ids=["deep-nesting", "huge-integer", "pixel-over-float-range", "broken-png-header", "not-utf8"])
+], ids=["deep-nesting", "huge-integer", "pixel-over-float-range"])
 def test_malformed_bodies_get_400(server, body, message):
     status, reply, _ = _post(server.url + "/predict", body)
     assert status == 400 and message in reply["error"], reply
@@ -393,11 +391,3 @@ def test_predict_dry_run_to_vertex_downsizes_a_phone_photo_under_the_limit(tmp_p
     sent = Image.open(io.BytesIO(base64.b64decode(request["instances"][0]["b64"])))
     assert (sent.format, sent.size) == ("JPEG", expected)  # EXIF orientation applied before downsizing
     assert f"sent as a {expected[0]}x{expected[1]} JPEG (was 3000x4000" in captured.err
-
-
-def test_predict_leaves_a_request_under_the_limit_as_it_is(tmp_path, capsys, sample_images):
-    cat = os.path.join(sample_images, "cats", "cats.00000.jpg")
-    assert main(["predict", cat, "--endpoint", VERTEX_ENDPOINT, "--dry-run"]) == 0
-    captured = capsys.readouterr()
-    sent = json.loads(captured.out)["request"]["instances"][0]["b64"]
-    assert base64.b64decode(sent) == open(cat, "rb").read() and "note:" not in captured.err

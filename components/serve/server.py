@@ -55,7 +55,9 @@ MAX_INSTANCES = 64
 MAX_BATCH = 32
 POLL_SECONDS = 5.0
 KEEP_ALIVE_S = 75  # idle keep-alive connections: longer than the load balancers' 60 s, so they close first
-DECODE_THREADS = 16  # light requests parsing and decoding at once (old server: one thread per connection)
+# Light requests in flight at once, each in its own thread from parsing to answer (the old server had one
+# thread per connection); they mostly wait for the batcher, so this also bounds the batches it can form.
+DECODE_THREADS = 64
 SIGNATURES = ("serving_default", "predict_pixels")  # the request's form picks the path; both names are fine
 
 MODEL_ROUTE = re.compile(r"/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+))?(?P<verb>:predict)?")
@@ -186,16 +188,31 @@ class PredictionApp:
 
     async def _predict(self, model: LoadedModel, body: bytes) -> Response:
         loop = asyncio.get_running_loop()
-        # A light request is parsed, checked and decoded in one trip to a decode thread.
-        columnar, decoded, heavy = await loop.run_in_executor(self._light, self._read_and_decode, model, body)
-        if decoded is None:  # heavy: wait for the budget in the event loop, then decode in a heavy thread
-            pixels = sum(item.area for item in heavy)
+        # A light request makes one trip to a decode thread: parsed, checked, decoded, batched, answered there.
+        answer, heavy = await loop.run_in_executor(self._light, self._light_predict, model, body)
+        if answer is None:  # heavy: wait for the budget in the event loop, then decode in a heavy thread
+            columnar, items = heavy
+            pixels = sum(item.area for item in items)
             await self.budget.acquire(pixels)
             try:
-                decoded = await loop.run_in_executor(self._heavy, self._decode, model, heavy)
+                decoded = await loop.run_in_executor(self._heavy, self._decode, model, items)
             finally:
                 self.budget.release(pixels)
-        predictions: Predictions = await asyncio.wrap_future(self.batcher.submit(model, decoded))
+            answer = self._answer(model, columnar, await asyncio.wrap_future(self.batcher.submit(model, decoded)))
+        return Response(answer, HTTPStatus.OK, {"X-Model-Name": model.name, "X-Model-Version": str(model.version)},
+                        media_type="application/json")
+
+    def _light_predict(self, model: LoadedModel, body: bytes) -> tuple[bytes | None, tuple | None]:
+        """(the answer, None) for a light request; (None, (columnar, checked instances)) for a heavy one."""
+        instances, columnar = parse_request(body)
+        items = [read_instance(instance, i) for i, instance in enumerate(instances)]
+        if self.budget.check(sum(item.area for item in items)):
+            return None, (columnar, items)
+        predictions = self.batcher.predict(model, self._decode(model, items))
+        return self._answer(model, columnar, predictions), None
+
+    @staticmethod
+    def _answer(model: LoadedModel, columnar: bool, predictions: Predictions) -> bytes:
         predictions.check_finite()
         rows = predictions.rows()
         if columnar:
@@ -203,15 +220,7 @@ class PredictionApp:
                                   "probabilities": [r["probabilities"] for r in rows]}}
         else:
             result = {"predictions": rows}
-        return _json(HTTPStatus.OK, {**result, "model": model.name, "version": model.version}, model)
-
-    def _read_and_decode(self, model: LoadedModel, body: bytes) -> tuple[bool, np.ndarray | None, list[Instance]]:
-        """(columnar, decoded pixels or None, checked instances): decoded at once unless the request is heavy."""
-        instances, columnar = parse_request(body)
-        items = [read_instance(instance, i) for i, instance in enumerate(instances)]
-        if self.budget.check(sum(item.area for item in items)):
-            return columnar, None, items
-        return columnar, self._decode(model, items), items
+        return json.dumps({**result, "model": model.name, "version": model.version}, allow_nan=False).encode()
 
     @staticmethod
     def _decode(model: LoadedModel, items: list[Instance]) -> np.ndarray:
@@ -258,7 +267,7 @@ class PredictionServer:
         self.server_address = sock.getsockname()
         config = uvicorn.Config(
             app, lifespan="off", log_config=None, access_log=False, server_header=False,
-            http="httptools", loop="asyncio", timeout_keep_alive=KEEP_ALIVE_S,
+            http="httptools", loop="uvloop", timeout_keep_alive=KEEP_ALIVE_S,
             timeout_graceful_shutdown=grace_seconds,
         )
         self._uvicorn = uvicorn.Server(config)
