@@ -242,7 +242,8 @@ def main() -> None:
           f"median latency at c=1 vs naive: {naive['p50_ms'] / ours['p50_ms']:.1f}x lower")
     if args.before:
         before = results[2]
-        print(f"vs {args.before}: throughput {ours['rps'] / before['rps']:.2f}x, p50 {ours['p50_ms'] / before['p50_ms']:.2f}x, "
+        print(f"vs {args.before}: throughput {ours['rps'] / before['rps']:.2f}x, "
+              f"p50 {ours['p50_ms'] / before['p50_ms']:.2f}x, "
               f"p99 {ours['p99_ms'] / before['p99_ms']:.2f}x, p99 at c={args.concurrency} "
               f"{ours['p99_ms_loaded'] / before['p99_ms_loaded']:.2f}x (times: lower is better)")
     if any(r["errors"] for r in results):

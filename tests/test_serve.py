@@ -391,3 +391,17 @@ def test_predict_dry_run_to_vertex_downsizes_a_phone_photo_under_the_limit(tmp_p
     sent = Image.open(io.BytesIO(base64.b64decode(request["instances"][0]["b64"])))
     assert (sent.format, sent.size) == ("JPEG", expected)  # EXIF orientation applied before downsizing
     assert f"sent as a {expected[0]}x{expected[1]} JPEG (was 3000x4000" in captured.err
+
+
+def test_a_versions_file_signature_changes_with_its_files_on_gcs_too(gcs_bucket):
+    """What decides whether a version that failed to load is tried again, on a bucket (AIP_STORAGE_URI)."""
+    from components import storage
+    from components.serve.versions import files_signature
+
+    version = f"{gcs_bucket}/models/catsdogs/3"
+    storage.write_bytes(f"{version}/saved_model.pb", b"not a SavedModel")
+    storage.write_bytes(f"{version}-old/saved_model.pb", b"a sibling, not part of version 3")
+    first = files_signature(version)
+    assert len(first) == 1 and first == files_signature(version)
+    storage.write_bytes(f"{version}/saved_model.pb", b"not a SavedModel")  # same bytes, a new generation
+    assert files_signature(version) != first
