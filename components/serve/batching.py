@@ -34,6 +34,7 @@ class MicroBatcher:
         self.instances = 0
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="micro-batcher", daemon=True)
+        self._closed = False
 
     def start(self) -> "MicroBatcher":
         self._thread.start()
@@ -42,6 +43,9 @@ class MicroBatcher:
     def submit(self, model: LoadedModel, pixels: np.ndarray) -> Future:
         """A future of the model's predictions for one request's pixels, computed with other waiting requests."""
         job = _Job(model, pixels)
+        if self._closed:
+            job.result.set_exception(RuntimeError("the server is shutting down"))
+            return job.result
         self._queue.put(job)
         return job.result
 
@@ -50,9 +54,18 @@ class MicroBatcher:
         return self.submit(model, pixels).result(timeout=RESULT_TIMEOUT_S)
 
     def close(self) -> None:
+        """Runs what is queued, stops, and fails whatever arrives after (no request waits out RESULT_TIMEOUT_S)."""
+        self._closed = True
         if self._thread.is_alive():
             self._queue.put(None)
             self._thread.join()
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if job is not None:
+                job.result.set_exception(RuntimeError("the server is shutting down"))
 
     def _next_batch(self) -> tuple[list[_Job], bool]:
         """The queued jobs for the next call (blocking for the first), and whether close() was called."""

@@ -179,8 +179,10 @@ class PredictionApp:
         if "chunked" in request.headers.get("transfer-encoding", "").lower():
             raise RequestError(HTTPStatus.LENGTH_REQUIRED, "chunked bodies are not supported: send Content-Length")
         length = request.headers.get("content-length")
-        if length is None:  # the parser has checked that it is a number, if present
+        if length is None:
             raise RequestError(HTTPStatus.LENGTH_REQUIRED, "a POST needs a Content-Length header")
+        if not length.strip().isdigit():  # the HTTP parser refuses most of these already
+            raise bad_request(f"Content-Length must be a number of bytes, got {length!r}")
         if int(length) > MAX_BODY_BYTES:
             raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                                f"body of {length} bytes is over the {MAX_BODY_BYTES}-byte limit")
@@ -271,6 +273,7 @@ class PredictionServer:
             timeout_graceful_shutdown=grace_seconds,
         )
         self._uvicorn = uvicorn.Server(config)
+        self._serving = False
         self._stopped = threading.Event()
 
     @property
@@ -306,6 +309,7 @@ class PredictionServer:
     def serve_forever(self) -> None:
         """Serves until shutdown() or, in the main thread, SIGTERM / SIGINT (then uvicorn re-raises the signal
         after draining, for the handler that was installed before)."""
+        self._serving = True
         try:
             self._uvicorn.run(sockets=[self.socket])
         finally:
@@ -314,7 +318,8 @@ class PredictionServer:
     def shutdown(self) -> None:
         """Stops accepting, answers the requests in flight (at most the grace period) and returns when done."""
         self._uvicorn.should_exit = True
-        self._stopped.wait()
+        if self._serving:
+            self._stopped.wait()
 
     def server_close(self) -> None:
         self.socket.close()
