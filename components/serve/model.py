@@ -1,8 +1,9 @@
 """One loaded model version: decoding of request instances into the model's pixels, and its prediction call.
 
-Decoding (and resizing to the model's input size) runs in the request's own thread, so many requests decode
-at once while the batcher's thread runs the model; every instance then has the same [S, S, 3] shape and any
-mix of requests can share one `predict_pixels` call.
+An instance is first checked (`read_instance`: base64, the image header's size, the pixel array's shape)
+without decoding, so the server can weigh it against its pixel budget; decoding (and resizing to the model's
+input size) then runs in a decode thread, so many requests decode at once while the model runs; every instance
+then has the same [S, S, 3] shape and any mix of requests can share one `predict_pixels` call.
 """
 
 from __future__ import annotations

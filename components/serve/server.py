@@ -21,7 +21,7 @@ the model from AIP_STORAGE_URI (gs:// too).
 HTTP is uvicorn's (httptools' parser: framing, keep-alive, pipelining and malformed requests are its job) with
 Starlette's request and response objects. The event loop only moves bytes: JSON parsing and image decoding run
 in decode threads (in parallel: TensorFlow's decoders release the GIL), heavy requests wait for the pixel budget
-(budget.py), and one batcher thread runs the model on everything decoded so far (batching.py). SIGTERM stops
+(budget.py), and one model call at a time runs on everything decoded so far (batching.py). SIGTERM stops
 accepting connections, answers every request already received and exits within `grace_seconds`.
 """
 
