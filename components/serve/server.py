@@ -231,13 +231,14 @@ class PredictionApp:
 
 def _port(port: int | None) -> int:
     """--port, else $AIP_HTTP_PORT, else 8080; InputError for anything that is not a port number."""
+    source = "--port"
     if port is None:
         text = os.environ.get("AIP_HTTP_PORT", "8080")
         if not text.strip().isdigit():
             raise InputError(f"AIP_HTTP_PORT must be a port number (0-65535), got {text!r}")
-        port = int(text)
+        port, source = int(text), "AIP_HTTP_PORT"
     if not 0 <= port <= 65535:
-        raise InputError(f"the port must be 0-65535, got {port}")
+        raise InputError(f"{source} must be 0-65535, got {port}")
     return port
 
 
@@ -340,7 +341,7 @@ def make_server(model_base: str | None = None, host: str = "127.0.0.1", port: in
     if not model_base:
         raise InputError("no model: pass MODEL_BASE or set AIP_STORAGE_URI")
     if max_batch < 1:
-        raise InputError(f"max_batch must be at least 1, got {max_batch}")
+        raise InputError(f"--max-batch must be at least 1, got {max_batch}")
     if grace_seconds < 0:
         raise InputError(f"the grace period must be 0 or more seconds, got {grace_seconds}")
     sock = _listen(host, _port(port))
