@@ -1,16 +1,20 @@
 """Serving benchmark: our server against a naive one (one Keras `model.predict` per request), same run, same model.
 
-    .venv/bin/python benchmarks/serving.py [--duration 60] [--requests 300]
+    .venv/bin/python benchmarks/serving.py [--duration 60] [--requests 300] [--rounds 1] [--before CHECKOUT]
 
 It exports the seed CNN (150x150, untrained: speed does not depend on the weights) both as our SavedModel and as
 a .keras file, starts each server in its own process on 127.0.0.1, and drives it with a bounded load generator:
 --requests sequential requests (concurrency 1: p50/p99 latency), then --duration seconds at --concurrency
-(throughput). Every request carries one 300x400 JPEG as {"instances": [{"b64": ...}]}; any answer other than
-200 with one prediction counts as an error. The load generator runs on the same cores as the server.
+(throughput). All servers run at once and are driven in turn, --rounds times in alternating order, and each
+figure is the median over the rounds: on a shared machine, load from elsewhere then falls on all of them alike.
+Every request carries one 300x400 JPEG as {"instances": [{"b64": ...}]}; any answer other than 200 with one
+prediction counts as an error. The load generator runs on the same cores as the server.
 
 Servers: catsdogs (micro-batching), catsdogs --max-batch 1 (same server, no batching: what batching adds),
 and the naive baseline: ThreadingHTTPServer, decode, then model.predict under a lock (Keras models are not
-safe to call from several threads at once).
+safe to call from several threads at once). --before CHECKOUT adds `catsdogs serve` from another checkout of
+this repository (e.g. a git worktree of the previous commit), so a change is compared in the same run, on the
+same load.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import http.client
 import io
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -161,8 +166,10 @@ def drive(port: int, body: bytes, concurrency: int, requests: int, seconds: floa
     return phase
 
 
-def start_server(command: list[str]) -> tuple[subprocess.Popen, int]:
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+def start_server(command: list[str], checkout: str | None = None) -> tuple[subprocess.Popen, int]:
+    """Starts a server, from another checkout if given (`python -m` puts the working folder first on sys.path)."""
+    env = None if checkout is None else {**os.environ, "PYTHONPATH": checkout}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env, cwd=checkout)
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         line = process.stdout.readline()
@@ -174,38 +181,64 @@ def start_server(command: list[str]) -> tuple[subprocess.Popen, int]:
     raise RuntimeError(f"{' '.join(command)} did not start")
 
 
-def measure(name: str, command: list[str], body: bytes, args) -> dict:
-    process, port = start_server(command)
+def measure(servers: dict[str, tuple[list[str], str | None]], body: bytes, args) -> list[dict]:
+    """Starts every server, then drives them in --rounds rounds, in alternating order, so that load from
+    elsewhere on the machine falls on all of them alike; each figure is the median over the rounds."""
+    started = {}
     try:
-        drive(port, body, 1, 20, 60)  # warm the connection path and any lazy set-up
-        sequential = drive(port, body, 1, args.requests, args.duration)
-        loaded = drive(port, body, args.concurrency, args.duration * MAX_REQUESTS_PER_SECOND, args.duration)
+        for name, (command, checkout) in servers.items():
+            started[name] = start_server(command, checkout)
+            drive(started[name][1], body, 1, 20, 60)  # warm the connection path and any lazy set-up
+        phases: dict[str, list[tuple[Phase, Phase]]] = {name: [] for name in servers}
+        for round_ in range(args.rounds):
+            for name in (list(servers) if round_ % 2 == 0 else list(reversed(servers))):
+                port = started[name][1]
+                sequential = drive(port, body, 1, args.requests, args.duration)
+                loaded = drive(port, body, args.concurrency, args.duration * MAX_REQUESTS_PER_SECOND, args.duration)
+                phases[name].append((sequential, loaded))
     finally:
-        process.terminate()
-        process.wait(30)
-    result = {"server": name, "p50_ms": sequential.percentile(0.5), "p99_ms": sequential.percentile(0.99),
-              "rps": loaded.per_second, "requests": len(sequential.latencies_ms) + len(loaded.latencies_ms),
-              "errors": len(sequential.errors) + len(loaded.errors),
-              "p50_ms_loaded": loaded.percentile(0.5), "p99_ms_loaded": loaded.percentile(0.99)}
-    if sequential.errors or loaded.errors:
-        print(f"{name}: first error: {(sequential.errors or loaded.errors)[0]}", file=sys.stderr)
-    print(f"  {name}: {json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in result.items()})}",
-          flush=True)
-    return result
+        for process, _ in started.values():
+            process.terminate()
+            process.wait(30)
+    results = []
+    for name, runs in phases.items():
+        errors = [e for sequential, loaded in runs for e in sequential.errors + loaded.errors]
+        result = {"server": name,
+                  "p50_ms": statistics.median(s.percentile(0.5) for s, _ in runs),
+                  "p99_ms": statistics.median(s.percentile(0.99) for s, _ in runs),
+                  "rps": statistics.median(loaded.per_second for _, loaded in runs),
+                  "requests": sum(len(s.latencies_ms) + len(loaded.latencies_ms) for s, loaded in runs),
+                  "errors": len(errors),
+                  "p50_ms_loaded": statistics.median(loaded.percentile(0.5) for _, loaded in runs),
+                  "p99_ms_loaded": statistics.median(loaded.percentile(0.99) for _, loaded in runs)}
+        if errors:
+            print(f"{name}: first error: {errors[0]}", file=sys.stderr)
+        print(f"  {name}: {json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in result.items()})}",
+              flush=True)
+        results.append(result)
+    return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=300, help="sequential requests, concurrency 1 (default %(default)s)")
-    parser.add_argument("--duration", type=int, default=60, help="seconds of load per server (default %(default)s)")
-    parser.add_argument("--concurrency", type=int, default=16, help="connections in the load phase (default %(default)s)")
+    parser.add_argument("--requests", type=int, default=300,
+                        help="sequential requests, concurrency 1 (default %(default)s)")
+    parser.add_argument("--duration", type=int, default=60,
+                        help="seconds of load per server and round (default %(default)s)")
+    parser.add_argument("--concurrency", type=int, default=16,
+                        help="connections in the load phase (default %(default)s)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure every server this many times, alternating, and report medians (default 1)")
+    parser.add_argument("--before", metavar="CHECKOUT",
+                        help="also measure `catsdogs serve` from this checkout (e.g. a worktree of the last commit)")
     parser.add_argument("--baseline-server", metavar="KERAS_FILE", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.baseline_server:
         serve_baseline(args.baseline_server)
         return
-    if not (1 <= args.concurrency <= 64 and 1 <= args.duration <= 600 and 1 <= args.requests <= 10_000):
-        parser.error("keep the load bounded: concurrency 1..64, duration 1..600 s, requests 1..10000")
+    if not (1 <= args.concurrency <= 64 and 1 <= args.duration <= 600 and 1 <= args.requests <= 10_000
+            and 1 <= args.rounds <= 20):
+        parser.error("keep the load bounded: concurrency 1..64, duration 1..600 s, requests 1..10000, rounds 1..20")
 
     import tensorflow as tf
 
@@ -217,12 +250,13 @@ def main() -> None:
         print(f"{os.cpu_count()} CPUs, TensorFlow {tf.__version__}; one 300x400 JPEG per request "
               f"({len(body)} bytes); {args.requests} requests at concurrency 1, {args.duration} s at "
               f"concurrency {args.concurrency}", flush=True)
-        results = [
-            measure("catsdogs (micro-batching)", serve, body, args),
-            measure("catsdogs --max-batch 1 (no batching)", [*serve, "--max-batch", "1"], body, args),
-            measure("naive: model.predict per request", [sys.executable, __file__, "--baseline-server", keras_file],
-                    body, args),
-        ]
+        servers = {"catsdogs (micro-batching)": (serve, None),
+                   "catsdogs --max-batch 1 (no batching)": ([*serve, "--max-batch", "1"], None)}
+        if args.before:
+            servers[f"catsdogs at {args.before} (micro-batching)"] = (serve, os.path.abspath(args.before))
+        servers["naive: model.predict per request"] = ([sys.executable, __file__, "--baseline-server", keras_file],
+                                                       None)
+        results = measure(servers, body, args)
     print(f"\n| server | p50 ms (c=1) | p99 ms (c=1) | req/s (c={args.concurrency}) | p99 ms (c={args.concurrency}) "
           "| requests | errors |")
     print("|---|---|---|---|---|---|---|")
@@ -232,6 +266,12 @@ def main() -> None:
     ours, naive = results[0], results[-1]
     print(f"\nthroughput vs naive: {ours['rps'] / naive['rps']:.1f}x; "
           f"median latency at c=1 vs naive: {naive['p50_ms'] / ours['p50_ms']:.1f}x lower")
+    if args.before:
+        before = results[2]
+        print(f"vs {args.before}: throughput {ours['rps'] / before['rps']:.2f}x, "
+              f"p50 {ours['p50_ms'] / before['p50_ms']:.2f}x, "
+              f"p99 {ours['p99_ms'] / before['p99_ms']:.2f}x, p99 at c={args.concurrency} "
+              f"{ours['p99_ms_loaded'] / before['p99_ms_loaded']:.2f}x (times: lower is better)")
     if any(r["errors"] for r in results):
         sys.exit(1)
 

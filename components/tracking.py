@@ -28,8 +28,8 @@ log = logging.getLogger(__name__)
 
 PROJECT = "cats-dogs-keras"
 MODES = ("online", "offline", "disabled")
-JOB_TYPES = {"prepare": "data", "convert": "data", "train": "train", "evaluate": "train", "deploy": "deploy"}
-# Artifact name -> (W&B type, logged as a file rather than a reference)
+# Artifact name -> (W&B type, logged as a file rather than a reference): the producer logs and the consumers declare
+# an artifact built the same way, so W&B links them (the same digest). Steps name their artifacts and job type.
 ARTIFACTS = {
     "training_images": ("raw_data", False),
     "image_uris_csv": ("dataset", True),
@@ -39,7 +39,6 @@ ARTIFACTS = {
 }
 DEFAULT_BASE_URL = "https://api.wandb.ai"
 CONNECT_TIMEOUT_S = 5.0
-SAMPLE_IMAGES = 16  # rows of the predictions table
 
 
 def default_mode() -> str:
@@ -47,13 +46,13 @@ def default_mode() -> str:
     return "online" if os.environ.get("WANDB_API_KEY") else "offline"
 
 
-def pipeline_settings(project: str, mode: str, group: str = "", secret: str = "", gcp_project: str = "") -> dict:
-    """The `wandb_settings` argument every component takes. The pipeline run's name is filled in at run time
-    and becomes the W&B group when `group` is empty."""
-    from kfp import dsl
-
+def settings(project: str, mode: str, group: str = "", secret: str = "", gcp_project: str = "",
+             pipeline_run: str = "") -> dict[str, str]:
+    """The `wandb_settings` every component takes: built at run time by the pipelines' first step (the
+    wandb_settings component) from plain string parameters, so nothing depends on placeholders nested in a
+    constant. The pipeline run's name becomes the W&B group when `group` is empty."""
     return {"project": project, "mode": mode, "group": group, "secret": secret, "gcp_project": gcp_project,
-            "pipeline_run": dsl.PIPELINE_JOB_NAME_PLACEHOLDER}
+            "pipeline_run": pipeline_run}
 
 
 def local_dirs(workdir: str) -> dict[str, str]:
@@ -174,46 +173,35 @@ class StepRun:
 
         return [WandbMetricsLogger(log_freq="epoch")]
 
-    def log_evaluation(self, result, model_dir: str, data_dir: str) -> None:
-        """Metrics, the confusion matrix and a table of sample held-out images with predicted and true labels."""
+    def log_evaluation(self, result) -> None:
+        """Metrics, the confusion matrix and a table of the held-out images evaluation picked for its report
+        (mistakes first), with predicted and true labels: evaluation owns its predictions, this only logs them."""
         if self.run is None:
             return
+        import io
         import math
 
         import wandb
+        from PIL import Image
 
-        metrics = {f"{result.split.lower()}/accuracy": result.accuracy, "examples": result.examples}
+        split = result.split.lower()
+        metrics = {f"{split}/accuracy": result.accuracy, "examples": result.examples}
         if math.isfinite(result.auc):
-            metrics[f"{result.split.lower()}/auc"] = result.auc
+            metrics[f"{split}/auc"] = result.auc
         for name, scores in result.per_class().items():
-            metrics.update({f"{result.split.lower()}/{metric}_{name}": value for metric, value in scores.items()})
+            metrics.update({f"{split}/{metric}_{name}": value for metric, value in scores.items()})
         matrix = result.confusion_matrix
         k = len(matrix)
         y_true = [i for i in range(k) for j in range(k) for _ in range(matrix[i][j])]
         y_pred = [j for i in range(k) for j in range(k) for _ in range(matrix[i][j])]
         metrics["confusion_matrix"] = wandb.plot.confusion_matrix(
             y_true=y_true, preds=y_pred, class_names=result.class_names)
-        metrics["predictions"] = _predictions_table(model_dir, data_dir, result.split, result.class_names)
+        table = wandb.Table(columns=["image", "true", "predicted", "probability"])
+        for example in result.gallery:
+            image = Image.open(io.BytesIO(example.thumbnail))
+            table.add_data(wandb.Image(image), example.true, example.predicted, example.confidence)
+        metrics["predictions"] = table
         self.run.log(metrics)  # the run summary keeps the last logged values
-
-
-def _predictions_table(model_dir: str, data_dir: str, split: str, class_names: list[str]):
-    import numpy as np
-    import tensorflow as tf
-    import wandb
-
-    from components.train.core import training_info
-    from components.train.data import make_dataset
-
-    image_size = training_info(model_dir)["config"]["image_size"]
-    predict = tf.saved_model.load(model_dir).signatures["predict_pixels"]
-    table = wandb.Table(columns=["image", "true", "predicted", "probability"])
-    for pixels, labels in make_dataset(data_dir, split, image_size, SAMPLE_IMAGES).take(1):
-        probabilities = predict(pixels=pixels)["probabilities"].numpy()
-        for image, label, probs in zip(pixels.numpy(), labels.numpy(), probabilities):
-            table.add_data(wandb.Image(image.clip(0, 255).astype(np.uint8)), class_names[label],
-                           class_names[probs.argmax()], float(probs.max()))
-    return table
 
 
 def _use_private_dirs() -> None:
@@ -223,9 +211,11 @@ def _use_private_dirs() -> None:
 
 
 @contextlib.contextmanager
-def step_run(step: str, settings: dict | None, config: dict, primary: bool = True) -> Iterator[StepRun]:
-    """The W&B run of one pipeline step, finished (as failed if the step raises) when the block ends.
-    `primary` is False on the workers of a multi-node job that must not log a run of their own."""
+def step_run(step: str, job_type: str, settings: dict | None, config: dict,
+             primary: bool = True) -> Iterator[StepRun]:
+    """The W&B run of one pipeline step (named `step`, of W&B job type `job_type`: data, train, deploy ...),
+    finished (as failed if the step raises) when the block ends. `primary` is False on the workers of a
+    multi-node job that must not log a run of their own."""
     settings = settings or {}
     mode = settings.get("mode") or "disabled"
     check_mode(mode)
@@ -240,7 +230,7 @@ def step_run(step: str, settings: dict | None, config: dict, primary: bool = Tru
     import wandb
 
     run = wandb.init(
-        project=settings.get("project") or PROJECT, name=step, job_type=JOB_TYPES[step],
+        project=settings.get("project") or PROJECT, name=step, job_type=job_type,
         group=settings.get("group") or settings.get("pipeline_run") or None, config=config, mode=mode,
         settings=wandb.Settings(init_timeout=60),
     )

@@ -13,6 +13,7 @@ import sys
 from components import logs, storage, tracking
 from components.contracts import DEFAULT_RECORD_FORMAT, RECORD_FORMATS
 from components.errors import InputError
+from components.serve.limits import GRACE_SECONDS
 
 log = logging.getLogger("catsdogs")
 
@@ -110,8 +111,9 @@ def cmd_serve(args) -> None:
     from components.serve.server import make_server
 
     server = make_server(args.model_base, args.host, args.port, model_name=args.model_name,
-                         poll_seconds=args.poll_seconds, max_batch=args.max_batch)
+                         poll_seconds=args.poll_seconds, max_batch=args.max_batch, grace_seconds=args.grace_seconds)
     # As a container's PID 1 Python ignores SIGTERM unless it handles it; Vertex and podman stop with it.
+    # While serving, uvicorn handles it (stop accepting, answer what is in flight) and then re-raises it here.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     name = server.model.name
     print(f"serving {name} version {server.model.version} at {server.url} (GET {server.health_route}, "
@@ -129,10 +131,12 @@ def cmd_predict(args) -> None:
 
     from components.serve.client import format_prediction, predict_files, prediction_request
 
+    if args.image_size is not None and args.image_size < 1:
+        raise InputError(f"--image-size must be at least 1, got {args.image_size}")
     if args.dry_run:
-        print(json.dumps(prediction_request(args.images, args.endpoint), indent=1))
+        print(json.dumps(prediction_request(args.images, args.endpoint, args.image_size), indent=1))
         return
-    predictions = predict_files(args.images, args.endpoint)
+    predictions = predict_files(args.images, args.endpoint, image_size=args.image_size)
     for path, prediction in zip(args.images, predictions):
         print(json.dumps({"image": path, **prediction}) if args.json else format_prediction(path, prediction))
 
@@ -526,6 +530,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how often to look for new versions; 0: never (default %(default)s)")
     p.add_argument("--max-batch", type=int, default=32,
                    help="most images in one model call when requests are batched (default %(default)s)")
+    p.add_argument("--grace-seconds", type=float, default=GRACE_SECONDS,
+                   help="on SIGTERM, how long requests in flight may take to finish (default %(default)s)")
     p.set_defaults(handler=cmd_serve)
 
     p = sub.add_parser("predict", help="send images to a prediction server and print the labels")
@@ -533,6 +539,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoint", required=True,
                    help="server URL, e.g. http://127.0.0.1:8080, or a Vertex AI endpoint projects/P/locations/L/endpoints/E")
     p.add_argument("--json", action="store_true", help="one JSON object per image")
+    p.add_argument("--image-size", type=int, default=None, metavar="S",
+                   help="the model's input size: when a request would be over the endpoint's size limit (Vertex "
+                        "AI: 1.5 MB), images are downsized to this (default: at most 1024 pixels a side)")
     p.add_argument("--dry-run", action="store_true", help="print the request instead of sending it")
     p.set_defaults(handler=cmd_predict)
 

@@ -29,6 +29,7 @@ class Steps:
     convert: Any
     train: Any
     evaluate: Any
+    wandb_settings: Any
     convert_options: dict = field(default_factory=dict)
     train_options: dict = field(default_factory=dict)
     convert_name: str = "convert to TFRecords"
@@ -43,6 +44,7 @@ class Wired:
     convert: Any
     train: Any
     evaluate: Any
+    wandb_settings: Any  # the W&B settings every step takes (the first step's output), for the deploy branch
 
 
 def training_arguments(arguments: dict) -> dict:
@@ -51,10 +53,12 @@ def training_arguments(arguments: dict) -> dict:
 
 
 def wire(steps: Steps, *, images_root, record_format, training: dict, min_accuracy, champion_uri, max_regression,
-         wandb_settings) -> Wired:
+         wandb: dict) -> Wired:
     """Adds prepare -> convert -> train -> evaluate to the pipeline being defined. `training` holds every
     TrainConfig parameter (see training_arguments); `champion_uri` is the served model evaluation compares the
-    candidate with ("" for none)."""
+    candidate with ("" for none); `wandb` the W&B settings component's arguments but the run's name."""
+    wandb_settings = steps.wandb_settings(
+        **wandb, pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER).set_display_name("W&B settings").output
     prepared = steps.prepare(images_root=images_root, wandb_settings=wandb_settings).set_display_name("prepare CSV")
     converted = steps.convert(
         image_csv=prepared.outputs["image_csv"], record_format=record_format, wandb_settings=wandb_settings,
@@ -67,7 +71,7 @@ def wire(steps: Steps, *, images_root, record_format, training: dict, min_accura
         model=trained.outputs["model"], tfrecords=converted.outputs["tfrecords"], min_accuracy=min_accuracy,
         champion_uri=champion_uri, max_regression=max_regression, wandb_settings=wandb_settings,
     ).set_display_name("evaluate vs champion")
-    return Wired(prepared, converted, trained, scored)
+    return Wired(prepared, converted, trained, scored, wandb_settings)
 
 
 def blessed(wired: Wired) -> dsl.If:

@@ -20,6 +20,7 @@ from components.errors import InputError
 from components.evaluate.component import evaluate
 from components.prepare.component import prepare
 from components.train.component import train
+from components.tracking_component import wandb_settings
 from components.train.config import TrainConfig
 from pipelines.dag import Steps, blessed, training_arguments, wire
 from pipelines import progress
@@ -48,16 +49,15 @@ def local_pipeline(
 ) -> Metrics:
     """The shared DAG (pipelines/dag.py) with every step in this environment. The champion is the newest version
     under model_base; a blessed candidate is published as the next numbered version there."""
-    wandb_settings = tracking.pipeline_settings(wandb_project, wandb_mode, wandb_group)
     wired = wire(
-        Steps(prepare=prepare, convert=convert, train=train, evaluate=evaluate),
+        Steps(prepare=prepare, convert=convert, train=train, evaluate=evaluate, wandb_settings=wandb_settings),
         images_root=images_root, record_format=record_format, training=training_arguments(locals()),
         min_accuracy=min_accuracy, champion_uri=model_base, max_regression=max_regression,
-        wandb_settings=wandb_settings,
+        wandb=dict(project=wandb_project, mode=wandb_mode, group=wandb_group, secret="", gcp_project=""),
     )
     with blessed(wired):
         deploy_local(model=wired.train.outputs["model"], model_base=model_base,
-                     wandb_settings=wandb_settings).set_display_name("publish version")
+                     wandb_settings=wired.wandb_settings).set_display_name("publish version")
     return wired.evaluate.outputs["metrics"]
 
 

@@ -219,6 +219,9 @@ def summarize(step: Step) -> str:
                             f"{scores['champion_accuracy']:.3f}")
             return (f"{scores.get('split', 'held-out')} accuracy {scores['accuracy']:.3f}{auc} "
                     f"on {_number(scores.get('examples', 0))} images{champion}")
+    if kind == "wandb" and isinstance(parameters.get("Output"), dict):
+        settings = parameters["Output"]
+        return f"W&B {settings.get('mode')}, project {settings.get('project')}"
     if kind == "deploy" and "Output" in parameters:
         return f"published version {parameters['Output']}"
     if parameters:

@@ -13,7 +13,7 @@ from kfp.dsl import Artifact, Input
 from components import tracking
 from components.contracts import DEFAULT_RECORD_FORMAT
 from components.convert.component import convert
-from components.deploy.component import find_model, find_or_create_endpoint, record_deployment
+from components.deploy.component import find_model, find_or_create_endpoint, record_deployment, undeploy_previous
 from components.deploy.registry import CHALLENGER_ALIAS, DEFAULT_ALIAS
 from components.deploy.registry_components import canary_traffic_split, champion_uri, import_evaluation
 from components.deploy.vertex import HEALTH_ROUTE, PREDICT_ROUTE, SERVING_PORT
@@ -21,6 +21,7 @@ from components.errors import InputError
 from components.evaluate.component import evaluate
 from components.images import LOCAL, Images, with_image
 from components.prepare.component import prepare
+from components.tracking_component import wandb_settings
 from components.train.component import train
 from components.train.config import TrainConfig
 from pipelines.dag import Steps, blessed, training_arguments, wire
@@ -75,6 +76,7 @@ def build_vertex_pipeline(images: Images = LOCAL, machine: str = "T4_1X", replic
         deploy_machine_type: str = "n1-standard-2",
         deploy_min_replicas: int = 1,
         deploy_max_replicas: int = 1,
+        deploy_keep_previous: int = 0,
         dataflow_machine_type: str = "n1-standard-4",
         dataflow_max_workers: int = 10,
         dataflow_subnetwork: str = "",
@@ -90,12 +92,12 @@ def build_vertex_pipeline(images: Images = LOCAL, machine: str = "T4_1X", replic
         becomes the new default version and takes canary_traffic_percent of the endpoint; a rejected one is kept
         as the `challenger` version, not deployed. The service account runs the Dataflow workers and the
         training job (empty: the defaults)."""
-        wandb_settings = tracking.pipeline_settings(wandb_project, wandb_mode, wandb_group, wandb_secret, project)
         steps = Steps(
             prepare=with_image(prepare, components_image),
             convert=with_image(convert, components_image),
             train=train_job,
             evaluate=with_image(evaluate, components_image),
+            wandb_settings=with_image(wandb_settings, components_image),
             convert_options=dict(
                 runner="DataflowRunner", dataflow_project=project, dataflow_region=location,
                 dataflow_temp_location=dataflow_temp_location, dataflow_sdk_container_image=components_image,
@@ -115,7 +117,8 @@ def build_vertex_pipeline(images: Images = LOCAL, machine: str = "T4_1X", replic
         wired = wire(
             steps, images_root=images_root, record_format=record_format, training=training_arguments(locals()),
             min_accuracy=min_accuracy, champion_uri=champion.output, max_regression=max_regression,
-            wandb_settings=wandb_settings,
+            wandb=dict(project=wandb_project, mode=wandb_mode, group=wandb_group, secret=wandb_secret,
+                       gcp_project=project),
         )
         model_uri = with_image(artifact_uri, components_image)(
             artifact=wired.train.outputs["model"]).set_display_name("model URI")
@@ -170,8 +173,13 @@ def build_vertex_pipeline(images: Images = LOCAL, machine: str = "T4_1X", replic
             ).set_display_name("deploy to endpoint")
             with_image(record_deployment, components_image)(
                 model=wired.train.outputs["model"], endpoint=endpoint.outputs["endpoint"],
-                wandb_settings=wandb_settings, vertex_model=uploaded,
+                wandb_settings=wired.wandb_settings, vertex_model=uploaded,
             ).after(deployed).set_display_name("record deployment (W&B)")
+            # Older versions left at 0% traffic would keep billing their dedicated nodes: keep a few for rollback.
+            with_image(undeploy_previous, components_image)(
+                project=project, location=location, endpoint=endpoint.outputs["endpoint"],
+                model_display_name=model_display_name, keep=deploy_keep_previous,
+            ).after(deployed).set_display_name("undeploy previous").set_caching_options(False)
         with dsl.Else(name="rejected"):
             # A rejected candidate is kept in the registry as the `challenger`, never deployed. A first run can
             # only be rejected by min_accuracy, and then there is no model to add a version to: nothing uploads.

@@ -77,10 +77,12 @@ def inside(dag: Dag, name: str) -> set[str]:
 
 
 def test_dag_runs_prepare_convert_train_evaluate_then_gated_deploy(dag):
-    assert dag.depends_on("convert to TFRecords (Dataflow)") == {"prepare CSV"}
-    assert dag.depends_on("train (T4_4X x1)") == {"convert to TFRecords (Dataflow)"}
+    assert dag.depends_on("convert to TFRecords (Dataflow)") == {"prepare CSV", "W&B settings"}
+    for step in ("prepare CSV", "train (T4_4X x1)", "evaluate vs champion"):
+        assert "W&B settings" in dag.depends_on(step)
+    assert dag.depends_on("train (T4_4X x1)") == {"convert to TFRecords (Dataflow)", "W&B settings"}
     assert dag.depends_on("evaluate vs champion") == {"convert to TFRecords (Dataflow)", "train (T4_4X x1)",
-                                                      "find champion (default version)"}
+                                                      "find champion (default version)", "W&B settings"}
     assert dag.condition("blessed") == "inputs.parameter_values['pipelinechannel--evaluate-Output'] == true"
     assert dag.condition("rejected") == "!(inputs.parameter_values['pipelinechannel--evaluate-Output'] == true)"
     assert {"upload model version (default)", "upload model", "import evaluation (Model Registry)",

@@ -148,7 +148,7 @@ def test_offline_step_logs_small_outputs_as_files_and_big_ones_as_references(wan
     csv.write_text("split,image_uri,label\nTRAIN,a.jpg,cats\n")
     (wandb_env / "records").mkdir()
     (wandb_env / "records" / "train-00000-of-00001.tfrecord").write_bytes(b"x")
-    with tracking.step_run("convert", {"mode": "offline", "project": "p", "group": "g"}, {"num_shards": 1}) as run:
+    with tracking.step_run("convert", "data", {"mode": "offline", "project": "p", "group": "g"}, {"num_shards": 1}) as run:
         run.use("image_uris_csv", str(csv))
         run.log_output("tfrecords", str(wandb_env / "records"), {"rows": 1})
     (recorded,) = offline_runs(str(wandb_env)).values()
@@ -161,7 +161,7 @@ def test_offline_step_logs_small_outputs_as_files_and_big_ones_as_references(wan
 def test_a_failing_step_finishes_its_run_as_failed(wandb_env, monkeypatch):
     monkeypatch.setenv("WANDB_DIR", str(wandb_env))
     with pytest.raises(InputError, match="bad row"):
-        with tracking.step_run("prepare", {"mode": "offline"}, {}):
+        with tracking.step_run("prepare", "data", {"mode": "offline"}, {}):
             raise InputError("bad row")
     (recorded,) = offline_runs(str(wandb_env)).values()
     assert recorded["exit_code"] == 1 and recorded["project"] == tracking.PROJECT
@@ -169,7 +169,7 @@ def test_a_failing_step_finishes_its_run_as_failed(wandb_env, monkeypatch):
 
 def test_disabled_mode_writes_nothing(wandb_env, monkeypatch):
     monkeypatch.chdir(wandb_env)
-    with tracking.step_run("train", {"mode": "disabled"}, {"epochs": 1}) as run:
+    with tracking.step_run("train", "train", {"mode": "disabled"}, {"epochs": 1}) as run:
         run.use("tfrecords", str(wandb_env))
         assert run.keras_callbacks() == []
     assert not glob.glob(str(wandb_env / "**" / "*wandb*"), recursive=True)
@@ -191,12 +191,12 @@ def test_an_online_step_fails_fast_too_and_without_a_key_says_where_to_put_one(w
     monkeypatch.setenv("WANDB_BASE_URL", closed_port_url())
     started = time.monotonic()
     with pytest.raises(InputError, match="cannot reach") as failure:
-        with tracking.step_run("evaluate", {"mode": "online"}, {}):
+        with tracking.step_run("evaluate", "train", {"mode": "online"}, {}):
             pass
     assert time.monotonic() - started < 60 and FAKE_KEY not in str(failure.value)
     monkeypatch.delenv("WANDB_API_KEY")
     with pytest.raises(InputError, match="needs an API key: set WANDB_API_KEY"):
-        with tracking.step_run("evaluate", {"mode": "online"}, {}):
+        with tracking.step_run("evaluate", "train", {"mode": "online"}, {}):
             pass
 
 
@@ -265,10 +265,18 @@ def test_vertex_pipeline_takes_wandb_parameters_and_never_the_key(tmp_path, monk
     params = compiled["root"]["inputDefinitions"]["parameters"]
     assert {name: params[name].get("defaultValue") for name in params if name.startswith("wandb_")} == {
         "wandb_project": "cats-dogs-keras", "wandb_mode": "disabled", "wandb_secret": "", "wandb_group": ""}
-    tasks = compiled["root"]["dag"]["tasks"]
-    deploy = compiled["components"]["comp-condition-1"]["dag"]["tasks"]["record-deployment"]
-    assert "model-deploy" in deploy["dependentTasks"]
-    for task in (tasks["prepare"], tasks["convert"], tasks["train"], tasks["evaluate"], deploy):
-        settings = task["inputs"]["parameters"]["wandb_settings"]["runtimeValue"]["constant"]
-        assert settings["pipeline_run"] == "{{$.pipeline_job_name}}"
-        assert settings["secret"] == "{{$.inputs.parameters['pipelinechannel--wandb_secret']}}"
+    from test_pipeline_vertex import Dag
+
+    dag = Dag(compiled)
+    # The settings are made at run time by the first step from plain parameters (no placeholders nested in a
+    # constant), and every step takes that step's output.
+    settings = dag.parameters("W&B settings")
+    assert settings["pipeline_run"]["runtimeValue"]["constant"] == "{{$.pipeline_job_name}}"
+    assert settings["secret"] == {"componentInputParameter": "wandb_secret"}
+    assert settings["gcp_project"] == {"componentInputParameter": "project"}
+    settings_id = dag.ids["W&B settings"]
+    for step in ("prepare CSV", "convert to TFRecords (Dataflow)", "train (T4_1X x1)", "evaluate vs champion"):
+        assert dag.parameters(step)["wandb_settings"]["taskOutputParameter"]["producerTask"] == settings_id, step
+    deploy = dag.parameters("record deployment (W&B)")["wandb_settings"]
+    assert deploy["componentInputParameter"].startswith(f"pipelinechannel--{settings_id}-")
+    assert "deploy to endpoint" in dag.depends_on("record deployment (W&B)")

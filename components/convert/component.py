@@ -73,7 +73,7 @@ def convert(
               "max_error_fraction": max_error_fraction, "runner": runner, "dataflow_project": dataflow_project,
               "dataflow_region": dataflow_region, "dataflow_machine_type": dataflow_machine_type,
               "dataflow_max_workers": dataflow_max_workers, "dataflow_job_name": dataflow_job_name}
-    with tracking.step_run("convert", wandb_settings, config) as run:
+    with tracking.step_run("convert", "data", wandb_settings, config) as run:
         run.use("image_uris_csv", image_csv.uri)
         summary = run_conversion(image_csv.uri, tfrecords.uri, record_format, compression or None, num_shards,
                                  max_error_fraction, runner, args)

@@ -16,7 +16,7 @@ def deploy_local(model: Input[Model], model_base: str, wandb_settings: Optional[
     from components.deploy.core import publish_version
 
     logs.setup()
-    with tracking.step_run("deploy", wandb_settings, {"model_base": model_base}) as run:
+    with tracking.step_run("deploy", "deploy", wandb_settings, {"model_base": model_base}) as run:
         run.use("model", model.uri)
         version = publish_version(model.uri, model_base)
         run.log_endpoint(tracking.reference(model_base), str(version))
@@ -56,7 +56,7 @@ def record_deployment(model: Input[Model], vertex_model: Input[VertexModel], end
     from components import logs, tracking
 
     logs.setup()
-    with tracking.step_run("deploy", wandb_settings, {"endpoint": endpoint.uri}) as run:
+    with tracking.step_run("deploy", "deploy", wandb_settings, {"endpoint": endpoint.uri}) as run:
         run.use("model", model.uri)
         run.log_endpoint(endpoint.uri, vertex_model.metadata.get("resourceName", vertex_model.uri))
 

@@ -8,16 +8,18 @@ import os
 import tempfile
 
 from components import storage
+from components.contracts import is_version_name
 from components.errors import InputError
 
 log = logging.getLogger(__name__)
 
 
 def versions(model_base: str) -> list[int]:
-    """The published version numbers under model_base, ascending (folders holding a saved_model.pb)."""
+    """The published version numbers under model_base, ascending (folders holding a saved_model.pb, named
+    without leading zeros: `007` is not a version)."""
     found = []
     for name in storage.list_dir(model_base):
-        if name.isdigit() and storage.exists(storage.join(model_base, name, "saved_model.pb")):
+        if is_version_name(name) and storage.exists(storage.join(model_base, name, "saved_model.pb")):
             found.append(int(name))
     return sorted(found)
 

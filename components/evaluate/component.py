@@ -59,11 +59,11 @@ def evaluate(
     logs.setup()
     check_max_regression(max_regression)
     config = {"min_accuracy": min_accuracy, "champion_uri": champion_uri, "max_regression": max_regression}
-    with tracking.step_run("evaluate", wandb_settings, config) as run:
+    with tracking.step_run("evaluate", "train", wandb_settings, config) as run:
         run.use("model", model.uri)
         run.use("tfrecords", tfrecords.uri)
         result = score(model.uri, tfrecords.uri)
-        run.log_evaluation(result, model.uri, tfrecords.uri)
+        run.log_evaluation(result)
         champion = find_champion(champion_uri)
         scored = score_champion(champion, tfrecords.uri, result.split, result.class_names) if champion else None
         decision = decide(result.accuracy, scored.accuracy if scored else None, min_accuracy, max_regression)

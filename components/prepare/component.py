@@ -32,7 +32,7 @@ def prepare(
 
     logs.setup()
     config = {"images_root": images_root, "train_fraction": train_fraction, "validation_fraction": validation_fraction}
-    with tracking.step_run("prepare", wandb_settings, config) as run:
+    with tracking.step_run("prepare", "data", wandb_settings, config) as run:
         counts = prepare_csv(images_root, image_csv.uri, train_fraction, validation_fraction)
         image_csv.metadata.update(counts)
         run.use("training_images", images_root)

@@ -1,8 +1,10 @@
 """Dynamic micro-batching: concurrent requests share one model call.
 
-One thread owns the model calls. While it runs one call, newly decoded requests queue up; the next call takes
-everything queued (up to max_batch instances). No timer: a lone request is run at once, and batches grow
-only as fast as requests arrive, so batching costs no latency at low load.
+One model call runs at a time. While it runs, newly decoded requests queue up, and the batcher thread's next
+call takes everything queued (up to max_batch instances). No timer: a lone request is run at once, and batches
+grow only as fast as requests arrive, so batching costs no latency at low load. A request that finds no call
+running and nothing queued runs the model in its own thread: handing it to the batcher thread and back costs
+two thread wake-ups, measured at +0.5 ms median at concurrency 1 on a busy 2-core machine.
 """
 
 from __future__ import annotations
@@ -34,21 +36,47 @@ class MicroBatcher:
         self.instances = 0
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="micro-batcher", daemon=True)
+        self._closed = False
+        self._calling = threading.Lock()  # held during every model call: one at a time
 
     def start(self) -> "MicroBatcher":
         self._thread.start()
         return self
 
-    def predict(self, model: LoadedModel, pixels: np.ndarray) -> Predictions:
-        """The model's predictions for one request's pixels, computed together with other waiting requests."""
+    def submit(self, model: LoadedModel, pixels: np.ndarray) -> Future:
+        """A future of the model's predictions for one request's pixels, computed with other waiting requests."""
         job = _Job(model, pixels)
+        if self._closed:
+            job.result.set_exception(RuntimeError("the server is shutting down"))
+            return job.result
         self._queue.put(job)
-        return job.result.result(timeout=RESULT_TIMEOUT_S)
+        return job.result
+
+    def predict(self, model: LoadedModel, pixels: np.ndarray) -> Predictions:
+        """The model's predictions for one request's pixels (blocking), computed with other waiting requests,
+        or at once in this thread when the model is idle and nobody waits."""
+        if self._thread.is_alive() and self._queue.empty() and self._calling.acquire(blocking=False):
+            try:
+                self.calls += 1
+                self.instances += len(pixels)
+                return model.predict(pixels)
+            finally:
+                self._calling.release()
+        return self.submit(model, pixels).result(timeout=RESULT_TIMEOUT_S)
 
     def close(self) -> None:
+        """Runs what is queued, stops, and fails whatever arrives after (no request waits out RESULT_TIMEOUT_S)."""
+        self._closed = True
         if self._thread.is_alive():
             self._queue.put(None)
             self._thread.join()
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if job is not None:
+                job.result.set_exception(RuntimeError("the server is shutting down"))
 
     def _next_batch(self) -> tuple[list[_Job], bool]:
         """The queued jobs for the next call (blocking for the first), and whether close() was called."""
@@ -77,10 +105,11 @@ class MicroBatcher:
 
     def _run_batch(self, model: LoadedModel, jobs: list[_Job]) -> None:
         pixels = np.concatenate([job.pixels for job in jobs])
-        self.calls += 1
-        self.instances += len(pixels)
         try:
-            predictions = model.predict(pixels)
+            with self._calling:
+                self.calls += 1
+                self.instances += len(pixels)
+                predictions = model.predict(pixels)
         except Exception as e:  # noqa: BLE001 - hand the error to every waiting request (they answer 500)
             for job in jobs:
                 job.result.set_exception(e)

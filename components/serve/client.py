@@ -2,19 +2,31 @@
 
 --endpoint is either the server's URL (http://host:port, or a full predict URL) or a Vertex AI endpoint's
 resource name, projects/P/locations/L/endpoints/E, which goes through the aiplatform SDK's PredictionService.
+
+A request is kept under its endpoint's size limit (Vertex AI online prediction: 1.5 MB; our server: 16 MiB):
+when the images as they are would make it larger, the large ones are turned upright (EXIF orientation), flattened
+onto white, downsized (to the model's input size when known, else to at most 1024 pixels a side) and re-encoded
+as JPEG, with a note saying so. The model resizes every image to its input size anyway.
 """
 
 from __future__ import annotations
 
 import base64
+import io
 import json
 import re
+import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from urllib.parse import urlparse
 
 from components import storage
 from components.errors import InputError
+from components.serve.limits import MAX_BODY_BYTES, VERTEX_MAX_REQUEST_BYTES
+
+MAX_SIDE = 1024  # longest side of a downsized image when the model's input size is not known
+JPEG_QUALITY = 90
 
 VERTEX_ENDPOINT = re.compile(r"projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)/endpoints/(?P<id>[^/]+)")
 
@@ -28,11 +40,71 @@ def predict_url(endpoint: str) -> str:
     return endpoint if parsed.path not in ("", "/") else endpoint.rstrip("/") + "/predict"
 
 
-def image_instances(paths: list[str]) -> list[dict]:
+def _note(message: str) -> None:
+    print(f"note: {message}", file=sys.stderr)
+
+
+def _b64(data: bytes) -> dict:
+    return {"b64": base64.b64encode(data).decode()}
+
+
+def _request_bytes(instances: list[dict]) -> int:
+    return len(json.dumps({"instances": instances}))
+
+
+def downsized_size(width: int, height: int, image_size: int | None) -> tuple[int, int]:
+    """(width, height) of a downsized image: the shorter side at the model's input size (so the model still
+    gets every pixel it uses), else the longer side at MAX_SIDE; never larger than the image."""
+    scale = image_size / min(width, height) if image_size else MAX_SIDE / max(width, height)
+    scale = min(1.0, scale, MAX_SIDE / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def downsize(data: bytes, image_size: int | None) -> tuple[bytes, tuple[int, int], tuple[int, int]]:
+    """(JPEG bytes, original upright (w, h), new (w, h)) of an encoded image, turned upright (EXIF orientation)
+    and flattened onto white first, as conversion does: the re-encoded JPEG carries no EXIF any more."""
+    from PIL import Image
+
+    from components.convert.images import BadImage, _open, _upright_rgb
+
+    try:
+        image = _upright_rgb(_open(data))
+    except BadImage as e:
+        raise InputError(str(e)) from e
+    size = downsized_size(*image.size, image_size)
+    original = image.size
+    if size != image.size:
+        image = image.resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0)
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=JPEG_QUALITY)
+    return out.getvalue(), original, size
+
+
+def image_instances(paths: list[str], limit: int = MAX_BODY_BYTES, image_size: int | None = None,
+                    note: Callable[[str], None] = _note, where: str = "the server") -> list[dict]:
+    """{"b64": ...} instances of the image files, downsized (with a note per image) when the request would
+    otherwise be over `limit` bytes; InputError when it is over even then."""
     missing = [p for p in paths if not storage.exists(p)]
     if missing:
         raise InputError(f"image file(s) not found: {', '.join(missing)}")
-    return [{"b64": base64.b64encode(storage.read_bytes(p)).decode()} for p in paths]
+    originals = [storage.read_bytes(p) for p in paths]
+    instances = [_b64(data) for data in originals]
+    if _request_bytes(instances) <= limit:
+        return instances
+    for i, (path, data) in enumerate(zip(paths, originals)):
+        try:
+            jpeg, original, size = downsize(data, image_size)
+        except InputError as e:
+            raise InputError(f"{path}: {e}") from e
+        if len(jpeg) < len(data):
+            instances[i] = _b64(jpeg)
+            note(f"{path}: sent as a {size[0]}x{size[1]} JPEG (was {original[0]}x{original[1]}, {len(data)} bytes) "
+                 f"to keep the request under {where}'s {limit}-byte limit")
+    total = _request_bytes(instances)
+    if total > limit:
+        raise InputError(f"{len(paths)} images make a request of {total} bytes even when downsized, over {where}'s "
+                         f"{limit}-byte limit: send fewer images at a time")
+    return instances
 
 
 def vertex_predict_request(endpoint: str, instances: list[dict]):
@@ -44,9 +116,16 @@ def vertex_predict_request(endpoint: str, instances: list[dict]):
     return request
 
 
-def prediction_request(paths: list[str], endpoint: str) -> dict:
+def endpoint_instances(paths: list[str], endpoint: str, image_size: int | None = None) -> list[dict]:
+    """The instances for an endpoint, within its request size limit."""
+    if VERTEX_ENDPOINT.fullmatch(endpoint):
+        return image_instances(paths, VERTEX_MAX_REQUEST_BYTES, image_size, where="Vertex AI online prediction")
+    return image_instances(paths, MAX_BODY_BYTES, image_size)
+
+
+def prediction_request(paths: list[str], endpoint: str, image_size: int | None = None) -> dict:
     """What `predict` would send, for --dry-run: the URL and JSON body, or Vertex's API endpoint and request."""
-    instances = image_instances(paths)
+    instances = endpoint_instances(paths, endpoint, image_size)
     vertex = VERTEX_ENDPOINT.fullmatch(endpoint)
     if vertex is None:
         return {"url": predict_url(endpoint), "body": {"instances": instances}}
@@ -59,23 +138,30 @@ def prediction_request(paths: list[str], endpoint: str) -> dict:
             "method": "PredictionService.Predict", "request": json_format.MessageToDict(type(request).pb(request))}
 
 
-def predict_files(paths: list[str], endpoint: str, timeout: float = 60) -> list[dict]:
+def predict_files(paths: list[str], endpoint: str, timeout: float = 60, image_size: int | None = None) -> list[dict]:
     """The predictions for the image files, in order, from a server URL or a Vertex endpoint."""
-    instances = image_instances(paths)
+    instances = endpoint_instances(paths, endpoint, image_size)
     vertex = VERTEX_ENDPOINT.fullmatch(endpoint)
     if vertex is not None:
         return _predict_vertex(endpoint, vertex["location"], instances, timeout)
-    request = urllib.request.Request(
-        predict_url(endpoint), data=json.dumps({"instances": instances}).encode(),
-        headers={"Content-Type": "application/json"}, method="POST",
-    )
+    body = json.dumps({"instances": instances}).encode()
+    request = urllib.request.Request(predict_url(endpoint), data=body, headers={"Content-Type": "application/json"},
+                                     method="POST")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.loads(response.read())["predictions"]
     except urllib.error.HTTPError as e:
-        raise InputError(f"{endpoint} answered {e.code}: {e.read().decode(errors='replace')}") from e
-    except urllib.error.URLError as e:
-        raise InputError(f"cannot reach {endpoint}: {e.reason}") from e
+        detail = e.read().decode(errors="replace")
+        if e.code == 413:
+            raise InputError(f"{endpoint} refused the {len(body)}-byte request as too large (413): {detail}") from e
+        raise InputError(f"{endpoint} answered {e.code}: {detail}") from e
+    except (urllib.error.URLError, ConnectionError) as e:
+        reason = getattr(e, "reason", e)
+        if isinstance(reason, (BrokenPipeError, ConnectionResetError)):
+            # The server answered before reading the whole body and closed: what a size limit does.
+            raise InputError(f"{endpoint} closed the connection while the {len(body)}-byte request was being sent: "
+                             "probably too large for it (413); send fewer or smaller images") from e
+        raise InputError(f"cannot reach {endpoint}: {reason}") from e
 
 
 def _predict_vertex(endpoint: str, location: str, instances: list[dict], timeout: float) -> list[dict]:

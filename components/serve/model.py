@@ -1,8 +1,9 @@
 """One loaded model version: decoding of request instances into the model's pixels, and its prediction call.
 
-Decoding (and resizing to the model's input size) runs in the request's own thread, so many requests decode
-at once while the batcher's thread runs the model; every instance then has the same [S, S, 3] shape and any
-mix of requests can share one `predict_pixels` call.
+An instance is first checked (`read_instance`: base64, the image header's size, the pixel array's shape)
+without decoding, so the server can weigh it against its pixel budget; decoding (and resizing to the model's
+input size) then runs in a decode thread, so many requests decode at once while the model runs; every instance
+then has the same [S, S, 3] shape and any mix of requests can share one `predict_pixels` call.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import io
 import logging
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from http import HTTPStatus
 
@@ -70,6 +72,13 @@ class Predictions:
     labels: list[str]
     probabilities: np.ndarray  # [N, K]
 
+    def check_finite(self) -> None:
+        """RequestError 500 when the model produced NaN or infinity (a diverged model): JSON has no NaN."""
+        if not np.isfinite(self.probabilities).all():
+            raise RequestError(HTTPStatus.INTERNAL_SERVER_ERROR,
+                               "the model produced non-finite output (NaN or infinity) for this request: "
+                               "it is probably a diverged training run; serve another version")
+
     def rows(self) -> list[dict]:
         return [{"label": label, "probabilities": {c: float(p) for c, p in zip(self.classes, probs)}}
                 for label, probs in zip(self.labels, self.probabilities)]
@@ -93,31 +102,16 @@ class LoadedModel:
 
     def instance_pixels(self, instance, index: int) -> np.ndarray:
         """One request instance -> float32 [S, S, 3] pixels; RequestError (400) saying what is wrong."""
-        if isinstance(instance, dict) and isinstance(instance.get("image_bytes"), dict):
-            instance = instance["image_bytes"]
-        if isinstance(instance, dict) and "b64" in instance:
-            return self._image_pixels(_b64_bytes(instance["b64"], index), index)
-        if isinstance(instance, dict) and "pixels" in instance:
-            instance = instance["pixels"]
-        if isinstance(instance, list):
-            return self._resize(_pixel_array(instance, index)).numpy()
-        raise bad_request(f'instance {index}: expected {{"b64": "<base64 image>"}}, '
-                          f'{{"image_bytes": {{"b64": ...}}}} or an HxWx3 array of pixels')
+        return self.decode(read_instance(instance, index))
 
-    def _image_pixels(self, data: bytes, index: int) -> np.ndarray:
-        too_large = bad_request(f"instance {index}: the image is over the {MAX_IMAGE_PIXELS}-pixel limit")
+    def decode(self, item: Instance) -> np.ndarray:
+        """The model's float32 [S, S, 3] pixels of one checked instance (decoding is the costly part)."""
+        if item.pixels is not None:
+            return self._resize(item.pixels).numpy()
         try:
-            width, height = Image.open(io.BytesIO(data)).size  # reads the header only
-        except Image.DecompressionBombError as e:
-            raise too_large from e
-        except (UnidentifiedImageError, OSError) as e:
-            raise bad_request(f"instance {index}: not a decodable image (JPEG, PNG, GIF or BMP)") from e
-        if width * height > MAX_IMAGE_PIXELS:
-            raise too_large
-        try:
-            return self._decode(tf.constant(data)).numpy()
+            return self._decode(tf.constant(item.image)).numpy()
         except tf.errors.InvalidArgumentError as e:
-            raise bad_request(f"instance {index}: cannot decode the image: {e.message}") from e
+            raise bad_request(f"instance {item.index}: cannot decode the image: {e.message}") from e
 
     def predict(self, pixels: np.ndarray) -> Predictions:
         """Predictions for float32 pixels [N, S, S, 3] in one model call."""
@@ -137,6 +131,49 @@ class LoadedModel:
             self.predict(np.repeat(pixels[np.newaxis], size, axis=0))
 
 
+@dataclass
+class Instance:
+    """One request instance, checked but not yet decoded: encoded image bytes or an HxWx3 pixel array."""
+
+    index: int
+    image: bytes | None = None
+    pixels: np.ndarray | None = None
+    area: int = 0  # width x height of the image (from its header) or of the array: the decoding work
+
+
+def read_instance(instance, index: int) -> Instance:
+    """Checks one request instance, reading only an image's header; RequestError (400) saying what is wrong."""
+    if isinstance(instance, dict) and isinstance(instance.get("image_bytes"), dict):
+        instance = instance["image_bytes"]
+    if isinstance(instance, dict) and "b64" in instance:
+        data = _b64_bytes(instance["b64"], index)
+        width, height = _image_size(data, index)
+        return Instance(index, image=data, area=width * height)
+    if isinstance(instance, dict) and "pixels" in instance:
+        instance = instance["pixels"]
+    if isinstance(instance, list):
+        pixels = _pixel_array(instance, index)
+        return Instance(index, pixels=pixels, area=pixels.shape[0] * pixels.shape[1])
+    raise bad_request(f'instance {index}: expected {{"b64": "<base64 image>"}}, '
+                      f'{{"image_bytes": {{"b64": ...}}}} or an HxWx3 array of pixels')
+
+
+def _image_size(data: bytes, index: int) -> tuple[int, int]:
+    """(width, height) from the image's header, before any pixel is decoded."""
+    too_large = bad_request(f"instance {index}: the image is over the {MAX_IMAGE_PIXELS}-pixel limit")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit is below
+            width, height = Image.open(io.BytesIO(data)).size  # reads the header only
+    except Image.DecompressionBombError as e:
+        raise too_large from e
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise bad_request(f"instance {index}: not a decodable image (JPEG, PNG, GIF or BMP)") from e
+    if width * height > MAX_IMAGE_PIXELS:
+        raise too_large
+    return width, height
+
+
 def _b64_bytes(text, index: int) -> bytes:
     if not isinstance(text, str):
         raise bad_request(f'instance {index}: "b64" must be a base64 string')
@@ -149,7 +186,7 @@ def _b64_bytes(text, index: int) -> bytes:
 def _pixel_array(values: list, index: int) -> np.ndarray:
     try:
         pixels = np.asarray(values, dtype=np.float32)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, OverflowError, RecursionError) as e:  # ragged, not numbers, over 2**1024
         raise bad_request(f"instance {index}: pixels must be a rectangular HxWx3 array of numbers") from e
     if pixels.ndim != 3 or pixels.shape[2] != 3 or 0 in pixels.shape:
         raise bad_request(f"instance {index}: pixel array has shape {list(pixels.shape)}, expected [H, W, 3]")

@@ -14,36 +14,50 @@ Routes (NAME is the model base folder's name unless given):
                "model": NAME, "version": N}    ({"outputs": {"label": [...], "probabilities": [...]}, ...}
                for columnar requests); also the headers X-Model-Name and X-Model-Version.
 
-Every client error is a 4xx with {"error": "<what is wrong>"}. Vertex's contract: listen on AIP_HTTP_PORT,
-health on AIP_HEALTH_ROUTE, predictions on AIP_PREDICT_ROUTE, the model from AIP_STORAGE_URI (gs:// too).
+Every client error is a 4xx with {"error": "<what is wrong>"}; a model that answers NaN gets a 500 saying so.
+Vertex's contract: listen on AIP_HTTP_PORT, health on AIP_HEALTH_ROUTE, predictions on AIP_PREDICT_ROUTE,
+the model from AIP_STORAGE_URI (gs:// too).
 
-The standard library's ThreadingHTTPServer gives each connection a thread: JSON parsing and image decoding run
-there, in parallel, while one batcher thread runs the model on everything decoded so far (batching.py).
+HTTP is uvicorn's (httptools' parser: framing, keep-alive, pipelining and malformed requests are its job) with
+Starlette's request and response objects. The event loop only moves bytes: JSON parsing and image decoding run
+in decode threads (in parallel: TensorFlow's decoders release the GIL), heavy requests wait for the pixel budget
+(budget.py), and one model call at a time runs on everything decoded so far (batching.py). SIGTERM stops
+accepting connections, answers every request already received and exits within `grace_seconds`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import re
+import socket
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
+import uvicorn
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
 
 from components.errors import InputError
 from components.serve.batching import MicroBatcher
-from components.serve.model import LoadedModel, RequestError, bad_request
+from components.serve.budget import DecodeLimits, PixelBudget
+from components.serve.limits import GRACE_SECONDS, MAX_BODY_BYTES
+from components.serve.model import Instance, LoadedModel, Predictions, RequestError, bad_request, read_instance
 from components.serve.versions import VersionManager
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 16 * 1024 * 1024
 MAX_INSTANCES = 64
 MAX_BATCH = 32
 POLL_SECONDS = 5.0
+KEEP_ALIVE_S = 75  # idle keep-alive connections: longer than the load balancers' 60 s, so they close first
+# Light requests in flight at once, each in its own thread from parsing to answer (the old server had one
+# thread per connection); they mostly wait for the batcher, so this also bounds the batches it can form.
+DECODE_THREADS = 64
 SIGNATURES = ("serving_default", "predict_pixels")  # the request's form picks the path; both names are fine
 
 MODEL_ROUTE = re.compile(r"/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+))?(?P<verb>:predict)?")
@@ -53,7 +67,9 @@ def parse_request(body: bytes) -> tuple[list, bool]:
     """The instances of a request body and whether it was TF Serving's columnar form ({"inputs": ...})."""
     try:
         request = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except RecursionError as e:
+        raise bad_request("body is not valid JSON: nested too deeply") from e
+    except ValueError as e:  # also integers of over 4300 digits, and bodies that are not UTF-8
         raise bad_request(f"body is not valid JSON: {e}") from e
     if not isinstance(request, dict) or not ("instances" in request or "inputs" in request):
         raise bad_request('expected a JSON object with "instances": [...] (or TF Serving\'s "inputs")')
@@ -77,60 +93,81 @@ def parse_request(body: bytes) -> tuple[list, bool]:
     return instances, columnar
 
 
-class PredictionServer(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 128  # connections waiting to be accepted when a burst arrives
 
-    def __init__(self, address: tuple[str, int], versions: VersionManager, batcher: MicroBatcher,
+def _json(status: int, payload: dict, model: LoadedModel | None = None, headers: dict | None = None) -> Response:
+    headers = dict(headers or {})
+    if model is not None:
+        headers["X-Model-Name"] = model.name
+        headers["X-Model-Version"] = str(model.version)
+    # allow_nan=False: NaN and Infinity are not JSON, whatever produced them
+    return Response(json.dumps(payload, allow_nan=False), status, headers, media_type="application/json")
+
+
+class PredictionApp:
+    """The ASGI application: routes, request checks, decoding and the batched model call."""
+
+    def __init__(self, versions: VersionManager, batcher: MicroBatcher, limits: DecodeLimits,
                  health_route: str, predict_route: str):
-        super().__init__(address, PredictionHandler)
         self.versions = versions
         self.batcher = batcher
+        self.budget = PixelBudget(limits)
         self.health_route = health_route
         self.predict_route = predict_route
+        self._light = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="decode")
+        self._heavy = ThreadPoolExecutor(limits.heavy_threads, thread_name_prefix="decode-heavy")
 
-    @property
-    def model(self) -> LoadedModel:
-        """The version being served now."""
-        return self.versions.current
+    def close(self) -> None:
+        self._light.shutdown(wait=False, cancel_futures=True)
+        self._heavy.shutdown(wait=False, cancel_futures=True)
 
-    @property
-    def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host}:{port}"
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":  # no lifespan events (uvicorn runs with lifespan="off"), no websockets
+            return
+        request = Request(scope, receive)
+        try:
+            response = await self._dispatch(request)
+        except RequestError as e:
+            headers = {}
+            if request.method == "POST" and e.status in (HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                                                         HTTPStatus.LENGTH_REQUIRED):
+                headers["Connection"] = "close"  # its body is not read: do not make the client send it all
+            if e.status == HTTPStatus.METHOD_NOT_ALLOWED:
+                headers["Allow"] = "GET, POST"
+            if e.status == HTTPStatus.TOO_MANY_REQUESTS:
+                headers["Retry-After"] = "1"
+            response = _json(e.status, {"error": str(e)}, headers=headers)
+        except ClientDisconnect:
+            return  # the client hung up before its body arrived: nobody to answer
+        except Exception:  # noqa: BLE001 - a server bug must answer 500, not drop the connection
+            log.exception("%s %s failed", request.method, scope["path"])
+            response = _json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error, see the server log"})
+        await response(scope, receive, send)
 
-    def server_close(self) -> None:
-        super().server_close()
-        self.versions.close()
-        self.batcher.close()
-
-    def handle_error(self, request, client_address) -> None:
-        log.debug("connection from %s failed", client_address, exc_info=True)  # e.g. the client hung up
-
-
-class PredictionHandler(BaseHTTPRequestHandler):
-    server: PredictionServer
-    protocol_version = "HTTP/1.1"  # keep-alive: clients reuse their connection
-    timeout = 120  # seconds an idle or slow connection may hold its thread
-    disable_nagle_algorithm = True  # headers and body go out as two writes: without this, +40 ms (delayed ACK)
-
-    def _reply(self, status: HTTPStatus, payload: dict, model: LoadedModel | None = None) -> None:
-        body = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        if model is not None:
-            self.send_header("X-Model-Name", model.name)
-            self.send_header("X-Model-Version", str(model.version))
-        self.end_headers()
-        self.wfile.write(body)
+    async def _dispatch(self, request: Request) -> Response:
+        path, method = request.scope["path"], request.method
+        if method == "GET":
+            if path == self.health_route:
+                model = self.versions.current
+                return _json(HTTPStatus.OK, {"status": "ok", "model": model.name, "version": model.version}, model)
+            model = self._route_model(path, verb="")
+            if model is None:
+                raise RequestError(HTTPStatus.NOT_FOUND, f"no route GET {path}")
+            status = {"version": str(model.version), "state": "AVAILABLE",
+                      "status": {"error_code": "OK", "error_message": ""}}
+            return _json(HTTPStatus.OK, {"model_version_status": [status]}, model)
+        if method == "POST":
+            model = self.versions.current if path == self.predict_route else self._route_model(path, ":predict")
+            if model is None:
+                raise RequestError(HTTPStatus.NOT_FOUND, f"no route POST {path}")
+            return await self._predict(model, await self._read_body(request))
+        raise RequestError(HTTPStatus.METHOD_NOT_ALLOWED, f"method {method} is not allowed: use GET or POST")
 
     def _route_model(self, path: str, verb: str) -> LoadedModel | None:
         """The model a TF Serving route names (404 for another name or a version not served), or None."""
         match = MODEL_ROUTE.fullmatch(path)
         if match is None or (match["verb"] or "") != verb:
             return None
-        model = self.server.model  # taken once: a swap during the request does not change it
+        model = self.versions.current  # taken once: a swap during the request does not change it
         if match["name"] != model.name:
             raise RequestError(HTTPStatus.NOT_FOUND, f"no model {match['name']!r}; this server serves {model.name!r}")
         if match["version"] is not None and int(match["version"]) != model.version:
@@ -138,85 +175,185 @@ class PredictionHandler(BaseHTTPRequestHandler):
                                f"version {match['version']} of {model.name} is not served; version {model.version} is")
         return model
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        try:
-            path = self.path.split("?", 1)[0]
-            if path == self.server.health_route:
-                model = self.server.model
-                self._reply(HTTPStatus.OK, {"status": "ok", "model": model.name, "version": model.version}, model)
-                return
-            model = self._route_model(path, verb="")
-            if model is None:
-                raise RequestError(HTTPStatus.NOT_FOUND, f"no route GET {path}")
-            status = {"version": str(model.version), "state": "AVAILABLE",
-                      "status": {"error_code": "OK", "error_message": ""}}
-            self._reply(HTTPStatus.OK, {"model_version_status": [status]}, model)
-        except RequestError as e:
-            self._reply(e.status, {"error": str(e)})
-
-    def do_POST(self) -> None:  # noqa: N802
-        body_read = False
-        try:
-            path = self.path.split("?", 1)[0]
-            model = self.server.model if path == self.server.predict_route else self._route_model(path, ":predict")
-            if model is None:
-                raise RequestError(HTTPStatus.NOT_FOUND, f"no route POST {path}")
-            body = self._read_body()
-            body_read = True
-            self._predict(model, body)
-        except RequestError as e:
-            self.close_connection = self.close_connection or not body_read  # an unread body would be the next request
-            self._reply(e.status, {"error": str(e)})
-        except Exception:  # noqa: BLE001 - a server bug must answer 500, not drop the connection
-            log.exception("prediction failed")
-            self.close_connection = True
-            self._reply(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error, see the server log"})
-
-    def _read_body(self) -> bytes:
-        if "chunked" in self.headers.get("Transfer-Encoding", ""):
+    async def _read_body(self, request: Request) -> bytes:
+        if "chunked" in request.headers.get("transfer-encoding", "").lower():
             raise RequestError(HTTPStatus.LENGTH_REQUIRED, "chunked bodies are not supported: send Content-Length")
-        length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
+        length = request.headers.get("content-length")
+        if length is None:
             raise RequestError(HTTPStatus.LENGTH_REQUIRED, "a POST needs a Content-Length header")
+        if not length.strip().isdigit():  # the HTTP parser refuses most of these already
+            raise bad_request(f"Content-Length must be a number of bytes, got {length!r}")
         if int(length) > MAX_BODY_BYTES:
             raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                                f"body of {length} bytes is over the {MAX_BODY_BYTES}-byte limit")
-        return self.rfile.read(int(length))
+        return await request.body()
 
-    def _predict(self, model: LoadedModel, body: bytes) -> None:
+    async def _predict(self, model: LoadedModel, body: bytes) -> Response:
+        loop = asyncio.get_running_loop()
+        # A light request makes one trip to a decode thread: parsed, checked, decoded, batched, answered there.
+        answer, heavy = await loop.run_in_executor(self._light, self._light_predict, model, body)
+        if answer is None:  # heavy: wait for the budget in the event loop, then decode in a heavy thread
+            columnar, items = heavy
+            pixels = sum(item.area for item in items)
+            await self.budget.acquire(pixels)
+            try:
+                decoded = await loop.run_in_executor(self._heavy, self._decode, model, items)
+            finally:
+                self.budget.release(pixels)
+            answer = self._answer(model, columnar, await asyncio.wrap_future(self.batcher.submit(model, decoded)))
+        return Response(answer, HTTPStatus.OK, {"X-Model-Name": model.name, "X-Model-Version": str(model.version)},
+                        media_type="application/json")
+
+    def _light_predict(self, model: LoadedModel, body: bytes) -> tuple[bytes | None, tuple | None]:
+        """(the answer, None) for a light request; (None, (columnar, checked instances)) for a heavy one."""
         instances, columnar = parse_request(body)
-        pixels = np.stack([model.instance_pixels(instance, i) for i, instance in enumerate(instances)])
-        rows = self.server.batcher.predict(model, pixels).rows()
+        items = [read_instance(instance, i) for i, instance in enumerate(instances)]
+        if self.budget.check(sum(item.area for item in items)):
+            return None, (columnar, items)
+        predictions = self.batcher.predict(model, self._decode(model, items))
+        return self._answer(model, columnar, predictions), None
+
+    @staticmethod
+    def _answer(model: LoadedModel, columnar: bool, predictions: Predictions) -> bytes:
+        predictions.check_finite()
+        rows = predictions.rows()
         if columnar:
             result = {"outputs": {"label": [r["label"] for r in rows],
                                   "probabilities": [r["probabilities"] for r in rows]}}
         else:
             result = {"predictions": rows}
-        self._reply(HTTPStatus.OK, {**result, "model": model.name, "version": model.version}, model)
+        return json.dumps({**result, "model": model.name, "version": model.version}, allow_nan=False).encode()
 
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - http.server's signature
-        log.debug("%s %s", self.address_string(), format % args)
+    @staticmethod
+    def _decode(model: LoadedModel, items: list[Instance]) -> np.ndarray:
+        return np.stack([model.decode(item) for item in items])
+
+
+def _port(port: int | None) -> int:
+    """--port, else $AIP_HTTP_PORT, else 8080; InputError for anything that is not a port number."""
+    source = "--port"
+    if port is None:
+        text = os.environ.get("AIP_HTTP_PORT", "8080")
+        if not text.strip().isdigit():
+            raise InputError(f"AIP_HTTP_PORT must be a port number (0-65535), got {text!r}")
+        port, source = int(text), "AIP_HTTP_PORT"
+    if not 0 <= port <= 65535:
+        raise InputError(f"{source} must be 0-65535, got {port}")
+    return port
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket bound now, so a busy port is reported before the model is loaded."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as e:
+        raise InputError(f"cannot listen on {host}:{port}: unknown host ({e.strerror})") from e
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart must not wait out TIME_WAIT
+        sock.bind(address)
+        sock.listen(128)  # connections waiting to be accepted when a burst arrives
+    except OSError as e:
+        sock.close()
+        raise InputError(f"cannot listen on {host}:{port}: {e.strerror} (is another server running there?)") from e
+    sock.set_inheritable(True)
+    return sock
+
+
+class PredictionServer:
+    """uvicorn serving PredictionApp on a socket bound at construction; serve_forever() runs it in this thread."""
+
+    def __init__(self, sock: socket.socket, app: PredictionApp, grace_seconds: float):
+        self.socket = sock
+        self.app = app
+        self.server_address = sock.getsockname()
+        config = uvicorn.Config(
+            app, lifespan="off", log_config=None, access_log=False, server_header=False,
+            http="httptools", loop="uvloop", timeout_keep_alive=KEEP_ALIVE_S,
+            timeout_graceful_shutdown=grace_seconds,
+        )
+        self._uvicorn = uvicorn.Server(config)
+        self._serving = False
+        self._stopped = threading.Event()
+
+    @property
+    def versions(self) -> VersionManager:
+        return self.app.versions
+
+    @property
+    def batcher(self) -> MicroBatcher:
+        return self.app.batcher
+
+    @property
+    def budget(self) -> PixelBudget:
+        return self.app.budget
+
+    @property
+    def model(self) -> LoadedModel:
+        """The version being served now."""
+        return self.app.versions.current
+
+    @property
+    def health_route(self) -> str:
+        return self.app.health_route
+
+    @property
+    def predict_route(self) -> str:
+        return self.app.predict_route
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    def serve_forever(self) -> None:
+        """Serves until shutdown() or, in the main thread, SIGTERM / SIGINT (then uvicorn re-raises the signal
+        after draining, for the handler that was installed before)."""
+        self._serving = True
+        try:
+            self._uvicorn.run(sockets=[self.socket])
+        finally:
+            self._stopped.set()
+
+    def shutdown(self) -> None:
+        """Stops accepting, answers the requests in flight (at most the grace period) and returns when done."""
+        self._uvicorn.should_exit = True
+        if self._serving:
+            self._stopped.wait()
+
+    def server_close(self) -> None:
+        self.socket.close()
+        self.app.versions.close()
+        self.app.batcher.close()
+        self.app.close()
 
 
 def make_server(model_base: str | None = None, host: str = "127.0.0.1", port: int | None = None, *,
-                model_name: str | None = None, poll_seconds: float = POLL_SECONDS,
-                max_batch: int = MAX_BATCH) -> PredictionServer:
+                model_name: str | None = None, poll_seconds: float = POLL_SECONDS, max_batch: int = MAX_BATCH,
+                limits: DecodeLimits | None = None, grace_seconds: float = GRACE_SECONDS) -> PredictionServer:
     """A server (not yet serving) for model_base, with Vertex's AIP_* variables filling what is not given.
 
-    The newest version is loaded and warmed up before this returns; a poller then follows new versions.
+    The port is bound first (a busy port is an InputError), then the newest loadable version is loaded and
+    warmed up before this returns; a poller then follows new versions.
     """
     model_base = (model_base or os.environ.get("AIP_STORAGE_URI") or "").rstrip("/")
     if not model_base:
         raise InputError("no model: pass MODEL_BASE or set AIP_STORAGE_URI")
     if max_batch < 1:
-        raise InputError(f"max_batch must be at least 1, got {max_batch}")
-    port = int(os.environ.get("AIP_HTTP_PORT", 8080)) if port is None else port
-    versions = VersionManager(model_base, model_name or model_base.rsplit("/", 1)[-1], max_batch, poll_seconds)
-    return PredictionServer(
-        (host, port), versions, MicroBatcher(max_batch).start(),
-        health_route=os.environ.get("AIP_HEALTH_ROUTE", "/health"),
-        predict_route=os.environ.get("AIP_PREDICT_ROUTE", "/predict"),
-    )
+        raise InputError(f"--max-batch must be at least 1, got {max_batch}")
+    if grace_seconds < 0:
+        raise InputError(f"the grace period must be 0 or more seconds, got {grace_seconds}")
+    sock = _listen(host, _port(port))
+    try:
+        versions = VersionManager(model_base, model_name or model_base.rsplit("/", 1)[-1], max_batch, poll_seconds)
+    except BaseException:
+        sock.close()
+        raise
+    app = PredictionApp(versions, MicroBatcher(max_batch).start(), limits or DecodeLimits(),
+                        health_route=os.environ.get("AIP_HEALTH_ROUTE", "/health"),
+                        predict_route=os.environ.get("AIP_PREDICT_ROUTE", "/predict"))
+    return PredictionServer(sock, app, grace_seconds)
 
 
 def serve_in_background(server: PredictionServer) -> threading.Thread:

@@ -1,16 +1,23 @@
-"""Which model version is served: the newest under a TF Serving base folder, followed as versions come and go.
+"""Which model version is served: the newest *loadable* one under a TF Serving base folder, followed as versions
+come and go.
 
-A poller thread lists the base folder; when the newest version changes (a new one published, or the newest
-removed: a rollback) it loads and warms the new one fully before swapping it in with one assignment.
-Requests take `current` once, so a request started before a swap finishes on the version it started with.
+A poller thread lists the base folder. The served version is the newest one that loads: a new version is loaded
+and warmed fully before it is swapped in with one assignment; when the served version disappears, the newest
+loadable version left takes its place (a rollback), skipping broken ones. A version that failed to load is not
+tried again until its files change (their names, sizes and modification times), so a broken folder costs one
+load, not one per poll. Requests take `current` once, so a request started before a swap finishes on the
+version it started with.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
+import os
 import threading
 
 from components import storage
+from components.contracts import SAVED_MODEL_FILE
 from components.deploy.core import versions
 from components.errors import InputError
 from components.serve.model import LoadedModel
@@ -20,10 +27,34 @@ log = logging.getLogger(__name__)
 
 def newest_version(model_base: str) -> tuple[int, str] | None:
     """(version, path) of the newest version under model_base; a bare SavedModel folder is version 1."""
-    if storage.exists(storage.join(model_base, "saved_model.pb")):
-        return 1, model_base
-    published = versions(model_base)
-    return (published[-1], storage.join(model_base, str(published[-1]))) if published else None
+    candidates = version_candidates(model_base)
+    return candidates[0] if candidates else None
+
+
+def version_candidates(model_base: str) -> list[tuple[int, str]]:
+    """(version, path) of every version under model_base, newest first; a bare SavedModel folder is version 1."""
+    if storage.exists(storage.join(model_base, SAVED_MODEL_FILE)):
+        return [(1, model_base)]
+    return [(v, storage.join(model_base, str(v))) for v in reversed(versions(model_base))]
+
+
+def files_signature(path: str) -> tuple:
+    """The names, sizes and modification times (GCS: generations) of every file below path: it changes when
+    the folder's content does."""
+    if storage.is_gcs(path):
+        bucket, prefix = storage._split_gcs(path)  # noqa: SLF001 - the listing with sizes is what we need here
+        blobs = storage._gcs_client().list_blobs(bucket, prefix=prefix.rstrip("/") + "/")  # noqa: SLF001
+        return tuple(sorted((b.name, b.size, b.generation) for b in blobs))
+    found = []
+    for folder, _, files in os.walk(path):
+        for name in files:
+            file = os.path.join(folder, name)
+            try:
+                stat = os.stat(file)
+            except OSError:  # removed while we looked: the next poll sees the new state
+                continue
+            found.append((os.path.relpath(file, path), stat.st_size, stat.st_mtime_ns))
+    return tuple(sorted(found))
 
 
 class VersionManager:
@@ -31,15 +62,23 @@ class VersionManager:
         self.model_base = model_base
         self.name = name
         self._max_batch = max_batch
-        newest = newest_version(model_base)
-        if newest is None:
-            raise InputError(f"{model_base} holds no saved_model.pb and no numbered versions <base>/N/")
-        self.current = self._load(*newest)
-        self._failed: set[int] = set()  # versions whose loading failed, to log that once
+        self._failed: dict[int, tuple] = {}  # version -> signature of its files when loading failed
+        self.load_attempts: collections.Counter[int] = collections.Counter()
+        self.polls = 0
         self._empty = False  # the base had no versions at the last poll
+        self._orphaned: int | None = None  # the served version, gone, was reported
+        candidates = version_candidates(model_base)
+        if not candidates:
+            raise InputError(f"{model_base} holds no saved_model.pb and no numbered versions <base>/N/ "
+                             "(N without leading zeros)")
+        self.current: LoadedModel | None = None
+        self._load_newest(candidates)
+        if self.current is None:
+            tried = ", ".join(str(v) for v, _ in candidates)
+            raise InputError(f"no version under {model_base} could be loaded (tried {tried}; see the log)")
         self._stop = threading.Event()
         self._thread = None
-        is_version_base = newest[1] != model_base
+        is_version_base = candidates[0][1] != model_base
         if is_version_base and poll_seconds > 0:
             self._thread = threading.Thread(target=self._poll, args=(poll_seconds,), name="version-poller",
                                             daemon=True)
@@ -47,33 +86,53 @@ class VersionManager:
 
     def _load(self, version: int, path: str) -> LoadedModel:
         log.info("loading %s version %d from %s", self.name, version, path)
+        self.load_attempts[version] += 1
         model = LoadedModel(self.name, version, path)
         model.warm_up(self._max_batch)
         return model
 
+    def _load_newest(self, candidates: list[tuple[int, str]]) -> None:
+        """Swaps in the newest candidate that loads, unless the served version is newer than every one that does."""
+        for version, path in candidates:
+            if self.current is not None and version == self.current.version:
+                return  # the served version is still there, and nothing newer loads
+            signature = files_signature(path)
+            if self._failed.get(version) == signature:
+                continue  # failed before, and its files have not changed since
+            try:
+                model = self._load(version, path)
+            except Exception as e:  # noqa: BLE001 - a half-copied or broken version must not stop serving
+                self._failed[version] = signature
+                serving = f"still serving {self.current.version}" if self.current else "trying older versions"
+                log.error("cannot load %s version %d (%s; tried again when its files change): %s",
+                          self.name, version, serving, e)
+                continue
+            self._failed.pop(version, None)
+            previous, self.current = self.current, model
+            if previous is not None:
+                log.info("now serving %s version %d (was %d)", self.name, version, previous.version)
+            return
+        if self.current is not None and self._orphaned != self.current.version:
+            self._orphaned = self.current.version  # said once, not at every poll
+            log.warning("%s version %d is gone and no other version loads; still serving it",
+                        self.name, self.current.version)
+
     def refresh(self) -> None:
-        """Serves the newest version if it is not the one served; keeps the current one when loading fails."""
-        newest = newest_version(self.model_base)
-        if newest is None:
+        """Serves the newest loadable version; keeps the current one when none is newer or none loads."""
+        self.polls += 1
+        candidates = version_candidates(self.model_base)
+        if not candidates:
             if not self._empty:
                 log.warning("%s holds no versions any more; still serving version %d", self.model_base,
                             self.current.version)
             self._empty = True
             return
         self._empty = False
-        version, path = newest
-        if version == self.current.version:
-            return
-        try:
-            model = self._load(version, path)
-        except Exception as e:  # noqa: BLE001 - a half-copied or broken version must not stop serving
-            if version not in self._failed:  # say it once; a half-copied version is retried at every poll
-                log.error("cannot load %s version %d (still serving %d): %s", self.name, version,
-                          self.current.version, e)
-                self._failed.add(version)
-            return
-        previous, self.current = self.current, model
-        log.info("now serving %s version %d (was %d)", self.name, version, previous.version)
+        listed = {version for version, _ in candidates}
+        self._failed = {v: s for v, s in self._failed.items() if v in listed}
+        if candidates[0][0] == self.current.version:
+            return  # the common case, one listing per poll
+        self._load_newest(candidates)
 
     def _poll(self, seconds: float) -> None:
         while not self._stop.wait(seconds):

@@ -53,7 +53,7 @@ def train(
                          architecture=architecture, weights=weights, augment=augment,
                          fine_tune_epochs=fine_tune_epochs)
     chief = distribute.is_chief(distribute.cluster_config())
-    with tracking.step_run("train", wandb_settings, asdict(config), primary=chief) as run:
+    with tracking.step_run("train", "train", wandb_settings, asdict(config), primary=chief) as run:
         run.use("tfrecords", tfrecords.uri)
         result = fit(tfrecords.uri, model.uri, config, callbacks=run.keras_callbacks())
         model.metadata.update({"framework": "tensorflow", "image_size": image_size, "architecture": architecture,
