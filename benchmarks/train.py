@@ -44,7 +44,7 @@ def fit_in_turns(datasets: list[tf.data.Dataset], args) -> list[EpochTimer]:
         models.append(compile_model(TrainConfig(image_size=args.image_size, batch_size=args.batch_size), 2))
         timers.append(EpochTimer())
     for epoch in range(args.epochs):
-        for model, dataset, timer in zip(models, datasets, timers):
+        for model, dataset, timer in zip(models, datasets, timers, strict=True):
             model.fit(dataset, initial_epoch=epoch, epochs=epoch + 1, verbose=0, callbacks=[timer])
     return timers
 
