@@ -147,10 +147,12 @@ def test_augmentation_keeps_shape_and_changes_pixels():
 
 @pytest.mark.slow
 def test_mobilenet_backbone_trains_and_exports(records, tmp_path):
-    train(records, str(tmp_path / "m"), TrainConfig(epochs=1, image_size=32, batch_size=16, architecture="mobilenet_v3_small"))
+    train(records, str(tmp_path / "m"),
+          TrainConfig(epochs=1, image_size=32, batch_size=16, architecture="mobilenet_v3_small"))
     result = evaluate(str(tmp_path / "m"), records)
     assert result.examples > 0
-    assert json.loads(open(tmp_path / "m" / "training.json").read())["config"]["model"] == "mobilenet_v3_small"
+    saved = json.loads(open(tmp_path / "m" / "training.json").read())
+    assert saved["config"]["architecture"] == "mobilenet_v3_small"
 
 
 def test_weights_file_must_exist(records, tmp_path):
