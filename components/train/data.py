@@ -40,10 +40,13 @@ NOT_FOUND = 1 << 30
 
 
 def _find(text: tf.Tensor, pattern: bytes) -> tf.Tensor:
-    """Offset of the first occurrence of pattern in the string text, or NOT_FOUND (one split op: a vectorised
-    byte compare of 8 KiB took longer than a 150 px JPEG decode, measured)."""
-    length = tf.strings.length(tf.strings.split(text, sep=pattern, maxsplit=1)[0])
-    return tf.where(length < tf.strings.length(text), length, NOT_FOUND)
+    """Offset of the first occurrence of pattern in the string text, or NOT_FOUND: the length of the first
+    piece of one raw split (tf.strings.split's RaggedTensor added several ops, and a vectorised byte compare of
+    8 KiB took longer than a 150 px JPEG decode, measured)."""
+    pieces = tf.raw_ops.StringSplitV2(input=tf.reshape(text, [1]), sep=pattern, maxsplit=1).values
+    length = tf.strings.length(text)
+    first = tf.concat([tf.strings.length(pieces), tf.reshape(length, [1])], 0)[0]  # no pieces: empty text
+    return tf.where(first < length, first, NOT_FOUND)
 
 
 def _substr(text: tf.Tensor, offset: tf.Tensor, size: int) -> tf.Tensor:
@@ -71,32 +74,29 @@ class _Header:
         self.gif = tf.equal(magic, b"GIF8")
 
     def png_chunk_before_pixels(self, chunk: bytes) -> tf.Tensor:
-        """Offset of a PNG chunk's type field when the chunk comes before the first IDAT, else NOT_FOUND."""
-        position = _find(self.head, chunk)
-        return tf.where(position < _find(self.head, b"IDAT"), position, NOT_FOUND)
+        """Offset of a PNG chunk's type field when the chunk comes before the first IDAT, else NOT_FOUND (an
+        empty search, so nearly free, when the file is not a PNG)."""
+        head = tf.where(self.png, self.head, "")
+        position = _find(head, chunk)
+        return tf.where(position < _find(head, b"IDAT"), position, NOT_FOUND)
 
-    def exif_tiff(self) -> tf.Tensor:
-        """Offset of the TIFF header ("II*" / "MM*") of the file's EXIF block, where PIL finds it: JPEG's APP1
-        "Exif\\0\\0" segment, PNG's eXIf chunk, WebP's EXIF chunk (with or without "Exif\\0\\0", after the
-        pixels, so the whole file is searched); or NOT_FOUND. orientation() checks the TIFF header itself."""
-        return tf.cond(self.jpeg, self._jpeg_exif, self._other_exif)
-
-    def _jpeg_exif(self):
-        exif = _find(self.head, b"Exif\x00\x00")
+    def jpeg_exif_tiff(self) -> tf.Tensor:
+        """Offset of the TIFF header ("II*" / "MM*") of a JPEG's APP1 "Exif\\0\\0" segment, or NOT_FOUND."""
+        exif = _find(tf.where(self.jpeg, self.head, ""), b"Exif\x00\x00")
         app1 = tf.equal(_substr(self.head, exif - 4, 2), b"\xff\xe1")
         return tf.where(tf.logical_and(exif < NOT_FOUND, app1), exif + 6, NOT_FOUND)  # FF E1 LLLL "Exif\0\0" TIFF
 
-    def _other_exif(self):
-        def webp():
-            chunk = _find(self.image_bytes, b"EXIF") + 8
-            return tf.where(tf.equal(_substr(self.image_bytes, chunk, 6), b"Exif\x00\x00"), chunk + 6, chunk)
+    def other_exif_tiff(self) -> tf.Tensor:
+        """The same for PNG's eXIf chunk and WebP's EXIF chunk (with or without "Exif\\0\\0", after the pixels,
+        so the whole file is searched); NOT_FOUND for other formats. No tf.cond: the search a format does not
+        need runs on an empty string."""
+        png = self.png_chunk_before_pixels(b"eXIf") + 4
+        chunk = _find(tf.where(self.webp, self.image_bytes, ""), b"EXIF") + 8
+        webp = tf.where(tf.equal(_substr(self.image_bytes, chunk, 6), b"Exif\x00\x00"), chunk + 6, chunk)
+        return tf.where(self.png, png, tf.where(self.webp, webp, NOT_FOUND))
 
-        return tf.cond(self.webp, webp, lambda: tf.where(self.png, self.png_chunk_before_pixels(b"eXIf") + 4,
-                                                             NOT_FOUND))
-
-    def orientation(self) -> tf.Tensor:
-        """The EXIF orientation 1..8 (1 when there is none or it is not 2..8)."""
-        tiff = self.exif_tiff()
+    def orientation(self, tiff: tf.Tensor) -> tf.Tensor:
+        """The EXIF orientation 1..8 in the TIFF block at offset tiff (1 when there is none or it is not 2..8)."""
         window = _bytes_at(self.image_bytes, tiff, TIFF_BYTES)
         mark = _substr(self.image_bytes, tiff, 4)
         little = tf.equal(mark, b"II*\x00")  # little endian; "MM\0*": big endian
@@ -174,19 +174,23 @@ def decode_upright_rgb(image_bytes: tf.Tensor, image_size: int | None = None, co
         rgba = tf.io.decode_png(image_bytes, channels=4)
         return _onto_white(tf.concat([rgba[..., :3], tf.where(flatten, rgba[..., 3:], 255)], axis=-1))
 
-    branches = [
+    # One flat switch and the EXIF parse outside it: ops inside tf.cond/switch_case branches, and nested
+    # control flow, ran several times slower inside tf.data (measured), so the branches only decode.
+    # extract_jpeg_shape fails on other formats: they get a tiny JPEG's shape instead.
+    shape_of = tf.where(header.jpeg, image_bytes, tf.io.encode_jpeg(tf.zeros([8, 8, 1], tf.uint8)))
+    index = tf.where(header.jpeg, _jpeg_scale(shape_of, image_size),
+                     tf.where(header.png, 4, tf.where(header.webp, 5, tf.where(header.gif, 6, 7))))
+    image = tf.switch_case(index, [
         *jpeg,
         png,
         lambda: _onto_white(tf.io.decode_webp(image_bytes, channels=4)[0]),  # [frames, H, W, 4]: the first
         lambda: tf.cast(tf.io.decode_gif(image_bytes)[0], tf.float32),  # the first frame
         # BMP; anything else fails here with TensorFlow's message
         lambda: tf.cast(tf.io.decode_image(image_bytes, channels=3, expand_animations=False), tf.float32),
-    ]
-    index = tf.cond(header.jpeg, lambda: _jpeg_scale(image_bytes, image_size),
-                    lambda: tf.where(header.png, 4, tf.where(header.webp, 5, tf.where(header.gif, 6, 7))))
-    image = tf.switch_case(index, branches)
+    ])
     image.set_shape([None, None, 3])
-    return apply_orientation(image, header.orientation())
+    tiff = tf.where(header.jpeg, header.jpeg_exif_tiff(), header.other_exif_tiff())
+    return apply_orientation(image, header.orientation(tiff))
 
 
 def decode_and_resize(image_bytes: tf.Tensor, image_size: int, converted: bool = False) -> tf.Tensor:
