@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import shutil
@@ -91,7 +92,8 @@ def cmd_train(args) -> int:
     from components.evaluate.core import evaluate
     from components.train.core import train
 
-    result = train(args.data, args.model_dir, training_config(args))
+    config = dataclasses.replace(training_config(args), cache=args.cache)
+    result = train(args.data, args.model_dir, config)
     if result.export_dir != args.model_dir:
         return 0  # a non-chief worker of a multi-node run: the chief evaluates
     scored = evaluate(args.model_dir, args.data)
@@ -512,6 +514,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, metavar="TFRECORD_DIR", help="output folder of `catsdogs convert`")
     p.add_argument("--model-dir", required=True, help="where the SavedModel goes (local or gs://)")
     p.add_argument("--min-accuracy", type=float, default=0.0, help="accuracy that makes the model deployable")
+    p.add_argument("--cache", default="auto", metavar="auto|memory|none|DIR",
+                   help="decoded images: auto keeps them in memory when they fit 1 GiB, else re-reads them each "
+                        "epoch; DIR caches on disk (default %(default)s)")
     _add_training_flags(p)
     p.set_defaults(handler=cmd_train)
 

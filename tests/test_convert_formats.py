@@ -88,8 +88,9 @@ def test_both_formats_give_the_trainer_the_same_images_and_labels(tmp_path, samp
     (jpeg_pixels, jpeg_labels), = batches["jpeg"]
     (raw_pixels, raw_labels), = batches["tfrecorder"]
     np.testing.assert_array_equal(jpeg_labels, raw_labels)
-    # Same pixels up to the two JPEG decoders' rounding (TensorFlow's vs Pillow's).
-    assert float(tf.reduce_mean(tf.abs(jpeg_pixels - raw_pixels))) < 2.0
+    # Same pixels up to the two JPEG decoders' rounding (TensorFlow's vs Pillow's) and downscaling (JPEGs >= 2x
+    # the size decode at 1/2..1/8 in the DCT domain, raw pixels are area-averaged by the same factor).
+    assert float(tf.reduce_mean(tf.abs(jpeg_pixels - raw_pixels))) < 3.0
 
 
 def test_the_format_is_detected_from_the_records_when_summary_is_missing(tmp_path, records):

@@ -12,7 +12,7 @@ import tensorflow as tf
 from components.convert import schema
 from components.errors import InputError
 from components.train.core import training_info
-from components.train.data import make_dataset
+from components.train.data import make_dataset, shard_errors
 
 log = logging.getLogger(__name__)
 
@@ -127,11 +127,16 @@ def evaluate(model_dir: str, data_dir: str, batch_size: int = 64, gallery_size: 
     predict = tf.saved_model.load(model_dir).signatures["predict_pixels"]
     probabilities, labels = [], []
     gallery = Gallery(class_names, gallery_size)
-    for pixels, batch_labels in make_dataset(data_dir, split, image_size, batch_size):
-        probabilities.append(predict(pixels=pixels)["probabilities"].numpy())
-        labels.append(batch_labels.numpy())
-        gallery.add(pixels.numpy(), labels[-1], probabilities[-1])
+    with shard_errors(data_dir):  # one pass: nothing to cache
+        for pixels, batch_labels in make_dataset(data_dir, split, image_size, batch_size, cache="none"):
+            probabilities.append(predict(pixels=pixels)["probabilities"].numpy())
+            labels.append(batch_labels.numpy())
+            gallery.add(pixels.numpy(), labels[-1], probabilities[-1])
     probabilities, labels = np.concatenate(probabilities), np.concatenate(labels)
+    broken = int((~np.isfinite(probabilities).all(axis=1)).sum())
+    if broken:  # a diverged model: its accuracy would be meaningless, and NaN must never be deployed
+        raise InputError(f"the model in {model_dir} gives NaN probabilities for {broken} of {len(labels)} {split} "
+                         f"images (training diverged); it is not deployable: retrain with a lower --learning-rate")
     matrix = np.zeros((len(class_names), len(class_names)), dtype=np.int64)
     np.add.at(matrix, (labels, probabilities.argmax(axis=1)), 1)
 

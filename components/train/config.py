@@ -4,6 +4,8 @@ so `catsdogs --help` stays fast."""
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass, fields
 
 from components.errors import InputError
@@ -26,6 +28,9 @@ class TrainConfig:
     augment: bool = False
     fine_tune_epochs: int = 0  # > 0: head first with the backbone frozen, then fine-tuning (finetune.py)
     seed: int = 0
+    # Decoded training pixels (data.make_dataset): auto (in memory when they fit 1 GiB, else streamed), memory,
+    # none, or a folder for a disk cache. A property of the machine, not of the model: not a pipeline parameter.
+    cache: str = "auto"
 
     def check(self) -> None:
         for name in ("epochs", "batch_size", "image_size"):
@@ -33,8 +38,10 @@ class TrainConfig:
                 raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if not 32 <= self.image_size <= MAX_IMAGE_SIZE:
             raise InputError(f"--image-size must be between 32 and {MAX_IMAGE_SIZE}, got {self.image_size}")
-        if not self.learning_rate > 0:
-            raise InputError(f"--learning-rate must be positive, got {self.learning_rate}")
+        if not 0 < self.learning_rate < math.inf:
+            raise InputError(f"--learning-rate must be a positive number, got {self.learning_rate}")
+        if not self.cache or (self.cache not in ("auto", "memory", "none") and os.path.isfile(self.cache)):
+            raise InputError(f"--cache must be auto, memory, none or a folder, got {self.cache!r}")
         models.resolve(self.architecture)  # InputError naming the value when it is neither registered nor importable
         weights.check(self.weights, self.architecture)
         from components.train import finetune  # imports Keras: not at module level, --help stays fast
@@ -56,5 +63,6 @@ HELP = {
 
 
 def parameters() -> dict[str, object]:
-    """{name: default} of every training parameter, in TrainConfig's order (seed excluded: tests set it)."""
-    return {f.name: f.default for f in fields(TrainConfig) if f.name != "seed"}
+    """{name: default} of every training parameter, in TrainConfig's order (seed excluded: tests set it; cache:
+    the CLI's --cache, a property of the machine)."""
+    return {f.name: f.default for f in fields(TrainConfig) if f.name not in ("seed", "cache")}

@@ -7,6 +7,7 @@ finished epoch when the same command runs again.
 
 import json
 import logging
+import math
 import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -15,17 +16,19 @@ import keras
 import tensorflow as tf
 
 from components import storage
+from components.contracts import HELD_OUT_SPLITS
 from components.convert import schema
 from components.errors import InputError
 from components.train import distribute, finetune, models
 from components.train.config import TrainConfig
-from components.train.data import make_dataset
+from components.train.data import make_dataset, shard_errors
 from components.train.export import export_saved_model
 
 log = logging.getLogger(__name__)
 
 TRAINING_INFO = "training.json"  # beside the SavedModel: config, class names, per-epoch history
 BACKUP_DIR = "backup"  # inside the model dir while training; removed when training completes
+BACKUP_CONFIG = "catsdogs-config.json"  # inside BACKUP_DIR: the settings the interrupted run trained with
 
 
 def set_precision() -> str:
@@ -59,6 +62,58 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
             log.info("Resuming from epoch %d (checkpoint in %s)", self.resumed_from, self.backup_dir)
 
 
+def _resumable_settings(config: TrainConfig, class_names: list[str]) -> dict:
+    """What must not change for a backup to be resumed: everything but the numbers of epochs and the cache."""
+    settings = {k: v for k, v in asdict(config).items() if k not in ("epochs", "fine_tune_epochs", "cache")}
+    return {**settings, "class_names": class_names}
+
+
+def check_backup(backup_dir: str, settings: dict) -> None:
+    """Refuses to resume a backup made with other settings (its weights would not fit, or would silently
+    continue another experiment); records the settings beside a new backup."""
+    path = storage.join(backup_dir, BACKUP_CONFIG)
+    if storage.exists(storage.join(backup_dir, "training_metadata.json")):
+        saved = json.loads(storage.read_text(path)) if storage.exists(path) else {}
+        changed = [f"{k} {saved.get(k, '?')!r}, now {v!r}" for k, v in settings.items() if saved.get(k) != v]
+        if changed:
+            raise InputError(f"{backup_dir} holds an interrupted run with other settings ({'; '.join(changed)}): "
+                             f"re-run with those settings to resume it, or delete {backup_dir} to start over")
+    else:
+        storage.write_text(path, json.dumps(settings, indent=1))
+
+
+class StopOnNaN(keras.callbacks.Callback):
+    """Stops training at the first batch or epoch whose loss is NaN or infinite and remembers the epoch."""
+
+    def __init__(self):
+        super().__init__()
+        self.diverged_at = 0  # 1-based epoch; 0 while the loss is finite
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def _check(self, logs, keys):
+        for key in keys:
+            value = (logs or {}).get(key)
+            if value is not None and not math.isfinite(float(value)):
+                self.diverged_at = self.diverged_at or self.epoch + 1
+                self.model.stop_training = True
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._check(logs, ("loss",))
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._check(logs, ("loss", "val_loss"))
+
+
+def check_held_out(data_dir: str) -> None:
+    """Evaluation scores on TEST, else VALIDATION: refuse to train when it would have nothing to score."""
+    if not any(schema.split_size(data_dir, split) for split in HELD_OUT_SPLITS):
+        raise InputError(f"{data_dir} has no {' or '.join(HELD_OUT_SPLITS)} records, so the model could not be "
+                         f"evaluated; re-run `catsdogs prepare` with --train-fraction below 1")
+
+
 @dataclass(frozen=True)
 class TrainResult:
     history: dict[str, list[float]]  # per-epoch loss and accuracy (val_ too, with a VALIDATION split)
@@ -76,6 +131,7 @@ def train(data_dir: str, model_dir: str, config: TrainConfig = TrainConfig(),
     class_names = schema.read_labels(data_dir)
     if not schema.split_size(data_dir, "TRAIN"):
         raise InputError(f"{data_dir} has no TRAIN records ({schema.shard_pattern(data_dir, 'TRAIN')})")
+    check_held_out(data_dir)
     keras.utils.set_random_seed(config.seed)
     cluster = distribute.cluster_config()
     strategy = strategy or distribute.choose_strategy(cluster)
@@ -86,26 +142,37 @@ def train(data_dir: str, model_dir: str, config: TrainConfig = TrainConfig(),
 
     global_batch = config.batch_size * strategy.num_replicas_in_sync
     train_data = make_dataset(data_dir, "TRAIN", config.image_size, global_batch, training=True, seed=config.seed,
-                              workers=workers, augment_images=config.augment)
+                              workers=workers, augment_images=config.augment, cache=config.cache)
     validation = None
     if schema.split_size(data_dir, "VALIDATION"):
-        validation = make_dataset(data_dir, "VALIDATION", config.image_size, global_batch, workers=workers)
+        validation = make_dataset(data_dir, "VALIDATION", config.image_size, global_batch, workers=workers,
+                                  cache=config.cache)
 
     with strategy.scope():
         model = compile_model(config, len(class_names))
     backup = ResumableBackup(storage.join(output_dir, BACKUP_DIR))
+    check_backup(backup.backup_dir, _resumable_settings(config, class_names))
+    nan_guard = StopOnNaN()
     log.info("training %s (%s) on %d classes %s for %d epochs, %d replicas, global batch %d", config.architecture,
              policy, len(class_names), class_names, config.epochs, strategy.num_replicas_in_sync, global_batch)
-    if config.fine_tune_epochs:
-        tune_backup = storage.join(output_dir, finetune.BACKUP_DIR)
-        history = finetune.fit(
-            model, strategy, train_data, validation, config.epochs, config.fine_tune_epochs, config.learning_rate,
-            [backup, *callbacks], [ResumableBackup(tune_backup), *callbacks], tune_backup)
-    else:
-        history = model.fit(
-            train_data, validation_data=validation, epochs=config.epochs, verbose=2,
-            callbacks=[backup, *callbacks],
-        ).history
+    with shard_errors(data_dir):
+        if config.fine_tune_epochs:
+            tune_backup = storage.join(output_dir, finetune.BACKUP_DIR)
+            history = finetune.fit(
+                model, strategy, train_data, validation, config.epochs, config.fine_tune_epochs,
+                config.learning_rate, [nan_guard, backup, *callbacks],
+                [nan_guard, ResumableBackup(tune_backup), *callbacks], tune_backup)
+        else:
+            history = model.fit(
+                train_data, validation_data=validation, epochs=config.epochs, verbose=2,
+                callbacks=[nan_guard, backup, *callbacks],
+            ).history
+    if nan_guard.diverged_at:
+        for folder in (backup.backup_dir, storage.join(output_dir, finetune.BACKUP_DIR)):
+            if tf.io.gfile.exists(folder):  # its weights are NaN too: a re-run must start afresh
+                tf.io.gfile.rmtree(folder)
+        raise InputError(f"training diverged: loss became NaN at epoch {nan_guard.diverged_at}; lower "
+                         f"--learning-rate (now {config.learning_rate})")
     export_saved_model(model, class_names, config.image_size, output_dir)
     info = {"config": asdict(config), "class_names": class_names, "history": history,
             "precision": policy, "replicas": strategy.num_replicas_in_sync, "workers": workers,

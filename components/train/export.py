@@ -1,6 +1,8 @@
 """SavedModel export with stable, named serving signatures; preprocessing and class names live inside.
 
-serving_default:  image_bytes  tf.string [N] (encoded JPEG/PNG, what Vertex's {"b64": ...} carries)
+serving_default:  image_bytes  tf.string [N] (encoded JPEG/PNG/WebP/GIF/BMP, what Vertex's {"b64": ...} carries),
+                  decoded by training's decoder (data.decode_and_resize): EXIF orientation applied and
+                  transparency flattened onto white, as conversion does
 predict_pixels:   pixels       float32 [N, H, W, 3] in 0..255, any H and W (resized inside)
 both return       probabilities float32 [N, K], labels string [N] (the likeliest class), classes string [N, K]
 model_info:       no input -> image_size int32 (the side images are resized to), classes string [K]
