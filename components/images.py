@@ -21,7 +21,7 @@ class Images:
     serving: str
 
     @classmethod
-    def from_registry(cls, registry: str = "", tag: str = "latest") -> "Images":
+    def from_registry(cls, registry: str = "", tag: str = "latest") -> Images:
         prefix = registry.rstrip("/") + "/" if registry else ""
         return cls(*(f"{prefix}{name}:{tag}" for name in (COMPONENTS, TRAINER, SERVING)))
 

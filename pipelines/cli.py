@@ -374,7 +374,8 @@ def _add_vertex_build_flags(parser: argparse.ArgumentParser) -> None:
                         help="e.g. us-central1-docker.pkg.dev/PROJECT/catsdogs (default: local image names)")
     parser.add_argument("--images-tag", default="latest", help="(default %(default)s)")
     parser.add_argument("--machine", default="T4_1X",
-                        help="training machine preset: CPU, T4_1X, T4_4X, V100_4X, A100_8X, L4_1X ... (default %(default)s)")
+                        help="training machine preset: CPU, T4_1X, T4_4X, V100_4X, A100_8X, L4_1X ... "
+                             "(default %(default)s)")
     parser.add_argument("--replicas", type=int, default=1,
                         help="training machines; more than 1 trains multi-node (default %(default)s)")
 
@@ -537,7 +538,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="send images to a prediction server and print the labels")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--endpoint", required=True,
-                   help="server URL, e.g. http://127.0.0.1:8080, or a Vertex AI endpoint projects/P/locations/L/endpoints/E")
+                   help="server URL, e.g. http://127.0.0.1:8080, or a Vertex AI endpoint "
+                        "projects/P/locations/L/endpoints/E")
     p.add_argument("--json", action="store_true", help="one JSON object per image")
     p.add_argument("--image-size", type=int, default=None, metavar="S",
                    help="the model's input size: when a request would be over the endpoint's size limit (Vertex "
@@ -545,7 +547,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the request instead of sending it")
     p.set_defaults(handler=cmd_predict)
 
-    p = sub.add_parser("deploy", help="upload a SavedModel to Vertex AI as a model version and deploy it to an endpoint",
+    p = sub.add_parser("deploy",
+                       help="upload a SavedModel to Vertex AI as a model version and deploy it to an endpoint",
                        description="A new version of the model named --model-display-name (if it exists), deployed "
                                    "to the endpoint named --endpoint-display-name (reused, or created).")
     p.add_argument("model_dir", metavar="MODEL_DIR", help="gs:// folder holding the SavedModel")
@@ -556,7 +559,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images-tag", default="latest", help="(default %(default)s)")
     p.add_argument("--model-display-name", default="catsdogs", help="(default %(default)s)")
     p.add_argument("--endpoint-display-name", default="catsdogs", help="(default %(default)s)")
-    p.add_argument("--version-aliases", default="", help="comma-separated aliases for the new version, e.g. v2,candidate")
+    p.add_argument("--version-aliases", default="",
+                   help="comma-separated aliases for the new version, e.g. v2,candidate")
     p.add_argument("--machine-type", default="n1-standard-2", help="(default %(default)s)")
     p.add_argument("--min-replicas", type=int, default=1, help="autoscaling lower bound (default %(default)s)")
     p.add_argument("--max-replicas", type=int, default=1, help="autoscaling upper bound (default %(default)s)")

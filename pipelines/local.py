@@ -19,11 +19,11 @@ from components.deploy.core import versions
 from components.errors import InputError
 from components.evaluate.component import evaluate
 from components.prepare.component import prepare
-from components.train.component import train
 from components.tracking_component import wandb_settings
+from components.train.component import train
 from components.train.config import TrainConfig
-from pipelines.dag import Steps, blessed, training_arguments, wire
 from pipelines import progress
+from pipelines.dag import Steps, blessed, training_arguments, wire
 
 TRAINING = TrainConfig()  # the training parameters' defaults, written once in TrainConfig
 

@@ -76,8 +76,8 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._read_body()
         path = self.path.split("?", 1)[0]
         if path.endswith("/token"):  # an OAuth token request: any token does for the emulator
-            return self._reply(200, {"Content-Type": "application/json"},
-                               json.dumps({"access_token": "test", "token_type": "Bearer", "expires_in": 3600}).encode())
+            token = {"access_token": "test", "token_type": "Bearer", "expires_in": 3600}
+            return self._reply(200, {"Content-Type": "application/json"}, json.dumps(token).encode())
         if path.startswith("/batch/"):
             body = number_batch_parts(self.headers["Content-Type"], body)
         headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
@@ -207,7 +207,8 @@ class GcsEmulator:
         while True:
             for process in self._processes:
                 if process.poll() is not None:
-                    raise RuntimeError(f"{process.args[0]} exited with {process.returncode}; see {self.workdir}/gcs.log")
+                    raise RuntimeError(
+                        f"{process.args[0]} exited with {process.returncode}; see {self.workdir}/gcs.log")
             try:
                 with urllib.request.urlopen(url, timeout=5):
                     return

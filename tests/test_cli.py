@@ -23,7 +23,8 @@ def test_every_command_explains_itself(command, capsys):
 
 
 def test_the_installed_console_script_runs():
-    result = subprocess.run([sys.executable, "-m", "pipelines.cli", "sample-data", "--help"], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "pipelines.cli", "sample-data", "--help"],
+                            capture_output=True, text=True)
     assert result.returncode == 0 and "--per-class" in result.stdout
 
 

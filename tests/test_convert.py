@@ -387,7 +387,7 @@ def test_a_bucket_root_is_refused_as_output(tmp_path):
 def test_a_csv_saved_by_excel_with_a_byte_order_mark_works(tmp_path):
     rows = _images(tmp_path)
     csv_path = tmp_path / "excel.csv"
-    csv_path.write_bytes(b"\xef\xbb\xbf" + "split,image_uri,label\r\n".encode()
+    csv_path.write_bytes(b"\xef\xbb\xbf" + b"split,image_uri,label\r\n"
                          + "".join(f"{s},{u},{lbl}\r\n" for s, u, lbl in rows).encode())
     summary = convert(str(csv_path), str(tmp_path / "out"))
     assert summary.good == len(rows) and summary.labels == ["a", "b"]

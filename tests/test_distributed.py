@@ -54,7 +54,8 @@ def test_a_master_task_is_the_chief(variable, monkeypatch):
 
 def test_one_task_is_no_cluster_and_worker_zero_is_chief_without_a_chief(monkeypatch):
     monkeypatch.delenv("CLUSTER_SPEC", raising=False)
-    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 0}}))
+    one = {"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 0}}
+    monkeypatch.setenv("TF_CONFIG", json.dumps(one))
     assert distribute.cluster_config() is None and distribute.is_chief(None)
     two = {"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 0}}
     assert distribute.is_chief(two) and not distribute.is_chief({**two, "task": {"type": "worker", "index": 1}})

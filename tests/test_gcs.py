@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from components import storage
-from components.convert.pipeline import convert
 from components.convert.inspect import inspect_records
+from components.convert.pipeline import convert
 from components.deploy.core import publish_version, versions
 from components.errors import InputError
 from components.prepare import prepare_csv
@@ -43,7 +43,8 @@ def _rows(csv_path: str) -> list[dict]:
 
 def test_gcs_prepare_reads_the_folder_not_names_that_start_like_it(gcs_bucket, gcs_images, local_images, tmp_path):
     # Objects whose names merely start with the root's name are not below it.
-    storage.write_bytes(f"{gcs_bucket}/images-old/cats/old.jpg", storage.read_bytes(f"{gcs_images}/cats/cats.00000.jpg"))
+    old = storage.read_bytes(f"{gcs_images}/cats/cats.00000.jpg")
+    storage.write_bytes(f"{gcs_bucket}/images-old/cats/old.jpg", old)
     assert not storage.exists(f"{gcs_bucket}/image")
     assert not storage.exists(f"{gcs_images}/cats/cats.00000.jp")
     assert storage.exists(f"{gcs_images}/cats/cats.00000.jpg") and storage.exists(f"{gcs_images}/cats/")

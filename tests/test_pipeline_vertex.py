@@ -109,7 +109,8 @@ def test_the_champion_is_the_default_version_looked_up_uncached(dag, compiled):
     assert "evaluate" in dag.tasks["import evaluation (Model Registry)"]["inputs"]["artifacts"]["evaluation"][
         "componentInputArtifact"]  # the evaluate step's output, handed into the condition
     parameters = compiled["root"]["inputDefinitions"]["parameters"]
-    assert {"architecture", "weights", "fine_tune_epochs", "max_regression", "canary_traffic_percent"} <= set(parameters)
+    new = {"architecture", "weights", "fine_tune_epochs", "max_regression", "canary_traffic_percent"}
+    assert new <= set(parameters)
     assert parameters["canary_traffic_percent"]["defaultValue"] == 100
 
 

@@ -41,7 +41,7 @@ def test_hash_split_follows_the_fractions():
 def test_split_folders_set_the_split(tmp_path):
     generate_sample(str(tmp_path), per_class=5, layout="split")
     rows = scan_images(str(tmp_path))
-    assert {(r.split, r.label) for r in rows} == {(s, l) for s in ("TRAIN", "VALIDATION") for l in ("cats", "dogs")}
+    assert {(r.split, r.label) for r in rows} == {(s, c) for s in ("TRAIN", "VALIDATION") for c in ("cats", "dogs")}
     assert all(f"/{r.split.lower()}/{r.label}/" in r.image_uri for r in rows)
 
 

@@ -185,7 +185,8 @@ def _instances(*instances) -> bytes:
         (b'{"instances": [{"b64": "***"}]}', "instance 0: bad base64"),
         (b'{"instances": [{"b64": 12}]}', '"b64" must be a base64 string'),
         (b'{"instances": [{"url": "x"}]}', "instance 0: expected"),
-        (_instances({"b64": _jpeg_b64()}, {"b64": base64.b64encode(b"plain text").decode()}), "instance 1: not a decodable"),
+        (_instances({"b64": _jpeg_b64()}, {"b64": base64.b64encode(b"plain text").decode()}),
+         "instance 1: not a decodable"),
         (_instances({"b64": base64.b64encode(_png_header(7_000, 7_000)).decode()}), "over the 40000000-pixel"),
         (_instances({"b64": base64.b64encode(_png_header(99_999, 99_999)).decode()}), "over the 40000000-pixel"),
         (_instances({"b64": base64.b64encode(_png_header(8, 8)).decode()}), "cannot decode the image"),
@@ -235,7 +236,8 @@ def test_unknown_routes_are_404(server):
 
 def test_the_batcher_runs_queued_requests_in_one_call_and_gives_each_its_rows(trained_model, sample_images):
     model = LoadedModel("catsdogs", 1, trained_model)
-    images = [os.path.join(sample_images, label, f"{label}.0000{i}.jpg") for label in ("cats", "dogs") for i in range(3)]
+    images = [os.path.join(sample_images, label, f"{label}.0000{i}.jpg")
+              for label in ("cats", "dogs") for i in range(3)]
     pixels = [np.stack([model.instance_pixels({"b64": _b64(p)}, 0)] * (i % 2 + 1)) for i, p in enumerate(images)]
     batcher = MicroBatcher(max_batch=32)
     results = [None] * len(images)

@@ -98,7 +98,8 @@ def closed_port_url() -> str:
 @pytest.mark.slow
 def test_offline_pipeline_run_leaves_one_run_per_step_with_the_seeds_artifacts_and_no_key(wandb_env, capfd):
     workdir = str(wandb_env / "w")
-    assert main(["run", "--workdir", workdir, *FAST, "--wandb-mode", "offline", "--wandb-project", "cats-dogs-test"]) == 0
+    assert main(["run", "--workdir", workdir, *FAST, "--wandb-mode", "offline",
+                 "--wandb-project", "cats-dogs-test"]) == 0
 
     runs = offline_runs(workdir)
     assert set(runs) == {"prepare", "convert", "train", "evaluate", "deploy"}
@@ -148,14 +149,16 @@ def test_offline_step_logs_small_outputs_as_files_and_big_ones_as_references(wan
     csv.write_text("split,image_uri,label\nTRAIN,a.jpg,cats\n")
     (wandb_env / "records").mkdir()
     (wandb_env / "records" / "train-00000-of-00001.tfrecord").write_bytes(b"x")
-    with tracking.step_run("convert", "data", {"mode": "offline", "project": "p", "group": "g"}, {"num_shards": 1}) as run:
+    settings = {"mode": "offline", "project": "p", "group": "g"}
+    with tracking.step_run("convert", "data", settings, {"num_shards": 1}) as run:
         run.use("image_uris_csv", str(csv))
         run.log_output("tfrecords", str(wandb_env / "records"), {"rows": 1})
     (recorded,) = offline_runs(str(wandb_env)).values()
     assert (recorded["name"], recorded["job_type"], recorded["group"]) == ("convert", "data", "g")
     assert recorded["config"]["inputs"] == {"image_uris_csv": csv.as_uri()}
     assert recorded["artifacts"]["tfrecords"] == (
-        "dataset", {"train-00000-of-00001.tfrecord": (wandb_env / "records" / "train-00000-of-00001.tfrecord").as_uri()})
+        "dataset",
+        {"train-00000-of-00001.tfrecord": (wandb_env / "records" / "train-00000-of-00001.tfrecord").as_uri()})
 
 
 def test_a_failing_step_finishes_its_run_as_failed(wandb_env, monkeypatch):
@@ -248,7 +251,8 @@ def test_the_key_is_read_from_secret_manager_at_run_time():
             client_options={"api_endpoint": f"http://127.0.0.1:{server.server_port}"})
         assert tracking.read_secret("projects/proj/secrets/wandb-key/versions/latest", client) == FAKE_KEY
         assert FakeSecretManager.requests[-1].startswith("/v1/projects/proj/secrets/wandb-key/versions/latest:access")
-        with pytest.raises(InputError, match="Secret Manager projects/proj/secrets/other/versions/latest: .*Secret not found"):
+        missing = "Secret Manager projects/proj/secrets/other/versions/latest: .*Secret not found"
+        with pytest.raises(InputError, match=missing):
             tracking.read_secret("projects/proj/secrets/other/versions/latest", client)
     finally:
         server.shutdown()

@@ -39,7 +39,7 @@ class MicroBatcher:
         self._closed = False
         self._calling = threading.Lock()  # held during every model call: one at a time
 
-    def start(self) -> "MicroBatcher":
+    def start(self) -> MicroBatcher:
         self._thread.start()
         return self
 

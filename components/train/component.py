@@ -46,7 +46,8 @@ def train(
 
     from components import logs, tracking
     from components.train import distribute
-    from components.train.core import TrainConfig, train as fit
+    from components.train.core import TrainConfig
+    from components.train.core import train as fit
 
     logs.setup()
     config = TrainConfig(epochs=epochs, batch_size=batch_size, image_size=image_size, learning_rate=learning_rate,
