@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import os
@@ -292,23 +293,12 @@ def cmd_compile(args) -> None:
 
 def cmd_submit(args) -> None:
     import json
-    import tempfile
 
     from google.auth.credentials import AnonymousCredentials
 
-    from components.images import Images
-    from pipelines.batch import compile_pipeline
-    from pipelines.submit import build_job, job_request, submit
+    from pipelines.submit import job_request, submit
 
-    images = Images.from_registry(args.images_registry, args.images_tag)
-    with tempfile.TemporaryDirectory(prefix="catsdogs-submit-") as folder:
-        template = f"{folder}/pipeline.yaml"
-        compile_pipeline(args.pipeline, template, images, args.machine, args.replicas)
-        labels = key_values(args.label, "--label")
-        job = build_job(template, args.project, args.region, args.pipeline_root, args.images, args.param,
-                        enable_caching=not args.no_cache, labels=labels,
-                        credentials=AnonymousCredentials() if args.dry_run else None,
-                        service_account=args.service_account)
+    with _pipeline_job(args, AnonymousCredentials() if args.dry_run else None) as job:
         if args.dry_run:
             request = {**job_request(job), "serviceAccount": args.service_account,
                        "location": args.region, "project": args.project}
@@ -318,16 +308,31 @@ def cmd_submit(args) -> None:
     print(f"submitted {name}")
 
 
+@contextlib.contextmanager
+def _pipeline_job(args, credentials):
+    """The PipelineJob that submit and schedule send: the chosen pipeline compiled to a temporary file with
+    the images, machines, parameters, labels and service account of the flags."""
+    import tempfile
+
+    from components.images import Images
+    from pipelines.batch import compile_pipeline
+    from pipelines.submit import build_job
+
+    images = Images.from_registry(args.images_registry, args.images_tag)
+    with tempfile.TemporaryDirectory(prefix=f"catsdogs-{args.command}-") as folder:
+        template = f"{folder}/pipeline.yaml"
+        compile_pipeline(args.pipeline, template, images, args.machine, args.replicas)
+        yield build_job(template, args.project, args.region, args.pipeline_root, args.images, args.param,
+                        enable_caching=not args.no_cache, labels=key_values(args.label, "--label"),
+                        credentials=credentials, service_account=args.service_account)
+
+
 def cmd_schedule(args) -> None:
     import json
-    import tempfile
 
     from google.auth.credentials import AnonymousCredentials
 
-    from components.images import Images
     from pipelines import schedule
-    from pipelines.batch import compile_pipeline
-    from pipelines.submit import build_job
 
     credentials = AnonymousCredentials() if args.dry_run else None
     if args.list:
@@ -350,14 +355,7 @@ def cmd_schedule(args) -> None:
     if missing:
         raise InputError(f"creating a schedule needs {', '.join(missing)} (or use --list / --delete NAME)")
     settings = schedule.schedule_settings(args.cron, args.max_concurrent_runs, args.service_account)
-    images = Images.from_registry(args.images_registry, args.images_tag)
-    with tempfile.TemporaryDirectory(prefix="catsdogs-schedule-") as folder:
-        template = f"{folder}/pipeline.yaml"
-        compile_pipeline(args.pipeline, template, images, args.machine, args.replicas)
-        labels = key_values(args.label, "--label")
-        job = build_job(template, args.project, args.region, args.pipeline_root, args.images, args.param,
-                        enable_caching=not args.no_cache, labels=labels, credentials=credentials,
-                        service_account=args.service_account)
+    with _pipeline_job(args, credentials) as job:
         planned = schedule.build_schedule(job, args.display_name or f"catsdogs-{args.pipeline}", credentials)
         if args.dry_run:
             print(json.dumps(schedule.schedule_request(planned, settings), indent=2))
@@ -430,6 +428,11 @@ def _add_dataflow_flags(parser: argparse.ArgumentParser) -> None:
 class Parser(argparse.ArgumentParser):
     """argparse with the project's error format: one line `catsdogs <cmd>: error: ...`, exit 2 (argparse's own
     prints the whole usage above it). Subcommands' parsers are of this class too."""
+
+    def __init__(self, *args, **kwargs):
+        # No prefixes of long flags: `--model` silently meaning `--model-dir` is how a renamed flag loses data.
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -654,7 +657,11 @@ def main(argv: list[str] | None = None) -> int:
     if "--" in argv:
         split = argv.index("--")
         argv, beam_args = argv[:split], argv[split + 1:]
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # named with the command, like every other error
+        parser.exit(2, f"catsdogs {args.command}: error: unrecognized arguments: {' '.join(unknown)} "
+                       f"(see catsdogs {args.command} --help)\n")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ info lines drown the progress output
     logs.setup(logging.DEBUG if args.verbose else logging.INFO)
     try:

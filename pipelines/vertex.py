@@ -137,17 +137,21 @@ def build_vertex_pipeline(images: Images = LOCAL, machine: str = "T4_1X", replic
             project=project, location=location, display_name=model_display_name
         ).set_display_name("find model").set_caching_options(False)  # a cached answer would be stale
 
+        def upload_version(alias: str, parent_name: str, upload_name: str):
+            """The trained model as a new version of the existing model, with `alias`."""
+            parent_model = dsl.importer(
+                artifact_uri=parent.output, artifact_class=artifact_types.VertexModel,
+                metadata={"resourceName": parent.output},
+            ).set_display_name(parent_name)
+            return ModelUploadOp(
+                project=project, location=location, display_name=model_display_name,
+                unmanaged_container_model=serving_model.outputs["artifact"],
+                parent_model=parent_model.output, version_aliases=[alias],
+            ).set_display_name(upload_name)
+
         with blessed(wired):  # a new default version, its evaluation in the registry, deployed (canary)
             with dsl.If(parent.output != "", name="model-exists"):
-                parent_model = dsl.importer(
-                    artifact_uri=parent.output, artifact_class=artifact_types.VertexModel,
-                    metadata={"resourceName": parent.output},
-                ).set_display_name("parent model")
-                new_version = ModelUploadOp(
-                    project=project, location=location, display_name=model_display_name,
-                    unmanaged_container_model=serving_model.outputs["artifact"],
-                    parent_model=parent_model.output, version_aliases=[DEFAULT_ALIAS],
-                ).set_display_name("upload model version (default)")
+                new_version = upload_version(DEFAULT_ALIAS, "parent model", "upload model version (default)")
             with dsl.Else(name="new-model"):
                 new_model = ModelUploadOp(
                     project=project, location=location, display_name=model_display_name,
@@ -184,15 +188,8 @@ def build_vertex_pipeline(images: Images = LOCAL, machine: str = "T4_1X", replic
             # A rejected candidate is kept in the registry as the `challenger`, never deployed. A first run can
             # only be rejected by min_accuracy, and then there is no model to add a version to: nothing uploads.
             with dsl.If(parent.output != "", name="rejected-model-exists"):
-                rejected_parent = dsl.importer(
-                    artifact_uri=parent.output, artifact_class=artifact_types.VertexModel,
-                    metadata={"resourceName": parent.output},
-                ).set_display_name("parent model (challenger)")
-                challenger = ModelUploadOp(
-                    project=project, location=location, display_name=model_display_name,
-                    unmanaged_container_model=serving_model.outputs["artifact"],
-                    parent_model=rejected_parent.output, version_aliases=[CHALLENGER_ALIAS],
-                ).set_display_name("upload challenger version (not deployed)")
+                challenger = upload_version(CHALLENGER_ALIAS, "parent model (challenger)",
+                                            "upload challenger version (not deployed)")
                 with_image(import_evaluation, components_image)(
                     vertex_model=challenger.outputs["model"], evaluation=wired.evaluate.outputs["evaluation"],
                 ).set_display_name("import challenger evaluation (Model Registry)")

@@ -128,6 +128,14 @@ def test_each_misuse_is_one_error_line(argv, named, paths, capsys):
     one_error_line(capsys, argv[0], named.format(**paths))
 
 
+def test_a_prefix_of_a_flag_is_not_taken_for_the_flag(capsys):
+    # --model would otherwise be read as --model-dir (argparse's prefix matching): the old name of --architecture.
+    with pytest.raises(SystemExit) as exited:
+        main(["train", "--data", "d", "--model-dir", "m", "--model", "mobilenet_v3_small"])
+    assert exited.value.code == 2
+    one_error_line(capsys, "train", "--model")
+
+
 def test_serve_on_a_busy_port_is_one_error_line(trained_model, capsys):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

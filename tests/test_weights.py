@@ -76,7 +76,7 @@ def test_without_network_and_cache_the_error_says_where_to_put_the_file(offline)
 def test_the_train_command_fails_in_one_line_with_exit_2(offline, records, tmp_path, capsys):
     from pipelines.cli import main
 
-    code = main(["train", "--data", records, "--model-dir", str(tmp_path / "model"), "--model",
+    code = main(["train", "--data", records, "--model-dir", str(tmp_path / "model"), "--architecture",
                  "mobilenet_v3_small", "--weights", "imagenet", "--epochs", "1", "--image-size", str(IMAGE_SIZE)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
