@@ -54,7 +54,7 @@ def test_run_on_a_split_folder_with_an_unreachable_gate_does_not_deploy(tmp_path
 # What kfp.local, TensorFlow, CUDA, absl and W&B print when left to themselves (a run printed 826 such lines).
 NOISE = re.compile(r"absl|cuInit|cuda|oneDNN|^[IWE]0000|Executing task|executor_input|KFP Executor|wandb:|"
                    r"Traceback|Warning|WARNING|^\s*[{}\]]", re.I | re.M)
-STEPS = ("prepare", "convert", "train", "evaluate", "deploy-local")
+STEPS = ("wandb-settings", "prepare", "convert", "train", "evaluate", "deploy-local")
 
 
 def test_run_prints_a_short_readable_account_and_keeps_every_step_log(tmp_path):
@@ -89,13 +89,43 @@ def test_run_prints_a_short_readable_account_and_keeps_every_step_log(tmp_path):
 
 
 def test_a_failing_step_shows_the_end_of_its_log_and_where_the_log_is(tmp_path, capsys):
+    # Files named like images pass the CLI's and prepare's checks; conversion finds half of them unreadable.
+    images = tmp_path / "images"
+    generate_sample(str(images), per_class=12)
+    for path in (images / "dogs").iterdir():
+        path.write_text("not an image")
     workdir = tmp_path / "w"
-    code = main(["run", "--workdir", str(workdir), "--per-class", "12", "--epochs", "1", "--image-size", "8"])
+    code = main(["run", str(images), "--workdir", str(workdir), "--epochs", "1", "--image-size", "32"])
     out = capsys.readouterr().out
     assert code == 1
-    assert re.search(r"^  train .*FAILED", out, re.M)
-    assert "InputError: --image-size must be at least 32" in out  # the log's last lines
-    log = workdir / "logs" / "train.log"
-    assert str(log) in out and "--image-size must be at least 32" in log.read_text()
+    assert re.search(r"^  convert .*FAILED", out, re.M)
+    assert "InputError" in out and "--max-error-fraction" in out  # the log's last lines
+    log = workdir / "logs" / "convert.log"
+    assert str(log) in out and "InputError" in log.read_text()
     assert not (workdir / "models").exists()
     assert len(out.splitlines()) <= 40
+
+
+@pytest.mark.slow
+def test_a_worse_candidate_is_not_deployed_and_the_run_still_succeeds(tmp_path, capsys):
+    """Issue 16's three runs into one workdir: good (version 1), bad (kept out, exit 0), good again (version 2)."""
+    workdir = str(tmp_path / "w")
+    good = ["--per-class", "60", "--epochs", "5", "--image-size", "64", "--wandb-mode", "disabled"]
+    versions = os.path.join(workdir, "models", "catsdogs")
+
+    assert main(["run", "--workdir", workdir, *good]) == 0
+    assert sorted(os.listdir(versions)) == ["1"]
+    first = float(re.search(r"^held-out accuracy +([\d.]+)", capsys.readouterr().out, re.M).group(1))
+
+    bad = ["--per-class", "60", "--epochs", "1", "--learning-rate", "1e-7", "--image-size", "64",
+           "--wandb-mode", "disabled"]
+    assert main(["run", "--workdir", workdir, *bad]) == 0  # a rejection is a result, not a failure
+    out = capsys.readouterr().out
+    line = re.search(r"^not deployed +(.*)$", out, re.M).group(1)
+    candidate = float(re.search(r"^held-out accuracy +([\d.]+)", out, re.M).group(1))
+    assert candidate < first
+    assert f"{candidate:.4f}" in line and f"{first:.4f}" in line and "version 1 stays deployed" in line
+    assert sorted(os.listdir(versions)) == ["1"]
+
+    assert main(["run", "--workdir", workdir, *good]) == 0
+    assert sorted(os.listdir(versions)) == ["1", "2"]

@@ -101,9 +101,9 @@ def test_no_weights_and_a_local_file_pass_through(tmp_path):
 
 def test_fine_tuning_needs_a_backbone_and_a_non_negative_count():
     with pytest.raises(InputError, match="needs an architecture with a pretrained backbone"):
-        finetune.check(2, "seed_cnn", "")
+        weights.check_fine_tune(2, "seed_cnn", "")
     with pytest.raises(InputError, match="0 or more"):
-        finetune.check(-1, "mobilenet_v3_small", "imagenet")
+        weights.check_fine_tune(-1, "mobilenet_v3_small", "imagenet")
 
 
 def test_fine_tuning_trains_the_head_then_only_the_top_of_the_backbone(cached_imagenet, records, tmp_path):

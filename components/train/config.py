@@ -44,9 +44,7 @@ class TrainConfig:
             raise InputError(f"--cache must be auto, memory, none or a folder, got {self.cache!r}")
         models.resolve(self.architecture)  # InputError naming the value when it is neither registered nor importable
         weights.check(self.weights, self.architecture)
-        from components.train import finetune  # imports Keras: not at module level, --help stays fast
-
-        finetune.check(self.fine_tune_epochs, self.architecture, self.weights)
+        weights.check_fine_tune(self.fine_tune_epochs, self.architecture, self.weights)
 
 
 HELP = {

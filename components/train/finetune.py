@@ -13,23 +13,12 @@ import keras
 
 from components import storage
 from components.errors import InputError
-from components.train.weights import IMAGENET_WEIGHTS
 
 log = logging.getLogger(__name__)
 
 LEARNING_RATE_FACTOR = 0.01  # keras.io's guide: 1e-3 for the head, 1e-5 for fine-tuning
 TOP_FRACTION = 1 / 3  # TensorFlow's transfer-learning tutorial unfreezes MobileNetV2 from layer 100 of 154
 BACKUP_DIR = "backup-fine-tune"  # inside the model dir beside the head phase's backup; removed when training ends
-
-
-def check(fine_tune_epochs: int, architecture: str, weights: str) -> None:
-    if fine_tune_epochs < 0:
-        raise InputError(f"--fine-tune-epochs must be 0 or more, got {fine_tune_epochs}")
-    if fine_tune_epochs and architecture not in IMAGENET_WEIGHTS:
-        raise InputError(f"--fine-tune-epochs needs an architecture with a pretrained backbone "
-                         f"({', '.join(IMAGENET_WEIGHTS)}), not {architecture}")
-    if fine_tune_epochs and not weights:
-        log.warning("--fine-tune-epochs without --weights: the frozen backbone is random, not pretrained")
 
 
 def backbone(model: keras.Model) -> keras.Model:

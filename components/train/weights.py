@@ -69,6 +69,17 @@ def check(weights: str, architecture: str, fetch: bool = True) -> None:
         raise InputError(f"--weights {weights} does not exist")
 
 
+def check_fine_tune(fine_tune_epochs: int, architecture: str, weights: str) -> None:
+    """--fine-tune-epochs needs a backbone to freeze and then unfreeze (components/train/finetune.py)."""
+    if fine_tune_epochs < 0:
+        raise InputError(f"--fine-tune-epochs must be 0 or more, got {fine_tune_epochs}")
+    if fine_tune_epochs and architecture not in IMAGENET_WEIGHTS:
+        raise InputError(f"--fine-tune-epochs needs an architecture with a pretrained backbone "
+                         f"({', '.join(IMAGENET_WEIGHTS)}), not {architecture}")
+    if fine_tune_epochs and not weights:
+        log.warning("--fine-tune-epochs without --weights: the frozen backbone is random, not pretrained")
+
+
 def _hash_matches(path: str, expected: str) -> bool:
     """Keras' rule: a 64-character hash is SHA-256, a shorter one MD5."""
     digest = hashlib.sha256() if len(expected) == 64 else hashlib.md5()
