@@ -77,7 +77,7 @@ def serve_baseline(keras_file: str) -> None:
     import numpy as np
     import tensorflow as tf
 
-    from components.train.data import decode_and_resize
+    from components.decode import decode_and_resize
 
     model = keras.models.load_model(keras_file)
     lock = threading.Lock()

@@ -16,7 +16,7 @@ import tensorflow as tf
 from PIL import Image
 
 from components.convert.images import _open, _upright_rgb
-from components.train.data import decode_and_resize, decode_upright_rgb
+from components.decode import decode_and_resize, decode_upright_rgb
 
 ORIENTATION = 0x0112
 

@@ -160,8 +160,8 @@ class _LoadedModel:
     def __init__(self, path: str):
         import tensorflow as tf
 
+        from components.decode import decode_and_resize
         from components.serve.model import input_size, load_saved_model
-        from components.train.data import decode_and_resize
 
         self.loaded = load_saved_model(path)  # its signatures' variables live as long as this object
         self.predict = self.loaded.signatures["predict_pixels"]

@@ -13,18 +13,17 @@ import logging
 from dataclasses import dataclass
 
 from components import storage
+from components.contracts import CSV_COLUMNS, SPLITS
 from components.errors import InputError
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("TRAIN", "VALIDATION", "TEST")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 SPLIT_FOLDERS = {
     "train": "TRAIN", "training": "TRAIN",
     "validation": "VALIDATION", "valid": "VALIDATION", "val": "VALIDATION", "eval": "VALIDATION",
     "test": "TEST", "testing": "TEST",
 }
-CSV_COLUMNS = ("split", "image_uri", "label")
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,8 @@ import tensorflow as tf
 from PIL import Image, UnidentifiedImageError
 
 from components import storage
+from components.decode import decode_and_resize
 from components.errors import InputError
-from components.train.data import decode_and_resize
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """SavedModel export with stable, named serving signatures; preprocessing and class names live inside.
 
 serving_default:  image_bytes  tf.string [N] (encoded JPEG/PNG/WebP/GIF/BMP, what Vertex's {"b64": ...} carries),
-                  decoded by training's decoder (data.decode_and_resize): EXIF orientation applied and
+                  decoded by training's decoder (components/decode.py): EXIF orientation applied and
                   transparency flattened onto white, as conversion does
 predict_pixels:   pixels       float32 [N, H, W, 3] in 0..255, any H and W (resized inside)
 both return       probabilities float32 [N, K], labels string [N] (the likeliest class), classes string [N, K]
@@ -13,7 +13,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from components.train.data import decode_and_resize
+from components.decode import decode_and_resize
 
 
 def class_probabilities(outputs: tf.Tensor) -> tf.Tensor:
