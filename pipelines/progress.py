@@ -91,7 +91,7 @@ def _columns() -> int:
 
 def step_line(name: str, seconds: float | None, summary: str, ok: bool = True) -> str:
     took = "-" if seconds is None else f"{seconds:.1f}s"
-    return f"  {name:<13}{took:>7}  {summary if ok else 'FAILED: ' + summary}"
+    return f"  {name:<15}{took:>7}  {summary if ok else 'FAILED: ' + summary}"
 
 
 @contextlib.contextmanager
