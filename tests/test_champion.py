@@ -7,9 +7,10 @@ import os
 import shutil
 import threading
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import HTTPServer
 
 import pytest
+from fake_rest import JsonHandler
 from kfp.dsl import HTML, ClassificationMetrics, Dataset, Metrics, Model
 
 from components.deploy.core import publish_version
@@ -221,45 +222,33 @@ def test_the_import_request_carries_metrics_schema_and_decision():
     assert evaluation["metadata"]["champion_accuracy"] == 0.9 and evaluation["metadata"]["published"] is False
 
 
-class FakeVertex(BaseHTTPRequestHandler):
+class FakeVertex(JsonHandler):
     """Vertex AI's REST API for what the registry module calls: a model `123` whose default version is 3 at
     gs://b/models/3, an endpoint serving deployed model 111 with all the traffic, and the evaluation import."""
     requests: list[tuple[str, str, dict]] = []
 
-    def _answer(self, body: dict, status: int = 200):
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
     def _record(self) -> str:
-        length = int(self.headers.get("Content-Length") or 0)
         path = urllib.parse.unquote(self.path)
-        self.requests.append((self.command, path, json.loads(self.rfile.read(length)) if length else {}))
+        self.requests.append((self.command, path, self.read_json()))
         return path
 
     def do_GET(self):
         path = self._record()
         models = "/v1/projects/p/locations/europe-west4/models"
         if path.startswith(models + "?") and 'display_name="catsdogs"' in path:
-            self._answer({"models": [{"name": models[4:] + "/123", "versionId": "4"}]})
+            self.reply_json({"models": [{"name": models[4:] + "/123", "versionId": "4"}]})
         elif path.startswith(models + "?"):
-            self._answer({})
+            self.reply_json({})
         elif path.startswith(models + "/123@default"):
-            self._answer({"name": models[4:] + "/123", "versionId": "3", "artifactUri": "gs://b/models/3"})
+            self.reply_json({"name": models[4:] + "/123", "versionId": "3", "artifactUri": "gs://b/models/3"})
         elif "/endpoints/9" in path:
-            self._answer({"name": "projects/p/locations/europe-west4/endpoints/9", "trafficSplit": {"111": 100}})
+            self.reply_json({"name": "projects/p/locations/europe-west4/endpoints/9", "trafficSplit": {"111": 100}})
         else:
-            self._answer({"error": {"code": 404, "message": path, "status": "NOT_FOUND"}}, 404)
+            self.reply_json({"error": {"code": 404, "message": path, "status": "NOT_FOUND"}}, 404)
 
     def do_POST(self):
         path = self._record().split("?")[0]
-        self._answer({"name": path[4:].replace("/evaluations:import", "/evaluations/55")})
-
-    def log_message(self, *args):
-        pass
+        self.reply_json({"name": path[4:].replace("/evaluations:import", "/evaluations/55")})
 
 
 @pytest.fixture

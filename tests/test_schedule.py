@@ -114,47 +114,38 @@ class FakeScheduleService:
     def __init__(self):
         import re
         import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from http.server import ThreadingHTTPServer
+
+        from fake_rest import JsonHandler
 
         self.schedules, self.requests = {}, []
         service = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def _reply(self, body: dict, status: int = 200) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(JsonHandler):
             def _name(self) -> str:
                 return self.path.split("?")[0][len("/v1/"):]
 
             def do_POST(self):  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                body = self.read_json()
                 service.requests.append(("POST", self._name(), body))
                 parent = re.fullmatch(r"(projects/[^/]+/locations/[^/]+)/schedules", self._name())[1]
                 name = f"{parent}/schedules/{len(service.schedules) + 1}"
                 service.schedules[name] = {**body, "name": name, "state": "ACTIVE"}
-                self._reply(service.schedules[name])
+                self.reply_json(service.schedules[name])
 
             def do_GET(self):  # noqa: N802
                 service.requests.append(("GET", self._name(), None))
                 if self._name().endswith("/schedules"):
-                    return self._reply({"schedules": list(service.schedules.values())})
+                    return self.reply_json({"schedules": list(service.schedules.values())})
                 if self._name() not in service.schedules:
-                    return self._reply({"error": {"code": 404, "message": "not found", "status": "NOT_FOUND"}}, 404)
-                return self._reply(service.schedules[self._name()])
+                    return self.reply_json({"error": {"code": 404, "message": "not found", "status": "NOT_FOUND"}}, 404)
+                return self.reply_json(service.schedules[self._name()])
 
             def do_DELETE(self):  # noqa: N802
                 service.requests.append(("DELETE", self._name(), None))
                 service.schedules.pop(self._name())
-                self._reply({"name": f"{self._name()}/operations/1", "done": True,
-                             "response": {"@type": "type.googleapis.com/google.protobuf.Empty"}})
-
-            def log_message(self, *args):
-                pass
+                self.reply_json({"name": f"{self._name()}/operations/1", "done": True,
+                                 "response": {"@type": "type.googleapis.com/google.protobuf.Empty"}})
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_port}"

@@ -10,10 +10,11 @@ import socket
 import struct
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import HTTPServer
 
 import pytest
 import yaml
+from fake_rest import JsonHandler
 
 from components import tracking
 from components.errors import InputError
@@ -212,7 +213,7 @@ def test_default_mode_is_online_only_with_a_key(monkeypatch):
         tracking.check_mode("sometimes")
 
 
-class FakeSecretManager(BaseHTTPRequestHandler):
+class FakeSecretManager(JsonHandler):
     """Secret Manager's REST API: access returns the fake key for `wandb-key`, 404 for anything else."""
     requests: list[str] = []
 
@@ -222,15 +223,7 @@ class FakeSecretManager(BaseHTTPRequestHandler):
             status, body = 200, {"name": "x", "payload": {"data": base64.b64encode(FAKE_KEY.encode() + b"\n").decode()}}
         else:
             status, body = 404, {"error": {"code": 404, "message": "Secret not found", "status": "NOT_FOUND"}}
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+        self.reply_json(body, status)
 
 
 def test_the_key_is_read_from_secret_manager_at_run_time():

@@ -159,8 +159,9 @@ class FakeVertexEndpoints:
 def fake_vertex():
     """(fake, client): an EndpointServiceClient over REST to a FakeVertexEndpoints on 127.0.0.1."""
     import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from http.server import ThreadingHTTPServer
 
+    from fake_rest import JsonHandler
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import aiplatform_v1
 
@@ -176,22 +177,12 @@ def fake_vertex():
         "trafficSplit": {"104": 100, "101": 0},
     })
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(JsonHandler):
         def _serve(self):
-            length = int(self.headers.get("Content-Length") or 0)
-            body = json.loads(self.rfile.read(length) or b"{}")
-            status, reply = fake.handle(self.command, self.path.split("?")[0], body)
-            data = json.dumps(reply).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            status, reply = fake.handle(self.command, self.path.split("?")[0], self.read_json())
+            self.reply_json(reply, status)
 
         do_GET = do_POST = _serve
-
-        def log_message(self, *args):
-            pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
