@@ -96,6 +96,16 @@ def test_publish_adds_numbered_versions(trained_model, tmp_path):
     assert not [n for n in os.listdir(base) if n.startswith(".")]  # no staging leftovers
 
 
+def test_publishing_passes_a_partial_version_folder_and_leaves_it_alone(trained_model, tmp_path):
+    base = tmp_path / "m"
+    assert publish_version(trained_model, str(base)) == 1
+    (base / "2" / "variables").mkdir(parents=True)  # a killed copy: files, but no saved_model.pb
+    (base / "2" / "variables" / "variables.index").write_bytes(b"half")
+    assert publish_version(trained_model, str(base)) == 3
+    assert versions(str(base)) == [1, 3]
+    assert sorted(p.name for p in (base / "2").rglob("*")) == ["variables", "variables.index"]
+
+
 def test_publishing_a_folder_without_a_saved_model_fails(tmp_path):
     with pytest.raises(InputError, match="no saved_model.pb"):
         publish_version(str(tmp_path), str(tmp_path / "base"))

@@ -32,7 +32,13 @@ def publish_version(model_dir: str, model_base: str) -> int:
     """
     if not storage.exists(storage.join(model_dir, "saved_model.pb")):
         raise InputError(f"{model_dir} holds no saved_model.pb: is it the output of `catsdogs train`?")
-    version = max(versions(model_base), default=0) + 1
+    # Past every version-named folder, complete or not: a partial one (a killed copy, someone's own files) is
+    # neither written into nor deleted, and a server never takes it for a version (it has no saved_model.pb).
+    taken = [int(name) for name in storage.list_dir(model_base) if is_version_name(name)]
+    partial = sorted(set(taken) - set(versions(model_base)))
+    if partial:
+        log.warning("skipping version folders without a saved_model.pb under %s: %s", model_base, partial)
+    version = max(taken, default=0) + 1
     target = storage.join(model_base, str(version))
     if storage.is_gcs(target):
         # No rename on GCS: a server polling model_base sees a version once its saved_model.pb exists.
