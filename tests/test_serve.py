@@ -232,7 +232,10 @@ def test_rollback_skips_a_broken_version_which_is_retried_only_when_its_files_ch
         assert manager.load_attempts[3] == 1
         with urllib.request.urlopen(server.url + "/health", timeout=WAIT_S) as response:
             assert json.loads(response.read())["version"] == 1
-        open(broken, "wb").write(b"still not a SavedModel, but other bytes")  # its files changed: tried again
+        # Its files change, in one step: a poll between open()'s truncation and the write would see two changes.
+        replacement = tmp_path / "saved_model.pb"  # outside the version folder, whose listing is watched too
+        replacement.write_bytes(b"still not a SavedModel, but other bytes")
+        os.replace(replacement, broken)
         _wait_for(lambda: manager.load_attempts[3] == 2, "version 3 to be tried again")
         polls = manager.polls
         _wait_for(lambda: manager.polls >= polls + 5, "five more polls")
