@@ -20,8 +20,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from components.deploy.core import publish_version, versions
 from components.errors import InputError
+from components.model_store import publish_version, versions
 from components.serve.batching import MicroBatcher
 from components.serve.client import predict_files, predict_url
 from components.serve.model import LoadedModel

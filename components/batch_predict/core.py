@@ -31,7 +31,7 @@ from apache_beam.metrics.metric import Metrics, MetricsFilter
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from components import storage
+from components import model_store, storage
 from components.contracts import SAVED_MODEL_FILE, is_version_name
 from components.errors import InputError
 
@@ -67,14 +67,15 @@ class BatchSummary:
 
 
 def resolve_model(model: str) -> ModelRef:
-    """A model base (its newest numbered version) or one SavedModel folder; `<base>/<N>` is version N of base."""
-    from components.serve.versions import newest_version
-
+    """A model base (its newest usable version, by the model store's rule that serving follows too) or one
+    SavedModel folder; `<base>/<N>` is version N of base."""
     model = model.rstrip("/")
-    newest = newest_version(model) if storage.exists(model) else None
-    if newest is None:
+    if not (storage.exists(model) and model_store.version_candidates(model)):
         raise InputError(f"--model {model}: no {SAVED_MODEL_FILE} and no numbered versions <base>/N/ there")
-    version, path = newest
+    found = model_store.champion(model)
+    if found is None:
+        raise InputError(f"--model {model}: no version there loads and answers finite numbers (see the warnings)")
+    version, path, _ = found
     parent, _, base_name = model.rpartition("/")
     if path == model and is_version_name(base_name) and parent:
         return ModelRef(path, parent.rpartition("/")[2], int(base_name))
@@ -161,11 +162,10 @@ class _LoadedModel:
         import tensorflow as tf
 
         from components.decode import decode_and_resize
-        from components.serve.model import input_size, load_saved_model
 
-        self.loaded = load_saved_model(path)  # its signatures' variables live as long as this object
+        self.loaded = model_store.load_saved_model(path)  # its signatures' variables live as long as this object
         self.predict = self.loaded.signatures["predict_pixels"]
-        self.size = input_size(self.loaded)
+        self.size = model_store.input_size(self.loaded)
         self.classes = [c.decode() for c in self.loaded.signatures["model_info"]()["classes"].numpy()]
         size = self.size
         self.decode = tf.function(lambda image_bytes: decode_and_resize(image_bytes, size),
@@ -339,8 +339,8 @@ class _DropMessage(logging.Filter):
 def batch_predict(source: str, model: str, output_dir: str, batch_size: int = DEFAULT_BATCH_SIZE,
                   runner: str = "DirectRunner", pipeline_args: list[str] | None = None,
                   dry_run: bool = False) -> BatchSummary:
-    """Scores every image of source (a folder or a CSV with an image_uri column) with the model's newest version
-    and writes predictions-*.jsonl and errors-*.csv to output_dir. pipeline_args go to Beam as they are (e.g.
+    """Scores every image of source (a folder or a CSV with an image_uri column) with the model's newest usable
+    version and writes predictions-*.jsonl and errors-*.csv to output_dir. pipeline_args go to Beam as they are (e.g.
     Dataflow's options from `components.convert.pipeline.dataflow_args`). dry_run prints the options, steps and
     job graph size and reads no image."""
     from components.convert.pipeline import _runner, describe

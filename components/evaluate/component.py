@@ -54,7 +54,7 @@ def evaluate(
     from components.evaluate.champion import check_max_regression, decide, find_champion, score_champion
     from components.evaluate.core import evaluate as score
     from components.evaluate.report import html_report
-    from components.train.core import training_info
+    from components.model_store import training_info
 
     logs.setup()
     check_max_regression(max_regression)

@@ -7,11 +7,10 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
-import tensorflow as tf
 
 from components.convert import schema
 from components.errors import InputError
-from components.train.core import training_info
+from components.model_store import load_saved_model, training_info
 from components.train.data import make_dataset, shard_errors
 
 log = logging.getLogger(__name__)
@@ -129,13 +128,19 @@ def evaluation_split(data_dir: str) -> str:
     raise InputError(f"{data_dir} has neither TEST nor VALIDATION records to evaluate on")
 
 
-def evaluate(model_dir: str, data_dir: str, batch_size: int = 64, gallery_size: int = GALLERY_SIZE) -> Evaluation:
+class NonFiniteAnswers(InputError):
+    """The model answered NaN or infinity: its accuracy would be meaningless."""
+
+
+def evaluate(model_dir: str, data_dir: str, batch_size: int = 64, gallery_size: int = GALLERY_SIZE,
+             loaded=None) -> Evaluation:
     """Runs the exported model's pixel signature over the split, decoded exactly as in training, and keeps
-    `gallery_size` of the images for the report."""
+    `gallery_size` of the images for the report. `loaded`: the SavedModel at model_dir, when already loaded."""
     class_names = schema.read_labels(data_dir)
     split = evaluation_split(data_dir)
     image_size = training_info(model_dir)["config"]["image_size"]
-    predict = tf.saved_model.load(model_dir).signatures["predict_pixels"]
+    loaded = loaded or load_saved_model(model_dir)
+    predict = loaded.signatures["predict_pixels"]
     probabilities, labels = [], []
     gallery = Gallery(class_names, gallery_size)
     with shard_errors(data_dir):  # one pass: nothing to cache
@@ -146,8 +151,9 @@ def evaluate(model_dir: str, data_dir: str, batch_size: int = 64, gallery_size: 
     probabilities, labels = np.concatenate(probabilities), np.concatenate(labels)
     broken = int((~np.isfinite(probabilities).all(axis=1)).sum())
     if broken:  # a diverged model: its accuracy would be meaningless, and NaN must never be deployed
-        raise InputError(f"the model in {model_dir} gives NaN probabilities for {broken} of {len(labels)} {split} "
-                         f"images (training diverged); it is not deployable: retrain with a lower --learning-rate")
+        raise NonFiniteAnswers(f"the model in {model_dir} gives NaN probabilities for {broken} of {len(labels)} "
+                               f"{split} images (training diverged); it is not deployable: retrain with a lower "
+                               "--learning-rate")
     matrix = np.zeros((len(class_names), len(class_names)), dtype=np.int64)
     np.add.at(matrix, (labels, probabilities.argmax(axis=1)), 1)
 
