@@ -10,7 +10,8 @@ import shutil
 import pytest
 from PIL import Image
 
-from components.batch_predict.core import batch_predict, build_pipeline, job_graph_bytes, resolve_model
+from components.batch_predict.core import batch_predict, build_pipeline, resolve_model
+from components.beam_runner import job_graph_bytes
 from pipelines.cli import main
 
 

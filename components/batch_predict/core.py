@@ -32,6 +32,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInf
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from components import model_store, storage
+from components.beam_runner import describe, job_graph_bytes, runner_for
 from components.contracts import SAVED_MODEL_FILE, is_version_name
 from components.errors import InputError
 
@@ -283,11 +284,6 @@ def build_pipeline(pipeline: beam.Pipeline, source: str, model: ModelRef, output
     )
 
 
-def job_graph_bytes(pipeline: beam.Pipeline) -> int:
-    """The size of the pipeline's portable proto: what grows if rows were put into the graph."""
-    return len(pipeline.to_runner_api().SerializeToString())
-
-
 def _matches(folder: str, patterns: Sequence[str]) -> list[str]:
     results = FileSystems.match([storage.join(folder, p) for p in patterns])
     return [m.path for result in results for m in result.metadata_list]
@@ -341,10 +337,8 @@ def batch_predict(source: str, model: str, output_dir: str, batch_size: int = DE
                   dry_run: bool = False) -> BatchSummary:
     """Scores every image of source (a folder or a CSV with an image_uri column) with the model's newest usable
     version and writes predictions-*.jsonl and errors-*.csv to output_dir. pipeline_args go to Beam as they are (e.g.
-    Dataflow's options from `components.convert.pipeline.dataflow_args`). dry_run prints the options, steps and
+    Dataflow's options from `components.beam_runner.dataflow_args`). dry_run prints the options, steps and
     job graph size and reads no image."""
-    from components.convert.pipeline import _runner, describe
-
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
     _check_paths(source, output_dir)
@@ -353,7 +347,7 @@ def batch_predict(source: str, model: str, output_dir: str, batch_size: int = DE
     staging = storage.join(output_dir, f".staging-{uuid.uuid4().hex[:12]}")
     options = PipelineOptions(pipeline_args or [])
     # A dry run builds the graph on the local runner: Dataflow's option checks already call GCS.
-    pipeline = beam.Pipeline(runner=_runner("DirectRunner" if dry_run else runner), options=options)
+    pipeline = beam.Pipeline(runner=runner_for("DirectRunner" if dry_run else runner), options=options)
     build_pipeline(pipeline, source, ref, staging, batch_size, column)
     summary = BatchSummary(source, output_dir, ref.name, ref.version)
     if dry_run:

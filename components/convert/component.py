@@ -57,8 +57,8 @@ def convert(
             (image_uris_csv in, tfrecords out).
     """
     from components import logs, tracking
+    from components.beam_runner import dataflow_args
     from components.convert.pipeline import convert as run_conversion
-    from components.convert.pipeline import dataflow_args
 
     logs.setup()
     args = []
