@@ -97,7 +97,7 @@ def test_csv_with_bad_inputs_gives_31_predictions_and_4_errors(trained_model, mi
     empty, truncated, text = mixed_inputs["bad"]
     assert reasons[empty] == "empty file"
     assert "cannot read file" in reasons[mixed_inputs["missing"]]
-    assert "not a decodable image" in reasons[text]
+    assert "not an image" in reasons[text]
     # PIL reads its header; TensorFlow's decoder refuses the rest
     assert reasons[truncated] == "cannot decode the image: jpeg::Uncompress failed. Invalid JPEG data or crop window."
     assert not glob.glob(f"{out}/.staging-*"), "the staging folder is removed after the swap"

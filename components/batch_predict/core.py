@@ -35,6 +35,7 @@ from components import model_store, storage
 from components.beam_runner import describe, job_graph_bytes, runner_for
 from components.contracts import SAVED_MODEL_FILE, is_version_name
 from components.errors import InputError
+from components.image_files import BadImage, open_header
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,6 @@ PREDICTIONS_PREFIX, ERRORS_PREFIX = "predictions", "errors"
 OUTPUT_PATTERNS = (f"{PREDICTIONS_PREFIX}-*-of-*.jsonl", f"{ERRORS_PREFIX}-*-of-*.csv")
 COUNTER_NAMESPACE = "catsdogs.batch_predict"
 DEFAULT_BATCH_SIZE = 32
-# The serving server's limit: a small compressed file can declare a huge image (see components/serve/model.py).
-MAX_IMAGE_PIXELS = 40_000_000
 
 
 @dataclass
@@ -216,23 +215,11 @@ class ImageModelHandler(ModelHandler):
         return COUNTER_NAMESPACE
 
 
-class BadImage(Exception):
-    pass
-
-
 def _decode(model: _LoadedModel, data: bytes):
     """Encoded bytes -> float32 [S, S, 3], as the serving server decodes a request's image; BadImage if not."""
     import tensorflow as tf
-    from PIL import Image, UnidentifiedImageError
 
-    try:
-        width, height = Image.open(io.BytesIO(data)).size  # the header only
-    except Image.DecompressionBombError as e:
-        raise BadImage(f"image over the {MAX_IMAGE_PIXELS}-pixel limit") from e
-    except (UnidentifiedImageError, OSError) as e:
-        raise BadImage("not a decodable image (JPEG, PNG, GIF or BMP)") from e
-    if width * height > MAX_IMAGE_PIXELS:
-        raise BadImage(f"image of {width}x{height} is over the {MAX_IMAGE_PIXELS}-pixel limit")
+    open_header(data)  # the header only: refuses non-images and images over the pixel limit before decoding
     try:
         return model.decode(tf.constant(data)).numpy()
     except tf.errors.InvalidArgumentError as e:

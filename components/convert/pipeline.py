@@ -43,8 +43,9 @@ from components import storage
 from components.beam_runner import describe, pipeline_options, runner_for
 from components.contracts import CSV_COLUMNS, CSV_SPLITS, DISCARD, SPLITS
 from components.convert import output, schema
-from components.convert.images import BadImage, to_rgb_jpeg, to_rgb_pixels
+from components.convert.images import to_rgb_jpeg, to_rgb_pixels
 from components.errors import InputError
+from components.image_files import BadImage
 
 log = logging.getLogger(__name__)
 
