@@ -1,5 +1,7 @@
-"""One definition per parameter, one wiring for both DAGs, architectures from a registry or a user's module."""
+"""One definition per parameter, one wiring for both DAGs, architectures from a registry or a user's module;
+stages that import no other stage's modules."""
 
+import ast
 import json
 import os
 import subprocess
@@ -150,3 +152,74 @@ def test_trainconfig_is_the_only_place_of_training_defaults():
     for name in parameters():
         assert inputs[name].default is None and not inputs[name].optional, name
     assert TrainConfig().architecture == models.DEFAULT_ARCHITECTURE in models.ARCHITECTURES
+
+
+# -- stages import shared modules (components/*.py) and contracts, never another stage's modules -------------------
+
+STAGES = ("prepare", "convert", "train", "evaluate", "deploy", "serve", "batch_predict")
+COMPONENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "components")
+# (importing file, imported module) -> why. Each one is a reason to keep, not a list to grow.
+ALLOWED = {
+    ("train/core.py", "components.convert.schema"):
+        "the TFRecord schema convert writes is what training reads: one definition, kept beside its writer",
+    ("train/data.py", "components.convert.schema"): "as above: the reader parses convert's schema",
+    ("evaluate/core.py", "components.convert.schema"): "as above: evaluation reads the same records",
+    ("evaluate/core.py", "components.train.data"):
+        "evaluation must decode the held-out records exactly as training did: the same input pipeline",
+    ("convert/inspect.py", "components.train.data"):
+        "`catsdogs inspect` finds and identifies the shards as training does (record_files, detect_format)",
+    ("evaluate/component.py", "components.deploy.registry"):
+        "the evaluation file is written in the Model Registry's schema, which deploy/registry.py defines",
+    ("serve/client.py", "components.deploy.vertex"): "`catsdogs predict --endpoint` calls the endpoint deploy made",
+}
+
+
+def imported_modules(path: str, components_dir: str) -> set[str]:
+    """Every components.* module a file imports, at any depth (imports inside functions too): `from a import b`
+    is module a.b when b is a module under components_dir, else module a."""
+    def is_module(dotted: str) -> bool:
+        relative = os.path.join(components_dir, *dotted.split(".")[1:])
+        return os.path.isdir(relative) or os.path.isfile(relative + ".py")
+
+    found = set()
+    for node in ast.walk(ast.parse(open(path).read(), path)):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            submodules = {f"{node.module}.{alias.name}" for alias in node.names}
+            found.update({m for m in submodules if is_module(m)} or {node.module})
+    return {module for module in found if module.split(".")[0] == "components"}
+
+
+def cross_stage_imports(components_dir: str) -> dict[tuple[str, str], str]:
+    """(file relative to components_dir, imported module of another stage) -> that stage, for every stage file."""
+    found = {}
+    for stage in STAGES:
+        for folder, _, files in os.walk(os.path.join(components_dir, stage)):
+            for name in sorted(f for f in files if f.endswith(".py")):
+                path = os.path.join(folder, name)
+                relative = os.path.relpath(path, components_dir).replace(os.sep, "/")
+                for module in imported_modules(path, components_dir):
+                    parts = module.split(".")
+                    if len(parts) >= 2 and parts[1] in STAGES and parts[1] != stage:
+                        found[(relative, module)] = parts[1]
+    return found
+
+
+def test_stages_import_no_other_stages_modules_but_the_named_exceptions():
+    found = cross_stage_imports(COMPONENTS)
+    unexplained = sorted(set(found) - set(ALLOWED))
+    assert not unexplained, f"a stage imports another stage's module: {unexplained}; move the shared part to " \
+                            "components/ (or, with a reason, add it to ALLOWED)"
+    stale = sorted(set(ALLOWED) - set(found))
+    assert not stale, f"ALLOWED names imports that are gone: {stale}"
+
+
+def test_the_structure_check_finds_an_added_cross_stage_import(tmp_path):
+    for stage in ("serve", "batch_predict"):
+        (tmp_path / stage).mkdir()
+    (tmp_path / "serve" / "versions.py").write_text("from components import model_store\n")
+    (tmp_path / "batch_predict" / "core.py").write_text(
+        "from components import storage\n\n\ndef f():\n    from components.serve.versions import newest\n")
+    assert cross_stage_imports(str(tmp_path)) == {("batch_predict/core.py", "components.serve.versions"): "serve"}
+
