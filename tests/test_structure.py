@@ -4,9 +4,11 @@ stages that import no other stage's modules."""
 import ast
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
+import tokenize
 
 import pytest
 import yaml
@@ -223,3 +225,108 @@ def test_the_structure_check_finds_an_added_cross_stage_import(tmp_path):
         "from components import storage\n\n\ndef f():\n    from components.serve.versions import newest\n")
     assert cross_stage_imports(str(tmp_path)) == {("batch_predict/core.py", "components.serve.versions"): "serve"}
 
+
+# -- names cited in docstrings, comments and docs exist ------------------------------------------------------------
+
+REPOSITORY = os.path.dirname(COMPONENTS)
+REFERENCE = re.compile(r"\b(?:components|pipelines)(?:[./][A-Za-z_]\w*)+")
+# Within components/ a shared module is often cited by its own name: `tracking.settings`, `storage.join`; not
+# `images` and `logs`, which are common words too (images.csv, logs/train.log).
+SHARED_MODULES = sorted(name[:-3] for name in os.listdir(COMPONENTS)
+                        if name.endswith(".py") and name[0] != "_" and name not in ("images.py", "logs.py"))
+SHORT_REFERENCE = re.compile(rf"(?<![\w./:-])(?:{'|'.join(SHARED_MODULES)})\.[A-Za-z_]\w*(?![\w/(-])")
+
+
+def _defined_names(module_file: str) -> dict[str, set[str]]:
+    """A module's top-level names, each with the names defined in its body (a class's methods and attributes)."""
+    tree = ast.parse(open(module_file).read(), module_file)
+    names: dict[str, set[str]] = {}
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            inner = {n.name for n in node.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))} | {
+                t.id for n in node.body if isinstance(n, (ast.Assign, ast.AnnAssign))
+                for t in (n.targets if isinstance(n, ast.Assign) else [n.target]) if isinstance(t, ast.Name)}
+            names[node.name] = inner if isinstance(node, ast.ClassDef) else set()
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                for name in ast.walk(target):
+                    if isinstance(name, ast.Name):
+                        names[name.id] = set()
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update({(alias.asname or alias.name).split(".")[0]: set() for alias in node.names})
+    return names
+
+
+def reference_exists(reference: str, root: str = REPOSITORY) -> bool:
+    """Whether `components.x.y.name` (a module, or a name defined in one) or `components/x/y.py` exists."""
+    if reference.endswith(".py") and "/" in reference:
+        return os.path.isfile(os.path.join(root, reference))
+    parts = reference.replace("/", ".").split(".")
+    for i in range(len(parts), 0, -1):
+        base = os.path.join(root, *parts[:i])
+        if os.path.isfile(base + ".py") or os.path.isfile(os.path.join(base, "__init__.py")):
+            module_file = base + ".py" if os.path.isfile(base + ".py") else os.path.join(base, "__init__.py")
+            rest = parts[i:]
+            break
+    else:
+        return False
+    if not rest:
+        return True
+    names = _defined_names(module_file)
+    if rest[0] not in names:
+        return False
+    return len(rest) == 1 or not names[rest[0]] or rest[1] in names[rest[0]]
+
+
+def _prose(path: str) -> list[tuple[int, str]]:
+    """(line number, text) of what people read: a Python file's comments and docstrings (triple-quoted strings),
+    every line of any other text file (Markdown docs, a README)."""
+    if not path.endswith(".py"):
+        return list(enumerate(open(path, encoding="utf-8"), 1))
+    with open(path, encoding="utf-8") as f:
+        tokens = list(tokenize.generate_tokens(f.readline))
+    prose = []
+    for token in tokens:
+        if token.type == tokenize.COMMENT or (token.type == tokenize.STRING and token.string.endswith(('"""', "'''"))):
+            prose += [(token.start[0] + i, line) for i, line in enumerate(token.string.splitlines())]
+    return prose
+
+
+def missing_references(path: str, root: str = REPOSITORY) -> list[str]:
+    """The `components.`/`pipelines.` names (dotted, or paths to .py files) that a file cites and that do not
+    exist, as "path:line: name". For any text file: code (docstrings and comments), Markdown docs."""
+    missing = []
+    for number, line in _prose(path):
+        short = [f"components.{r}" for r in SHORT_REFERENCE.findall(line)]
+        for reference in REFERENCE.findall(line) + short:
+            if not reference_exists(reference, root):
+                missing.append(f"{os.path.relpath(path, root)}:{number}: {reference}")
+    return missing
+
+
+def _cited_files() -> list[str]:
+    files = []
+    for folder in ("components", "pipelines", "tests", "benchmarks", "images", "plugins", "docs"):
+        for parent, _, names in os.walk(os.path.join(REPOSITORY, folder)):
+            files += [os.path.join(parent, n) for n in sorted(names) if n.endswith((".py", ".md"))]
+    return files
+
+
+def test_every_cited_components_or_pipelines_name_exists():
+    missing = [m for path in _cited_files() if path != os.path.abspath(__file__) for m in missing_references(path)]
+    assert not missing, "\n".join(missing)
+
+
+def test_a_citation_of_a_missing_module_or_name_is_found(tmp_path):
+    doc = tmp_path / "guide.md"
+    doc.write_text("The decoder is `components/train/decode.py`; see components.tracking.pipeline_settings and\n"
+                   "components.model_store.champion, components.evaluate.core.Evaluation.per_class, "
+                   "components/decode.py.\n")
+    assert missing_references(str(doc)) == [f"{os.path.relpath(doc, REPOSITORY)}:1: components/train/decode.py",
+                                            f"{os.path.relpath(doc, REPOSITORY)}:1: "
+                                            "components.tracking.pipeline_settings"]
+    code = tmp_path / "component.py"
+    code.write_text('def f(wandb_settings):\n    """Args:\n        wandb_settings: tracking.pipeline_settings, '
+                    'tracking.settings\n    """\n    return tracking.pipeline_settings  # code is not prose\n')
+    assert missing_references(str(code)) == [f"{os.path.relpath(code, REPOSITORY)}:3: "
+                                             "components.tracking.pipeline_settings"]

@@ -125,7 +125,7 @@ class VersionManager:
         while not self._stop.wait(seconds):
             try:
                 self.refresh()
-            except Exception:  # noqa: BLE001 - e.g. GCS briefly unreachable: try again next time
+            except Exception:  # e.g. GCS briefly unreachable: try again next time
                 log.exception("polling %s failed", self.model_base)
 
     def close(self) -> None:
