@@ -116,8 +116,8 @@ def patch_keras_for_multi_worker() -> None:
 
     def build_from_local_batch(self, iterator=None, data_batch=None):
         strategy = self._distribute_strategy
-        multi_worker = strategy is not None and trainer._collective_all_reduce_multi_worker(strategy)  # noqa: SLF001
-        if iterator is not None and multi_worker:
+        if (iterator is not None and strategy is not None
+                and trainer._collective_all_reduce_multi_worker(strategy)):  # noqa: SLF001
             for _, _, it in iterator:
                 batch = next(it)
                 break
