@@ -86,7 +86,7 @@ def serve_baseline(keras_file: str) -> None:
         protocol_version = "HTTP/1.1"
         disable_nagle_algorithm = True  # as in our server: a fair fight is about the model calls, not TCP
 
-        def do_POST(self):  # noqa: N802
+        def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             images = [decode_and_resize(base64.b64decode(i["b64"]), IMAGE_SIZE) for i in body["instances"]]
             with lock:

@@ -3,7 +3,8 @@
 Prepare writes, conversion reads and checks, training and evaluation read, serving and deployment publish and
 follow: each imports its names from here, so a split, a column, a file name or the version layout is written
 once. Nothing here imports TensorFlow, Beam or pandas; the image decoder that training and serving share needs
-TensorFlow and lives in `components/train/decode.py`, which imports its constants from here.
+TensorFlow and lives in `components/decode.py`; the model store (versions, publishing, the champion rule) in
+`components/model_store.py`.
 """
 
 from __future__ import annotations

@@ -61,7 +61,7 @@ def cmd_convert(args, beam_args: list[str]) -> None:
 
 def _dataflow_beam_args(args) -> list[str]:
     """Dataflow's Beam options from the flags of _add_dataflow_flags (the same ones convert takes)."""
-    from components.convert.pipeline import dataflow_args
+    from components.beam_runner import dataflow_args
 
     return dataflow_args(
         args.project, args.region, args.temp_location, sdk_container_image=args.sdk_container_image,

@@ -15,9 +15,9 @@ from components import storage, tracking
 from components.contracts import DEFAULT_RECORD_FORMAT
 from components.convert.component import convert
 from components.deploy.component import deploy_local
-from components.deploy.core import versions
 from components.errors import InputError
 from components.evaluate.component import evaluate
+from components.model_store import versions
 from components.prepare.component import prepare
 from components.tracking_component import wandb_settings
 from components.train.component import train

@@ -47,8 +47,9 @@ def schedule_request(schedule, settings: dict) -> dict:
     The settings are put on the resource as PipelineJobSchedule.create puts them before its API call."""
     from google.protobuf import json_format
 
-    kind = type(schedule._gca_resource)
-    resource = kind.deserialize(kind.serialize(schedule._gca_resource))  # a copy: the schedule stays as built
+    # Not yet created, the schedule's public gca_resource raises: its private proto is what create would send.
+    built = schedule._gca_resource  # noqa: SLF001
+    resource = type(built).deserialize(type(built).serialize(built))  # a copy: the schedule stays as built
     resource.cron = settings["cron"]
     resource.max_concurrent_run_count = settings["max_concurrent_run_count"]
     if settings["service_account"]:
@@ -56,7 +57,8 @@ def schedule_request(schedule, settings: dict) -> dict:
     body = json_format.MessageToDict(type(resource).pb(resource))
     job = body["createPipelineJobRequest"]["pipelineJob"]
     job["templateName"] = job.pop("pipelineSpec")["pipelineInfo"]["name"]
-    return {"method": "ScheduleService.CreateSchedule", "parent": schedule._parent, "schedule": body}
+    return {"method": "ScheduleService.CreateSchedule", "parent": schedule._parent,  # noqa: SLF001 - as above
+            "schedule": body}
 
 
 def create_schedule(schedule, settings: dict) -> str:
@@ -67,7 +69,7 @@ def create_schedule(schedule, settings: dict) -> str:
 
 
 def describe(schedule) -> dict:
-    resource = schedule._gca_resource
+    resource = schedule.gca_resource
     return {"name": resource.name, "display_name": resource.display_name, "cron": resource.cron,
             "state": resource.state.name, "next_run_time": str(resource.next_run_time or ""),
             "started_runs": resource.started_run_count}
@@ -99,7 +101,7 @@ def delete_schedule(name: str, project: str, region: str, credentials=None) -> s
     with credentials_hint():
         schedule = aiplatform.PipelineJobSchedule.get(name, project=project, location=region,
                                                       credentials=credentials)
-        labels = dict(schedule._gca_resource.create_pipeline_job_request.pipeline_job.labels)
+        labels = dict(schedule.gca_resource.create_pipeline_job_request.pipeline_job.labels)
         if labels.get(APP_LABEL[0]) != APP_LABEL[1]:
             raise InputError(f"{name} ({schedule.display_name}) was not created by catsdogs "
                              f"(no {'='.join(APP_LABEL)} label on its job): not deleting it")

@@ -108,3 +108,29 @@ def image():
         return f"catsdogs-{name}:latest"
 
     return build
+
+
+def export_tiny_model(model_dir: str, kernel, image_size: int = 8) -> str:
+    """A SavedModel exported by our exporter (with a training.json) from a one-unit Keras model on the image's
+    mean colour: `kernel` is its 3 weights. All NaN: a diverged model, answering NaN for every image."""
+    import json
+
+    import keras
+    import numpy as np
+
+    from components.train.export import export_saved_model
+
+    inputs = keras.Input((image_size, image_size, 3))
+    outputs = keras.layers.Dense(1, activation="sigmoid")(keras.layers.GlobalAveragePooling2D()(inputs))
+    model = keras.Model(inputs, outputs)
+    model.set_weights([np.array(kernel, np.float32).reshape(3, 1), np.zeros(1, np.float32)])
+    export_saved_model(model, ["cats", "dogs"], image_size, model_dir)
+    info = {"config": {"image_size": image_size}, "class_names": ["cats", "dogs"], "history": {}}
+    Path(model_dir, "training.json").write_text(json.dumps(info))
+    return model_dir
+
+
+@pytest.fixture(scope="session")
+def diverged_model(tmp_path_factory) -> str:
+    """A SavedModel whose weights are all NaN, as an older release could publish one."""
+    return export_tiny_model(str(tmp_path_factory.mktemp("diverged") / "saved_model"), [float("nan")] * 3)

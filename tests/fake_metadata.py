@@ -69,7 +69,7 @@ class FakeMetadataServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 (http.server's name)
+            def do_GET(self):
                 server.requests.append(self.path)
                 answer = server._answer(urlsplit(self.path).path) if server.answering else None
                 if not server.answering:

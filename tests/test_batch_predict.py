@@ -10,7 +10,8 @@ import shutil
 import pytest
 from PIL import Image
 
-from components.batch_predict.core import batch_predict, build_pipeline, job_graph_bytes, resolve_model
+from components.batch_predict.core import batch_predict, build_pipeline, resolve_model
+from components.beam_runner import job_graph_bytes
 from pipelines.cli import main
 
 
@@ -96,7 +97,7 @@ def test_csv_with_bad_inputs_gives_31_predictions_and_4_errors(trained_model, mi
     empty, truncated, text = mixed_inputs["bad"]
     assert reasons[empty] == "empty file"
     assert "cannot read file" in reasons[mixed_inputs["missing"]]
-    assert "not a decodable image" in reasons[text]
+    assert "not an image" in reasons[text]
     # PIL reads its header; TensorFlow's decoder refuses the rest
     assert reasons[truncated] == "cannot decode the image: jpeg::Uncompress failed. Invalid JPEG data or crop window."
     assert not glob.glob(f"{out}/.staging-*"), "the staging folder is removed after the swap"
@@ -245,3 +246,26 @@ def test_a_rerun_replaces_its_own_shards_and_keeps_other_files(trained_model, mi
     assert "predictions-00001-of-00002.jsonl" not in names and "notes.txt" in names
     predictions, errors = _read_outputs(str(out))
     assert (len(predictions), len(errors)) == (31, 4)
+
+
+def test_a_newest_version_that_does_not_load_is_skipped_like_serving_does(trained_model, mixed_inputs, answers,
+                                                                         tmp_path):
+    """`catsdogs batch-predict` (a fresh process) on a model base whose newest version is broken: version 1
+    scores the images, and one warning line names version 2."""
+    import subprocess
+    import sys
+
+    base = tmp_path / "models" / "catsdogs"
+    shutil.copytree(trained_model, base / "1")
+    (base / "2").mkdir()
+    (base / "2" / "saved_model.pb").write_bytes(b"not a SavedModel")
+    out = str(tmp_path / "out")
+    done = subprocess.run([sys.executable, "-m", "pipelines.cli", "batch-predict", mixed_inputs["root"], "--model",
+                           str(base), "--output-dir", out], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    warnings = [line for line in done.stderr.splitlines() if "WARNING" in line and "version 2" in line]
+    assert len(warnings) == 1 and "skipping version 2" in warnings[0], done.stderr[-3000:]
+    predictions, _ = _read_outputs(out)
+    _check_against_model(predictions, answers, "catsdogs", 1)

@@ -13,7 +13,6 @@ import pytest
 from fake_rest import JsonHandler
 from kfp.dsl import HTML, ClassificationMetrics, Dataset, Metrics, Model
 
-from components.deploy.core import publish_version
 from components.errors import InputError
 from components.evaluate.champion import (
     decide,
@@ -23,6 +22,7 @@ from components.evaluate.champion import (
     summary_line,
 )
 from components.evaluate.core import evaluate
+from components.model_store import publish_version
 
 # -- the decision ------------------------------------------------------------------------------------------------
 
@@ -346,3 +346,50 @@ def test_a_champion_in_gcs_is_found_and_scored_like_a_local_one(trained_model, r
     candidate = evaluate(trained_model, records)
     scored = score_champion(champion, records, candidate.split, candidate.class_names)
     assert scored.confusion_matrix == candidate.confusion_matrix
+
+
+# -- the champion rule: the newest version that loads and answers finite numbers -----------------------------------
+
+
+def _base_with_bad_newest_versions(trained_model, diverged_model, base: str) -> str:
+    """Version 1 good, 2 answering NaN (an older release could publish one), 3 not loading (a broken file)."""
+    publish_version(trained_model, base)
+    publish_version(diverged_model, base)
+    os.makedirs(os.path.join(base, "3"))
+    with open(os.path.join(base, "3", "saved_model.pb"), "wb") as f:
+        f.write(b"not a SavedModel")
+    return base
+
+
+def test_a_champion_answering_nan_is_skipped_not_blamed_on_the_candidate(trained_model, diverged_model, records,
+                                                                         tmp_path, capsys):
+    base = str(tmp_path / "models")
+    publish_version(diverged_model, base)
+    gate, out = _run_evaluate(trained_model, records, str(tmp_path / "out"), champion_uri=base)
+    assert gate is True and "champion_accuracy" not in out["metrics"].metadata  # decided on min_accuracy alone
+    log = capsys.readouterr().err  # the component sets up logging to stderr, as in its container
+    skipped = [line for line in log.splitlines() if "WARNING" in line and "version 1" in line]
+    assert len(skipped) == 1 and "NaN" in skipped[0] and "learning-rate" not in log
+
+
+@pytest.mark.slow
+def test_run_succeeds_when_the_newest_versions_do_not_load_or_answer_nan(trained_model, diverged_model, tmp_path):
+    """`catsdogs run` (a fresh process) with a model base whose newest version does not load and whose next
+    answers NaN: the champion is version 1, as `catsdogs serve` would serve, and each skipped one is named."""
+    import subprocess
+    import sys
+
+    workdir = tmp_path / "w"
+    base = _base_with_bad_newest_versions(trained_model, diverged_model, str(workdir / "models" / "catsdogs"))
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "run", "--workdir", str(workdir), "--per-class", "12", "--epochs",
+         "1", "--image-size", "32", "--batch-size", "8", "--wandb-mode", "disabled"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, timeout=900)
+    assert done.returncode == 0, done.stdout
+    assert "champion (version 1)" in done.stdout, done.stdout
+    log = (workdir / "logs" / "evaluate.log").read_text()
+    warnings = [line for line in log.splitlines() if "WARNING" in line and "skipping version" in line]
+    assert len(warnings) == 2, log
+    assert "version 3" in warnings[0] and "version 2" in warnings[1] and "NaN" in warnings[1]
+    assert os.path.isdir(os.path.join(base, "1"))  # nothing of the user's was deleted

@@ -46,7 +46,7 @@ def test_convert_cli_reports_counts(tmp_path, sample_images, capsys):
 
 
 def test_dataflow_without_project_is_refused_before_submitting():
-    from components.convert.pipeline import dataflow_args
+    from components.beam_runner import dataflow_args
     from components.errors import InputError
 
     with pytest.raises(InputError, match="project, temp_location"):

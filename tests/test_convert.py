@@ -7,9 +7,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from components.convert.images import BadImage, to_rgb_jpeg
+from components.convert.images import to_rgb_jpeg
 from components.convert.pipeline import convert
 from components.errors import InputError
+from components.image_files import BadImage
 from components.train.data import make_dataset
 
 

@@ -15,8 +15,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from components.convert.images import _open, _upright_rgb
 from components.decode import decode_and_resize, decode_upright_rgb
+from components.image_files import open_header, upright_rgb
 
 ORIENTATION = 0x0112
 
@@ -37,7 +37,7 @@ def _encode(image: Image.Image, fmt: str, **params) -> bytes:
 
 def _pil(data: bytes) -> np.ndarray:
     """What conversion makes of the file, before its JPEG re-encode."""
-    return np.asarray(_upright_rgb(_open(data)), dtype=np.float32)
+    return np.asarray(upright_rgb(open_header(data)), dtype=np.float32)
 
 
 def _tf(data: bytes) -> np.ndarray:

@@ -11,8 +11,8 @@ from PIL import Image
 from components import storage
 from components.convert.inspect import inspect_records
 from components.convert.pipeline import convert
-from components.deploy.core import publish_version, versions
 from components.errors import InputError
+from components.model_store import publish_version, versions
 from components.prepare import prepare_csv
 from components.prepare.core import scan_images
 from components.sample_data import generate_sample

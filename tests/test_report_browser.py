@@ -13,7 +13,7 @@ import pytest
 
 from components.evaluate.core import evaluate
 from components.evaluate.report import html_report
-from components.train.core import training_info
+from components.model_store import training_info
 
 WIDTH, HEIGHT = 1200, 1400
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")

@@ -125,7 +125,7 @@ class FakeScheduleService:
             def _name(self) -> str:
                 return self.path.split("?")[0][len("/v1/"):]
 
-            def do_POST(self):  # noqa: N802
+            def do_POST(self):
                 body = self.read_json()
                 service.requests.append(("POST", self._name(), body))
                 parent = re.fullmatch(r"(projects/[^/]+/locations/[^/]+)/schedules", self._name())[1]
@@ -133,7 +133,7 @@ class FakeScheduleService:
                 service.schedules[name] = {**body, "name": name, "state": "ACTIVE"}
                 self.reply_json(service.schedules[name])
 
-            def do_GET(self):  # noqa: N802
+            def do_GET(self):
                 service.requests.append(("GET", self._name(), None))
                 if self._name().endswith("/schedules"):
                     return self.reply_json({"schedules": list(service.schedules.values())})
@@ -141,7 +141,7 @@ class FakeScheduleService:
                     return self.reply_json({"error": {"code": 404, "message": "not found", "status": "NOT_FOUND"}}, 404)
                 return self.reply_json(service.schedules[self._name()])
 
-            def do_DELETE(self):  # noqa: N802
+            def do_DELETE(self):
                 service.requests.append(("DELETE", self._name(), None))
                 service.schedules.pop(self._name())
                 self.reply_json({"name": f"{self._name()}/operations/1", "done": True,

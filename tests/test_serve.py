@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components.deploy.core import publish_version, versions
 from components.errors import InputError
+from components.model_store import publish_version, versions
 from components.serve.server import make_server, serve_in_background
 from pipelines.cli import main
 
@@ -260,17 +260,17 @@ def test_zero_padded_folders_are_not_versions(trained_model, tmp_path):
 
 @pytest.fixture(scope="module")
 def nan_model_base(tmp_path_factory) -> str:
-    """A SavedModel exported by our exporter from a tiny Keras model whose weights are all NaN (diverged)."""
+    """A model that answers the model store's mid-grey probe but gives NaN for bright images (the square root of
+    200 - pixel): a version that answers NaN for every image is not served at all."""
     import keras
 
     from components.train.export import export_saved_model
 
     inputs = keras.Input((8, 8, 3))
-    outputs = keras.layers.Dense(1, activation="sigmoid")(keras.layers.GlobalAveragePooling2D()(inputs))
-    model = keras.Model(inputs, outputs)
-    model.set_weights([np.full(w.shape, np.nan, w.dtype) for w in model.get_weights()])
-    base = str(tmp_path_factory.mktemp("nan") / "diverged")
-    export_saved_model(model, ["cats", "dogs"], 8, os.path.join(base, "1"))
+    roots = keras.layers.Lambda(lambda pixels: keras.ops.sqrt(200.0 - pixels))(inputs)
+    outputs = keras.layers.Dense(1, activation="sigmoid")(keras.layers.GlobalAveragePooling2D()(roots))
+    base = str(tmp_path_factory.mktemp("nan") / "bright-nan")
+    export_saved_model(keras.Model(inputs, outputs), ["cats", "dogs"], 8, os.path.join(base, "1"))
     return base
 
 
@@ -278,7 +278,7 @@ def test_non_finite_model_output_is_a_json_500_never_nan(nan_model_base):
     server = make_server(nan_model_base, "127.0.0.1", 0, poll_seconds=0)
     serve_in_background(server)
     try:
-        for body in (_body(_jpeg()), json.dumps({"instances": [[[[1, 2, 3]]]]}).encode()):
+        for body in (_body(_jpeg(color=(255, 255, 255))), json.dumps({"instances": [[[[255, 255, 0]]]]}).encode()):
             request = urllib.request.Request(server.url + "/predict", data=body, method="POST")
             with pytest.raises(urllib.error.HTTPError) as raised:
                 urllib.request.urlopen(request, timeout=WAIT_S)
@@ -289,6 +289,18 @@ def test_non_finite_model_output_is_a_json_500_never_nan(nan_model_base):
             assert response.status == 200
     finally:
         server.shutdown()
+        server.server_close()
+
+
+def test_a_version_answering_nan_is_not_served(trained_model, diverged_model, tmp_path, caplog):
+    base = str(tmp_path / "catsdogs")
+    publish_version(trained_model, base)
+    publish_version(diverged_model, base)
+    server = make_server(base, "127.0.0.1", 0, poll_seconds=0)
+    try:
+        assert server.model.version == 1
+        assert [r.getMessage() for r in caplog.records if "version 2" in r.getMessage() and "NaN" in r.getMessage()]
+    finally:
         server.server_close()
 
 

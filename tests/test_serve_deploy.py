@@ -20,8 +20,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from components.deploy.core import publish_version, versions
 from components.errors import InputError
+from components.model_store import publish_version, versions
 from components.serve.batching import MicroBatcher
 from components.serve.client import predict_files, predict_url
 from components.serve.model import LoadedModel
@@ -196,7 +196,7 @@ def _instances(*instances) -> bytes:
         (b'{"instances": [{"b64": 12}]}', '"b64" must be a base64 string'),
         (b'{"instances": [{"url": "x"}]}', "instance 0: expected"),
         (_instances({"b64": _jpeg_b64()}, {"b64": base64.b64encode(b"plain text").decode()}),
-         "instance 1: not a decodable"),
+         "instance 1: not an image"),
         (_instances({"b64": base64.b64encode(_png_header(7_000, 7_000)).decode()}), "over the 40000000-pixel"),
         (_instances({"b64": base64.b64encode(_png_header(99_999, 99_999)).decode()}), "over the 40000000-pixel"),
         (_instances({"b64": base64.b64encode(_png_header(8, 8)).decode()}), "cannot decode the image"),

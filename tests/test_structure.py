@@ -1,10 +1,14 @@
-"""One definition per parameter, one wiring for both DAGs, architectures from a registry or a user's module."""
+"""One definition per parameter, one wiring for both DAGs, architectures from a registry or a user's module;
+stages that import no other stage's modules."""
 
+import ast
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
+import tokenize
 
 import pytest
 import yaml
@@ -150,3 +154,179 @@ def test_trainconfig_is_the_only_place_of_training_defaults():
     for name in parameters():
         assert inputs[name].default is None and not inputs[name].optional, name
     assert TrainConfig().architecture == models.DEFAULT_ARCHITECTURE in models.ARCHITECTURES
+
+
+# -- stages import shared modules (components/*.py) and contracts, never another stage's modules -------------------
+
+STAGES = ("prepare", "convert", "train", "evaluate", "deploy", "serve", "batch_predict")
+COMPONENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "components")
+# (importing file, imported module) -> why. Each one is a reason to keep, not a list to grow.
+ALLOWED = {
+    ("train/core.py", "components.convert.schema"):
+        "the TFRecord schema convert writes is what training reads: one definition, kept beside its writer",
+    ("train/data.py", "components.convert.schema"): "as above: the reader parses convert's schema",
+    ("evaluate/core.py", "components.convert.schema"): "as above: evaluation reads the same records",
+    ("evaluate/core.py", "components.train.data"):
+        "evaluation must decode the held-out records exactly as training did: the same input pipeline",
+    ("convert/inspect.py", "components.train.data"):
+        "`catsdogs inspect` finds and identifies the shards as training does (record_files, detect_format)",
+    ("evaluate/component.py", "components.deploy.registry"):
+        "the evaluation file is written in the Model Registry's schema, which deploy/registry.py defines",
+    ("serve/client.py", "components.deploy.vertex"): "`catsdogs predict --endpoint` calls the endpoint deploy made",
+}
+
+
+def imported_modules(path: str, components_dir: str) -> set[str]:
+    """Every components.* module a file imports, at any depth (imports inside functions too): `from a import b`
+    is module a.b when b is a module under components_dir, else module a."""
+    def is_module(dotted: str) -> bool:
+        relative = os.path.join(components_dir, *dotted.split(".")[1:])
+        return os.path.isdir(relative) or os.path.isfile(relative + ".py")
+
+    found = set()
+    for node in ast.walk(ast.parse(open(path).read(), path)):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            submodules = {f"{node.module}.{alias.name}" for alias in node.names}
+            found.update({m for m in submodules if is_module(m)} or {node.module})
+    return {module for module in found if module.split(".")[0] == "components"}
+
+
+def cross_stage_imports(components_dir: str) -> dict[tuple[str, str], str]:
+    """(file relative to components_dir, imported module of another stage) -> that stage, for every stage file."""
+    found = {}
+    for stage in STAGES:
+        for folder, _, files in os.walk(os.path.join(components_dir, stage)):
+            for name in sorted(f for f in files if f.endswith(".py")):
+                path = os.path.join(folder, name)
+                relative = os.path.relpath(path, components_dir).replace(os.sep, "/")
+                for module in imported_modules(path, components_dir):
+                    parts = module.split(".")
+                    if len(parts) >= 2 and parts[1] in STAGES and parts[1] != stage:
+                        found[(relative, module)] = parts[1]
+    return found
+
+
+def test_stages_import_no_other_stages_modules_but_the_named_exceptions():
+    found = cross_stage_imports(COMPONENTS)
+    unexplained = sorted(set(found) - set(ALLOWED))
+    assert not unexplained, f"a stage imports another stage's module: {unexplained}; move the shared part to " \
+                            "components/ (or, with a reason, add it to ALLOWED)"
+    stale = sorted(set(ALLOWED) - set(found))
+    assert not stale, f"ALLOWED names imports that are gone: {stale}"
+
+
+def test_the_structure_check_finds_an_added_cross_stage_import(tmp_path):
+    for stage in ("serve", "batch_predict"):
+        (tmp_path / stage).mkdir()
+    (tmp_path / "serve" / "versions.py").write_text("from components import model_store\n")
+    (tmp_path / "batch_predict" / "core.py").write_text(
+        "from components import storage\n\n\ndef f():\n    from components.serve.versions import newest\n")
+    assert cross_stage_imports(str(tmp_path)) == {("batch_predict/core.py", "components.serve.versions"): "serve"}
+
+
+# -- names cited in docstrings, comments and docs exist ------------------------------------------------------------
+
+REPOSITORY = os.path.dirname(COMPONENTS)
+REFERENCE = re.compile(r"\b(?:components|pipelines)(?:[./][A-Za-z_]\w*)+")
+# Within components/ a shared module is often cited by its own name: `tracking.settings`, `storage.join`; not
+# `images` and `logs`, which are common words too (images.csv, logs/train.log).
+SHARED_MODULES = sorted(name[:-3] for name in os.listdir(COMPONENTS)
+                        if name.endswith(".py") and name[0] != "_" and name not in ("images.py", "logs.py"))
+SHORT_REFERENCE = re.compile(rf"(?<![\w./:-])(?:{'|'.join(SHARED_MODULES)})\.[A-Za-z_]\w*(?![\w/(-])")
+
+
+def _defined_names(module_file: str) -> dict[str, set[str]]:
+    """A module's top-level names, each with the names defined in its body (a class's methods and attributes)."""
+    tree = ast.parse(open(module_file).read(), module_file)
+    names: dict[str, set[str]] = {}
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            inner = {n.name for n in node.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))} | {
+                t.id for n in node.body if isinstance(n, (ast.Assign, ast.AnnAssign))
+                for t in (n.targets if isinstance(n, ast.Assign) else [n.target]) if isinstance(t, ast.Name)}
+            names[node.name] = inner if isinstance(node, ast.ClassDef) else set()
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                for name in ast.walk(target):
+                    if isinstance(name, ast.Name):
+                        names[name.id] = set()
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update({(alias.asname or alias.name).split(".")[0]: set() for alias in node.names})
+    return names
+
+
+def reference_exists(reference: str, root: str = REPOSITORY) -> bool:
+    """Whether `components.x.y.name` (a module, or a name defined in one) or `components/x/y.py` exists."""
+    if reference.endswith(".py") and "/" in reference:
+        return os.path.isfile(os.path.join(root, reference))
+    parts = reference.replace("/", ".").split(".")
+    for i in range(len(parts), 0, -1):
+        base = os.path.join(root, *parts[:i])
+        if os.path.isfile(base + ".py") or os.path.isfile(os.path.join(base, "__init__.py")):
+            module_file = base + ".py" if os.path.isfile(base + ".py") else os.path.join(base, "__init__.py")
+            rest = parts[i:]
+            break
+    else:
+        return False
+    if not rest:
+        return True
+    names = _defined_names(module_file)
+    if rest[0] not in names:
+        return False
+    return len(rest) == 1 or not names[rest[0]] or rest[1] in names[rest[0]]
+
+
+def _prose(path: str) -> list[tuple[int, str]]:
+    """(line number, text) of what people read: a Python file's comments and docstrings (triple-quoted strings),
+    every line of any other text file (Markdown docs, a README)."""
+    if not path.endswith(".py"):
+        return list(enumerate(open(path, encoding="utf-8"), 1))
+    with open(path, encoding="utf-8") as f:
+        tokens = list(tokenize.generate_tokens(f.readline))
+    prose = []
+    for token in tokens:
+        if token.type == tokenize.COMMENT or (token.type == tokenize.STRING and token.string.endswith(('"""', "'''"))):
+            prose += [(token.start[0] + i, line) for i, line in enumerate(token.string.splitlines())]
+    return prose
+
+
+def missing_references(path: str, root: str = REPOSITORY) -> list[str]:
+    """The `components.`/`pipelines.` names (dotted, or paths to .py files) that a file cites and that do not
+    exist, as "path:line: name". For any text file: code (docstrings and comments), Markdown docs."""
+    missing = []
+    for number, line in _prose(path):
+        short = [f"components.{r}" for r in SHORT_REFERENCE.findall(line)]
+        for reference in REFERENCE.findall(line) + short:
+            if not reference_exists(reference, root):
+                missing.append(f"{os.path.relpath(path, root)}:{number}: {reference}")
+    return missing
+
+
+def _cited_files() -> list[str]:
+    files = []
+    for folder in ("components", "pipelines", "tests", "benchmarks", "images", "plugins", "docs"):
+        for parent, _, names in os.walk(os.path.join(REPOSITORY, folder)):
+            files += [os.path.join(parent, n) for n in sorted(names) if n.endswith((".py", ".md"))]
+    return files
+
+
+def test_every_cited_components_or_pipelines_name_exists():
+    missing = [m for path in _cited_files() if path != os.path.abspath(__file__) for m in missing_references(path)]
+    assert not missing, "\n".join(missing)
+
+
+def test_a_citation_of_a_missing_module_or_name_is_found(tmp_path):
+    doc = tmp_path / "guide.md"
+    doc.write_text("The decoder is `components/train/decode.py`; see components.tracking.pipeline_settings and\n"
+                   "components.model_store.champion, components.evaluate.core.Evaluation.per_class, "
+                   "components/decode.py.\n")
+    assert missing_references(str(doc)) == [f"{os.path.relpath(doc, REPOSITORY)}:1: components/train/decode.py",
+                                            f"{os.path.relpath(doc, REPOSITORY)}:1: "
+                                            "components.tracking.pipeline_settings"]
+    code = tmp_path / "component.py"
+    code.write_text('def f(wandb_settings):\n    """Args:\n        wandb_settings: tracking.pipeline_settings, '
+                    'tracking.settings\n    """\n    return tracking.pipeline_settings  # code is not prose\n')
+    assert missing_references(str(code)) == [f"{os.path.relpath(code, REPOSITORY)}:3: "
+                                             "components.tracking.pipeline_settings"]

@@ -119,7 +119,7 @@ def test_auc_and_roc_match_hand_computed_values():
 
 def test_evaluation_has_auc_roc_and_an_html_report_with_pictures(trained_model, records):
     from components.evaluate.report import html_report
-    from components.train.core import training_info
+    from components.model_store import training_info
 
     result = evaluate(trained_model, records)
     assert 0.0 <= result.auc <= 1.0

@@ -133,7 +133,8 @@ def test_fine_tuning_trains_the_head_then_only_the_top_of_the_backbone(cached_im
 
 
 def test_train_with_fine_tuning_records_both_phases_and_cleans_up(cached_imagenet, records, tmp_path):
-    from components.train.core import TrainConfig, train, training_info
+    from components.model_store import training_info
+    from components.train.core import TrainConfig, train
 
     model_dir = str(tmp_path / "model")
     result = train(records, model_dir, TrainConfig(epochs=1, fine_tune_epochs=1, image_size=IMAGE_SIZE,

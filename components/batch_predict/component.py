@@ -52,7 +52,7 @@ def batch_predict(
     """
     from components import logs
     from components.batch_predict.core import batch_predict as run_batch_prediction
-    from components.convert.pipeline import dataflow_args
+    from components.beam_runner import dataflow_args
 
     logs.setup()
     args = []

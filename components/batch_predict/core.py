@@ -31,9 +31,11 @@ from apache_beam.metrics.metric import Metrics, MetricsFilter
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from components import storage
+from components import model_store, storage
+from components.beam_runner import describe, job_graph_bytes, runner_for
 from components.contracts import SAVED_MODEL_FILE, is_version_name
 from components.errors import InputError
+from components.image_files import BadImage, open_header
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +45,6 @@ PREDICTIONS_PREFIX, ERRORS_PREFIX = "predictions", "errors"
 OUTPUT_PATTERNS = (f"{PREDICTIONS_PREFIX}-*-of-*.jsonl", f"{ERRORS_PREFIX}-*-of-*.csv")
 COUNTER_NAMESPACE = "catsdogs.batch_predict"
 DEFAULT_BATCH_SIZE = 32
-# The serving server's limit: a small compressed file can declare a huge image (see components/serve/model.py).
-MAX_IMAGE_PIXELS = 40_000_000
 
 
 @dataclass
@@ -67,14 +67,15 @@ class BatchSummary:
 
 
 def resolve_model(model: str) -> ModelRef:
-    """A model base (its newest numbered version) or one SavedModel folder; `<base>/<N>` is version N of base."""
-    from components.serve.versions import newest_version
-
+    """A model base (its newest usable version, by the model store's rule that serving follows too) or one
+    SavedModel folder; `<base>/<N>` is version N of base."""
     model = model.rstrip("/")
-    newest = newest_version(model) if storage.exists(model) else None
-    if newest is None:
+    if not (storage.exists(model) and model_store.version_candidates(model)):
         raise InputError(f"--model {model}: no {SAVED_MODEL_FILE} and no numbered versions <base>/N/ there")
-    version, path = newest
+    found = model_store.champion(model)
+    if found is None:
+        raise InputError(f"--model {model}: no version there loads and answers finite numbers (see the warnings)")
+    version, path, _ = found
     parent, _, base_name = model.rpartition("/")
     if path == model and is_version_name(base_name) and parent:
         return ModelRef(path, parent.rpartition("/")[2], int(base_name))
@@ -161,11 +162,10 @@ class _LoadedModel:
         import tensorflow as tf
 
         from components.decode import decode_and_resize
-        from components.serve.model import input_size, load_saved_model
 
-        self.loaded = load_saved_model(path)  # its signatures' variables live as long as this object
+        self.loaded = model_store.load_saved_model(path)  # its signatures' variables live as long as this object
         self.predict = self.loaded.signatures["predict_pixels"]
-        self.size = input_size(self.loaded)
+        self.size = model_store.input_size(self.loaded)
         self.classes = [c.decode() for c in self.loaded.signatures["model_info"]()["classes"].numpy()]
         size = self.size
         self.decode = tf.function(lambda image_bytes: decode_and_resize(image_bytes, size),
@@ -215,23 +215,11 @@ class ImageModelHandler(ModelHandler):
         return COUNTER_NAMESPACE
 
 
-class BadImage(Exception):
-    pass
-
-
 def _decode(model: _LoadedModel, data: bytes):
     """Encoded bytes -> float32 [S, S, 3], as the serving server decodes a request's image; BadImage if not."""
     import tensorflow as tf
-    from PIL import Image, UnidentifiedImageError
 
-    try:
-        width, height = Image.open(io.BytesIO(data)).size  # the header only
-    except Image.DecompressionBombError as e:
-        raise BadImage(f"image over the {MAX_IMAGE_PIXELS}-pixel limit") from e
-    except (UnidentifiedImageError, OSError) as e:
-        raise BadImage("not a decodable image (JPEG, PNG, GIF or BMP)") from e
-    if width * height > MAX_IMAGE_PIXELS:
-        raise BadImage(f"image of {width}x{height} is over the {MAX_IMAGE_PIXELS}-pixel limit")
+    open_header(data)  # the header only: refuses non-images and images over the pixel limit before decoding
     try:
         return model.decode(tf.constant(data)).numpy()
     except tf.errors.InvalidArgumentError as e:
@@ -281,11 +269,6 @@ def build_pipeline(pipeline: beam.Pipeline, source: str, model: ModelRef, output
         | "WriteErrors" >> beam.io.WriteToText(storage.join(output_dir, ERRORS_PREFIX), file_name_suffix=".csv",
                                                header=ERROR_COLUMNS)
     )
-
-
-def job_graph_bytes(pipeline: beam.Pipeline) -> int:
-    """The size of the pipeline's portable proto: what grows if rows were put into the graph."""
-    return len(pipeline.to_runner_api().SerializeToString())
 
 
 def _matches(folder: str, patterns: Sequence[str]) -> list[str]:
@@ -339,12 +322,10 @@ class _DropMessage(logging.Filter):
 def batch_predict(source: str, model: str, output_dir: str, batch_size: int = DEFAULT_BATCH_SIZE,
                   runner: str = "DirectRunner", pipeline_args: list[str] | None = None,
                   dry_run: bool = False) -> BatchSummary:
-    """Scores every image of source (a folder or a CSV with an image_uri column) with the model's newest version
-    and writes predictions-*.jsonl and errors-*.csv to output_dir. pipeline_args go to Beam as they are (e.g.
-    Dataflow's options from `components.convert.pipeline.dataflow_args`). dry_run prints the options, steps and
+    """Scores every image of source (a folder or a CSV with an image_uri column) with the model's newest usable
+    version and writes predictions-*.jsonl and errors-*.csv to output_dir. pipeline_args go to Beam as they are (e.g.
+    Dataflow's options from `components.beam_runner.dataflow_args`). dry_run prints the options, steps and
     job graph size and reads no image."""
-    from components.convert.pipeline import _runner, describe
-
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
     _check_paths(source, output_dir)
@@ -353,7 +334,7 @@ def batch_predict(source: str, model: str, output_dir: str, batch_size: int = DE
     staging = storage.join(output_dir, f".staging-{uuid.uuid4().hex[:12]}")
     options = PipelineOptions(pipeline_args or [])
     # A dry run builds the graph on the local runner: Dataflow's option checks already call GCS.
-    pipeline = beam.Pipeline(runner=_runner("DirectRunner" if dry_run else runner), options=options)
+    pipeline = beam.Pipeline(runner=runner_for("DirectRunner" if dry_run else runner), options=options)
     build_pipeline(pipeline, source, ref, staging, batch_size, column)
     summary = BatchSummary(source, output_dir, ref.name, ref.version)
     if dry_run:

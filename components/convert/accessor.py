@@ -18,7 +18,8 @@ from dataclasses import asdict
 import pandas as pd
 
 from components import storage
-from components.convert.pipeline import REQUIRED_COLUMNS, convert, dataflow_args
+from components.beam_runner import dataflow_args
+from components.convert.pipeline import REQUIRED_COLUMNS, convert
 from components.errors import InputError
 
 # TFRecorder arguments that mean nothing here, and why.

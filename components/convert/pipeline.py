@@ -19,7 +19,6 @@ Output is staged beside --output-dir and moved into place only on success (compo
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import io
@@ -38,14 +37,15 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.tfrecordio import _TFRecordUtil
 from apache_beam.metrics.metric import Metrics, MetricsFilter
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
-from apache_beam.pipeline import PipelineVisitor
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from components import storage
+from components.beam_runner import describe, pipeline_options, runner_for
 from components.contracts import CSV_COLUMNS, CSV_SPLITS, DISCARD, SPLITS
 from components.convert import output, schema
-from components.convert.images import BadImage, to_rgb_jpeg, to_rgb_pixels
+from components.convert.images import to_rgb_jpeg, to_rgb_pixels
 from components.errors import InputError
+from components.image_files import BadImage
 
 log = logging.getLogger(__name__)
 
@@ -346,7 +346,7 @@ class WriteShard(beam.DoFn):
             return row, ShardFile.encode(example, self.gzip), None
         except BadImage as e:
             return row, None, str(e)
-        except Exception as e:  # noqa: BLE001 - a decoder bug on one odd file must not stop the other rows
+        except Exception as e:  # a decoder bug on one odd file must not stop the other rows
             log.exception("unexpected failure on %s", row["image_uri"])
             return row, None, f"unexpected {type(e).__name__}: {e}"
 
@@ -437,89 +437,6 @@ def build_pipeline(pipeline: beam.Pipeline, csv_path: str, scan: CsvScan, folder
     _ = (checked.bad, unique[CheckRow.BAD], written[WriteShard.BAD]) | "WriteErrors" >> WriteErrors(folder)
 
 
-def dataflow_args(project: str, region: str, temp_location: str, sdk_container_image: str = "",
-                  service_account: str = "", machine_type: str = "", max_workers: int = 0, job_name: str = "",
-                  subnetwork: str = "", labels: dict[str, str] | None = None) -> list[str]:
-    """Beam options for a Dataflow run; empty values are left to Dataflow's defaults."""
-    missing = [n for n, v in (("project", project), ("region", region), ("temp_location", temp_location)) if not v]
-    if missing:
-        raise InputError(f"DataflowRunner needs {', '.join(missing)}")
-    if not temp_location.startswith("gs://"):
-        raise InputError(f"Dataflow's temp_location must be a gs:// path, got {temp_location!r}")
-    options = {
-        "project": project, "region": region, "temp_location": temp_location,
-        "sdk_container_image": sdk_container_image, "service_account_email": service_account,
-        "machine_type": machine_type, "max_num_workers": str(max_workers) if max_workers else "",
-        "job_name": job_name, "subnetwork": subnetwork,
-    }
-    args = [f"--{name}={value}" for name, value in options.items() if value]
-    return args + [f"--labels={key}={value}" for key, value in sorted((labels or {}).items())]
-
-
-def _runner(name: str):
-    """DirectRunner means Beam's local FnApiRunner: the switching DirectRunner first tries to download the
-    Prism runner binary, which fails offline and ignores the direct_* options."""
-    if name == "DirectRunner":
-        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-
-        return FnApiRunner()
-    return name
-
-
-def check_beam_args(pipeline_args: list[str]) -> None:
-    """Refuses unknown or malformed Beam options (argparse would exit the process, Beam would drop unknown ones
-    with a warning) before anything is touched."""
-    parsers = []
-    errors = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(errors):
-            PipelineOptions(pipeline_args).get_all_options(add_extra_args_fn=parsers.append)
-            _, unknown = parsers[0].parse_known_args(pipeline_args)
-    except SystemExit as e:
-        lines = [line for line in errors.getvalue().splitlines() if line.strip()]
-        message = lines[-1].split("error: ", 1)[-1] if lines else f"exit {e.code}"
-        raise InputError(f"Beam option after --: {message}") from None
-    if unknown:
-        raise InputError(f"unknown Beam option(s) after --: {' '.join(unknown)}")
-
-
-def pipeline_options(runner: str, pipeline_args: list[str], direct_workers: int) -> PipelineOptions:
-    """Beam options; direct_workers > 1 runs the local FnApiRunner's stages in that many processes (one
-    process with threads per shard is the default: measured faster on 2 cores, see benchmarks/convert.py)."""
-    check_beam_args(pipeline_args)
-    options = PipelineOptions(pipeline_args)
-    if runner == "DirectRunner" and direct_workers > 1:
-        direct = options.view_as(DirectOptions)
-        direct.direct_running_mode = "multi_processing"
-        direct.direct_num_workers = direct_workers
-    return options
-
-
-def describe(pipeline: beam.Pipeline, options: PipelineOptions) -> str:
-    """What a dry run prints: the options that differ from Beam's defaults, the pipeline's steps and the size
-    of the job graph that would be submitted (Dataflow refuses graphs over ~10 MB)."""
-
-    class Steps(PipelineVisitor):
-        def __init__(self):
-            self.lines = []
-
-        def enter_composite_transform(self, node):
-            depth = node.full_label.count("/")
-            if node.full_label and depth < 2:
-                self.lines.append("  " * (depth + 1) + node.full_label.rsplit("/", 1)[-1])
-
-    steps = Steps()
-    pipeline.visit(steps)
-    chosen = options.get_all_options(drop_default=True, retain_unknown_options=True)
-    return "\n".join(["pipeline options:", *(f"  --{k}={v}" for k, v in sorted(chosen.items())), "steps:",
-                      *steps.lines, f"job graph: {job_graph_bytes(pipeline)} bytes"])
-
-
-def job_graph_bytes(pipeline: beam.Pipeline) -> int:
-    """Size of the serialized pipeline proto, what a runner is sent."""
-    return len(pipeline.to_runner_api().SerializeToString())
-
-
 def _check_arguments(record_format: str, compression: str, num_shards: int, max_error_fraction: float) -> None:
     if record_format not in schema.FORMATS:
         raise InputError(f"--format must be one of {', '.join(schema.FORMATS)}, got {record_format!r}")
@@ -554,7 +471,7 @@ def convert(csv_path: str, output_dir: str, record_format: str = "jpeg", compres
 
     if dry_run:
         # A dry run builds the graph on the local runner: Dataflow's option checks already call GCS.
-        pipeline = beam.Pipeline(runner=_runner("DirectRunner"), options=options)
+        pipeline = beam.Pipeline(runner=runner_for("DirectRunner"), options=options)
         build_pipeline(pipeline, csv_path, scan, storage.join(output_dir, "staging"), num_shards, record_format,
                        compression)
         print(f"dry run: would convert {scan.rows} rows of {csv_path} to {output_dir} "
@@ -585,7 +502,7 @@ def convert(csv_path: str, output_dir: str, record_format: str = "jpeg", compres
 
 def _run(csv_path: str, staging: str, scan: CsvScan, summary: ConversionSummary, options: PipelineOptions,
          runner: str, num_shards: int, record_format: str, compression: str) -> None:
-    pipeline = beam.Pipeline(runner=_runner(runner), options=options)
+    pipeline = beam.Pipeline(runner=runner_for(runner), options=options)
     build_pipeline(pipeline, csv_path, scan, staging, num_shards, record_format, compression)
     schema.write_labels(staging, summary.labels)
     log.info("converting %d rows from %s (%s) with %s, staging in %s", scan.rows, csv_path, record_format, runner,

@@ -10,10 +10,10 @@ from components.images import LOCAL
 @dsl.component(base_image=LOCAL.components, install_kfp_package=False)
 def deploy_local(model: Input[Model], model_base: str, wandb_settings: Optional[Dict[str, str]] = None) -> int:
     """Publishes the SavedModel as the next numbered version under model_base (TF Serving's layout), where
-    `catsdogs serve` picks it up, and returns the version number. wandb_settings (tracking.pipeline_settings)
+    `catsdogs serve` picks it up, and returns the version number. wandb_settings (tracking.settings)
     makes it a W&B run: model in, endpoint (the model base and version) out."""
     from components import logs, tracking
-    from components.deploy.core import publish_version
+    from components.model_store import publish_version
 
     logs.setup()
     with tracking.step_run("deploy", "deploy", wandb_settings, {"model_base": model_base}) as run:

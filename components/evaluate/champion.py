@@ -1,6 +1,7 @@
 """Champion/challenger: the candidate is published only when it is at least as good as the version being served.
 
-The champion (locally the newest version under the model base, on Vertex the model's `default` version) is
+The champion (locally the newest usable version under the model base by the model store's rule, on Vertex the
+model's `default` version; a version that does not load or answers NaN is named in a warning and skipped) is
 scored on the same held-out split of the same records as the candidate, so the two accuracies are comparable;
 `decide` then applies the rule (TFX's Evaluator "blessing"): the candidate reaches `min_accuracy` and is not
 worse than the champion by more than `max_regression`. A rejection is a result, not a failure.
@@ -12,8 +13,7 @@ import logging
 import math
 from dataclasses import dataclass
 
-from components import storage
-from components.contracts import SAVED_MODEL_FILE
+from components import model_store
 from components.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,8 @@ class Decision:
 class Champion:
     model_dir: str  # the SavedModel folder
     version: str  # what people call it: the version number locally, the artifact URI on Vertex
+    class_names: list[str] | None = None  # from its training.json
+    loaded: object = None  # the SavedModel, loaded and checked (model_store.load_checked)
 
 
 def check_max_regression(max_regression: float) -> None:
@@ -90,32 +92,37 @@ def decision_from_metrics(metrics: dict) -> Decision:
 
 def find_champion(champion_uri: str) -> Champion | None:
     """The SavedModel to compare with: champion_uri itself when it holds saved_model.pb (a Vertex model's
-    artifact URI, a SavedModel folder), else the newest version under it (a local or gs:// model base).
-    None when there is nothing yet (empty URI, missing or empty model base): the first run."""
+    artifact URI, a SavedModel folder), else the newest usable version under it (a local or gs:// model base).
+    None when there is nothing usable yet (empty URI, missing or empty model base: the first run)."""
     if not champion_uri:
         return None
-    if storage.exists(storage.join(champion_uri, SAVED_MODEL_FILE)):
-        return Champion(champion_uri, champion_uri)
-    from components.deploy.core import versions
-
-    found = versions(champion_uri)
-    if not found:
+    found = model_store.champion(champion_uri, _load_champion)
+    if found is None:
         return None
-    return Champion(storage.join(champion_uri, str(found[-1])), str(found[-1]))
+    version, path, (info, loaded) = found
+    return Champion(path, champion_uri if path == champion_uri else str(version), info.get("class_names"), loaded)
+
+
+def _load_champion(path: str) -> tuple[dict, object]:
+    """A version is usable as champion when its training.json reads and its SavedModel passes the store's rule."""
+    return model_store.training_info(path), model_store.load_checked(path)
 
 
 def score_champion(champion: Champion, data_dir: str, candidate_split: str, class_names: list[str]):
     """The champion's Evaluation on the candidate's split of data_dir, or None when the two are not comparable
-    (the champion knows other classes: the label indices of the records mean something else to it)."""
-    from components.evaluate.core import evaluate
-    from components.train.core import training_info
+    (the champion knows other classes: the label indices of the records mean something else to it, or it
+    answers NaN on these images)."""
+    from components.evaluate.core import NonFiniteAnswers, evaluate
 
-    champion_classes = training_info(champion.model_dir).get("class_names")
-    if champion_classes != class_names:
+    if champion.class_names != class_names:
         log.warning("champion version %s predicts %s, the records hold %s: not comparable, deciding on "
-                    "--min-accuracy alone", champion.version, champion_classes, class_names)
+                    "--min-accuracy alone", champion.version, champion.class_names, class_names)
         return None
-    result = evaluate(champion.model_dir, data_dir)
+    try:
+        result = evaluate(champion.model_dir, data_dir, loaded=champion.loaded)
+    except NonFiniteAnswers as e:
+        log.warning("skipping champion version %s: %s; deciding on --min-accuracy alone", champion.version, e)
+        return None
     if result.split != candidate_split:  # evaluate picks the split from the records: the same for both
         raise AssertionError(f"champion scored on {result.split}, candidate on {candidate_split}")
     return result

@@ -38,7 +38,7 @@ def evaluate(
         champion_uri: The version served now: a model base (the newest version under it), a SavedModel folder
             or a Vertex model's artifact URI (gs://). Empty: no champion, min_accuracy alone decides.
         max_regression: How much lower than the champion's the candidate's accuracy may be (0: ties deploy).
-        wandb_settings: tracking.pipeline_settings; makes it a W&B run: model and tfrecords in, metrics,
+        wandb_settings: W&B settings (tracking.settings); makes it a W&B run: model and tfrecords in, metrics,
             confusion matrix, sample predictions and the decision out.
 
     Returns:
@@ -54,7 +54,7 @@ def evaluate(
     from components.evaluate.champion import check_max_regression, decide, find_champion, score_champion
     from components.evaluate.core import evaluate as score
     from components.evaluate.report import html_report
-    from components.train.core import training_info
+    from components.model_store import training_info
 
     logs.setup()
     check_max_regression(max_regression)

@@ -24,7 +24,7 @@ def prepare(
         image_csv: The CSV written, one row per image (split, image_uri, label), with a header.
         train_fraction: Share of images hashed into TRAIN when there are no split folders (0 to 1).
         validation_fraction: Share hashed into VALIDATION when there are no split folders; the rest is TEST.
-        wandb_settings: W&B settings from tracking.pipeline_settings; when given the step is a W&B run
+        wandb_settings: W&B settings (tracking.settings); when given the step is a W&B run
             (training_images in, image_uris_csv out).
     """
     from components import logs, tracking

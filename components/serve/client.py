@@ -65,10 +65,10 @@ def downsize(data: bytes, image_size: int | None) -> tuple[bytes, tuple[int, int
     and flattened onto white first, as conversion does: the re-encoded JPEG carries no EXIF any more."""
     from PIL import Image
 
-    from components.convert.images import BadImage, _open, _upright_rgb
+    from components.image_files import BadImage, open_header, upright_rgb
 
     try:
-        image = _upright_rgb(_open(data))
+        image = upright_rgb(open_header(data))
     except BadImage as e:
         raise InputError(str(e)) from e
     size = downsized_size(*image.size, image_size)

@@ -10,26 +10,18 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import logging
-import shutil
-import tempfile
-import warnings
 from dataclasses import dataclass
 from http import HTTPStatus
 
 import numpy as np
 import tensorflow as tf
-from PIL import Image, UnidentifiedImageError
 
-from components import storage
 from components.decode import decode_and_resize
-from components.errors import InputError
+from components.image_files import BadImage, open_header
+from components.model_store import check_answers, input_size, load_saved_model, probe_pixels
 
 log = logging.getLogger(__name__)
-
-# A small compressed image can declare a huge size; decoding it would exhaust memory and take the server down.
-MAX_IMAGE_PIXELS = 40_000_000
 
 
 class RequestError(Exception):
@@ -42,26 +34,6 @@ class RequestError(Exception):
 
 def bad_request(message: str) -> RequestError:
     return RequestError(HTTPStatus.BAD_REQUEST, message)
-
-
-def input_size(loaded) -> int:
-    """The side S of the [S, S] that the SavedModel resizes every image to (its model_info signature)."""
-    if "model_info" not in loaded.signatures:
-        raise InputError("the SavedModel has no model_info signature: was it exported by `catsdogs train`?")
-    return int(loaded.signatures["model_info"]()["image_size"])
-
-
-def load_saved_model(path: str):
-    """tf.saved_model.load, through a local copy for gs:// (one download, and no dependence on TensorFlow's own
-    GCS filesystem and its credentials)."""
-    if not storage.is_gcs(path):
-        return tf.saved_model.load(path)
-    local = tempfile.mkdtemp(prefix="catsdogs-model-")
-    try:
-        storage.copy_tree(path, local)
-        return tf.saved_model.load(local)
-    finally:
-        shutil.rmtree(local, ignore_errors=True)
 
 
 @dataclass
@@ -90,7 +62,7 @@ class LoadedModel:
         loaded = load_saved_model(path)
         self._loaded = loaded  # the signatures' variables live as long as this object
         self._predict = loaded.signatures["predict_pixels"]
-        size = input_size(loaded)
+        size = self.size = input_size(loaded)
         # The same preprocessing as the SavedModel's own signatures (and training), one image at a time.
         self._decode = tf.function(lambda image_bytes: decode_and_resize(image_bytes, size),
                                    input_signature=[tf.TensorSpec([], tf.string)])
@@ -123,12 +95,14 @@ class LoadedModel:
         )
 
     def warm_up(self, max_batch: int) -> None:
-        """Runs every path once so the first requests do not pay for graph and kernel set-up."""
+        """Runs every path once so the first requests do not pay for graph and kernel set-up; UnusableVersion
+        when the model answers the model store's probe with NaN or infinity (it is then not served)."""
         image = tf.io.encode_jpeg(tf.zeros([32, 32, 3], tf.uint8)).numpy()
         pixels = self.instance_pixels({"b64": base64.b64encode(image).decode()}, 0)
         self.instance_pixels([[[0, 0, 0]]], 0)
         for size in sorted({1, max_batch}):
             self.predict(np.repeat(pixels[np.newaxis], size, axis=0))
+        check_answers(self.predict(probe_pixels(self.size)).probabilities)
 
 
 @dataclass
@@ -160,18 +134,10 @@ def read_instance(instance, index: int) -> Instance:
 
 def _image_size(data: bytes, index: int) -> tuple[int, int]:
     """(width, height) from the image's header, before any pixel is decoded."""
-    too_large = bad_request(f"instance {index}: the image is over the {MAX_IMAGE_PIXELS}-pixel limit")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit is below
-            width, height = Image.open(io.BytesIO(data)).size  # reads the header only
-    except Image.DecompressionBombError as e:
-        raise too_large from e
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise bad_request(f"instance {index}: not a decodable image (JPEG, PNG, GIF or BMP)") from e
-    if width * height > MAX_IMAGE_PIXELS:
-        raise too_large
-    return width, height
+        return open_header(data).size
+    except BadImage as e:
+        raise bad_request(f"instance {index}: {e}") from e
 
 
 def _b64_bytes(text, index: int) -> bytes:

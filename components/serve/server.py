@@ -138,7 +138,7 @@ class PredictionApp:
             response = _json(e.status, {"error": str(e)}, headers=headers)
         except ClientDisconnect:
             return  # the client hung up before its body arrived: nobody to answer
-        except Exception:  # noqa: BLE001 - a server bug must answer 500, not drop the connection
+        except Exception:  # a server bug must answer 500, not drop the connection
             log.exception("%s %s failed", request.method, scope["path"])
             response = _json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error, see the server log"})
         await response(scope, receive, send)

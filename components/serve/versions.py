@@ -1,7 +1,8 @@
 """Which model version is served: the newest *loadable* one under a TF Serving base folder, followed as versions
 come and go.
 
-A poller thread lists the base folder. The served version is the newest one that loads: a new version is loaded
+A poller thread lists the base folder. The served version is the newest one that loads and answers finite numbers
+(the model store's rule, `components/model_store.py`): a new version is loaded
 and warmed fully before it is swapped in with one assignment; when the served version disappears, the newest
 loadable version left takes its place (a rollback), skipping broken ones. A version that failed to load is not
 tried again until its files change (their names, sizes and modification times), so a broken folder costs one
@@ -17,25 +18,11 @@ import os
 import threading
 
 from components import storage
-from components.contracts import SAVED_MODEL_FILE
-from components.deploy.core import versions
 from components.errors import InputError
+from components.model_store import version_candidates
 from components.serve.model import LoadedModel
 
 log = logging.getLogger(__name__)
-
-
-def newest_version(model_base: str) -> tuple[int, str] | None:
-    """(version, path) of the newest version under model_base; a bare SavedModel folder is version 1."""
-    candidates = version_candidates(model_base)
-    return candidates[0] if candidates else None
-
-
-def version_candidates(model_base: str) -> list[tuple[int, str]]:
-    """(version, path) of every version under model_base, newest first; a bare SavedModel folder is version 1."""
-    if storage.exists(storage.join(model_base, SAVED_MODEL_FILE)):
-        return [(1, model_base)]
-    return [(v, storage.join(model_base, str(v))) for v in reversed(versions(model_base))]
 
 
 def files_signature(path: str) -> tuple:
@@ -138,7 +125,7 @@ class VersionManager:
         while not self._stop.wait(seconds):
             try:
                 self.refresh()
-            except Exception:  # noqa: BLE001 - e.g. GCS briefly unreachable: try again next time
+            except Exception:  # e.g. GCS briefly unreachable: try again next time
                 log.exception("polling %s failed", self.model_base)
 
     def close(self) -> None:

@@ -40,7 +40,7 @@ def train(
         augment: Random flips and crops while training.
         fine_tune_epochs: After `epochs` with the backbone frozen, this many more with its top layers unfrozen at
             a lower learning rate (0: no fine-tuning; needs an architecture with a pretrained backbone).
-        wandb_settings: W&B tracking (tracking.pipeline_settings); the chief's run logs per-epoch metrics.
+        wandb_settings: W&B tracking (tracking.settings); the chief's run logs per-epoch metrics.
     """
     from dataclasses import asdict
 

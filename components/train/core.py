@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import keras
 import tensorflow as tf
 
-from components import storage
+from components import model_store, storage
 from components.contracts import HELD_OUT_SPLITS
 from components.convert import schema
 from components.errors import InputError
@@ -26,7 +26,6 @@ from components.train.export import export_saved_model
 
 log = logging.getLogger(__name__)
 
-TRAINING_INFO = "training.json"  # beside the SavedModel: config, class names, per-epoch history
 BACKUP_DIR = "backup"  # inside the model dir while training; removed when training completes
 BACKUP_CONFIG = "catsdogs-config.json"  # inside BACKUP_DIR: the settings the interrupted run trained with
 
@@ -177,13 +176,7 @@ def train(data_dir: str, model_dir: str, config: TrainConfig = TrainConfig(),
     info = {"config": asdict(config), "class_names": class_names, "history": history,
             "precision": policy, "replicas": strategy.num_replicas_in_sync, "workers": workers,
             "resumed_from_epoch": backup.resumed_from}
-    storage.write_text(storage.join(output_dir, TRAINING_INFO), json.dumps(info, indent=1))
+    model_store.write_training_info(output_dir, info)
     log.info("exported SavedModel to %s", output_dir)
     return TrainResult(history, output_dir)
 
-
-def training_info(model_dir: str) -> dict:
-    path = storage.join(model_dir, TRAINING_INFO)
-    if not storage.exists(path):
-        raise InputError(f"{path} not found: is {model_dir} the output of `catsdogs train`?")
-    return json.loads(storage.read_text(path))

@@ -108,7 +108,7 @@ def imagenet_path(architecture: str) -> str:
         with contextlib.redirect_stdout(io.StringIO()):
             path = keras.utils.get_file(spec.file_name, spec.origin, cache_subdir="models",
                                         file_hash=spec.file_hash, cache_dir=os.path.dirname(cache))
-    except Exception as error:  # get_file raises a bare Exception("URL fetch failure on URL: None -- REASON")
+    except Exception as error:  # noqa: BLE001 - get_file raises a bare Exception("URL fetch failure ... -- REASON")
         reason = (str(error).splitlines() or [type(error).__name__])[0].rpartition(" -- ")[2]
         raise InputError(f"--weights imagenet: {spec.file_name} is not in Keras' cache and cannot be downloaded "
                          f"from {spec.origin} ({reason}): put the file at {path} (KERAS_HOME moves the cache)"
