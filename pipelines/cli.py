@@ -104,6 +104,15 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_export(args) -> None:
+    from components.export.core import MANIFEST, default_output_dir, export_model, table
+
+    output_dir = args.output_dir or default_output_dir(args.model_dir)
+    parity = export_model(args.model_dir, args.data, args.format, args.quantize, output_dir)
+    print(table([parity]))
+    print(f"wrote {storage.join(output_dir, parity.file)} (its input, classes and these numbers: {MANIFEST} there)")
+
+
 def _exit_on_sigterm(signum, frame) -> None:
     raise SystemExit(0)
 
@@ -523,6 +532,25 @@ def build_parser() -> argparse.ArgumentParser:
                         "epoch; DIR caches on disk (default %(default)s)")
     _add_training_flags(p)
     p.set_defaults(handler=cmd_train)
+
+    from components.export import core as export
+
+    p = sub.add_parser("export", help="export a SavedModel to TFLite or ONNX, checked against it on TEST",
+                       description="Converts the SavedModel's pixel signature (float32 RGB 0..255 at the model's "
+                                   "size, rescaled inside) to a .tflite or .onnx file, runs both on the TEST split "
+                                   "(VALIDATION without one) and prints top-1 agreement, accuracies, the largest "
+                                   "probability difference, sizes and one-image CPU latencies. An export under its "
+                                   "agreement bar (99.5%%; int8: 98%%) is refused and nothing is written.")
+    p.add_argument("model_dir", metavar="MODEL_DIR", help="a SavedModel from `catsdogs train` (e.g. a version folder)")
+    p.add_argument("--format", required=True, choices=export.FORMATS)
+    p.add_argument("--quantize", choices=export.QUANTIZATIONS, default="none",
+                   help="tflite only: fp16 weights, or int8 weights and activations calibrated on TRAIN images "
+                        "(default %(default)s)")
+    p.add_argument("--data", required=True, metavar="TFRECORD_DIR",
+                   help="output folder of `catsdogs convert`: TEST to measure on, TRAIN to calibrate int8")
+    p.add_argument("--output-dir", default=None,
+                   help=f"where the file and {export.MANIFEST} go (default MODEL_DIR/{export.DEFAULT_SUBDIR})")
+    p.set_defaults(handler=cmd_export)
 
     p = sub.add_parser("serve", help="serve the newest model version over HTTP")
     p.add_argument("model_base", metavar="MODEL_BASE", nargs="?",
