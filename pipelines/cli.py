@@ -188,6 +188,9 @@ def cmd_run(args) -> int:
 
     workdir = local_workdir(args.workdir)  # before a sample is generated there
     config = training_config(args)  # a bad flag fails here, before anything runs
+    from components.export.core import parse_formats
+
+    parse_formats(args.export_formats)  # so does a bad --export-formats
     logs_dir = os.path.join(workdir, "logs")
     progress.clear_logs(logs_dir)
     if args.verbose:
@@ -221,7 +224,7 @@ def _run(args, config, console, logs_dir: str) -> int:
             min_accuracy=args.min_accuracy, max_regression=args.max_regression, record_format=args.format,
             console=console,
             wandb_project=args.wandb_project, wandb_mode=args.wandb_mode, wandb_group=args.wandb_group,
-            **training_arguments(config),
+            export_formats=args.export_formats, **training_arguments(config),
         )
     except PipelineFailed as e:
         console.print(f"catsdogs run: step {e.step.name} failed, so the steps after it did not run")
@@ -247,6 +250,8 @@ def _summary(console, result, args) -> None:
         rows.append(("deployed", f"version {result.version} at "
                                  f"{progress.relative(storage.join(result.model_base, str(result.version)))}"))
     rows += [("report", progress.relative(report)) for report in result.reports]
+    if result.exports:
+        rows.append(("exports", f"{progress.relative(result.exports)}/ (export.json: parity and latency)"))
     rows.append(("W&B", _wandb_summary(result.wandb_runs)))
     rows.append(("step logs", f"{progress.relative(result.logs_dir)}/ ("
                               + ", ".join(os.path.basename(s.log_path) for s in result.steps) + ")"))
@@ -625,6 +630,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", "-v", action="store_true", default=argparse.SUPPRESS,
                    help="show every step's whole output here too (it always goes to WORKDIR/logs/<step>.log)")
     _add_training_flags(p)
+    p.add_argument("--export-formats", default="", metavar="FORMAT[:QUANTIZE],...",
+                   help="also export the trained model, checked against it on TEST: e.g. onnx,tflite:int8 (see "
+                        "`catsdogs export`; default: none)")
     wandb = p.add_argument_group("Weights & Biases (one run per step; W&B files go under WORKDIR/wandb)")
     wandb.add_argument("--wandb-project", default=tracking.PROJECT, help="(default %(default)s)")
     wandb.add_argument("--wandb-mode", choices=tracking.MODES,

@@ -6,6 +6,7 @@ exported files are then run in a clean interpreter with only their runtime.
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -149,7 +150,7 @@ def test_an_export_that_would_change_the_answers_is_refused(records, tmp_path):
 
 
 @pytest.mark.parametrize("argv, named", [
-    (["--format", "onnx", "--quantize", "int8"], "--quantize int8 is not available for onnx"),
+    (["--format", "onnx", "--quantize", "int8"], "quantize 'int8' is not available for onnx"),
     (["--format", "tflite", "--quantize", "int4"], "--quantize: invalid choice: 'int4'"),
     (["--format", "coreml"], "--format: invalid choice: 'coreml'"),
 ])
@@ -168,3 +169,53 @@ def test_a_folder_without_a_savedmodel_is_one_error_line(tmp_path, capsys):
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and f"{tmp_path} holds no saved_model.pb" in lines[0], lines
     assert not (tmp_path / "export").exists()
+
+
+@pytest.fixture(scope="module")
+def compiled_pipelines(tmp_path_factory) -> dict[str, dict]:
+    import yaml
+
+    folder = tmp_path_factory.mktemp("pipelines")
+    assert main(["compile", "--output", str(folder / "vertex.yaml")]) == 0
+    from kfp import compiler
+
+    from pipelines.local import local_pipeline
+
+    compiler.Compiler().compile(local_pipeline, str(folder / "local.yaml"))
+    return {name: yaml.safe_load((folder / f"{name}.yaml").read_text()) for name in ("local", "vertex")}
+
+
+@pytest.mark.parametrize("pipeline", ["local", "vertex"])
+def test_both_pipelines_export_only_when_asked(pipeline, compiled_pipelines):
+    compiled = compiled_pipelines[pipeline]
+    assert compiled["root"]["inputDefinitions"]["parameters"]["export_formats"]["defaultValue"] == ""
+    tasks = compiled["root"]["dag"]["tasks"]
+    name = {task_id: task["taskInfo"]["name"] for task_id, task in tasks.items()}
+    condition = next(task for task in tasks.values() if task["taskInfo"]["name"] == "export-formats")
+    rule = condition["triggerPolicy"]["condition"]
+    assert "export_formats" in rule and "!= ''" in rule, rule
+    upstream = {name[t].split(" (")[0] for t in condition["dependentTasks"]}
+    assert upstream >= {"train", "convert to TFRecords"}
+    inner = compiled["components"][condition["componentRef"]["name"]]["dag"]["tasks"]
+    (step,) = [task for task in inner.values() if task["taskInfo"]["name"] == "export (TFLite / ONNX)"]
+    assert step["inputs"]["parameters"]["export_formats"] == {
+        "componentInputParameter": "pipelinechannel--export_formats"}
+
+
+@pytest.mark.slow
+def test_run_with_export_formats_puts_the_exports_beside_the_version(tmp_path):
+    workdir = tmp_path / "w"
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "run", "--workdir", str(workdir), "--per-class", "20", "--epochs", "1",
+         "--image-size", str(IMAGE_SIZE), "--export-formats", "onnx,tflite:int8"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert done.returncode == 0, done.stdout
+    version = workdir / "models" / "catsdogs" / "1"
+    entries = json.loads((version / "export" / MANIFEST).read_text())["exports"]
+    assert set(entries) == {"model.onnx", "model-int8.tflite"}
+    for name, entry in entries.items():
+        assert (version / "export" / name).stat().st_size == entry["size_bytes"]
+        assert entry["agreement"] >= entry["min_agreement"]
+    assert "export" in (workdir / "logs" / "export.log").read_text()
+    assert re.search(r"^exports +\S*models/catsdogs/1/export/ ", done.stdout, re.M), done.stdout

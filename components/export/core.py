@@ -59,7 +59,10 @@ def parse_formats(text: str) -> list[tuple[str, str]]:
         if not item:
             continue
         fmt, _, quantize = item.partition(":")
-        check(fmt, quantize or "none")
+        try:
+            check(fmt, quantize or "none")
+        except InputError as e:
+            raise InputError(f"export formats {text!r}: {e} (expected FORMAT[:QUANTIZE],...)") from None
         pairs.append((fmt, quantize or "none"))
     return pairs
 
@@ -68,7 +71,7 @@ def check(fmt: str, quantize: str) -> None:
     if fmt not in FORMATS:
         raise InputError(f"format {fmt!r} is unknown: choose from {', '.join(FORMATS)}")
     if quantize not in FORMAT_QUANTIZATIONS[fmt]:
-        raise InputError(f"--quantize {quantize} is not available for {fmt}: choose from "
+        raise InputError(f"quantize {quantize!r} is not available for {fmt}: choose from "
                          f"{', '.join(FORMAT_QUANTIZATIONS[fmt])}")
 
 
