@@ -105,10 +105,12 @@ def cmd_train(args) -> int:
 
 
 def cmd_export(args) -> None:
-    from components.export.core import MANIFEST, default_output_dir, export_model, table
+    from components.export.core import MANIFEST, check, default_output_dir, export_model, table, training_data
 
+    check(args.format, args.quantize)
     output_dir = args.output_dir or default_output_dir(args.model_dir)
-    parity = export_model(args.model_dir, args.data, args.format, args.quantize, output_dir)
+    data = args.data or training_data(args.model_dir)
+    parity = export_model(args.model_dir, data, args.format, args.quantize, output_dir)
     print(table([parity]))
     print(f"wrote {storage.join(output_dir, parity.file)} (its input, classes and these numbers: {MANIFEST} there)")
 
@@ -551,8 +553,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantize", choices=export.QUANTIZATIONS, default="none",
                    help="tflite only: fp16 weights, or int8 weights and activations calibrated on TRAIN images "
                         "(default %(default)s)")
-    p.add_argument("--data", required=True, metavar="TFRECORD_DIR",
-                   help="output folder of `catsdogs convert`: TEST to measure on, TRAIN to calibrate int8")
+    p.add_argument("--data", default=None, metavar="TFRECORD_DIR",
+                   help="output folder of `catsdogs convert`: TEST to measure on, TRAIN to calibrate int8 "
+                        "(default: the data the model was trained on, from its training.json)")
     p.add_argument("--output-dir", default=None,
                    help=f"where the file and {export.MANIFEST} go (default MODEL_DIR/{export.DEFAULT_SUBDIR})")
     p.set_defaults(handler=cmd_export)

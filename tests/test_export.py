@@ -7,6 +7,7 @@ exported files are then run in a clean interpreter with only their runtime.
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -135,7 +136,7 @@ def test_an_export_that_would_change_the_answers_is_refused(records, tmp_path):
                        "--epochs", "1", "--image-size", str(IMAGE_SIZE), env=env)
     assert trained.returncode == 0, trained.stderr[-3000:]
     out = tmp_path / "out"
-    good = catsdogs("export", model, "--format", "tflite", "--data", records, "--output-dir", str(out))
+    good = catsdogs("export", model, "--format", "tflite", "--output-dir", str(out))  # --data: from training.json
     assert good.returncode == 0, good.stderr[-3000:]
     before = {p.name: p.read_bytes() for p in out.iterdir()}
 
@@ -219,3 +220,15 @@ def test_run_with_export_formats_puts_the_exports_beside_the_version(tmp_path):
         assert entry["agreement"] >= entry["min_agreement"]
     assert "export" in (workdir / "logs" / "export.log").read_text()
     assert re.search(r"^exports +\S*models/catsdogs/1/export/ ", done.stdout, re.M), done.stdout
+
+
+def test_without_data_recorded_the_command_asks_for_data(trained_model, tmp_path, capsys):
+    model = tmp_path / "model"
+    shutil.copytree(trained_model, model)
+    info = json.loads((model / "training.json").read_text())
+    assert info.pop("data") and True  # training records the data it trained on
+    (model / "training.json").write_text(json.dumps(info))
+    assert main(["export", str(model), "--format", "onnx"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "pass --data TFRECORD_DIR" in lines[0], lines
+    assert not (model / "export").exists()

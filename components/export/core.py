@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from components import storage
-from components.contracts import HELD_OUT_SPLITS, TRAIN
+from components.contracts import HELD_OUT_SPLITS, SAVED_MODEL_FILE, TRAIN, TRAINING_INFO_FILE
 from components.errors import InputError
 from components.export import runtimes
 
@@ -45,6 +45,22 @@ BATCH = 64
 
 def default_output_dir(model_dir: str) -> str:
     return storage.join(model_dir, DEFAULT_SUBDIR)
+
+
+def check_model_dir(model_dir: str) -> None:
+    if not storage.exists(storage.join(model_dir, SAVED_MODEL_FILE)):
+        raise InputError(f"{model_dir} holds no {SAVED_MODEL_FILE}: is it the output of `catsdogs train`?")
+
+
+def training_data(model_dir: str) -> str:
+    """The TFRecords the model was trained on, as training.json beside it records them."""
+    check_model_dir(model_dir)
+    path = storage.join(model_dir, TRAINING_INFO_FILE)
+    data = json.loads(storage.read_text(path)).get("data", "") if storage.exists(path) else ""
+    if not data:
+        raise InputError(f"{model_dir}: no training data recorded in {TRAINING_INFO_FILE}; pass --data TFRECORD_DIR "
+                         f"(the output folder of `catsdogs convert`)")
+    return data
 
 
 def file_name(fmt: str, quantize: str) -> str:
@@ -107,8 +123,7 @@ class SavedModel:
     def __init__(self, model_dir: str):
         import tensorflow as tf
 
-        if not storage.exists(storage.join(model_dir, "saved_model.pb")):
-            raise InputError(f"{model_dir} holds no saved_model.pb: is it the output of `catsdogs train`?")
+        check_model_dir(model_dir)
         self.model_dir = model_dir
         self.loaded = tf.saved_model.load(model_dir)
         missing = {"predict_pixels", "model_info"} - set(self.loaded.signatures)
