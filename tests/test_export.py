@@ -219,6 +219,8 @@ def test_run_with_export_formats_puts_the_exports_beside_the_version(tmp_path):
         assert (version / "export" / name).stat().st_size == entry["size_bytes"]
         assert entry["agreement"] >= entry["min_agreement"]
     assert "export" in (workdir / "logs" / "export.log").read_text()
+    assert re.search(r"^  export +\d+\.\ds  model-int8\.tflite [\d.]+ MB, \d+\.\d% agree, [\d.]+ ms; model\.onnx ",
+                     done.stdout, re.M), done.stdout
     assert re.search(r"^exports +\S*models/catsdogs/1/export/ ", done.stdout, re.M), done.stdout
 
 

@@ -37,4 +37,5 @@ def export(model: Input[Model], tfrecords: Input[Dataset], export_formats: str, 
         metrics.log_metric("savedmodel_size_bytes", float(rows[0].savedmodel_size_bytes))
         metrics.log_metric("split", rows[0].split)
         metrics.log_metric("examples", rows[0].examples)
-    exports.metadata.update({"files": [row.file for row in rows]})
+    exports.metadata.update({"files": {row.file: {"agreement": row.agreement, "size_bytes": row.size_bytes,
+                                                  "latency_ms_p50": row.latency_ms_p50} for row in rows}})

@@ -241,13 +241,13 @@ def measure(model: SavedModel, path: str, fmt: str, quantize: str, data_dir: str
     if not examples:
         raise InputError(f"{data_dir}: the {split} split is empty; nothing to measure the export on")
     accuracy, savedmodel_accuracy = correct / examples, savedmodel_correct / examples
+    latency, savedmodel_latency = runtimes.latencies_ms_p50([exported, model], first)
     return Parity(
         file=os.path.basename(path), format=fmt, quantize=quantize, size_bytes=os.path.getsize(path),
         runtime=exported.runtime, split=split, examples=examples, agreement=agree / examples,
         min_agreement=MIN_AGREEMENT[quantize], accuracy=accuracy, savedmodel_accuracy=savedmodel_accuracy,
         accuracy_difference=accuracy - savedmodel_accuracy, max_probability_difference=max_difference,
-        latency_ms_p50=runtimes.latency_ms_p50(exported, first),
-        savedmodel_latency_ms_p50=runtimes.latency_ms_p50(model, first),
+        latency_ms_p50=latency, savedmodel_latency_ms_p50=savedmodel_latency,
         savedmodel_size_bytes=model.size_bytes(),
     )
 
@@ -335,7 +335,7 @@ def table(rows: list[Parity]) -> str:
                      f"{p.runtime}")
     if rows:
         lines.append(f"on {rows[0].examples} {rows[0].split} images; latency: one image, median of "
-                     f"{runtimes.LATENCY_RUNS} calls on this CPU")
+                     f"{runtimes.LATENCY_RUNS} calls on this CPU, alternating with the SavedModel's")
     return "\n".join(lines)
 
 

@@ -51,13 +51,16 @@ def _version(distribution: str) -> str:
     return version(distribution)
 
 
-def latency_ms_p50(predict, image: np.ndarray) -> float:
-    """The median milliseconds of one call on one image [1, S, S, 3]."""
+def latencies_ms_p50(predictors: list, image: np.ndarray) -> list[float]:
+    """The median milliseconds of one call on one image [1, S, S, 3], for each predictor. Their calls alternate,
+    so a busy machine slows them alike and the comparison holds even when the absolute numbers move."""
     for _ in range(WARMUP_RUNS):
-        predict(image)
-    times = []
+        for predict in predictors:
+            predict(image)
+    times = [[] for _ in predictors]
     for _ in range(LATENCY_RUNS):
-        start = time.perf_counter()
-        predict(image)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1000)
+        for predict, kept in zip(predictors, times):
+            start = time.perf_counter()
+            predict(image)
+            kept.append(time.perf_counter() - start)
+    return [float(np.median(kept) * 1000) for kept in times]
