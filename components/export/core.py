@@ -149,7 +149,7 @@ class SavedModel:
         """saved_model.pb and variables/, what serving loads (not training.json or earlier exports)."""
         return sum(len(storage.read_bytes(storage.join(self.model_dir, rel)))
                    for rel in storage.walk_files(self.model_dir)
-                   if rel == "saved_model.pb" or rel.startswith("variables/"))
+                   if rel == SAVED_MODEL_FILE or rel.startswith("variables/"))
 
     def input_spec(self) -> dict:
         s = self.image_size
