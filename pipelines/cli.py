@@ -104,6 +104,17 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_export(args) -> None:
+    from components.export.core import MANIFEST, check, default_output_dir, export_model, table, training_data
+
+    check(args.format, args.quantize)
+    output_dir = args.output_dir or default_output_dir(args.model_dir)
+    data = args.data or training_data(args.model_dir)
+    parity = export_model(args.model_dir, data, args.format, args.quantize, output_dir)
+    print(table([parity]))
+    print(f"wrote {storage.join(output_dir, parity.file)} (its input, classes and these numbers: {MANIFEST} there)")
+
+
 def _exit_on_sigterm(signum, frame) -> None:
     raise SystemExit(0)
 
@@ -179,6 +190,9 @@ def cmd_run(args) -> int:
 
     workdir = local_workdir(args.workdir)  # before a sample is generated there
     config = training_config(args)  # a bad flag fails here, before anything runs
+    from components.export.core import parse_formats
+
+    parse_formats(args.export_formats)  # so does a bad --export-formats
     logs_dir = os.path.join(workdir, "logs")
     progress.clear_logs(logs_dir)
     if args.verbose:
@@ -212,7 +226,7 @@ def _run(args, config, console, logs_dir: str) -> int:
             min_accuracy=args.min_accuracy, max_regression=args.max_regression, record_format=args.format,
             console=console,
             wandb_project=args.wandb_project, wandb_mode=args.wandb_mode, wandb_group=args.wandb_group,
-            **training_arguments(config),
+            export_formats=args.export_formats, **training_arguments(config),
         )
     except PipelineFailed as e:
         console.print(f"catsdogs run: step {e.step.name} failed, so the steps after it did not run")
@@ -238,6 +252,8 @@ def _summary(console, result, args) -> None:
         rows.append(("deployed", f"version {result.version} at "
                                  f"{progress.relative(storage.join(result.model_base, str(result.version)))}"))
     rows += [("report", progress.relative(report)) for report in result.reports]
+    if result.exports:
+        rows.append(("exports", f"{progress.relative(result.exports)}/ (export.json: parity and latency)"))
     rows.append(("W&B", _wandb_summary(result.wandb_runs)))
     rows.append(("step logs", f"{progress.relative(result.logs_dir)}/ ("
                               + ", ".join(os.path.basename(s.log_path) for s in result.steps) + ")"))
@@ -524,6 +540,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_flags(p)
     p.set_defaults(handler=cmd_train)
 
+    from components.export import core as export
+
+    p = sub.add_parser("export", help="export a SavedModel to TFLite or ONNX, checked against it on TEST",
+                       description="Converts the SavedModel's pixel signature (float32 RGB 0..255 at the model's "
+                                   "size, rescaled inside) to a .tflite or .onnx file, runs both on the TEST split "
+                                   "(VALIDATION without one) and prints top-1 agreement, accuracies, the largest "
+                                   "probability difference, sizes and one-image CPU latencies. An export under its "
+                                   "agreement bar (99.5%%; int8: 98%%) is refused and nothing is written.")
+    p.add_argument("model_dir", metavar="MODEL_DIR", help="a SavedModel from `catsdogs train` (e.g. a version folder)")
+    p.add_argument("--format", required=True, choices=export.FORMATS)
+    p.add_argument("--quantize", choices=export.QUANTIZATIONS, default="none",
+                   help="tflite only: fp16 weights, or int8 weights and activations calibrated on TRAIN images "
+                        "(default %(default)s)")
+    p.add_argument("--data", default=None, metavar="TFRECORD_DIR",
+                   help="output folder of `catsdogs convert`: TEST to measure on, TRAIN to calibrate int8 "
+                        "(default: the data the model was trained on, from its training.json)")
+    p.add_argument("--output-dir", default=None,
+                   help=f"where the file and {export.MANIFEST} go (default MODEL_DIR/{export.DEFAULT_SUBDIR})")
+    p.set_defaults(handler=cmd_export)
+
     p = sub.add_parser("serve", help="serve the newest model version over HTTP")
     p.add_argument("model_base", metavar="MODEL_BASE", nargs="?",
                    help="SavedModel folder or base of numbered versions (default: $AIP_STORAGE_URI)")
@@ -597,6 +633,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", "-v", action="store_true", default=argparse.SUPPRESS,
                    help="show every step's whole output here too (it always goes to WORKDIR/logs/<step>.log)")
     _add_training_flags(p)
+    p.add_argument("--export-formats", default="", metavar="FORMAT[:QUANTIZE],...",
+                   help="also export the trained model, checked against it on TEST: e.g. onnx,tflite:int8 (see "
+                        "`catsdogs export`; default: none)")
     wandb = p.add_argument_group("Weights & Biases (one run per step; W&B files go under WORKDIR/wandb)")
     wandb.add_argument("--wandb-project", default=tracking.PROJECT, help="(default %(default)s)")
     wandb.add_argument("--wandb-mode", choices=tracking.MODES,

@@ -1,6 +1,7 @@
 """The one wiring of the training DAG, shared by the local and the Vertex pipeline:
 
     prepare -> convert -> train -> evaluate (candidate vs champion) -> gate: `blessed` -> deploy
+                                  `-> export (TFLite / ONNX, only when export_formats is not empty)
 
 What differs between the two is passed in as `Steps`: where each step runs (local components, or our images with
 conversion on Dataflow and training as a Vertex custom job) and the runner options those need. Both pipelines
@@ -18,6 +19,7 @@ from kfp import dsl
 from components.train.config import parameters
 
 GATE = "blessed"  # the deploy condition's name in the compiled DAG
+EXPORT = "export-formats"  # the export condition's
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,7 @@ class Steps:
     train: Any
     evaluate: Any
     wandb_settings: Any
+    export: Any
     convert_options: dict = field(default_factory=dict)
     train_options: dict = field(default_factory=dict)
     convert_name: str = "convert to TFRecords"
@@ -45,6 +48,7 @@ class Wired:
     train: Any
     evaluate: Any
     wandb_settings: Any  # the W&B settings every step takes (the first step's output), for the deploy branch
+    export: Any  # inside the `export` condition: runs only when export_formats is not empty
 
 
 def training_arguments(arguments: dict) -> dict:
@@ -53,10 +57,11 @@ def training_arguments(arguments: dict) -> dict:
 
 
 def wire(steps: Steps, *, images_root, record_format, training: dict, min_accuracy, champion_uri, max_regression,
-         wandb: dict) -> Wired:
+         wandb: dict, export_formats) -> Wired:
     """Adds prepare -> convert -> train -> evaluate to the pipeline being defined. `training` holds every
     TrainConfig parameter (see training_arguments); `champion_uri` is the served model evaluation compares the
-    candidate with ("" for none); `wandb` the W&B settings component's arguments but the run's name."""
+    candidate with ("" for none); `wandb` the W&B settings component's arguments but the run's name;
+    `export_formats` e.g. "onnx,tflite:int8" ("" exports nothing)."""
     wandb_settings = steps.wandb_settings(
         **wandb, pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER).set_display_name("W&B settings").output
     prepared = steps.prepare(images_root=images_root, wandb_settings=wandb_settings).set_display_name("prepare CSV")
@@ -71,7 +76,10 @@ def wire(steps: Steps, *, images_root, record_format, training: dict, min_accura
         model=trained.outputs["model"], tfrecords=converted.outputs["tfrecords"], min_accuracy=min_accuracy,
         champion_uri=champion_uri, max_regression=max_regression, wandb_settings=wandb_settings,
     ).set_display_name("evaluate vs champion")
-    return Wired(prepared, converted, trained, scored, wandb_settings)
+    with dsl.If(export_formats != "", name=EXPORT):
+        exported = steps.export(model=trained.outputs["model"], tfrecords=converted.outputs["tfrecords"],
+                                export_formats=export_formats).set_display_name("export (TFLite / ONNX)")
+    return Wired(prepared, converted, trained, scored, wandb_settings, exported)
 
 
 def blessed(wired: Wired) -> dsl.If:

@@ -17,6 +17,7 @@ from components.convert.component import convert
 from components.deploy.component import deploy_local
 from components.errors import InputError
 from components.evaluate.component import evaluate
+from components.export.component import export
 from components.model_store import versions
 from components.prepare.component import prepare
 from components.tracking_component import wandb_settings
@@ -46,14 +47,17 @@ def local_pipeline(
     wandb_project: str = tracking.PROJECT,
     wandb_mode: str = "disabled",
     wandb_group: str = "",
+    export_formats: str = "",
 ) -> Metrics:
     """The shared DAG (pipelines/dag.py) with every step in this environment. The champion is the newest version
     under model_base; a blessed candidate is published as the next numbered version there."""
     wired = wire(
-        Steps(prepare=prepare, convert=convert, train=train, evaluate=evaluate, wandb_settings=wandb_settings),
+        Steps(prepare=prepare, convert=convert, train=train, evaluate=evaluate, wandb_settings=wandb_settings,
+              export=export),
         images_root=images_root, record_format=record_format, training=training_arguments(locals()),
         min_accuracy=min_accuracy, champion_uri=model_base, max_regression=max_regression,
         wandb=dict(project=wandb_project, mode=wandb_mode, group=wandb_group, secret="", gcp_project=""),
+        export_formats=export_formats,
     )
     with blessed(wired):
         deploy_local(model=wired.train.outputs["model"], model_base=model_base,
@@ -72,6 +76,7 @@ class LocalRun:
     logs_dir: str = ""  # workdir/logs: <step>.log per step, and progress.RUN_LOG
     steps: tuple[progress.Step, ...] = ()  # in the order they ran
     wandb_runs: tuple[str, ...] = ()  # offline run folders or online run URLs
+    exports: str = ""  # with export_formats: the TFLite / ONNX files and export.json (beside the version, if any)
 
 
 class PipelineFailed(Exception):
@@ -132,10 +137,25 @@ def run_local(images_root: str, workdir: str, model_name: str = "catsdogs", mode
     ran = tuple(steps.steps.values())
     run_dir = next((s.run_dir for s in ran if s.run_dir), "")
     run_name = os.path.basename(run_dir)
-    return LocalRun(task.output.metadata["accuracy"], after[-1] if after != before else None, model_base,
+    version = after[-1] if after != before else None
+    return LocalRun(task.output.metadata["accuracy"], version, model_base,
                     metrics=dict(task.output.metadata), run_name=run_name,
                     reports=_copy_reports(ran, os.path.join(workdir, "reports", run_name or "latest")),
-                    logs_dir=logs_dir, steps=ran, wandb_runs=tuple(steps.wandb_runs()))
+                    logs_dir=logs_dir, steps=ran, wandb_runs=tuple(steps.wandb_runs()),
+                    exports=_place_exports(ran, model_base, version))
+
+
+def _place_exports(steps: tuple[progress.Step, ...], model_base: str, version: int | None) -> str:
+    """The export step's files: copied beside the published version (<version>/export, as `catsdogs export`
+    writes them), else left in the pipeline root. "" when nothing was exported."""
+    from components.export.core import default_output_dir
+
+    uri = next((s.artifact("exports").get("uri", "") for s in steps if s.name.startswith("export")), "")
+    if not uri or not os.path.isdir(uri) or version is None:
+        return uri if uri and os.path.isdir(uri) else ""
+    target = default_output_dir(storage.join(model_base, str(version)))
+    storage.copy_tree(uri, target)
+    return target
 
 
 # The steps' own environment: TensorFlow's C++ logging at errors only (its info lines still go to the step logs,

@@ -187,6 +187,10 @@ def _number(value) -> str:
     return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
+def _megabytes(size: float) -> str:
+    return f"{size / 1e6:.1f} MB"
+
+
 def summarize(step: Step) -> str:
     """What the step did, in counts, from its outputs and its log."""
     outputs = step.outputs()
@@ -219,6 +223,11 @@ def summarize(step: Step) -> str:
                             f"{scores['champion_accuracy']:.3f}")
             return (f"{scores.get('split', 'held-out')} accuracy {scores['accuracy']:.3f}{auc} "
                     f"on {_number(scores.get('examples', 0))} images{champion}")
+    if kind == "export":
+        files = step.artifact("exports").get("metadata", {}).get("files", {})
+        if files:
+            return "; ".join(f"{name} {_megabytes(f['size_bytes'])}, {f['agreement']:.1%} agree, "
+                             f"{f['latency_ms_p50']:.2f} ms" for name, f in files.items())
     if kind == "wandb" and isinstance(parameters.get("Output"), dict):
         settings = parameters["Output"]
         return f"W&B {settings.get('mode')}, project {settings.get('project')}"

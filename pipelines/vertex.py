@@ -19,6 +19,7 @@ from components.deploy.registry_components import canary_traffic_split, champion
 from components.deploy.vertex import HEALTH_ROUTE, PREDICT_ROUTE, SERVING_PORT
 from components.errors import InputError
 from components.evaluate.component import evaluate
+from components.export.component import export
 from components.images import LOCAL, Images, with_image
 from components.prepare.component import prepare
 from components.tracking_component import wandb_settings
@@ -85,6 +86,7 @@ def build_vertex_pipeline(images: Images = LOCAL, machine: str = "T4_1X", replic
         wandb_mode: str = "disabled",
         wandb_secret: str = "",  # Secret Manager secret holding the W&B API key, read by each step at run time
         wandb_group: str = "",
+        export_formats: str = "",  # e.g. "onnx,tflite:int8": TFLite / ONNX files measured against the SavedModel
     ):
         """The shared DAG (pipelines/dag.py) with conversion on Dataflow and training as a custom job on the
         machines chosen at compile time. The candidate is scored against the model's `default` version on the same
@@ -98,6 +100,7 @@ def build_vertex_pipeline(images: Images = LOCAL, machine: str = "T4_1X", replic
             train=train_job,
             evaluate=with_image(evaluate, components_image),
             wandb_settings=with_image(wandb_settings, components_image),
+            export=with_image(export, components_image),
             convert_options=dict(
                 runner="DataflowRunner", dataflow_project=project, dataflow_region=location,
                 dataflow_temp_location=dataflow_temp_location, dataflow_sdk_container_image=components_image,
@@ -119,6 +122,7 @@ def build_vertex_pipeline(images: Images = LOCAL, machine: str = "T4_1X", replic
             min_accuracy=min_accuracy, champion_uri=champion.output, max_regression=max_regression,
             wandb=dict(project=wandb_project, mode=wandb_mode, group=wandb_group, secret=wandb_secret,
                        gcp_project=project),
+            export_formats=export_formats,
         )
         model_uri = with_image(artifact_uri, components_image)(
             artifact=wired.train.outputs["model"]).set_display_name("model URI")

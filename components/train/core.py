@@ -8,6 +8,7 @@ finished epoch when the same command runs again.
 import json
 import logging
 import math
+import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -175,7 +176,8 @@ def train(data_dir: str, model_dir: str, config: TrainConfig = TrainConfig(),
     export_saved_model(model, class_names, config.image_size, output_dir)
     info = {"config": asdict(config), "class_names": class_names, "history": history,
             "precision": policy, "replicas": strategy.num_replicas_in_sync, "workers": workers,
-            "resumed_from_epoch": backup.resumed_from}
+            "resumed_from_epoch": backup.resumed_from,
+            "data": data_dir if storage.is_gcs(data_dir) else os.path.abspath(data_dir)}  # `catsdogs export`'s default
     model_store.write_training_info(output_dir, info)
     log.info("exported SavedModel to %s", output_dir)
     return TrainResult(history, output_dir)
