@@ -117,8 +117,10 @@ def build_vertex_pipeline(images: Images = LOCAL, machine: str = "T4_1X", replic
         wired = wire(
             steps, images_root=images_root, record_format=record_format, training=training_arguments(locals()),
             min_accuracy=min_accuracy, champion_uri=champion.output, max_regression=max_regression,
+            # No run name in the settings every step takes, so that a re-run's unchanged steps hit Vertex's cache;
+            # each step's W&B run finds its pipeline run's id in the environment (tracking.run_group).
             wandb=dict(project=wandb_project, mode=wandb_mode, group=wandb_group, secret=wandb_secret,
-                       gcp_project=project),
+                       gcp_project=project, pipeline_run=""),
         )
         model_uri = with_image(artifact_uri, components_image)(
             artifact=wired.train.outputs["model"]).set_display_name("model URI")

@@ -129,3 +129,73 @@ def test_gcs_run_refuses_a_gcs_workdir(tmp_path, capsys):
     assert main(["run", "--workdir", "gs://bucket/w", *FAST]) == 2
     assert "workdir must be a local folder" in capsys.readouterr().err
     assert not os.path.exists("gs:")
+
+
+class ObjectsOnlyGcs:
+    """A GCS JSON API for a caller with object roles only (roles/storage.objectAdmin, objectViewer): objects are
+    listed and read, the bucket's own metadata (storage.buckets.get) is refused with 403, as GCS does."""
+
+    def __init__(self, objects: dict[str, bytes]):
+        import threading
+        from http.server import ThreadingHTTPServer
+        from urllib.parse import parse_qs, unquote, urlsplit
+
+        from tests.fake_rest import JsonHandler
+
+        fake = self
+        self.requests: list[str] = []
+
+        class Handler(JsonHandler):
+            def do_GET(self):
+                url = urlsplit(self.path)
+                fake.requests.append(url.path)
+                parts = url.path.split("/")  # ['', 'storage', 'v1', 'b', BUCKET, 'o', NAME...]
+                if url.path.startswith("/download/"):
+                    body = objects[unquote(url.path.split("/o/", 1)[1])]
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                elif len(parts) == 5:
+                    denied = "caller does not have storage.buckets.get access to the Google Cloud Storage bucket"
+                    self.reply_json({"error": {"code": 403, "message": denied}}, 403)
+                elif len(parts) == 6 and parts[5] == "o":
+                    prefix = parse_qs(url.query).get("prefix", [""])[0]
+                    names = sorted(n for n in objects if n.startswith(prefix))
+                    limit = int(parse_qs(url.query).get("maxResults", [len(names) or 1])[0])
+                    self.reply_json({"kind": "storage#objects", "items": [
+                        {"name": n, "bucket": parts[4], "size": str(len(objects[n]))} for n in names[:limit]]})
+                else:
+                    name = unquote("/".join(parts[6:]))
+                    if name in objects:
+                        self.reply_json({"name": name, "bucket": parts[4], "size": str(len(objects[name]))})
+                    else:
+                        self.reply_json({"error": {"code": 404, "message": "No such object"}}, 404)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_images_at_a_bucket_root_are_found_with_object_roles_only(tmp_path, monkeypatch):
+    """`catsdogs prepare --images gs://BUCKET` where the caller may list and read objects but not get the bucket:
+    bucket.exists() needs storage.buckets.get, which roles/storage.objectAdmin lacks (403)."""
+    import subprocess
+    import sys
+
+    objects = {f"{label}/{i}.jpg": b"\xff\xd8 not read by prepare" for label in ("cat", "dog") for i in range(5)}
+    fake = ObjectsOnlyGcs(objects)
+    try:
+        out = tmp_path / "images.csv"
+        env = {**os.environ, "STORAGE_EMULATOR_HOST": fake.url, "GOOGLE_CLOUD_PROJECT": "my-project"}
+        result = subprocess.run([sys.executable, "-m", "pipelines.cli", "prepare", "gs://only-objects",
+                                 "--output", str(out)], capture_output=True, text=True, env=env, timeout=120)
+    finally:
+        fake.close()
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = _rows(str(out))
+    assert sorted(r["image_uri"] for r in rows) == sorted(f"gs://only-objects/{name}" for name in objects)

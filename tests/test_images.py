@@ -78,9 +78,12 @@ def test_beam_boot_image_matches_the_locked_beam_sdk():
 
 @pytest.mark.images
 @pytest.mark.parametrize("name", NAMES)
-def test_image_runs_as_non_root(image, name):
-    assert engine("image", "inspect", "--format", "{{.Config.User}}", image(name)).stdout.strip() == "1000:1000"
-    assert engine("run", "--rm", "--entrypoint", "id", image(name), "-u").stdout.strip() == "1000"
+def test_image_runs_as_the_user_its_platform_runs_it_as(image, name):
+    # The components image is Dataflow's SDK container and Vertex's step image: root, as both run it (Dataflow's
+    # boot writes to a root-owned --semi_persist_dir; images/components/Dockerfile says why). The others: uid 1000.
+    user, uid = ("", "0") if name == "components" else ("1000:1000", "1000")
+    assert engine("image", "inspect", "--format", "{{.Config.User}}", image(name)).stdout.strip() == user
+    assert engine("run", "--rm", "--entrypoint", "id", image(name), "-u").stdout.strip() == uid
 
 
 @pytest.mark.images
@@ -124,7 +127,7 @@ def test_component_runs_in_its_image_as_kfp_runs_it(image, sample_images, tmp_pa
 
     root = tmp_path / "pipeline_root"
     root.mkdir()
-    root.chmod(0o777)  # the container's user (uid 1000) writes here, as on a bucket mounted for it
+    root.chmod(0o755)  # root's, as a mounted bucket is; the step runs as root
     csv_uri = str(root / "prepare" / "image_csv")
     executor_input = {
         "inputs": {"parameterValues": {"images_root": sample_images, "train_fraction": 0.8,
@@ -323,7 +326,7 @@ def test_beam_worker_in_the_components_image_converts_as_a_dataflow_worker(image
 @pytest.mark.images
 def test_component_writes_its_outputs_under_the_gcs_mount_as_on_vertex(image, sample_images, tmp_path, gcs_bucket,
                                                                        gcs_emulator, metadata_server):
-    """A step as Vertex runs it: uid 1000, gs:// artifact URIs with their bucket mounted at /gcs/BUCKET (Cloud
+    """A step as Vertex runs it: as root, gs:// artifact URIs with their bucket mounted at /gcs/BUCKET (Cloud
     Storage FUSE; KFP's executor makes the output's folders there), a metadata server, and objects written
     through the GCS API (the emulator here, which needs no token)."""
     from components import storage
@@ -336,7 +339,7 @@ def test_component_writes_its_outputs_under_the_gcs_mount_as_on_vertex(image, sa
     mount, outputs = tmp_path / "gcs" / bucket, tmp_path / "kfp_outputs"
     for folder in (mount, outputs):
         folder.mkdir(parents=True)
-        os.chown(folder, 1000, 1000)  # the step's to write, as the bucket is its service account's
+        os.chown(folder, 0, 0)
     csv_uri = f"{gcs_bucket}/pipeline-root/run-1/prepare/image_csv"
     executor_input = {
         "inputs": {"parameterValues": {"images_root": "/data/images", "train_fraction": 0.8,
@@ -360,6 +363,6 @@ def test_component_writes_its_outputs_under_the_gcs_mount_as_on_vertex(image, sa
     assert rows[0] == "split,image_uri,label" and len(rows) == 1 + 40
     assert all(row.split(",")[1].startswith("/data/images/") for row in rows[1:])
     made = mount / "pipeline-root" / "run-1" / "prepare"
-    assert made.is_dir() and made.stat().st_uid == 1000, "KFP's executor made no folder under the /gcs mount"
+    assert made.is_dir() and made.stat().st_uid == 0, "KFP's executor made no folder under the /gcs mount"
     output = json.loads((outputs / "output_metadata.json").read_text())
     assert output["artifacts"]["image_csv"]["artifacts"][0]["metadata"], "the step's CSV counts are missing"

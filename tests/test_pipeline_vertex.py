@@ -287,3 +287,79 @@ def test_submit_hands_its_service_account_to_the_steps(capsys):
     assert request["runtimeConfig"]["parameterValues"]["service_account"] == account
     assert main([*args, "--param", "service_account=other@my-project.iam.gserviceaccount.com"]) == 2
     assert "give one" in capsys.readouterr().err
+
+
+CACHED = ("prepare CSV", "convert to TFRecords (Dataflow)", "train (T4_1X x1)")
+
+
+def _cache_key(spec: dict, values: dict, job_name: str, task_id: str) -> tuple:
+    """What Vertex's cache key holds of a root task, resolved for one run: its component (the executor's image,
+    command and args) and its inputs, with run-time placeholders ({{$.pipeline_job_name}} ...) filled in for this
+    run and each upstream output replaced by the cache key of the task that makes it (a cached producer gives
+    the same output)."""
+    task = spec["root"]["dag"]["tasks"][task_id]
+    component = spec["components"][task["componentRef"]["name"]]
+    executor = spec["deploymentSpec"]["executors"][component["executorLabel"]]
+    placeholders = {"{{$.pipeline_job_name}}": job_name, "{{$.pipeline_job_uuid}}": f"uuid-{job_name}",
+                    "{{$.pipeline_job_resource_name}}": f"projects/p/locations/l/pipelineJobs/{job_name}"}
+
+    def fill(value):
+        text = json.dumps(value)
+        for placeholder, run_value in placeholders.items():
+            text = text.replace(placeholder, run_value)
+        return json.loads(text)
+
+    def resolve(source: dict):
+        if "componentInputParameter" in source:
+            return values[source["componentInputParameter"]]
+        if "runtimeValue" in source:
+            return fill(source["runtimeValue"]["constant"])
+        producer = source.get("taskOutputParameter") or source.get("taskOutputArtifact")
+        key = producer.get("outputParameterKey") or producer.get("outputArtifactKey")
+        return ("output", key, _cache_key(spec, values, job_name, producer["producerTask"]))
+
+    inputs = task.get("inputs", {})
+    resolved = {name: resolve(source) for kind in ("parameters", "artifacts")
+                for name, source in sorted(inputs.get(kind, {}).items())}
+    defaults = {name: d.get("defaultValue") for name, d in component.get("inputDefinitions", {}).get(
+        "parameters", {}).items() if name not in resolved}
+    return json.dumps([fill(executor), resolved, fill(defaults)], sort_keys=True, default=str),
+
+
+def _jobs(tmp_path, *extra: str) -> list[dict]:
+    """The job requests of two submissions of one compiled template, as `catsdogs submit` builds them."""
+    from pipelines.submit import build_job
+
+    template = tmp_path / "pipeline.yaml"
+    assert main(["compile", "--output", str(template), "--images-registry", REGISTRY, "--images-tag", "abc"]) == 0
+    jobs = []
+    for _ in range(2):
+        job = build_job(str(template), "my-project", "europe-west4", "gs://b/root", "gs://b/images", [],
+                        enable_caching="--no-cache" not in extra)
+        jobs.append(job.to_dict())
+    return jobs
+
+
+def test_a_resubmitted_run_reuses_prepare_convert_and_train_from_the_cache(tmp_path):
+    """Vertex's cache key is the component plus its resolved inputs: a step whose inputs derive from the run's name
+    or id (as the W&B settings once did) misses the cache on every run, and so does everything after it."""
+    jobs = _jobs(tmp_path)
+    spec, values = jobs[0]["pipelineSpec"], jobs[0]["runtimeConfig"]["parameterValues"]
+    defaults = {name: d.get("defaultValue") for name, d in spec["root"]["inputDefinitions"]["parameters"].items()}
+    dag = Dag(spec)
+    for step in CACHED:
+        first, second = (_cache_key(spec, {**defaults, **values}, run, dag.ids[step]) for run in ("run-1", "run-2"))
+        assert first == second, f"{step}'s inputs differ between two runs: it never hits the cache"
+        for job in jobs:  # the compiled options stand: caching on for these, off for the lookups
+            assert Dag(job["pipelineSpec"]).tasks[step].get("cachingOptions", {}).get("enableCache", True) is True
+    for job in jobs:  # a submitted job keeps the lookups uncached (a cached champion would be a stale one)
+        submitted = Dag(job["pipelineSpec"])
+        for lookup in ("find champion (default version)", "find model", "find or create endpoint"):
+            assert submitted.tasks[lookup]["cachingOptions"].get("enableCache", False) is False, lookup
+
+
+def test_no_cache_runs_every_step(tmp_path):
+    for job in _jobs(tmp_path, "--no-cache"):
+        dag = Dag(job["pipelineSpec"])
+        assert {name: task["cachingOptions"]["enableCache"] for name, task in dag.tasks.items()} == dict.fromkeys(
+            dag.tasks, False)
