@@ -363,3 +363,18 @@ def test_no_cache_runs_every_step(tmp_path):
         dag = Dag(job["pipelineSpec"])
         assert {name: task["cachingOptions"]["enableCache"] for name, task in dag.tasks.items()} == dict.fromkeys(
             dag.tasks, False)
+
+
+def test_no_compiled_pipeline_is_committed():
+    """A compiled pipeline names the images of one build: `catsdogs compile` writes it for the images it is given
+    (Cloud Build's compile step). A committed one goes stale (local image names, old parameters)."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    tracked = subprocess.run(["git", "ls-files", "*.yaml", "*.yml", "*.json"], cwd=root, capture_output=True,
+                             text=True, check=True).stdout.split()
+    compiled = [path for path in tracked if "deploymentSpec" in (root / path).read_text(errors="replace")
+                and "pipelineInfo" in (root / path).read_text(errors="replace")]
+    assert compiled == []
+    assert subprocess.run(["git", "check-ignore", "-q", "pipeline.yaml"], cwd=root).returncode == 0
