@@ -85,7 +85,7 @@ def test_dag_runs_prepare_convert_train_evaluate_then_gated_deploy(dag):
                                                       "find champion (default version)", "W&B settings"}
     assert dag.condition("blessed") == "inputs.parameter_values['pipelinechannel--evaluate-Output'] == true"
     assert dag.condition("rejected") == "!(inputs.parameter_values['pipelinechannel--evaluate-Output'] == true)"
-    assert {"upload model version (default)", "upload model", "import evaluation (Model Registry)",
+    assert {"upload model version", "upload model", "import evaluation (Model Registry)",
             "find or create endpoint", "traffic split (canary)", "deploy to endpoint",
             "record deployment (W&B)"} <= inside(dag, "blessed")
     assert dag.depends_on("deploy to endpoint") >= {"find or create endpoint", "traffic split (canary)"}
@@ -116,10 +116,11 @@ def test_the_champion_is_the_default_version_looked_up_uncached(dag, compiled):
 
 def test_each_run_uploads_a_new_version_of_the_model_and_reuses_the_endpoint(dag):
     assert dag.condition("model-exists") == "inputs.parameter_values['pipelinechannel--find-model-Output'] != ''"
-    assert dag.parent["upload model version (default)"] == "model-exists" and dag.parent["upload model"] == "new-model"
-    assert dag.producer("upload model version (default)", "parent_model") == "parent model"
-    version = dag.parameters("upload model version (default)")
-    assert version["version_aliases"]["runtimeValue"]["constant"] == ["default"]
+    assert dag.parent["upload model version"] == "model-exists" and dag.parent["upload model"] == "new-model"
+    assert dag.producer("upload model version", "parent_model") == "parent model"
+    version = dag.parameters("upload model version")  # `canary` or `default`, decided when it runs
+    aliases_id = dag.ids["version alias (canary or default)"]  # handed into the condition as a channel
+    assert version["version_aliases"]["componentInputParameter"] == f"pipelinechannel--{aliases_id}-Output"
     assert "parent_model" not in dag.tasks["upload model"]["inputs"]["artifacts"]
     assert dag.producer("deploy to endpoint", "endpoint") == "find or create endpoint"
     for lookup in ("find model", "find or create endpoint"):
@@ -154,7 +155,7 @@ def test_every_step_uses_a_registry_image_and_the_model_is_served_by_ours(compil
 
 
 def test_gcpc_steps_get_the_pipelines_location(dag):
-    for task in ("upload model version (default)", "upload model", "upload challenger version (not deployed)",
+    for task in ("upload model version", "upload model", "upload challenger version (not deployed)",
                  "find model", "find or create endpoint", "find champion (default version)"):
         assert dag.parameters(task)["location"]["componentInputParameter"].endswith("location")
 

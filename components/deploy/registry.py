@@ -28,6 +28,7 @@ CLASSIFICATION_SCHEMA = "gs://google-cloud-aiplatform/schema/modelevaluation/cla
 THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(20)) + (0.96, 0.97, 0.98, 0.99)
 DEFAULT_ALIAS = "default"  # the version Vertex serves when none is named: the champion
 CHALLENGER_ALIAS = "challenger"  # a rejected candidate is uploaded under this alias and never deployed
+CANARY_ALIAS = "canary"  # a candidate deployed with part of the traffic, until promoted or rolled back
 
 
 def _confidence_metrics(evaluation: dict) -> list[dict]:
