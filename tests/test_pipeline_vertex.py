@@ -379,3 +379,14 @@ def test_no_compiled_pipeline_is_committed():
                 and "pipelineInfo" in (root / path).read_text(errors="replace")]
     assert compiled == []
     assert subprocess.run(["git", "check-ignore", "-q", "pipeline.yaml"], cwd=root).returncode == 0
+
+
+def test_the_steps_that_launch_dataflow_report_it_as_gcp_resources(tmp_path):
+    """Vertex links and cancels the jobs a step lists in its `gcp_resources` output (GCPC's launchers' contract)."""
+    from pipelines.batch import compile_batch_pipeline
+
+    compile_batch_pipeline(str(tmp_path / "batch.yaml"), Images.from_registry(REGISTRY, "t"))
+    compile_vertex_pipeline(str(tmp_path / "training.yaml"), Images.from_registry(REGISTRY, "t"))
+    for name, component in (("batch.yaml", "comp-batch-predict"), ("training.yaml", "comp-convert")):
+        outputs = yaml.safe_load((tmp_path / name).read_text())["components"][component]["outputDefinitions"]
+        assert outputs["parameters"]["gcp_resources"] == {"parameterType": "STRING"}, name
