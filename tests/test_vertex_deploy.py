@@ -280,11 +280,12 @@ class FakeVertexRegistry:
     def handle(self, method: str, path: str, body: dict) -> tuple[int, dict]:
         from urllib.parse import unquote
 
-        path = unquote(path)
+        path, _, query = unquote(path).partition("?")
         self.calls.append((method, path, body))
         parent = "/v1/projects/my-project/locations/europe-west4"
         if method == "GET" and path == f"{parent}/models":
-            return 200, {"models": [self.model(max(self.versions, key=int))]}
+            named = 'display_name="catsdogs"' in unquote(query.replace("+", " "))
+            return 200, {"models": [self.model(max(self.versions, key=int))] if named else []}
         if method == "GET" and path.startswith(f"/v1/{MODEL}@"):
             ref = path.split("@", 1)[1]
             found = [v for v, info in self.versions.items() if ref == v or ref in info["aliases"]]
@@ -338,7 +339,7 @@ def fake_registry(monkeypatch):
 
     class Handler(JsonHandler):
         def _serve(self):
-            status, reply = fake.handle(self.command, self.path.split("?")[0], self.read_json())
+            status, reply = fake.handle(self.command, self.path, self.read_json())
             self.reply_json(reply, status)
 
         do_GET = do_POST = do_PATCH = _serve
@@ -442,3 +443,21 @@ def test_the_pipelines_promote_option_promotes_before_the_champion_is_looked_up(
     dag = Dag(yaml.safe_load(path.read_text()))
     assert "promote canary (if asked)" in dag.depends_on("find champion (default version)")
     assert dag.parameters("promote canary (if asked)")["enabled"] == {"componentInputParameter": "promote_canary"}
+
+
+def test_batch_prediction_resolves_a_vertex_model_to_its_default_versions_artifact(fake_registry):
+    """The batch pipeline's `model`: a display name or resource name follows `default` (the champion) when the run
+    starts, so a schedule scores with whatever was promoted last; @VERSION / @ALIAS and gs:// paths as given."""
+    from components.deploy.registry_components import resolve_model
+    from components.errors import InputError
+
+    def resolve(model: str) -> str:
+        return resolve_model.python_func(project="my-project", location="europe-west4", model=model)
+
+    assert resolve("catsdogs") == resolve(MODEL) == "gs://b/models/1"
+    assert resolve(f"{MODEL}@2") == resolve(f"{MODEL}@canary") == "gs://b/models/2"
+    assert resolve("gs://bucket/models/catsdogs") == "gs://bucket/models/catsdogs"
+    with pytest.raises(InputError, match="no Vertex AI model named 'dogs-only'"):
+        resolve("dogs-only")
+    assert main(["promote", *CANARY]) == 0
+    assert resolve("catsdogs") == resolve(MODEL) == "gs://b/models/2"  # the schedule follows the champion

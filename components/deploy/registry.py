@@ -134,6 +134,28 @@ def default_version_uri(project: str, location: str, display_name: str, client=N
     return model.artifact_uri
 
 
+def model_artifact_uri(project: str, location: str, model: str, client=None) -> str:
+    """The SavedModel folder that `model` names: a gs:// path as it is; a Vertex model resource name
+    (projects/P/locations/L/models/ID, optionally @VERSION or @ALIAS) as that version's artifact URI, its `default`
+    version without one; anything else as the display name of a Vertex model, whose `default` version (the
+    champion) is used. Resolved when the step runs, so a schedule follows the champion."""
+    from google.cloud import aiplatform_v1
+
+    from components.errors import InputError
+
+    if model.startswith("gs://"):
+        return model
+    if model.startswith("projects/"):
+        name = model if "@" in model else f"{model}@{DEFAULT_ALIAS}"
+        found = _model_client(location_of(model), client).get_model(request=aiplatform_v1.GetModelRequest(name=name))
+        log.info("model %s: version %s at %s", name, found.version_id, found.artifact_uri)
+        return found.artifact_uri
+    uri = default_version_uri(project, location, model, client)
+    if not uri:
+        raise InputError(f"no Vertex AI model named {model!r} in projects/{project}/locations/{location}")
+    return uri
+
+
 def canary_split(endpoint_name: str, location: str, percent: int, client=None) -> dict[str, int]:
     """The traffic split for deploying a new model with `percent` of the traffic; the endpoint's models keep
     the rest in their proportions (all of it goes to the new model on an empty endpoint)."""

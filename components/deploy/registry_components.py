@@ -136,3 +136,24 @@ def promote_canary(project: str, location: str, model_display_name: str, endpoin
 
     logs.setup()
     return promote(project, location, model_display_name, endpoint_display_name, keep) if enabled else ""
+
+
+@dsl.component(base_image=LOCAL.components, install_kfp_package=False)
+def resolve_model(project: str, location: str, model: str) -> str:
+    """The SavedModel folder batch prediction scores with, resolved when the step runs (a schedule follows the
+    champion).
+
+    Args:
+        project: Google Cloud project of the Vertex AI Model Registry.
+        location: Vertex AI region, e.g. us-central1.
+        model: A Vertex model's display name or resource name (its `default` version, or @VERSION / @ALIAS), or a
+            gs:// model base or SavedModel folder, passed on as it is.
+
+    Returns:
+        The gs:// folder to score with.
+    """
+    from components import logs
+    from components.deploy.registry import model_artifact_uri
+
+    logs.setup()
+    return model_artifact_uri(project, location, model)
