@@ -81,6 +81,8 @@ def build_job(template_path: str, project: str, region: str, pipeline_root: str,
                              f"{service_account}: give one")
         values["service_account"] = service_account
     values.update(given)
+    if "canary_traffic_percent" in given and not 0 < given["canary_traffic_percent"] <= 100:
+        raise InputError(f"--param canary_traffic_percent={given['canary_traffic_percent']}: must be 1..100")
     missing = sorted(name for name, spec in declared.items()
                      if name not in values and "defaultValue" not in spec and not spec.get("isOptional"))
     if missing:

@@ -232,7 +232,8 @@ def test_submit_dry_run_prints_the_job_request_without_credentials(capsys, monke
 @pytest.mark.parametrize(
     "extra, message",
     [(["--param", "epoch=3"], "no such parameter"), (["--param", "epochs=three"], "not a valid number_integer"),
-     (["--param", "augment=maybe"], "true or false"), (["--param", "epochs"], "KEY=VALUE")],
+     (["--param", "augment=maybe"], "true or false"), (["--param", "epochs"], "KEY=VALUE"),
+     (["--param", "canary_traffic_percent=0"], "must be 1..100")],
 )
 def test_submit_refuses_bad_parameters_by_name(extra, message, capsys):
     code = main(["submit", "--project", "my-project", "--region", "r", "--pipeline-root", "gs://b/root",
