@@ -55,11 +55,21 @@ def settings(project: str, mode: str, group: str = "", secret: str = "", gcp_pro
             "pipeline_run": pipeline_run}
 
 
-# Vertex AI Pipelines hands every step its run's system labels in this variable (GCPC's launchers copy them onto the
-# jobs they start: google_cloud_pipeline_components/container/v1/gcp_launcher/utils/gcp_labels_util.py), among them
+# Vertex AI Pipelines hands every step its run's labels as JSON in this variable, for the step to put on the cloud
+# resources it creates (cloud.google.com/vertex-ai/docs/pipelines/gcpc-label-propagation, "Resources generated from
+# user-defined components"; GCPC's launchers do: container/v1/gcp_launcher/utils/gcp_labels_util.py), among them
 # the run's id under the label key the PipelineJob API reserves (PipelineJob.labels).
 VERTEX_RUN_LABELS = "VERTEX_AI_PIPELINES_RUN_LABELS"
 VERTEX_RUN_ID_LABEL = "vertex-ai-pipelines-run-billing-id"
+
+
+def vertex_run_labels() -> dict[str, str]:
+    """The Vertex pipeline run's labels, when this step runs in one ({} elsewhere)."""
+    try:
+        labels = json.loads(os.environ.get(VERTEX_RUN_LABELS) or "{}")
+    except json.JSONDecodeError:
+        return {}
+    return {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {}
 
 
 def run_group(settings: dict) -> str | None:
@@ -69,11 +79,7 @@ def run_group(settings: dict) -> str | None:
     named = settings.get("group") or settings.get("pipeline_run")
     if named:
         return named
-    try:
-        labels = json.loads(os.environ.get(VERTEX_RUN_LABELS) or "{}")
-    except json.JSONDecodeError:
-        labels = {}
-    run_id = labels.get(VERTEX_RUN_ID_LABEL) if isinstance(labels, dict) else None
+    run_id = vertex_run_labels().get(VERTEX_RUN_ID_LABEL)
     return f"vertex-{run_id}" if run_id else None
 
 

@@ -300,7 +300,9 @@ def test_gcs_convert_on_dataflow_reports_its_job_and_a_sigterm_cancels_it(gcs_bu
     executor_input["inputs"]["parameterValues"]["dataflow_endpoint"] = dataflow.url
     args = [json.dumps(executor_input) if arg == "{{$}}" else arg for arg in spec["args"]]
     step = subprocess.Popen([sys.executable, "-m", "kfp.dsl.executor_main", "--component_module_path", str(program),
-                             *args], env={**os.environ, "_KFP_RUNTIME": "true"}, stdout=subprocess.PIPE,
+                             *args], env={**os.environ, "_KFP_RUNTIME": "true", "VERTEX_AI_PIPELINES_RUN_LABELS":
+                                          json.dumps({"vertex-ai-pipelines-run-billing-id": "4242"})},
+                            stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 300  # a guard against hanging, not a speed requirement
@@ -313,6 +315,8 @@ def test_gcs_convert_on_dataflow_reports_its_job_and_a_sigterm_cancels_it(gcs_bu
             "resourceType": "DataflowJob",
             "resourceUri": f"https://dataflow.googleapis.com/v1b3/projects/my-project/locations/europe-west4/jobs/"
                            f"{job_id}"}]}
+        # The run's labels reach the job, as Vertex asks of steps that create cloud resources.
+        assert dataflow.jobs[job_id]["labels"]["vertex-ai-pipelines-run-billing-id"] == "4242"
         step.send_signal(signal.SIGTERM)
         output = step.communicate(timeout=120)[0]
     finally:

@@ -55,7 +55,7 @@ def batch_predict(
         gcp_resources: The Dataflow job this step launched, in GCPC's format (GcpResources JSON), written as soon as
             the job exists: Vertex links it and cancels it with the run ({} when not on Dataflow).
     """
-    from components import dataflow_job, logs
+    from components import dataflow_job, logs, tracking
     from components.batch_predict.core import batch_predict as run_batch_prediction
     from components.convert.pipeline import dataflow_args
 
@@ -66,7 +66,8 @@ def batch_predict(
             project=dataflow_project, region=dataflow_region, temp_location=dataflow_temp_location,
             sdk_container_image=dataflow_sdk_container_image, service_account=dataflow_service_account,
             machine_type=dataflow_machine_type, max_workers=dataflow_max_workers, job_name=dataflow_job_name,
-            subnetwork=dataflow_subnetwork, labels=dataflow_labels,
+            # The run's labels too (its id among them), as Vertex asks of steps that create cloud resources.
+            subnetwork=dataflow_subnetwork, labels={**tracking.vertex_run_labels(), **(dataflow_labels or {})},
         ) + ([f"--dataflow_endpoint={dataflow_endpoint}"] if dataflow_endpoint else [])
     with dataflow_job.reported(gcp_resources, args):
         summary = run_batch_prediction(source, model, predictions.uri, batch_size, runner, args)

@@ -72,7 +72,8 @@ def convert(
             project=dataflow_project, region=dataflow_region, temp_location=dataflow_temp_location,
             sdk_container_image=dataflow_sdk_container_image, service_account=dataflow_service_account,
             machine_type=dataflow_machine_type, max_workers=dataflow_max_workers, job_name=dataflow_job_name,
-            subnetwork=dataflow_subnetwork, labels=dataflow_labels,
+            # The run's labels too (its id among them), as Vertex asks of steps that create cloud resources.
+            subnetwork=dataflow_subnetwork, labels={**tracking.vertex_run_labels(), **(dataflow_labels or {})},
         ) + ([f"--dataflow_endpoint={dataflow_endpoint}"] if dataflow_endpoint else [])
     config = {"record_format": record_format, "compression": compression, "num_shards": num_shards,
               "max_error_fraction": max_error_fraction, "runner": runner, "dataflow_project": dataflow_project,
