@@ -50,12 +50,14 @@ def test_deploy_dry_run_prints_every_request_in_order(capsys):
     printed = _printed_json(capsys)
     assert printed["api_endpoint"] == "europe-west4-aiplatform.googleapis.com"
     calls = {call["method"].split()[0]: call["request"] for call in printed["calls"]}
-    assert list(calls) == ["ModelService.ListModels", "ModelService.UploadModel", "EndpointService.ListEndpoints",
+    assert list(calls) == ["ModelService.ListModels", "ModelService.GetModel", "ModelService.UploadModel",
+                           "EndpointService.ListEndpoints",
                            "EndpointService.CreateEndpoint", "EndpointService.DeployModel",
                            "EndpointService.GetEndpoint", "EndpointService.UndeployModel"]
     parent = "projects/my-project/locations/europe-west4"
     assert calls["ModelService.ListModels"]["parent"] == parent
     assert calls["ModelService.ListModels"]["filter"] == 'display_name="catsdogs"'
+    assert calls["ModelService.GetModel"]["name"].endswith("@canary")
     upload = calls["ModelService.UploadModel"]
     assert upload["parent"] == parent and "ListModels" in upload["parentModel"]
     assert upload["model"]["artifactUri"] == "gs://bucket/runs/7/model"

@@ -170,6 +170,8 @@ def dry_run(d: VertexDeployment) -> dict:
                                                                    NEW_MODEL_KEY: d.traffic_percent}
     calls = [
         ("ModelService.ListModels", list_models_request(d.project, d.location, d.model_display_name)),
+        ("ModelService.GetModel (a canary still in place is rolled back first: see rollback)",
+         aiplatform_v1.GetModelRequest(name=f"{FOUND_MODEL}@{CANARY_ALIAS}")),
         ("ModelService.UploadModel", upload_request(d, FOUND_MODEL)),
         ("EndpointService.ListEndpoints",
          list_endpoints_request(d.project, d.location, d.endpoint_display_name)),
