@@ -463,3 +463,12 @@ def test_batch_prediction_resolves_a_vertex_model_to_its_default_versions_artifa
         resolve("dogs-only")
     assert main(["promote", *CANARY]) == 0
     assert resolve("catsdogs") == resolve(MODEL) == "gs://b/models/2"  # the schedule follows the champion
+
+
+@pytest.mark.parametrize("command", ["promote", "rollback"])
+def test_canary_commands_explain_themselves(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert f"usage: catsdogs {command}" in out and "--model-display-name" in out
