@@ -202,6 +202,7 @@ def build_vertex_pipeline(images: Images = LOCAL, machine: str = "T4_1X", replic
             with_image(record_deployment, components_image)(
                 model=wired.train.outputs["model"], endpoint=endpoint.outputs["endpoint"],
                 wandb_settings=wired.wandb_settings, vertex_model=uploaded,
+                pipeline_job=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
             ).after(deployed).set_display_name("record deployment (W&B)")
             # Older versions left at 0% traffic would keep billing their dedicated nodes: keep a few for rollback.
             with_image(undeploy_previous, components_image)(

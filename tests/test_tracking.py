@@ -292,4 +292,7 @@ def test_vertex_pipeline_takes_wandb_parameters_and_never_the_key(tmp_path, monk
         assert dag.parameters(step)["wandb_settings"]["taskOutputParameter"]["producerTask"] == settings_id, step
     deploy = dag.parameters("record deployment (W&B)")["wandb_settings"]
     assert deploy["componentInputParameter"].startswith(f"pipelinechannel--{settings_id}-")
+    # The deploy record (run after the deploy, never cached) names the Vertex job its W&B group belongs to.
+    job = dag.parameters("record deployment (W&B)")["pipeline_job"]
+    assert job["runtimeValue"]["constant"] == "{{$.pipeline_job_name}}"
     assert "deploy to endpoint" in dag.depends_on("record deployment (W&B)")
