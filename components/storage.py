@@ -40,11 +40,12 @@ def exists(path: str) -> bool:
         bucket, name = _split_gcs(path)
         client = _gcs_client()
         name = name.rstrip("/")
-        if not name:
-            return client.bucket(bucket).exists()
-        if client.bucket(bucket).blob(name).exists():
+        # The bucket's root is a folder like any other: bucket.exists() would need storage.buckets.get, which the
+        # object roles (roles/storage.objectAdmin, objectViewer) lack, so it would answer 403.
+        if name and client.bucket(bucket).blob(name).exists():
             return True
-        return next(iter(client.list_blobs(bucket, prefix=name + "/", max_results=1)), None) is not None
+        prefix = name + "/" if name else ""
+        return next(iter(client.list_blobs(bucket, prefix=prefix, max_results=1)), None) is not None
     return os.path.exists(path)
 
 

@@ -55,6 +55,34 @@ def settings(project: str, mode: str, group: str = "", secret: str = "", gcp_pro
             "pipeline_run": pipeline_run}
 
 
+# Vertex AI Pipelines hands every step its run's labels as JSON in this variable, for the step to put on the cloud
+# resources it creates (cloud.google.com/vertex-ai/docs/pipelines/gcpc-label-propagation, "Resources generated from
+# user-defined components"; GCPC's launchers do: container/v1/gcp_launcher/utils/gcp_labels_util.py), among them
+# the run's id under the label key the PipelineJob API reserves (PipelineJob.labels).
+VERTEX_RUN_LABELS = "VERTEX_AI_PIPELINES_RUN_LABELS"
+VERTEX_RUN_ID_LABEL = "vertex-ai-pipelines-run-billing-id"
+
+
+def vertex_run_labels() -> dict[str, str]:
+    """The Vertex pipeline run's labels, when this step runs in one ({} elsewhere)."""
+    try:
+        labels = json.loads(os.environ.get(VERTEX_RUN_LABELS) or "{}")
+    except json.JSONDecodeError:
+        return {}
+    return {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {}
+
+
+def run_group(settings: dict) -> str | None:
+    """The W&B group of a step's run: the settings' group, else the pipeline run's name when the settings carry it
+    (local runs), else the Vertex pipeline run's id from the step's environment, read when the step runs (not a
+    step input, so cached steps stay cached), else W&B's own WANDB_RUN_GROUP (None)."""
+    named = settings.get("group") or settings.get("pipeline_run")
+    if named:
+        return named
+    run_id = vertex_run_labels().get(VERTEX_RUN_ID_LABEL)
+    return f"vertex-{run_id}" if run_id else None
+
+
 def local_dirs(workdir: str) -> dict[str, str]:
     """Environment that puts W&B's runs, staging copies, cache and config under workdir instead of the home
     directory (runs land in workdir/wandb)."""
@@ -231,7 +259,7 @@ def step_run(step: str, job_type: str, settings: dict | None, config: dict,
 
     run = wandb.init(
         project=settings.get("project") or PROJECT, name=step, job_type=job_type,
-        group=settings.get("group") or settings.get("pipeline_run") or None, config=config, mode=mode,
+        group=run_group(settings), config=config, mode=mode,
         settings=wandb.Settings(init_timeout=60),
     )
     log.info("W&B %s run %s (%s) in project %s", mode, step, run.id, run.project)

@@ -17,7 +17,8 @@ def wandb_settings(project: str, mode: str, group: str, secret: str, gcp_project
         group: The W&B group of the step runs; empty for the pipeline run's name.
         secret: Secret Manager secret holding the W&B API key (online on Vertex), read by each step when it runs.
         gcp_project: The Google Cloud project of that secret.
-        pipeline_run: The pipeline run's name (dsl.PIPELINE_JOB_NAME_PLACEHOLDER).
+        pipeline_run: The pipeline run's name (dsl.PIPELINE_JOB_NAME_PLACEHOLDER) locally; empty on Vertex, whose
+            cached steps must not take a per-run input (each step's run reads its run's id: tracking.run_group).
     """
     from components import tracking
 

@@ -1,14 +1,16 @@
-"""The Vertex AI batch-prediction pipeline: a folder or CSV of images in GCS scored on Dataflow by a model's
-newest version, the predictions registered as a KFP Dataset artifact.
+"""The Vertex AI batch-prediction pipeline: a folder or CSV of images in GCS scored on Dataflow by a Vertex model's
+`default` version (the champion, looked up when the run starts) or a gs:// model, the predictions registered as a
+KFP Dataset artifact.
 
 Its parameters follow the training pipeline's names where they mean the same thing (project, location,
 images_root, dataflow_temp_location, service_account), so `catsdogs submit` and `catsdogs schedule` build its
-job the same way: `--pipeline batch-predict --images gs://... --param model_base=gs://.../models/catsdogs`.
+job the same way: `--pipeline batch-predict --images gs://... [--param model=catsdogs]`.
 """
 
 from kfp import compiler, dsl
 
 from components.batch_predict.component import batch_predict
+from components.deploy.registry_components import resolve_model
 from components.errors import InputError
 from components.images import LOCAL, Images, with_image
 
@@ -22,12 +24,12 @@ def build_batch_pipeline(images: Images = LOCAL):
     components_image = images.components
 
     @dsl.pipeline(name="catsdogs-batch-predict",
-                  description="Scores a folder or CSV of images in GCS with a model's newest version on Dataflow.")
+                  description="Scores a folder or CSV of images in GCS with a model's champion on Dataflow.")
     def batch_pipeline(
         project: str,
         images_root: str,
-        model_base: str,
         dataflow_temp_location: str,
+        model: str = "catsdogs",
         location: str = "us-central1",
         batch_size: int = 32,
         dataflow_machine_type: str = "n1-standard-4",
@@ -35,10 +37,13 @@ def build_batch_pipeline(images: Images = LOCAL):
         dataflow_subnetwork: str = "",
         service_account: str = "",
     ):
-        """images_root: the gs:// folder or CSV of images to score; model_base: gs:// base of numbered model
-        versions (the newest is used) or one SavedModel folder. The service account runs the Dataflow workers."""
+        """images_root: the gs:// folder or CSV of images to score; model: a Vertex model's display name or
+        resource name (its `default` version, or @VERSION / @ALIAS), or a gs:// base of numbered versions (the
+        newest is used) or SavedModel folder. The service account runs the Dataflow workers."""
+        resolved = with_image(resolve_model, components_image)(project=project, location=location, model=model) \
+            .set_display_name("resolve model (default version)").set_caching_options(False)  # the champion changes
         with_image(batch_predict, components_image)(
-            source=images_root, model=model_base, batch_size=batch_size, runner="DataflowRunner",
+            source=images_root, model=resolved.output, batch_size=batch_size, runner="DataflowRunner",
             dataflow_project=project, dataflow_region=location, dataflow_temp_location=dataflow_temp_location,
             dataflow_sdk_container_image=components_image, dataflow_service_account=service_account,
             dataflow_machine_type=dataflow_machine_type, dataflow_max_workers=dataflow_max_workers,

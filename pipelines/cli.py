@@ -174,6 +174,20 @@ def cmd_deploy(args) -> None:
     print(f"deployed {model} to {endpoint}; try: catsdogs predict IMAGE --endpoint {endpoint}")
 
 
+def cmd_canary(args) -> None:
+    """promote / rollback: the canary version's lifecycle on Vertex AI (components/deploy/vertex.py)."""
+    from components.deploy.vertex import promote, rollback
+
+    if args.command == "promote":
+        version = promote(args.project, args.location, args.model_display_name, args.endpoint_display_name,
+                          args.keep_previous)
+        print(f"promoted {version}: it is the default version and takes all the traffic of endpoint "
+              f"{args.endpoint_display_name!r}")
+    else:
+        version = rollback(args.project, args.location, args.model_display_name, args.endpoint_display_name)
+        print(f"rolled back {version}: undeployed from endpoint {args.endpoint_display_name!r}, alias canary removed")
+
+
 def demo_images(rows: list, per_label: int = 2) -> list[str]:
     """A few held-out images per label (TEST first) to show the deployed model's predictions on."""
     rows = sorted(rows, key=lambda r: (r.split != "TEST", r.image_uri))
@@ -610,6 +624,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "the others are undeployed, as they bill their nodes (default %(default)s)")
     p.add_argument("--dry-run", action="store_true", help="print the requests instead of sending them")
     p.set_defaults(handler=cmd_deploy)
+
+    for name, text in (("promote", "make the canary version the default one, with all the endpoint's traffic, and "
+                                   "undeploy the others"),
+                       ("rollback", "undeploy the canary version and drop its alias; the others get its traffic")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--project", required=True)
+        p.add_argument("--location", required=True, help="e.g. us-central1")
+        p.add_argument("--model-display-name", default="catsdogs", help="(default %(default)s)")
+        p.add_argument("--endpoint-display-name", default="catsdogs", help="(default %(default)s)")
+        if name == "promote":
+            p.add_argument("--keep-previous", type=int, default=0,
+                           help="earlier deployments to leave deployed for rollback (default %(default)s)")
+        p.set_defaults(handler=cmd_canary)
 
     p = sub.add_parser("run", help="the whole pipeline locally through kfp.local, ending in predictions",
                        description="prepare -> convert -> train -> evaluate -> deploy a new model version, then "

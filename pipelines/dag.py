@@ -60,10 +60,12 @@ def wire(steps: Steps, *, images_root, record_format, training: dict, min_accura
          wandb: dict, export_formats) -> Wired:
     """Adds prepare -> convert -> train -> evaluate to the pipeline being defined. `training` holds every
     TrainConfig parameter (see training_arguments); `champion_uri` is the served model evaluation compares the
-    candidate with ("" for none); `wandb` the W&B settings component's arguments but the run's name;
+    candidate with ("" for none); `wandb` the W&B settings component's arguments. Their `pipeline_run` (the W&B
+    group when `group` is empty) defaults to the run's name; a pipeline whose steps are cached gives "" instead,
+    since every step takes these settings and an input that differs per run is a cache miss.
     `export_formats` e.g. "onnx,tflite:int8" ("" exports nothing)."""
     wandb_settings = steps.wandb_settings(
-        **wandb, pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER).set_display_name("W&B settings").output
+        **{"pipeline_run": dsl.PIPELINE_JOB_NAME_PLACEHOLDER, **wandb}).set_display_name("W&B settings").output
     prepared = steps.prepare(images_root=images_root, wandb_settings=wandb_settings).set_display_name("prepare CSV")
     converted = steps.convert(
         image_csv=prepared.outputs["image_csv"], record_format=record_format, wandb_settings=wandb_settings,

@@ -81,6 +81,8 @@ def build_job(template_path: str, project: str, region: str, pipeline_root: str,
                              f"{service_account}: give one")
         values["service_account"] = service_account
     values.update(given)
+    if "canary_traffic_percent" in given and not 0 < given["canary_traffic_percent"] <= 100:
+        raise InputError(f"--param canary_traffic_percent={given['canary_traffic_percent']}: must be 1..100")
     missing = sorted(name for name, spec in declared.items()
                      if name not in values and "defaultValue" not in spec and not spec.get("isOptional"))
     if missing:
@@ -88,7 +90,10 @@ def build_job(template_path: str, project: str, region: str, pipeline_root: str,
     with credentials_hint():
         return aiplatform.PipelineJob(
             display_name="catsdogs", template_path=template_path, pipeline_root=pipeline_root,
-            parameter_values=values, enable_caching=enable_caching, labels={"app": "catsdogs", **(labels or {})},
+            # None keeps each step's compiled caching option (the registry lookups are never cached); a bool would
+            # overwrite every step's with it (aiplatform/pipeline_jobs.py, _set_enable_caching_value): --no-cache.
+            parameter_values=values, enable_caching=None if enable_caching else False,
+            labels={"app": "catsdogs", **(labels or {})},
             project=project, location=region, credentials=credentials,
         )
 

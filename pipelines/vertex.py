@@ -14,8 +14,15 @@ from components import tracking
 from components.contracts import DEFAULT_RECORD_FORMAT
 from components.convert.component import convert
 from components.deploy.component import find_model, find_or_create_endpoint, record_deployment, undeploy_previous
-from components.deploy.registry import CHALLENGER_ALIAS, DEFAULT_ALIAS
-from components.deploy.registry_components import canary_traffic_split, champion_uri, import_evaluation
+from components.deploy.registry import CHALLENGER_ALIAS
+from components.deploy.registry_components import (
+    canary_traffic_split,
+    champion_uri,
+    check_canary_percent,
+    import_evaluation,
+    new_version_aliases,
+)
+from components.deploy.registry_components import promote_canary as promote_canary_step
 from components.deploy.vertex import HEALTH_ROUTE, PREDICT_ROUTE, SERVING_PORT
 from components.errors import InputError
 from components.evaluate.component import evaluate
@@ -72,6 +79,7 @@ def build_vertex_pipeline(images: Images = LOCAL, machine: str = "T4_1X", replic
         min_accuracy: float = 0.8,
         max_regression: float = 0.0,
         canary_traffic_percent: int = 100,
+        promote_canary: bool = False,
         model_display_name: str = "catsdogs",
         endpoint_display_name: str = "catsdogs",
         deploy_machine_type: str = "n1-standard-2",
@@ -91,9 +99,11 @@ def build_vertex_pipeline(images: Images = LOCAL, machine: str = "T4_1X", replic
         """The shared DAG (pipelines/dag.py) with conversion on Dataflow and training as a custom job on the
         machines chosen at compile time. The candidate is scored against the model's `default` version on the same
         images; a blessed one (min_accuracy reached, not worse than the champion by more than max_regression)
-        becomes the new default version and takes canary_traffic_percent of the endpoint; a rejected one is kept
-        as the `challenger` version, not deployed. The service account runs the Dataflow workers and the
-        training job (empty: the defaults)."""
+        is deployed with canary_traffic_percent of the endpoint's traffic: below 100 as the `canary` version (the
+        champion keeps `default` and the rest of the traffic until `catsdogs promote`, or the next run with
+        promote_canary, moves both to it; `catsdogs rollback` removes it), at 100 as the new `default`. A rejected
+        candidate is kept as the `challenger` version, not deployed. The service account runs the Dataflow
+        workers and the training job (empty: the defaults)."""
         steps = Steps(
             prepare=with_image(prepare, components_image),
             convert=with_image(convert, components_image),
@@ -113,15 +123,24 @@ def build_vertex_pipeline(images: Images = LOCAL, machine: str = "T4_1X", replic
             train_name=f"train ({machine} x{replicas})",
         )
 
+        # Checked before anything is uploaded.
+        checked = with_image(check_canary_percent, components_image)(
+            canary_traffic_percent=canary_traffic_percent).set_display_name("check canary traffic percent")
+        promoted = with_image(promote_canary_step, components_image)(
+            project=project, location=location, model_display_name=model_display_name,
+            endpoint_display_name=endpoint_display_name, enabled=promote_canary, keep=deploy_keep_previous,
+        ).set_display_name("promote canary (if asked)").set_caching_options(False)
         # The champion: the model's `default` version, scored on the candidate's held-out split.
         champion = with_image(champion_uri, components_image)(
             project=project, location=location, model_display_name=model_display_name,
-        ).set_display_name("find champion (default version)").set_caching_options(False)  # must be current
+        ).after(promoted).set_display_name("find champion (default version)").set_caching_options(False)
         wired = wire(
             steps, images_root=images_root, record_format=record_format, training=training_arguments(locals()),
             min_accuracy=min_accuracy, champion_uri=champion.output, max_regression=max_regression,
+            # No run name in the settings every step takes, so that a re-run's unchanged steps hit Vertex's cache;
+            # each step's W&B run finds its pipeline run's id in the environment (tracking.run_group).
             wandb=dict(project=wandb_project, mode=wandb_mode, group=wandb_group, secret=wandb_secret,
-                       gcp_project=project),
+                       gcp_project=project, pipeline_run=""),
             export_formats=export_formats,
         )
         model_uri = with_image(artifact_uri, components_image)(
@@ -141,8 +160,8 @@ def build_vertex_pipeline(images: Images = LOCAL, machine: str = "T4_1X", replic
             project=project, location=location, display_name=model_display_name
         ).set_display_name("find model").set_caching_options(False)  # a cached answer would be stale
 
-        def upload_version(alias: str, parent_name: str, upload_name: str):
-            """The trained model as a new version of the existing model, with `alias`."""
+        def upload_version(aliases, parent_name: str, upload_name: str):
+            """The trained model as a new version of the existing model, with `aliases` (a list or a step's)."""
             parent_model = dsl.importer(
                 artifact_uri=parent.output, artifact_class=artifact_types.VertexModel,
                 metadata={"resourceName": parent.output},
@@ -150,17 +169,22 @@ def build_vertex_pipeline(images: Images = LOCAL, machine: str = "T4_1X", replic
             return ModelUploadOp(
                 project=project, location=location, display_name=model_display_name,
                 unmanaged_container_model=serving_model.outputs["artifact"],
-                parent_model=parent_model.output, version_aliases=[alias],
-            ).set_display_name(upload_name)
+                parent_model=parent_model.output, version_aliases=aliases,
+            ).after(checked).set_display_name(upload_name)
 
         with blessed(wired):  # a new default version, its evaluation in the registry, deployed (canary)
+            # Rolls back an earlier canary still in place, then names the new version's alias.
+            aliases = with_image(new_version_aliases, components_image)(
+                project=project, location=location, model_display_name=model_display_name,
+                endpoint_display_name=endpoint_display_name, canary_traffic_percent=checked.output,
+            ).set_display_name("version alias (canary or default)").set_caching_options(False)
             with dsl.If(parent.output != "", name="model-exists"):
-                new_version = upload_version(DEFAULT_ALIAS, "parent model", "upload model version (default)")
+                new_version = upload_version(aliases.output, "parent model", "upload model version")
             with dsl.Else(name="new-model"):
                 new_model = ModelUploadOp(
                     project=project, location=location, display_name=model_display_name,
                     unmanaged_container_model=serving_model.outputs["artifact"],
-                ).set_display_name("upload model")
+                ).after(checked).set_display_name("upload model")
             uploaded = dsl.OneOf(new_version.outputs["model"], new_model.outputs["model"])
             with_image(import_evaluation, components_image)(
                 vertex_model=uploaded, evaluation=wired.evaluate.outputs["evaluation"],
@@ -169,8 +193,8 @@ def build_vertex_pipeline(images: Images = LOCAL, machine: str = "T4_1X", replic
                 project=project, location=location, display_name=endpoint_display_name
             ).set_display_name("find or create endpoint").set_caching_options(False)
             split = with_image(canary_traffic_split, components_image)(
-                endpoint=endpoint.outputs["endpoint"], canary_traffic_percent=canary_traffic_percent,
-            ).set_display_name("traffic split (canary)").set_caching_options(False)
+                endpoint=endpoint.outputs["endpoint"], canary_traffic_percent=checked.output,
+            ).after(aliases).set_display_name("traffic split (canary)").set_caching_options(False)
             deployed = ModelDeployOp(
                 model=uploaded,
                 endpoint=endpoint.outputs["endpoint"],
@@ -182,6 +206,7 @@ def build_vertex_pipeline(images: Images = LOCAL, machine: str = "T4_1X", replic
             with_image(record_deployment, components_image)(
                 model=wired.train.outputs["model"], endpoint=endpoint.outputs["endpoint"],
                 wandb_settings=wired.wandb_settings, vertex_model=uploaded,
+                pipeline_job=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
             ).after(deployed).set_display_name("record deployment (W&B)")
             # Older versions left at 0% traffic would keep billing their dedicated nodes: keep a few for rollback.
             with_image(undeploy_previous, components_image)(
@@ -192,7 +217,7 @@ def build_vertex_pipeline(images: Images = LOCAL, machine: str = "T4_1X", replic
             # A rejected candidate is kept in the registry as the `challenger`, never deployed. A first run can
             # only be rejected by min_accuracy, and then there is no model to add a version to: nothing uploads.
             with dsl.If(parent.output != "", name="rejected-model-exists"):
-                challenger = upload_version(CHALLENGER_ALIAS, "parent model (challenger)",
+                challenger = upload_version([CHALLENGER_ALIAS], "parent model (challenger)",
                                             "upload challenger version (not deployed)")
                 with_image(import_evaluation, components_image)(
                     vertex_model=challenger.outputs["model"], evaluation=wired.evaluate.outputs["evaluation"],

@@ -19,7 +19,12 @@ from pipelines.cli import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENGINE = os.path.join(ROOT, "images", "engine.sh")
-BUILT_IN = {"PROJECT_ID": "my-project", "COMMIT_SHA": "0123456789abcdef", "SHORT_SHA": "0123456", "BUILD_ID": "b"}
+# What every build has, a manual `gcloud builds submit` included (cloud.google.com/build/docs/configuring-builds/
+# substitute-variable-values, "Using default substitutions"); the builds a trigger starts also have these, which a
+# manual build leaves empty.
+BUILT_IN = {"PROJECT_ID": "my-project", "BUILD_ID": "0123456789abcdef", "PROJECT_NUMBER": "123456",
+            "LOCATION": "global"}
+TRIGGERED_ONLY = ("COMMIT_SHA", "SHORT_SHA", "REVISION_ID", "BRANCH_NAME", "TAG_NAME", "REPO_NAME", "TRIGGER_NAME")
 REGISTRY = "us-central1-docker.pkg.dev/my-project/catsdogs"
 OURS = re.compile(r"^" + re.escape(REGISTRY) + r"/catsdogs-(components|trainer|serving):0123456789abcdef$")
 BUILDERS = "gcr.io/cloud-builders/"
@@ -31,8 +36,10 @@ def build() -> dict:
         return yaml.safe_load(f)
 
 
-def substitute(text: str, build: dict) -> str:
-    values = {**BUILT_IN, **build["substitutions"]}
+def substitute(text: str, build: dict, given: dict | None = None) -> str:
+    """The text as a manual build substitutes it: built-ins, then the file's defaults overridden by `given` (the
+    --substitutions of `gcloud builds submit`); a trigger's built-ins are empty there."""
+    values = {**dict.fromkeys(TRIGGERED_ONLY, ""), **BUILT_IN, **build["substitutions"], **(given or {})}
     for _ in range(3):  # substitutions may use others (dynamicSubstitutions)
         text = re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: values[m.group(1) or m.group(2)], text)
     return text
@@ -57,6 +64,27 @@ def test_every_substitution_used_is_declared_or_built_in(build):
     assert names, "cloudbuild.yaml uses no substitutions?"
     assert names <= set(build["substitutions"]) | set(BUILT_IN), names - set(build["substitutions"]) - set(BUILT_IN)
     assert all(name.startswith("_") for name in build["substitutions"])
+
+
+def test_the_header_example_works_as_written_with_a_manual_build(build):
+    """The command in cloudbuild.yaml's header, run by hand: every image it builds, pushes or runs gets a valid
+    reference. (A tag of ${COMMIT_SHA} is empty there: `invalid reference format`.)"""
+    with open(os.path.join(ROOT, "cloudbuild.yaml")) as f:
+        header = "".join(line.lstrip("# ").rstrip("\\\n") + " " for line in f if line.startswith("#"))
+    example = re.search(r"gcloud builds submit .*?--substitutions=(\S+)", header)
+    assert example, header
+    given = dict(pair.split("=", 1) for pair in example[1].split(","))
+    references = []
+    for step in build["steps"]:
+        args = [substitute(a, build, given) for a in step.get("args", [])]
+        references.append(substitute(step["name"], build, given))
+        references += [a for a in args if "docker.pkg.dev" in a and not a.startswith("--")]
+        if "--images-tag" in args:
+            assert args[args.index("--images-tag") + 1], step["id"]
+    ours = [r for r in references if "/catsdogs-" in r]
+    assert ours, references
+    for reference in ours:  # Docker's reference grammar: a tag is [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}
+        assert re.fullmatch(r"[a-z0-9.-]+/[a-z0-9_./-]+:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", reference), reference
 
 
 def test_every_dockerfile_and_path_it_names_exists(build):
@@ -119,20 +147,16 @@ def test_cloudbuild_google_builder_steps_build_and_push_what_the_catsdogs_steps_
             assert used in pushed and pushed[used] in waits_for(steps, step_id), f"{step_id} uses {used} unpushed"
 
 
-def test_cloudbuild_workspace_step_gives_our_images_user_a_folder_for_every_file_they_write(build):
-    steps = substituted_steps(build)
-    workspace = steps["workspace"]
-    assert workspace["name"] == BUILDERS + "docker" and workspace["entrypoint"] == "bash"  # builders run as root
-    match = re.fullmatch(r"install -d -o (\d+) -g (\d+) (/workspace/\S+)", workspace["args"][1])
-    assert workspace["args"][0] == "-c" and match, workspace["args"]
+def test_cloudbuild_catsdogs_steps_run_as_root_in_the_root_owned_workspace(build):
+    # Cloud Build runs a step as its image's user and /workspace belongs to root; the compile step writes there.
     with open(os.path.join(ROOT, "images", "components", "Dockerfile")) as f:
-        user = re.findall(r"^USER (\S+)$", f.read(), re.M)[-1]
-    assert f"{match[1]}:{match[2]}" == user
-    folder = match[3]
+        users = re.findall(r"^USER (\S+)$", f.read(), re.M)
+    assert not users or users[-1] in ("root", "0", "0:0"), users
+    steps = substituted_steps(build)
     output = steps["compile"]["args"][steps["compile"]["args"].index("--output") + 1]
-    assert os.path.dirname(output) == folder and "workspace" in waits_for(steps, "compile")
+    assert output.startswith("/workspace/")
     for path in build["artifacts"]["objects"]["paths"]:
-        assert os.path.dirname(os.path.join("/workspace", path)) == folder, path
+        assert os.path.join("/workspace", path) == output, path
 
 
 def _as_run_here(step: dict, workspace: str) -> list[str]:
@@ -143,14 +167,13 @@ def _as_run_here(step: dict, workspace: str) -> list[str]:
 def test_the_catsdogs_steps_run_here(build, step_id, tmp_path, capsys, metadata_server):
     step = substituted_steps(build)[step_id]
     assert step["entrypoint"] == "catsdogs"
-    (tmp_path / "compiled").mkdir()  # the workspace step's folder
     args = _as_run_here(step, str(tmp_path))
     if step_id == "submit":
         args.append("--dry-run")
     assert main(args) == 0
     out = capsys.readouterr().out
     if step_id == "compile":
-        text = (tmp_path / "compiled" / "pipeline.yaml").read_text()
+        text = (tmp_path / "pipeline.yaml").read_text()
         assert f"{REGISTRY}/catsdogs-trainer:0123456789abcdef" in text
     else:
         request = json.loads(out)
@@ -167,7 +190,7 @@ def _engine(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.images
 def test_cloudbuild_steps_run_in_our_images_as_cloud_build_runs_them(build, image, tmp_path, metadata_server):
     """Every step that is not a Google builder's docker build or push (checked above by their arguments) nor the
-    test step (this suite), in the file's order: our images as their own user, a builder's bash as root."""
+    test step (this suite), in the file's order: our images as their own user (root), a builder's bash as root."""
     steps = substituted_steps(build)
     workspace, home = tmp_path / "workspace", tmp_path / "builder-home"
     for folder in (workspace, home):
@@ -193,10 +216,10 @@ def test_cloudbuild_steps_run_in_our_images_as_cloud_build_runs_them(build, imag
         result = _engine(*run, "--entrypoint", step["entrypoint"], local, *args)
         assert result.returncode == 0, f"step {step_id} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
         outputs[step_id] = result.stdout
-    assert {"workspace", "compile", "submit"} <= set(outputs)
+    assert {"compile", "submit"} <= set(outputs)
     for path in build["artifacts"]["objects"]["paths"]:
         assert (workspace / path).is_file(), f"artifact {path} was not written"
-    compiled = yaml.safe_load((workspace / "compiled" / "pipeline.yaml").read_text())
+    compiled = yaml.safe_load((workspace / "pipeline.yaml").read_text())
     assert compiled["pipelineInfo"]["name"] == "catsdogs"
     request = json.loads(outputs["submit"][outputs["submit"].index("{"):])
     account = substitute("${_SERVICE_ACCOUNT}", build)

@@ -129,3 +129,202 @@ def test_gcs_run_refuses_a_gcs_workdir(tmp_path, capsys):
     assert main(["run", "--workdir", "gs://bucket/w", *FAST]) == 2
     assert "workdir must be a local folder" in capsys.readouterr().err
     assert not os.path.exists("gs:")
+
+
+class ObjectsOnlyGcs:
+    """A GCS JSON API for a caller with object roles only (roles/storage.objectAdmin, objectViewer): objects are
+    listed and read, the bucket's own metadata (storage.buckets.get) is refused with 403, as GCS does."""
+
+    def __init__(self, objects: dict[str, bytes]):
+        import threading
+        from http.server import ThreadingHTTPServer
+        from urllib.parse import parse_qs, unquote, urlsplit
+
+        from tests.fake_rest import JsonHandler
+
+        fake = self
+        self.requests: list[str] = []
+
+        class Handler(JsonHandler):
+            def do_GET(self):
+                url = urlsplit(self.path)
+                fake.requests.append(url.path)
+                parts = url.path.split("/")  # ['', 'storage', 'v1', 'b', BUCKET, 'o', NAME...]
+                if url.path.startswith("/download/"):
+                    body = objects[unquote(url.path.split("/o/", 1)[1])]
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                elif len(parts) == 5:
+                    denied = "caller does not have storage.buckets.get access to the Google Cloud Storage bucket"
+                    self.reply_json({"error": {"code": 403, "message": denied}}, 403)
+                elif len(parts) == 6 and parts[5] == "o":
+                    prefix = parse_qs(url.query).get("prefix", [""])[0]
+                    names = sorted(n for n in objects if n.startswith(prefix))
+                    limit = int(parse_qs(url.query).get("maxResults", [len(names) or 1])[0])
+                    self.reply_json({"kind": "storage#objects", "items": [
+                        {"name": n, "bucket": parts[4], "size": str(len(objects[n]))} for n in names[:limit]]})
+                else:
+                    name = unquote("/".join(parts[6:]))
+                    if name in objects:
+                        self.reply_json({"name": name, "bucket": parts[4], "size": str(len(objects[name]))})
+                    else:
+                        self.reply_json({"error": {"code": 404, "message": "No such object"}}, 404)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_images_at_a_bucket_root_are_found_with_object_roles_only(tmp_path, monkeypatch):
+    """`catsdogs prepare --images gs://BUCKET` where the caller may list and read objects but not get the bucket:
+    bucket.exists() needs storage.buckets.get, which roles/storage.objectAdmin lacks (403)."""
+    import subprocess
+    import sys
+
+    objects = {f"{label}/{i}.jpg": b"\xff\xd8 not read by prepare" for label in ("cat", "dog") for i in range(5)}
+    fake = ObjectsOnlyGcs(objects)
+    try:
+        out = tmp_path / "images.csv"
+        env = {**os.environ, "STORAGE_EMULATOR_HOST": fake.url, "GOOGLE_CLOUD_PROJECT": "my-project"}
+        result = subprocess.run([sys.executable, "-m", "pipelines.cli", "prepare", "gs://only-objects",
+                                 "--output", str(out)], capture_output=True, text=True, env=env, timeout=120)
+    finally:
+        fake.close()
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = _rows(str(out))
+    assert sorted(r["image_uri"] for r in rows) == sorted(f"gs://only-objects/{name}" for name in objects)
+
+
+def _cancelled_states() -> tuple:
+    from google.cloud.dataflow_v1beta3 import JobState
+
+    # Google's REST clients send enums as numbers (use_integers_for_enums); the API takes either.
+    return "JOB_STATE_CANCELLED", JobState.JOB_STATE_CANCELLED.value
+
+
+CANCELLED = _cancelled_states()
+
+
+class FakeDataflow:
+    """Dataflow's REST API (v1b3) as far as launching, watching and cancelling a job goes: the job Beam creates
+    stays RUNNING (no worker runs it) until an update asks for JOB_STATE_CANCELLED."""
+
+    def __init__(self):
+        import threading
+        from http.server import ThreadingHTTPServer
+
+        from tests.fake_rest import JsonHandler
+
+        fake = self
+        self.calls: list[tuple[str, str, dict]] = []
+        self.jobs: dict[str, dict] = {}
+
+        class Handler(JsonHandler):
+            def _serve(self):
+                path = self.path.split("?")[0]
+                body = self.read_json() if self.command in ("POST", "PUT") else {}
+                fake.calls.append((self.command, path, body))
+                parts = path.split("/")  # ['', 'v1b3', 'projects', P, 'locations', L, 'jobs', ID, ...]
+                if self.command == "POST" and len(parts) == 7 and parts[6] == "jobs":
+                    job_id = f"2026-12-04_00_00_00-{len(fake.jobs) + 1}"
+                    fake.jobs[job_id] = {**body, "id": job_id, "projectId": parts[3], "location": parts[5],
+                                         "currentState": "JOB_STATE_RUNNING"}
+                    self.reply_json(fake.jobs[job_id])
+                elif len(parts) >= 8 and parts[7] in fake.jobs:
+                    job = fake.jobs[parts[7]]
+                    if self.command == "PUT":
+                        if body.get("requestedState") in CANCELLED:
+                            job["currentState"] = "JOB_STATE_CANCELLED"
+                        self.reply_json(job)
+                    elif len(parts) == 9:  # messages, metrics
+                        self.reply_json({})
+                    else:
+                        self.reply_json(job)
+                else:
+                    self.reply_json({"error": {"code": 404, "message": f"no {path}", "status": "NOT_FOUND"}}, 404)
+
+            do_GET = do_POST = do_PUT = _serve
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        # Beam talks REST (not gRPC) to an endpoint named localhost (apiclient.py, DataflowApplicationClient).
+        self.url = f"http://localhost:{self.server.server_port}"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.slow  # Beam's Dataflow launch (staging included) takes about a minute on 2 busy cores
+def test_gcs_convert_on_dataflow_reports_its_job_and_a_sigterm_cancels_it(gcs_bucket, local_images, tmp_path):
+    """The convert step as Vertex runs it (its compiled command, an executor input), with Beam's DataflowRunner
+    launching the job on a fake Dataflow: the job appears in the step's gcp_resources in GCPC's format while it
+    runs, and a SIGTERM to the step (Vertex cancelling the run) cancels the job, leaving the output as it was."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    csv_path, out = tmp_path / "images.csv", tmp_path / "records"
+    prepare_csv(local_images, str(csv_path), train_fraction=0.6, validation_fraction=0.2)
+    pipeline = tmp_path / "pipeline.yaml"
+    assert main(["compile", "--output", str(pipeline)]) == 0
+    spec = yaml.safe_load(pipeline.read_text())["deploymentSpec"]["executors"]["exec-convert"]["container"]
+    program = tmp_path / "ephemeral_component.py"
+    program.write_text(spec["command"][3])  # what KFP's `sh -ec` wrapper writes and hands to python
+    resources = tmp_path / "gcp_resources"
+    executor_input = {
+        "inputs": {
+            "parameterValues": {"runner": "DataflowRunner", "dataflow_project": "my-project",
+                                "dataflow_region": "europe-west4", "dataflow_temp_location": f"{gcs_bucket}/tmp"},
+            "artifacts": {"image_csv": {"artifacts": [{"name": "image_csv", "uri": str(csv_path), "metadata": {},
+                                                       "type": {"schemaTitle": "system.Dataset"}}]}}},
+        "outputs": {
+            "artifacts": {name: {"artifacts": [{"name": name, "uri": str(tmp_path / name), "metadata": {},
+                                                "type": {"schemaTitle": kind}}]}
+                          for name, kind in (("tfrecords", "system.Dataset"), ("metrics", "system.Metrics"))},
+            "parameters": {"gcp_resources": {"outputFile": str(resources)}},
+            "outputFile": str(tmp_path / "executor_output.json")},
+    }
+    executor_input["outputs"]["artifacts"]["tfrecords"]["artifacts"][0]["uri"] = str(out)
+    dataflow = FakeDataflow()
+    executor_input["inputs"]["parameterValues"]["dataflow_endpoint"] = dataflow.url
+    args = [json.dumps(executor_input) if arg == "{{$}}" else arg for arg in spec["args"]]
+    step = subprocess.Popen([sys.executable, "-m", "kfp.dsl.executor_main", "--component_module_path", str(program),
+                             *args], env={**os.environ, "_KFP_RUNTIME": "true", "VERTEX_AI_PIPELINES_RUN_LABELS":
+                                          json.dumps({"vertex-ai-pipelines-run-billing-id": "4242"})},
+                            stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300  # a guard against hanging, not a speed requirement
+        while not dataflow.jobs or json.loads(resources.read_text() or "{}") == {}:
+            assert step.poll() is None, step.stdout.read()[-4000:]
+            assert time.monotonic() < deadline, "no Dataflow job was reported"
+            time.sleep(0.5)
+        (job_id,) = dataflow.jobs
+        assert json.loads(resources.read_text()) == {"resources": [{
+            "resourceType": "DataflowJob",
+            "resourceUri": f"https://dataflow.googleapis.com/v1b3/projects/my-project/locations/europe-west4/jobs/"
+                           f"{job_id}"}]}
+        # The run's labels reach the job, as Vertex asks of steps that create cloud resources.
+        assert dataflow.jobs[job_id]["labels"]["vertex-ai-pipelines-run-billing-id"] == "4242"
+        step.send_signal(signal.SIGTERM)
+        output = step.communicate(timeout=120)[0]
+    finally:
+        if step.poll() is None:
+            step.kill()
+        dataflow.close()
+    assert step.returncode == 128 + signal.SIGTERM, output[-4000:]
+    cancels = [(path, body) for method, path, body in dataflow.calls if method == "PUT"]
+    assert cancels and cancels[-1][1]["requestedState"] in CANCELLED, dataflow.calls
+    assert cancels[-1][0] == f"/v1b3/projects/my-project/locations/europe-west4/jobs/{job_id}"
+    assert not out.exists() or not list(out.glob("*.tfrecord*")), "a cancelled conversion left records"

@@ -78,9 +78,12 @@ def test_beam_boot_image_matches_the_locked_beam_sdk():
 
 @pytest.mark.images
 @pytest.mark.parametrize("name", NAMES)
-def test_image_runs_as_non_root(image, name):
-    assert engine("image", "inspect", "--format", "{{.Config.User}}", image(name)).stdout.strip() == "1000:1000"
-    assert engine("run", "--rm", "--entrypoint", "id", image(name), "-u").stdout.strip() == "1000"
+def test_image_runs_as_the_user_its_platform_runs_it_as(image, name):
+    # The components image is Dataflow's SDK container and Vertex's step image: root, as both run it (Dataflow's
+    # boot writes to a root-owned --semi_persist_dir; images/components/Dockerfile says why). The others: uid 1000.
+    user, uid = ("", "0") if name == "components" else ("1000:1000", "1000")
+    assert engine("image", "inspect", "--format", "{{.Config.User}}", image(name)).stdout.strip() == user
+    assert engine("run", "--rm", "--entrypoint", "id", image(name), "-u").stdout.strip() == uid
 
 
 @pytest.mark.images
@@ -124,7 +127,7 @@ def test_component_runs_in_its_image_as_kfp_runs_it(image, sample_images, tmp_pa
 
     root = tmp_path / "pipeline_root"
     root.mkdir()
-    root.chmod(0o777)  # the container's user (uid 1000) writes here, as on a bucket mounted for it
+    root.chmod(0o755)  # root's, as a mounted bucket is; the step runs as root
     csv_uri = str(root / "prepare" / "image_csv")
     executor_input = {
         "inputs": {"parameterValues": {"images_root": sample_images, "train_fraction": 0.8,
@@ -231,16 +234,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _has_beams_boot(components: str) -> bool:
-    """Beam's boot program is a Go binary; images/build.sh's stand-in (no registry reachable) is a shell script."""
-    head = engine("run", "--rm", "--entrypoint", "od", components, "-An", "-c", "-N4", "/opt/apache/beam/boot")
-    return head.stdout.split() == ["177", "E", "L", "F"]
-
-
 @pytest.mark.images
 def test_beam_worker_environment_runs_the_sdk_in_the_images_own_python(image):
     # Beam's boot program (>= 2.44) makes a venv per worker unless this is set; that venv sees the base
-    # interpreter's packages, not /opt/venv's, and lives under /opt/apache, which uid 1000 cannot write.
+    # interpreter's packages, not /opt/venv's.
     env = json.loads(engine("image", "inspect", "--format", "{{json .Config.Env}}", image("components")).stdout)
     assert "RUN_PYTHON_SDK_IN_DEFAULT_ENVIRONMENT=1" in env
     assert any(e.startswith("PATH=/opt/venv/bin:") for e in env)
@@ -250,38 +247,48 @@ CONVERT_WITH_EXTERNAL_WORKERS = """
 import json, sys
 from components.convert.pipeline import convert
 csv, out, pool = sys.argv[1:]
+# --save_main_session: Beam 2.77 turns it on for Dataflow (cloudpickle), so pickled_main_session is always staged.
 summary = convert(csv, out, runner="PortableRunner", pipeline_args=[
-    "--job_endpoint=embed", "--environment_type=EXTERNAL", f"--environment_config={pool}"])
+    "--job_endpoint=embed", "--environment_type=EXTERNAL", f"--environment_config={pool}", "--save_main_session"])
 print(json.dumps({"good": summary.good, "bad": summary.bad, "per_split": summary.per_split}))
+"""
+
+# How Dataflow starts the SDK container on a worker VM: the image's boot program, with a root-owned host folder as
+# --semi_persist_dir, into which boot writes every staged file (Beam's boot.go, artifact.Materialize).
+DATAFLOW_START = """#!/bin/sh
+exec /opt/apache/beam/boot --semi_persist_dir=/var/opt/google "$@"
 """
 
 
 @pytest.mark.images
-def test_beam_worker_in_the_components_image_converts_as_a_dataflow_worker(image, sample_images, tmp_path):
-    """The conversion with every DoFn in the components image, as uid 1000: Beam's portable runner here hands
-    the work to a worker pool in the container (EXTERNAL environment), as Dataflow hands it to the SDK container.
-    With Beam's real boot program the pool is the image's entrypoint with --worker_pool (boot then starts each
-    worker the way Dataflow starts it); with the stand-in it is Beam's worker pool module in the image's Python."""
+def test_beam_worker_in_the_components_image_converts_as_dataflow_starts_it(image, sample_images, tmp_path):
+    """The conversion with every DoFn in the components image, each worker started as Dataflow starts one: Beam's
+    portable runner here hands the work to a worker pool in the container (EXTERNAL environment), which starts each
+    worker with the image's boot program and Dataflow's flags (DATAFLOW_START), as the image's user; boot fetches
+    the staged pickled_main_session into the root-owned /var/opt/google and the worker processes the bundles.
+    With images/build.sh's stand-in for Beam's boot (no registry reachable) boot is images/standin/boot."""
     from components.prepare import prepare_csv
 
     components = image("components")
     bucket = tmp_path / "bucket"  # the workers read the CSV and write (and stage) the shards here, as in a bucket
-    bucket.mkdir()
-    os.chown(bucket, 1000, 1000)
+    persist, start = tmp_path / "var-opt-google", tmp_path / "dataflow"
+    for folder in (bucket, persist, start):
+        folder.mkdir()
+        os.chown(folder, 0, 0)
+        folder.chmod(0o755)  # root's, as Dataflow's host folder is
+    (start / "boot").write_text(DATAFLOW_START)
+    (start / "boot").chmod(0o755)
     csv, out = bucket / "images.csv", bucket / "records"
     prepare_csv(sample_images, str(csv), train_fraction=0.6, validation_fraction=0.2)
     Path(sample_images).chmod(0o755)
-    if _has_beams_boot(components):
-        port, command = 50000, ["--worker_pool"]  # boot's worker pool listens on 50000
-    else:
-        port = _free_port()
-        command = ["--entrypoint", "python", components, "-m", "apache_beam.runners.worker.worker_pool_main",
-                   f"--service_port={port}"]
+    port = _free_port()
     container = f"catsdogs-beam-worker-{os.getpid()}"
     engine("rm", "--force", container, check=False)
     engine("run", "--detach", "--name", container, "--network", "host",
            "--volume", f"{sample_images}:{sample_images}:ro", "--volume", f"{bucket}:{bucket}",
-           *(command if command[0] == "--entrypoint" else [components, *command]))
+           "--volume", f"{persist}:/var/opt/google", "--volume", f"{start}:/dataflow:ro",
+           "--entrypoint", "python", components, "-m", "apache_beam.runners.worker.worker_pool_main",
+           f"--service_port={port}", "--container_executable=/dataflow/boot")
     try:
         deadline = time.monotonic() + 120  # a guard against hanging, not a speed requirement
         while True:
@@ -293,23 +300,22 @@ def test_beam_worker_in_the_components_image_converts_as_a_dataflow_worker(image
                 pytest.fail(f"the worker pool never listened on {port}:\n{_logs(container)}")
             time.sleep(0.5)
         try:
-            # umask 0: the folders this (root) launcher makes, e.g. the staging folder, are the workers' to write
-            # in too, as a bucket's are for Dataflow's launcher and workers (one service account).
             result = subprocess.run([sys.executable, "-c", CONVERT_WITH_EXTERNAL_WORKERS, str(csv), str(out),
                                      f"localhost:{port}"], capture_output=True, text=True, timeout=400,
-                                    env={**os.environ, "PYTHONPATH": str(ROOT)}, umask=0)
+                                    env={**os.environ, "PYTHONPATH": str(ROOT)})
         except subprocess.TimeoutExpired:
             pytest.fail(f"the conversion hung; the worker pool said:\n{_logs(container)[-4000:]}")
         assert result.returncode == 0, f"{result.stderr[-4000:]}\nworker pool:\n{_logs(container)[-4000:]}"
         summary = json.loads(result.stdout.strip().splitlines()[-1])
         assert summary["good"] == 40 and summary["bad"] == 0, summary
-        assert "Starting worker" in _logs(container), "no worker was started in the container"
+        assert "/dataflow/boot" in _logs(container), "no worker was started with Dataflow's flags"
     finally:
         engine("rm", "--force", container, check=False)
+    session = persist / "staged" / "pickled_main_session"
+    assert session.is_file() and session.stat().st_size > 0, sorted(p.name for p in persist.rglob("*"))
     shards = sorted(out.glob("*.tfrecord*"))
     assert shards, sorted(p.name for p in out.iterdir())
-    # Written by the workers in the container, as its user: not by this (root) process.
-    assert {p.stat().st_uid for p in shards} == {1000}
+    assert {p.stat().st_uid for p in shards} == {0}  # written by the workers in the container, as root
     import tensorflow as tf
 
     records = [r.numpy() for p in shards for r in tf.data.TFRecordDataset(str(p))]
@@ -323,7 +329,7 @@ def test_beam_worker_in_the_components_image_converts_as_a_dataflow_worker(image
 @pytest.mark.images
 def test_component_writes_its_outputs_under_the_gcs_mount_as_on_vertex(image, sample_images, tmp_path, gcs_bucket,
                                                                        gcs_emulator, metadata_server):
-    """A step as Vertex runs it: uid 1000, gs:// artifact URIs with their bucket mounted at /gcs/BUCKET (Cloud
+    """A step as Vertex runs it: as root, gs:// artifact URIs with their bucket mounted at /gcs/BUCKET (Cloud
     Storage FUSE; KFP's executor makes the output's folders there), a metadata server, and objects written
     through the GCS API (the emulator here, which needs no token)."""
     from components import storage
@@ -336,7 +342,7 @@ def test_component_writes_its_outputs_under_the_gcs_mount_as_on_vertex(image, sa
     mount, outputs = tmp_path / "gcs" / bucket, tmp_path / "kfp_outputs"
     for folder in (mount, outputs):
         folder.mkdir(parents=True)
-        os.chown(folder, 1000, 1000)  # the step's to write, as the bucket is its service account's
+        os.chown(folder, 0, 0)
     csv_uri = f"{gcs_bucket}/pipeline-root/run-1/prepare/image_csv"
     executor_input = {
         "inputs": {"parameterValues": {"images_root": "/data/images", "train_fraction": 0.8,
@@ -360,6 +366,6 @@ def test_component_writes_its_outputs_under_the_gcs_mount_as_on_vertex(image, sa
     assert rows[0] == "split,image_uri,label" and len(rows) == 1 + 40
     assert all(row.split(",")[1].startswith("/data/images/") for row in rows[1:])
     made = mount / "pipeline-root" / "run-1" / "prepare"
-    assert made.is_dir() and made.stat().st_uid == 1000, "KFP's executor made no folder under the /gcs mount"
+    assert made.is_dir() and made.stat().st_uid == 0, "KFP's executor made no folder under the /gcs mount"
     output = json.loads((outputs / "output_metadata.json").read_text())
     assert output["artifacts"]["image_csv"]["artifacts"][0]["metadata"], "the step's CSV counts are missing"

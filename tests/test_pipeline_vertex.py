@@ -85,7 +85,7 @@ def test_dag_runs_prepare_convert_train_evaluate_then_gated_deploy(dag):
                                                       "find champion (default version)", "W&B settings"}
     assert dag.condition("blessed") == "inputs.parameter_values['pipelinechannel--evaluate-Output'] == true"
     assert dag.condition("rejected") == "!(inputs.parameter_values['pipelinechannel--evaluate-Output'] == true)"
-    assert {"upload model version (default)", "upload model", "import evaluation (Model Registry)",
+    assert {"upload model version", "upload model", "import evaluation (Model Registry)",
             "find or create endpoint", "traffic split (canary)", "deploy to endpoint",
             "record deployment (W&B)"} <= inside(dag, "blessed")
     assert dag.depends_on("deploy to endpoint") >= {"find or create endpoint", "traffic split (canary)"}
@@ -116,10 +116,11 @@ def test_the_champion_is_the_default_version_looked_up_uncached(dag, compiled):
 
 def test_each_run_uploads_a_new_version_of_the_model_and_reuses_the_endpoint(dag):
     assert dag.condition("model-exists") == "inputs.parameter_values['pipelinechannel--find-model-Output'] != ''"
-    assert dag.parent["upload model version (default)"] == "model-exists" and dag.parent["upload model"] == "new-model"
-    assert dag.producer("upload model version (default)", "parent_model") == "parent model"
-    version = dag.parameters("upload model version (default)")
-    assert version["version_aliases"]["runtimeValue"]["constant"] == ["default"]
+    assert dag.parent["upload model version"] == "model-exists" and dag.parent["upload model"] == "new-model"
+    assert dag.producer("upload model version", "parent_model") == "parent model"
+    version = dag.parameters("upload model version")  # `canary` or `default`, decided when it runs
+    aliases_id = dag.ids["version alias (canary or default)"]  # handed into the condition as a channel
+    assert version["version_aliases"]["componentInputParameter"] == f"pipelinechannel--{aliases_id}-Output"
     assert "parent_model" not in dag.tasks["upload model"]["inputs"]["artifacts"]
     assert dag.producer("deploy to endpoint", "endpoint") == "find or create endpoint"
     for lookup in ("find model", "find or create endpoint"):
@@ -154,7 +155,7 @@ def test_every_step_uses_a_registry_image_and_the_model_is_served_by_ours(compil
 
 
 def test_gcpc_steps_get_the_pipelines_location(dag):
-    for task in ("upload model version (default)", "upload model", "upload challenger version (not deployed)",
+    for task in ("upload model version", "upload model", "upload challenger version (not deployed)",
                  "find model", "find or create endpoint", "find champion (default version)"):
         assert dag.parameters(task)["location"]["componentInputParameter"].endswith("location")
 
@@ -231,7 +232,8 @@ def test_submit_dry_run_prints_the_job_request_without_credentials(capsys, monke
 @pytest.mark.parametrize(
     "extra, message",
     [(["--param", "epoch=3"], "no such parameter"), (["--param", "epochs=three"], "not a valid number_integer"),
-     (["--param", "augment=maybe"], "true or false"), (["--param", "epochs"], "KEY=VALUE")],
+     (["--param", "augment=maybe"], "true or false"), (["--param", "epochs"], "KEY=VALUE"),
+     (["--param", "canary_traffic_percent=0"], "must be 1..100")],
 )
 def test_submit_refuses_bad_parameters_by_name(extra, message, capsys):
     code = main(["submit", "--project", "my-project", "--region", "r", "--pipeline-root", "gs://b/root",
@@ -287,3 +289,105 @@ def test_submit_hands_its_service_account_to_the_steps(capsys):
     assert request["runtimeConfig"]["parameterValues"]["service_account"] == account
     assert main([*args, "--param", "service_account=other@my-project.iam.gserviceaccount.com"]) == 2
     assert "give one" in capsys.readouterr().err
+
+
+CACHED = ("prepare CSV", "convert to TFRecords (Dataflow)", "train (T4_1X x1)")
+
+
+def _cache_key(spec: dict, values: dict, job_name: str, task_id: str) -> tuple:
+    """What Vertex's cache key holds of a root task, resolved for one run: its component (the executor's image,
+    command and args) and its inputs, with run-time placeholders ({{$.pipeline_job_name}} ...) filled in for this
+    run and each upstream output replaced by the cache key of the task that makes it (a cached producer gives
+    the same output)."""
+    task = spec["root"]["dag"]["tasks"][task_id]
+    component = spec["components"][task["componentRef"]["name"]]
+    executor = spec["deploymentSpec"]["executors"][component["executorLabel"]]
+    placeholders = {"{{$.pipeline_job_name}}": job_name, "{{$.pipeline_job_uuid}}": f"uuid-{job_name}",
+                    "{{$.pipeline_job_resource_name}}": f"projects/p/locations/l/pipelineJobs/{job_name}"}
+
+    def fill(value):
+        text = json.dumps(value)
+        for placeholder, run_value in placeholders.items():
+            text = text.replace(placeholder, run_value)
+        return json.loads(text)
+
+    def resolve(source: dict):
+        if "componentInputParameter" in source:
+            return values[source["componentInputParameter"]]
+        if "runtimeValue" in source:
+            return fill(source["runtimeValue"]["constant"])
+        producer = source.get("taskOutputParameter") or source.get("taskOutputArtifact")
+        key = producer.get("outputParameterKey") or producer.get("outputArtifactKey")
+        return ("output", key, _cache_key(spec, values, job_name, producer["producerTask"]))
+
+    inputs = task.get("inputs", {})
+    resolved = {name: resolve(source) for kind in ("parameters", "artifacts")
+                for name, source in sorted(inputs.get(kind, {}).items())}
+    defaults = {name: d.get("defaultValue") for name, d in component.get("inputDefinitions", {}).get(
+        "parameters", {}).items() if name not in resolved}
+    return json.dumps([fill(executor), resolved, fill(defaults)], sort_keys=True, default=str),
+
+
+def _jobs(tmp_path, *extra: str) -> list[dict]:
+    """The job requests of two submissions of one compiled template, as `catsdogs submit` builds them."""
+    from pipelines.submit import build_job
+
+    template = tmp_path / "pipeline.yaml"
+    assert main(["compile", "--output", str(template), "--images-registry", REGISTRY, "--images-tag", "abc"]) == 0
+    jobs = []
+    for _ in range(2):
+        job = build_job(str(template), "my-project", "europe-west4", "gs://b/root", "gs://b/images", [],
+                        enable_caching="--no-cache" not in extra)
+        jobs.append(job.to_dict())
+    return jobs
+
+
+def test_a_resubmitted_run_reuses_prepare_convert_and_train_from_the_cache(tmp_path):
+    """Vertex's cache key is the component plus its resolved inputs: a step whose inputs derive from the run's name
+    or id (as the W&B settings once did) misses the cache on every run, and so does everything after it."""
+    jobs = _jobs(tmp_path)
+    spec, values = jobs[0]["pipelineSpec"], jobs[0]["runtimeConfig"]["parameterValues"]
+    defaults = {name: d.get("defaultValue") for name, d in spec["root"]["inputDefinitions"]["parameters"].items()}
+    dag = Dag(spec)
+    for step in CACHED:
+        first, second = (_cache_key(spec, {**defaults, **values}, run, dag.ids[step]) for run in ("run-1", "run-2"))
+        assert first == second, f"{step}'s inputs differ between two runs: it never hits the cache"
+        for job in jobs:  # the compiled options stand: caching on for these, off for the lookups
+            assert Dag(job["pipelineSpec"]).tasks[step].get("cachingOptions", {}).get("enableCache", True) is True
+    for job in jobs:  # a submitted job keeps the lookups uncached (a cached champion would be a stale one)
+        submitted = Dag(job["pipelineSpec"])
+        for lookup in ("find champion (default version)", "find model", "find or create endpoint"):
+            assert submitted.tasks[lookup]["cachingOptions"].get("enableCache", False) is False, lookup
+
+
+def test_no_cache_runs_every_step(tmp_path):
+    for job in _jobs(tmp_path, "--no-cache"):
+        dag = Dag(job["pipelineSpec"])
+        assert {name: task["cachingOptions"]["enableCache"] for name, task in dag.tasks.items()} == dict.fromkeys(
+            dag.tasks, False)
+
+
+def test_no_compiled_pipeline_is_committed():
+    """A compiled pipeline names the images of one build: `catsdogs compile` writes it for the images it is given
+    (Cloud Build's compile step). A committed one goes stale (local image names, old parameters)."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    tracked = subprocess.run(["git", "ls-files", "*.yaml", "*.yml", "*.json"], cwd=root, capture_output=True,
+                             text=True, check=True).stdout.split()
+    compiled = [path for path in tracked if "deploymentSpec" in (root / path).read_text(errors="replace")
+                and "pipelineInfo" in (root / path).read_text(errors="replace")]
+    assert compiled == []
+    assert subprocess.run(["git", "check-ignore", "-q", "pipeline.yaml"], cwd=root).returncode == 0
+
+
+def test_the_steps_that_launch_dataflow_report_it_as_gcp_resources(tmp_path):
+    """Vertex links and cancels the jobs a step lists in its `gcp_resources` output (GCPC's launchers' contract)."""
+    from pipelines.batch import compile_batch_pipeline
+
+    compile_batch_pipeline(str(tmp_path / "batch.yaml"), Images.from_registry(REGISTRY, "t"))
+    compile_vertex_pipeline(str(tmp_path / "training.yaml"), Images.from_registry(REGISTRY, "t"))
+    for name, component in (("batch.yaml", "comp-batch-predict"), ("training.yaml", "comp-convert")):
+        outputs = yaml.safe_load((tmp_path / name).read_text())["components"][component]["outputDefinitions"]
+        assert outputs["parameters"]["gcp_resources"] == {"parameterType": "STRING"}, name

@@ -23,13 +23,16 @@ def compiled(tmp_path_factory) -> dict:
 def test_batch_pipeline_runs_the_beam_job_on_dataflow_with_the_components_image(compiled):
     assert compiled["pipelineInfo"]["name"] == "catsdogs-batch-predict"
     tasks = compiled["root"]["dag"]["tasks"]
-    assert set(tasks) == {"batch-predict"}
+    assert set(tasks) == {"batch-predict", "resolve-model"}
     params = tasks["batch-predict"]["inputs"]["parameters"]
     assert params["runner"]["runtimeValue"]["constant"] == "DataflowRunner"
     assert params["dataflow_sdk_container_image"]["runtimeValue"]["constant"] == \
         f"{REGISTRY}/catsdogs-components:abc123"
     assert params["source"] == {"componentInputParameter": "images_root"}
-    assert params["model"] == {"componentInputParameter": "model_base"}
+    # The model is resolved when the run starts (a Vertex model's `default` version: a schedule follows the champion).
+    assert params["model"]["taskOutputParameter"]["producerTask"] == "resolve-model"
+    assert tasks["resolve-model"]["inputs"]["parameters"]["model"] == {"componentInputParameter": "model"}
+    assert tasks["resolve-model"]["cachingOptions"].get("enableCache", False) is False
     assert params["dataflow_project"] == {"componentInputParameter": "project"}
     assert tasks["batch-predict"]["cachingOptions"].get("enableCache", False) is False
     image = compiled["deploymentSpec"]["executors"]["exec-batch-predict"]["container"]["image"]
@@ -45,20 +48,21 @@ def test_batch_pipeline_output_is_a_dataset_artifact_with_described_inputs(compi
         assert spec.get("description"), f"{name} has no Args: description"
 
 
-def test_submit_dry_run_of_the_batch_pipeline_needs_the_model(capsys):
+def test_submit_dry_run_of_the_batch_pipeline_scores_with_the_vertex_models_champion_or_a_given_model(capsys):
     argv = ["submit", "--pipeline", "batch-predict", *CREATE, "--dry-run"]
-    assert main(argv) == 2
-    assert "--param model_base=" in capsys.readouterr().err
-    assert main([*argv, "--param", "model_base=gs://bucket/models/catsdogs"]) == 0
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["runtimeConfig"]["parameterValues"].get("model", "catsdogs") == \
+        "catsdogs"  # the Vertex model the training pipeline uploads to
+    assert main([*argv, "--param", "model=gs://bucket/models/catsdogs"]) == 0
     request = json.loads(capsys.readouterr().out)
     assert request["templateName"] == "catsdogs-batch-predict"
-    assert request["runtimeConfig"]["parameterValues"]["model_base"] == "gs://bucket/models/catsdogs"
+    assert request["runtimeConfig"]["parameterValues"]["model"] == "gs://bucket/models/catsdogs"
     assert request["runtimeConfig"]["parameterValues"]["images_root"] == "gs://bucket/images"
 
 
 @pytest.mark.parametrize("pipeline, template, params", [
     ("training", "catsdogs", ["--param", "epochs=20"]),
-    ("batch-predict", "catsdogs-batch-predict", ["--param", "model_base=gs://bucket/models/catsdogs"]),
+    ("batch-predict", "catsdogs-batch-predict", ["--param", "model=gs://bucket/models/catsdogs"]),
 ])
 def test_schedule_dry_run_prints_the_create_request_with_the_cron(pipeline, template, params, capsys):
     assert main(["schedule", "--cron", "0 3 * * 1", "--pipeline", pipeline, *CREATE, *params,

@@ -233,12 +233,13 @@ def test_the_structure_check_finds_an_added_cross_stage_import(tmp_path):
 # -- names cited in docstrings, comments and docs exist ------------------------------------------------------------
 
 REPOSITORY = os.path.dirname(COMPONENTS)
-REFERENCE = re.compile(r"\b(?:components|pipelines)(?:[./][A-Za-z_]\w*)+")
+# Not inside a longer path or address (images/components/Dockerfile, .../docs/pipelines/gcpc-...).
+REFERENCE = re.compile(r"(?<![\w./-])(?:components|pipelines)(?:[./][A-Za-z_]\w*)+")
 # Within components/ a shared module is often cited by its own name: `tracking.settings`, `storage.join`; not
 # `images` and `logs`, which are common words too (images.csv, logs/train.log).
 SHARED_MODULES = sorted(name[:-3] for name in os.listdir(COMPONENTS)
                         if name.endswith(".py") and name[0] != "_" and name not in ("images.py", "logs.py"))
-SHORT_REFERENCE = re.compile(rf"(?<![\w./:-])(?:{'|'.join(SHARED_MODULES)})\.[A-Za-z_]\w*(?![\w/(-])")
+SHORT_REFERENCE = re.compile(rf"(?<![\w./:-])(?:{'|'.join(SHARED_MODULES)})\.[A-Za-z_]\w*(?![\w/(-]|\.\w)")
 
 
 def _defined_names(module_file: str) -> dict[str, set[str]]:

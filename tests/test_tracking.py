@@ -162,6 +162,21 @@ def test_offline_step_logs_small_outputs_as_files_and_big_ones_as_references(wan
         {"train-00000-of-00001.tfrecord": (wandb_env / "records" / "train-00000-of-00001.tfrecord").as_uri()})
 
 
+def test_a_vertex_step_groups_its_run_by_the_pipeline_runs_id_from_its_environment(wandb_env, monkeypatch):
+    """On Vertex the settings every step takes carry no run name (it would make every step miss the cache): the
+    step's W&B run finds its pipeline run's id in the labels Vertex hands each step (what GCPC's launchers read),
+    so the steps of one run share a group, and a cached step's artifacts link the next run's steps by digest."""
+    monkeypatch.setenv("WANDB_DIR", str(wandb_env))
+    labels = {"vertex-ai-pipelines-run-billing-id": "4242", "other": "x"}
+    monkeypatch.setenv(tracking.VERTEX_RUN_LABELS, json.dumps(labels))
+    settings = tracking.settings("p", "offline", pipeline_run="")  # as the Vertex pipeline's first step makes them
+    with tracking.step_run("prepare", "data", settings, {}):
+        pass
+    (recorded,) = offline_runs(str(wandb_env)).values()
+    assert recorded["group"] == "vertex-4242"
+    assert tracking.run_group({"group": "mine"}) == "mine"  # a group given as a parameter wins
+
+
 def test_a_failing_step_finishes_its_run_as_failed(wandb_env, monkeypatch):
     monkeypatch.setenv("WANDB_DIR", str(wandb_env))
     with pytest.raises(InputError, match="bad row"):
@@ -268,7 +283,8 @@ def test_vertex_pipeline_takes_wandb_parameters_and_never_the_key(tmp_path, monk
     # The settings are made at run time by the first step from plain parameters (no placeholders nested in a
     # constant), and every step takes that step's output.
     settings = dag.parameters("W&B settings")
-    assert settings["pipeline_run"]["runtimeValue"]["constant"] == "{{$.pipeline_job_name}}"
+    # No run name: every step takes these settings, and a per-run input would make every step miss the cache.
+    assert settings["pipeline_run"]["runtimeValue"]["constant"] == ""
     assert settings["secret"] == {"componentInputParameter": "wandb_secret"}
     assert settings["gcp_project"] == {"componentInputParameter": "project"}
     settings_id = dag.ids["W&B settings"]
@@ -276,4 +292,7 @@ def test_vertex_pipeline_takes_wandb_parameters_and_never_the_key(tmp_path, monk
         assert dag.parameters(step)["wandb_settings"]["taskOutputParameter"]["producerTask"] == settings_id, step
     deploy = dag.parameters("record deployment (W&B)")["wandb_settings"]
     assert deploy["componentInputParameter"].startswith(f"pipelinechannel--{settings_id}-")
+    # The deploy record (run after the deploy, never cached) names the Vertex job its W&B group belongs to.
+    job = dag.parameters("record deployment (W&B)")["pipeline_job"]
+    assert job["runtimeValue"]["constant"] == "{{$.pipeline_job_name}}"
     assert "deploy to endpoint" in dag.depends_on("record deployment (W&B)")

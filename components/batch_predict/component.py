@@ -12,6 +12,7 @@ def batch_predict(
     model: str,
     predictions: Output[Dataset],
     metrics: Output[Metrics],
+    gcp_resources: dsl.OutputPath(str),
     batch_size: int = 32,
     runner: str = "DirectRunner",
     dataflow_project: str = "",
@@ -24,6 +25,7 @@ def batch_predict(
     dataflow_job_name: str = "",
     dataflow_subnetwork: str = "",
     dataflow_labels: Optional[Dict[str, str]] = None,
+    dataflow_endpoint: str = "",
 ):
     """Scores a folder or CSV of images with a model's newest version (Apache Beam RunInference), locally or on
     Dataflow, and registers the predictions as a Dataset: predictions-*.jsonl (image_uri, label, probabilities,
@@ -49,8 +51,11 @@ def batch_predict(
         dataflow_job_name: The Dataflow job's name (empty: generated).
         dataflow_subnetwork: The workers' subnetwork, regions/R/subnetworks/S or a URL (empty: the default).
         dataflow_labels: Labels of the Dataflow job.
+        dataflow_endpoint: Dataflow's API URL (empty: Beam's default, https://dataflow.googleapis.com).
+        gcp_resources: The Dataflow job this step launched, in GCPC's format (GcpResources JSON), written as soon as
+            the job exists: Vertex links it and cancels it with the run ({} when not on Dataflow).
     """
-    from components import logs
+    from components import dataflow_job, logs, tracking
     from components.batch_predict.core import batch_predict as run_batch_prediction
     from components.beam_runner import dataflow_args
 
@@ -61,9 +66,11 @@ def batch_predict(
             project=dataflow_project, region=dataflow_region, temp_location=dataflow_temp_location,
             sdk_container_image=dataflow_sdk_container_image, service_account=dataflow_service_account,
             machine_type=dataflow_machine_type, max_workers=dataflow_max_workers, job_name=dataflow_job_name,
-            subnetwork=dataflow_subnetwork, labels=dataflow_labels,
-        )
-    summary = run_batch_prediction(source, model, predictions.uri, batch_size, runner, args)
+            # The run's labels too (its id among them), as Vertex asks of steps that create cloud resources.
+            subnetwork=dataflow_subnetwork, labels={**tracking.vertex_run_labels(), **(dataflow_labels or {})},
+        ) + ([f"--dataflow_endpoint={dataflow_endpoint}"] if dataflow_endpoint else [])
+    with dataflow_job.reported(gcp_resources, args):
+        summary = run_batch_prediction(source, model, predictions.uri, batch_size, runner, args)
     metrics.log_metric("predictions", summary.predictions)
     metrics.log_metric("errors", summary.errors)
     predictions.metadata.update({"source": source, "model": summary.model, "version": summary.version,

@@ -50,13 +50,15 @@ def find_or_create_endpoint(project: str, location: str, display_name: str, endp
 
 @dsl.component(base_image=LOCAL.components, install_kfp_package=False)
 def record_deployment(model: Input[Model], vertex_model: Input[VertexModel], endpoint: Input[VertexEndpoint],
-                      wandb_settings: Optional[Dict[str, str]] = None):
+                      wandb_settings: Optional[Dict[str, str]] = None, pipeline_job: str = ""):
     """The deploy step's W&B run on Vertex, after GCPC's deploy op (which cannot call our tracking): the
-    trained model in, the endpoint (its URI and the uploaded model version) out."""
+    trained model in, the endpoint (its URI and the uploaded model version) out. pipeline_job (the run's name, in
+    its config) ties the W&B group, the run's id, to the Vertex pipeline job; this step is never a cache hit."""
     from components import logs, tracking
 
     logs.setup()
-    with tracking.step_run("deploy", "deploy", wandb_settings, {"endpoint": endpoint.uri}) as run:
+    config = {"endpoint": endpoint.uri, "pipeline_job": pipeline_job}
+    with tracking.step_run("deploy", "deploy", wandb_settings, config) as run:
         run.use("model", model.uri)
         run.log_endpoint(endpoint.uri, vertex_model.metadata.get("resourceName", vertex_model.uri))
 

@@ -28,6 +28,7 @@ CLASSIFICATION_SCHEMA = "gs://google-cloud-aiplatform/schema/modelevaluation/cla
 THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(20)) + (0.96, 0.97, 0.98, 0.99)
 DEFAULT_ALIAS = "default"  # the version Vertex serves when none is named: the champion
 CHALLENGER_ALIAS = "challenger"  # a rejected candidate is uploaded under this alias and never deployed
+CANARY_ALIAS = "canary"  # a candidate deployed with part of the traffic, until promoted or rolled back
 
 
 def _confidence_metrics(evaluation: dict) -> list[dict]:
@@ -131,6 +132,28 @@ def default_version_uri(project: str, location: str, display_name: str, client=N
     model = client.get_model(request=aiplatform_v1.GetModelRequest(name=f"{name}@{DEFAULT_ALIAS}"))
     log.info("champion: %s@%s (version %s) at %s", name, DEFAULT_ALIAS, model.version_id, model.artifact_uri)
     return model.artifact_uri
+
+
+def model_artifact_uri(project: str, location: str, model: str, client=None) -> str:
+    """The SavedModel folder that `model` names: a gs:// path as it is; a Vertex model resource name
+    (projects/P/locations/L/models/ID, optionally @VERSION or @ALIAS) as that version's artifact URI, its `default`
+    version without one; anything else as the display name of a Vertex model, whose `default` version (the
+    champion) is used. Resolved when the step runs, so a schedule follows the champion."""
+    from google.cloud import aiplatform_v1
+
+    from components.errors import InputError
+
+    if model.startswith("gs://"):
+        return model
+    if model.startswith("projects/"):
+        name = model if "@" in model else f"{model}@{DEFAULT_ALIAS}"
+        found = _model_client(location_of(model), client).get_model(request=aiplatform_v1.GetModelRequest(name=name))
+        log.info("model %s: version %s at %s", name, found.version_id, found.artifact_uri)
+        return found.artifact_uri
+    uri = default_version_uri(project, location, model, client)
+    if not uri:
+        raise InputError(f"no Vertex AI model named {model!r} in projects/{project}/locations/{location}")
+    return uri
 
 
 def canary_split(endpoint_name: str, location: str, percent: int, client=None) -> dict[str, int]:

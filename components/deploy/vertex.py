@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from google.cloud import aiplatform_v1
 from google.protobuf import json_format
 
+from components.deploy.registry import CANARY_ALIAS, DEFAULT_ALIAS
 from components.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -65,14 +66,13 @@ class VertexDeployment:
                              "pass --images-registry REGION-docker.pkg.dev/PROJECT/REPO")
         if not 1 <= self.min_replicas <= self.max_replicas:
             raise InputError(f"replicas: need 1 <= min ({self.min_replicas}) <= max ({self.max_replicas})")
-        if not 0 < self.traffic_percent <= 100:
-            raise InputError(f"traffic percent must be 1..100, got {self.traffic_percent}")
+        check_traffic_percent(self.traffic_percent)
         if self.keep_previous < 0:
             raise InputError(f"keep previous must be 0 or more deployments, got {self.keep_previous}")
-        bad = [a for a in self.version_aliases if not ALIAS.fullmatch(a) or a == "default"]
+        bad = [a for a in self.version_aliases if not ALIAS.fullmatch(a) or a in (DEFAULT_ALIAS, CANARY_ALIAS)]
         if bad:
-            raise InputError(f"version aliases {bad}: each must match {ALIAS.pattern} and not be 'default' "
-                             "(new versions become the default anyway)")
+            raise InputError(f"version aliases {bad}: each must match {ALIAS.pattern} and not be "
+                             f"'{DEFAULT_ALIAS}' or '{CANARY_ALIAS}' (the traffic percent sets those)")
 
     @property
     def parent(self) -> str:
@@ -104,11 +104,23 @@ def upload_request(d: VertexDeployment, parent_model: str) -> aiplatform_v1.Uplo
     )
     model = aiplatform_v1.Model(
         display_name=d.model_display_name, artifact_uri=d.model_dir, container_spec=container,
-        # A new version is made the default one, like the newest version served locally; a new model's first
-        # version is its default anyway.
-        version_aliases=[*d.version_aliases, *(["default"] if parent_model else [])],
+        # A new version of a model is its `canary` while it takes part of the traffic, else its `default` (the
+        # champion); a new model's first version is its default anyway.
+        version_aliases=[*d.version_aliases, *([new_version_alias(d.traffic_percent)] if parent_model else [])],
     )
     return aiplatform_v1.UploadModelRequest(parent=d.parent, parent_model=parent_model, model=model)
+
+
+def check_traffic_percent(percent: int) -> None:
+    if not 0 < percent <= 100:
+        raise InputError(f"canary traffic percent must be 1..100, got {percent}")
+
+
+def new_version_alias(traffic_percent: int) -> str:
+    """A new version's alias: `canary` when it takes part of the traffic (the champion keeps `default` until
+    `promote`), `default` when it takes all of it."""
+    check_traffic_percent(traffic_percent)
+    return CANARY_ALIAS if traffic_percent < 100 else DEFAULT_ALIAS
 
 
 def list_endpoints_request(project: str, location: str, display_name: str) -> aiplatform_v1.ListEndpointsRequest:
@@ -158,6 +170,8 @@ def dry_run(d: VertexDeployment) -> dict:
                                                                    NEW_MODEL_KEY: d.traffic_percent}
     calls = [
         ("ModelService.ListModels", list_models_request(d.project, d.location, d.model_display_name)),
+        ("ModelService.GetModel (a canary still in place is rolled back first: see rollback)",
+         aiplatform_v1.GetModelRequest(name=f"{FOUND_MODEL}@{CANARY_ALIAS}")),
         ("ModelService.UploadModel", upload_request(d, FOUND_MODEL)),
         ("EndpointService.ListEndpoints",
          list_endpoints_request(d.project, d.location, d.endpoint_display_name)),
@@ -191,8 +205,11 @@ def find_model(project: str, location: str, display_name: str) -> str:
 
 
 def deploy(d: VertexDeployment) -> tuple[str, str]:
-    """Uploads and deploys; returns (model version, endpoint) resource names. Needs Google credentials."""
+    """Uploads and deploys; returns (model version, endpoint) resource names. Needs Google credentials. An earlier
+    canary still in place is rolled back first: one canary at a time."""
     parent = find_model(d.project, d.location, d.model_display_name)
+    if parent:
+        retire_canary(d.project, d.location, d.model_display_name, d.endpoint_display_name)
     uploaded = _client(aiplatform_v1.ModelServiceClient, d.location).upload_model(
         request=upload_request(d, parent)).result()
     model = f"{uploaded.model}@{uploaded.model_version_id}"
@@ -241,3 +258,124 @@ def undeploy_previous(project: str, location: str, endpoint: str, display_name: 
         log.info("undeployed %s (%s, deployed %s) from %s", model.id, model.model, model.create_time, endpoint)
         undeployed.append(model.id)
     return undeployed
+
+
+# The canary lifecycle. A version deployed with part of the traffic has the `canary` alias; the champion keeps
+# `default` (what evaluation and batch prediction read) and the rest of the traffic. `promote` moves `default` and
+# all the traffic to the canary and undeploys the rest; `rollback` undeploys the canary and drops its alias. Vertex
+# keeps exactly one `default` per model (Model.version_aliases), so adding it to the canary takes it from the
+# champion; a "-" prefix in MergeVersionAliases removes an alias (aiplatform_v1 MergeVersionAliasesRequest).
+
+
+def version_with_alias(project: str, location: str, display_name: str, alias: str,
+                       client: aiplatform_v1.ModelServiceClient | None = None) -> aiplatform_v1.Model | None:
+    """The version of the newest model of this display name that has `alias`, or None (no model, no such alias)."""
+    from google.api_core.exceptions import NotFound
+
+    client = client or _client(aiplatform_v1.ModelServiceClient, location)
+    found = next(iter(client.list_models(request=list_models_request(project, location, display_name))), None)
+    if found is None:
+        return None
+    try:
+        return client.get_model(request=aiplatform_v1.GetModelRequest(name=f"{found.name.split('@')[0]}@{alias}"))
+    except NotFound:
+        return None
+
+
+def _versioned(model: aiplatform_v1.Model) -> str:
+    return f"{model.name.split('@')[0]}@{model.version_id}"
+
+
+def deployments_of(endpoint: aiplatform_v1.Endpoint, model: aiplatform_v1.Model) -> list[aiplatform_v1.DeployedModel]:
+    """The endpoint's deployments of this model version (DeployedModel.model names the model, with or without
+    @version; model_version_id is the version)."""
+    base = model.name.split("@")[0]
+    return [m for m in endpoint.deployed_models if m.model.split("@")[0] == base
+            and (m.model_version_id or m.model.partition("@")[2]) == model.version_id]
+
+
+def _endpoint(project: str, location: str, display_name: str,
+              client: aiplatform_v1.EndpointServiceClient) -> aiplatform_v1.Endpoint | None:
+    return next(iter(client.list_endpoints(request=list_endpoints_request(project, location, display_name))), None)
+
+
+def _rescaled(split: dict[str, int]) -> dict[str, int]:
+    """The split's shares scaled to add up to 100 again (rounding handed out from the first)."""
+    total = sum(split.values())
+    scaled = {k: v * 100 // total for k, v in sorted(split.items())}
+    for key in list(scaled)[: 100 - sum(scaled.values())]:
+        scaled[key] += 1
+    return scaled
+
+
+def promote(project: str, location: str, model_display_name: str, endpoint_display_name: str, keep: int = 0,
+            model_client=None, endpoint_client=None) -> str:
+    """Makes the canary the champion: all the endpoint's traffic to it, then the `default` alias (taken from the
+    old champion), then the model's idle deployments undeployed but the newest `keep`. Returns the version."""
+    model_client = model_client or _client(aiplatform_v1.ModelServiceClient, location)
+    endpoint_client = endpoint_client or _client(aiplatform_v1.EndpointServiceClient, location)
+    canary = version_with_alias(project, location, model_display_name, CANARY_ALIAS, model_client)
+    if canary is None:
+        raise InputError(f"model {model_display_name!r} has no {CANARY_ALIAS} version to promote")
+    endpoint = _endpoint(project, location, endpoint_display_name, endpoint_client)
+    deployed = deployments_of(endpoint, canary) if endpoint is not None else []
+    if not deployed:
+        raise InputError(f"the {CANARY_ALIAS} version {_versioned(canary)} is not deployed to endpoint "
+                         f"{endpoint_display_name!r}: nothing to promote")
+    # Traffic first: until the canary serves everything the champion keeps serving its share.
+    endpoint_client.update_endpoint(request=aiplatform_v1.UpdateEndpointRequest(
+        endpoint=aiplatform_v1.Endpoint(name=endpoint.name, traffic_split={deployed[0].id: 100}),
+        update_mask={"paths": ["traffic_split"]}))
+    model_client.merge_version_aliases(request=aiplatform_v1.MergeVersionAliasesRequest(
+        name=_versioned(canary), version_aliases=[DEFAULT_ALIAS, f"-{CANARY_ALIAS}"]))
+    log.info("promoted %s: %s, all the traffic of %s", _versioned(canary), DEFAULT_ALIAS, endpoint.name)
+    undeploy_previous(project, location, endpoint.name, model_display_name, keep, client=endpoint_client)
+    return _versioned(canary)
+
+
+def rollback(project: str, location: str, model_display_name: str, endpoint_display_name: str,
+             model_client=None, endpoint_client=None) -> str:
+    """Removes the canary: its deployments undeployed, their traffic handed back to the endpoint's other models in
+    their proportions, and its alias dropped (the version stays in the registry). Returns the version."""
+    model_client = model_client or _client(aiplatform_v1.ModelServiceClient, location)
+    endpoint_client = endpoint_client or _client(aiplatform_v1.EndpointServiceClient, location)
+    canary = version_with_alias(project, location, model_display_name, CANARY_ALIAS, model_client)
+    if canary is None:
+        raise InputError(f"model {model_display_name!r} has no {CANARY_ALIAS} version to roll back")
+    endpoint = _endpoint(project, location, endpoint_display_name, endpoint_client)
+    for deployed in deployments_of(endpoint, canary) if endpoint is not None else []:
+        rest = {k: v for k, v in endpoint.traffic_split.items() if k != deployed.id and v > 0}
+        if not rest and endpoint.traffic_split.get(deployed.id, 0):
+            raise InputError(f"the {CANARY_ALIAS} version {_versioned(canary)} is the only model serving "
+                             f"{endpoint.name}: promote it, or deploy another version first")
+        endpoint_client.undeploy_model(request=aiplatform_v1.UndeployModelRequest(
+            endpoint=endpoint.name, deployed_model_id=deployed.id, traffic_split=_rescaled(rest) if rest else {},
+        )).result()
+        endpoint = endpoint_client.get_endpoint(request=aiplatform_v1.GetEndpointRequest(name=endpoint.name))
+        log.info("undeployed the %s %s (%s) from %s", CANARY_ALIAS, deployed.id, _versioned(canary), endpoint.name)
+    model_client.merge_version_aliases(request=aiplatform_v1.MergeVersionAliasesRequest(
+        name=_versioned(canary), version_aliases=[f"-{CANARY_ALIAS}"]))
+    return _versioned(canary)
+
+
+def new_version_plan(project: str, location: str, model_display_name: str, endpoint_display_name: str,
+                     traffic_percent: int, model_client=None, endpoint_client=None) -> str:
+    """Before a new version of an existing model is uploaded: rolls back a canary still in place and returns the new
+    version's alias, `canary` when it will share the endpoint's traffic, else `default` (it will take all of it:
+    traffic_percent 100, or an endpoint that serves nothing yet)."""
+    check_traffic_percent(traffic_percent)
+    endpoint_client = endpoint_client or _client(aiplatform_v1.EndpointServiceClient, location)
+    retire_canary(project, location, model_display_name, endpoint_display_name, model_client, endpoint_client)
+    endpoint = _endpoint(project, location, endpoint_display_name, endpoint_client)
+    serving = endpoint is not None and any(v > 0 for v in endpoint.traffic_split.values())
+    return CANARY_ALIAS if traffic_percent < 100 and serving else DEFAULT_ALIAS
+
+
+def retire_canary(project: str, location: str, model_display_name: str, endpoint_display_name: str,
+                  model_client=None, endpoint_client=None) -> str:
+    """Rolls back a canary that is still in place before a new version is deployed ("" when there is none), so
+    canaries never pile up on the endpoint."""
+    model_client = model_client or _client(aiplatform_v1.ModelServiceClient, location)
+    if version_with_alias(project, location, model_display_name, CANARY_ALIAS, model_client) is None:
+        return ""
+    return rollback(project, location, model_display_name, endpoint_display_name, model_client, endpoint_client)
