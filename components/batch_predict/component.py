@@ -13,6 +13,7 @@ def batch_predict(
     predictions: Output[Dataset],
     metrics: Output[Metrics],
     batch_size: int = 32,
+    max_file_bytes: int = 0,
     runner: str = "DirectRunner",
     dataflow_project: str = "",
     dataflow_region: str = "",
@@ -38,6 +39,7 @@ def batch_predict(
             the model's name and version.
         metrics: The counts of predictions and errors.
         batch_size: Images per model call.
+        max_file_bytes: A larger input file is an error row, not read; 0: the default, 64 MiB.
         runner: DirectRunner (in this step's container) or DataflowRunner.
         dataflow_project: Dataflow's project (DataflowRunner only).
         dataflow_region: Dataflow's region, e.g. europe-west4.
@@ -52,6 +54,7 @@ def batch_predict(
     """
     from components import logs
     from components.batch_predict.core import batch_predict as run_batch_prediction
+    from components.contracts import MAX_FILE_BYTES
     from components.convert.pipeline import dataflow_args
 
     logs.setup()
@@ -63,7 +66,8 @@ def batch_predict(
             machine_type=dataflow_machine_type, max_workers=dataflow_max_workers, job_name=dataflow_job_name,
             subnetwork=dataflow_subnetwork, labels=dataflow_labels,
         )
-    summary = run_batch_prediction(source, model, predictions.uri, batch_size, runner, args)
+    summary = run_batch_prediction(source, model, predictions.uri, batch_size, runner, args,
+                                   max_file_bytes=max_file_bytes or MAX_FILE_BYTES)
     metrics.log_metric("predictions", summary.predictions)
     metrics.log_metric("errors", summary.errors)
     predictions.metadata.update({"source": source, "model": summary.model, "version": summary.version,
