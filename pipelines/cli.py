@@ -334,8 +334,11 @@ def cmd_schedule(args) -> None:
     from google.auth.credentials import AnonymousCredentials
 
     from pipelines import schedule
+    from pipelines.submit import check_region
 
     credentials = AnonymousCredentials() if args.dry_run else None
+    if args.list or args.delete:
+        check_region(args.region)  # creating checks it with the job's other values (pipelines/submit.py)
     if args.list:
         if args.dry_run:
             print(json.dumps({"method": "ScheduleService.ListSchedules",
