@@ -116,6 +116,8 @@ def read_at_most(path: str, limit: int) -> bytes:
     bytes: FileTooLarge when there are more (also for endless files such as /dev/zero, whose size says 0)."""
     from apache_beam.io.filesystems import FileSystems
 
+    if not is_gcs(path) and os.path.isfile(path) and os.path.getsize(path) > limit:  # a regular file's size is true
+        raise FileTooLarge(f"file is larger than the {limit}-byte limit (--max-file-bytes)")
     with FileSystems.open(path, compression_type="uncompressed") as f:
         data = f.read(limit + 1)
     if len(data) > limit:
