@@ -229,3 +229,22 @@ def test_max_file_bytes_below_one_is_refused(tmp_path):
                       "--output-dir", str(tmp_path / "out"), "--max-file-bytes", "0")
     one_error_line(result, "convert", "--max-file-bytes")
 
+
+
+def test_a_gcs_output_is_locked_too_and_a_stale_lock_is_taken_over(tmp_path, gcs_bucket, monkeypatch):
+    from components import outputs, storage
+    from components.convert.pipeline import convert
+    from components.errors import InputError
+
+    csv_path = _write_csv(tmp_path / "in.csv", _images(tmp_path / "images"))
+    out = f"{gcs_bucket}/records"
+    lock = out + outputs.LOCK_SUFFIX
+    storage.write_text(lock, json.dumps({"tool": "catsdogs convert", "pid": 1, "host": "a-vm", "started": 0}))
+    with pytest.raises(InputError, match=r"being written by catsdogs convert \(pid 1 on a-vm.*delete .*lock"):
+        convert(csv_path, out)
+    assert sorted(storage.walk_files(gcs_bucket)) == ["records.catsdogs-lock"]
+
+    monkeypatch.setattr(outputs, "GCS_LOCK_STALE_SECONDS", 0)  # as if its run had been killed long ago
+    convert(csv_path, out)
+    assert "summary.json" in set(storage.walk_files(out))
+    assert sorted({rel.split("/", 1)[0] for rel in storage.walk_files(gcs_bucket)}) == ["records"]
