@@ -188,6 +188,15 @@ def test_a_label_left_without_images_stops_the_run_before_training(tmp_path, bad
     assert not (tmp_path / "out").exists()
 
 
+def test_a_third_label_whose_train_images_are_all_bad_stops_the_run(tmp_path):
+    rows = _images(tmp_path / "images", count=60)  # labels a and b in TRAIN and TEST
+    (tmp_path / "c-train.jpg").write_text("not an image")
+    (tmp_path / "c-test.jpg").write_bytes(_jpeg(colour=(0, 0, 250)))
+    rows += [("TRAIN", str(tmp_path / "c-train.jpg"), "c"), ("TEST", str(tmp_path / "c-test.jpg"), "c")]
+    result = catsdogs("convert", _write_csv(tmp_path / "in.csv", rows), "--output-dir", str(tmp_path / "out"))
+    one_error_line(result, "convert", "TRAIN has no image of c (a 20, b 20, c 0)", "the model would never see it")
+
+
 def test_labels_present_in_every_split_convert(tmp_path):
     result = catsdogs("convert", _labelled(tmp_path, set()), "--output-dir", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr[-3000:]
