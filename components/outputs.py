@@ -66,6 +66,8 @@ class Kind:
 def resolve(output_dir: str) -> str:
     """One spelling per output: a local folder's real absolute path (symlinks followed), gs:// without a
     trailing slash."""
+    if not output_dir.strip():
+        raise InputError("--output-dir is empty: name a folder")
     if storage.is_gcs(output_dir):
         return output_dir.rstrip("/")
     return os.path.realpath(output_dir)

@@ -116,6 +116,9 @@ MISUSES = [  # (argv with {placeholders}, text the error line must contain)
     (["serve", "{folder}", "--max-batch", "0"], "--max-batch"),
     (["compile", "--replicas", "0"], "--replicas"),
     (["compile", "--machine", "K80_1X"], "K80_1X"),
+    # an empty output folder would otherwise mean the working folder
+    (["convert", "{images}/../x.csv", "--output-dir", ""], "--output-dir is empty"),
+    (["batch-predict", "{images}", "--model", "{folder}", "--output-dir", " "], "--output-dir is empty"),
 ]
 
 
