@@ -38,3 +38,7 @@ TRAINING_INFO_FILE = "training.json"  # beside the SavedModel: config, architect
 def is_version_name(name: str) -> bool:
     """True for a version folder's name: digits, no leading zero ("1", "12"; not "007", "0", "v1")."""
     return name.isascii() and name.isdigit() and not name.startswith("0")
+
+# The largest input file convert and batch-predict read (--max-file-bytes): far above any photo (a 60-megapixel
+# JPEG is ~30 MB), so a 1.5 GB non-image or /dev/zero listed in a CSV is an error row, not the worker's memory.
+MAX_FILE_BYTES = 64 * 1024 * 1024

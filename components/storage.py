@@ -106,3 +106,21 @@ def list_dir(path: str) -> list[str]:
     if is_gcs(path):
         return sorted({rel.split("/", 1)[0] for rel in walk_files(path)})
     return sorted(os.listdir(path)) if os.path.isdir(path) else []
+
+
+class FileTooLarge(ValueError):
+    """A file over the size limit of a reader; the message is the row's reason."""
+
+
+def read_at_most(path: str, limit: int) -> bytes:
+    """The whole file, through Beam's FileSystems (local, gs:// on Dataflow workers), reading at most limit + 1
+    bytes: FileTooLarge when there are more (also for endless files such as /dev/zero, whose size says 0)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    if not is_gcs(path) and os.path.isfile(path) and os.path.getsize(path) > limit:  # a regular file's size is true
+        raise FileTooLarge(f"file is larger than the {limit}-byte limit (--max-file-bytes)")
+    with FileSystems.open(path, compression_type="uncompressed") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise FileTooLarge(f"file is larger than the {limit}-byte limit (--max-file-bytes)")
+    return data

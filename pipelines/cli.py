@@ -51,7 +51,8 @@ def cmd_convert(args, beam_args: list[str]) -> None:
     if args.runner == "DataflowRunner":
         beam_args = _dataflow_beam_args(args) + beam_args
     summary = convert(args.csv, args.output_dir, args.format, args.compression, args.num_shards,
-                      args.max_error_fraction, args.runner, beam_args, args.workers, args.dry_run)
+                      args.max_error_fraction, args.runner, beam_args, args.workers, args.dry_run,
+                      args.max_file_bytes)
     if args.dry_run:
         return
     print(f"{summary.good} of {summary.rows} rows written to {args.output_dir} as {summary.format} records "
@@ -76,7 +77,7 @@ def cmd_batch_predict(args, beam_args: list[str]) -> None:
     if args.runner == "DataflowRunner":
         beam_args = _dataflow_beam_args(args) + beam_args
     summary = batch_predict(args.source, args.model, args.output_dir, args.batch_size, args.runner, beam_args,
-                            args.dry_run)
+                            args.dry_run, args.max_file_bytes)
     if args.dry_run:
         return
     print(f"{summary.predictions} predictions and {summary.errors} errors from {summary.model} version "
@@ -363,8 +364,11 @@ def cmd_schedule(args) -> None:
     from google.auth.credentials import AnonymousCredentials
 
     from pipelines import schedule
+    from pipelines.submit import check_region
 
     credentials = AnonymousCredentials() if args.dry_run else None
+    if args.list or args.delete:
+        check_region(args.region)  # creating checks it with the job's other values (pipelines/submit.py)
     if args.list:
         if args.dry_run:
             print(json.dumps({"method": "ScheduleService.ListSchedules",
@@ -441,6 +445,13 @@ def training_arguments(config) -> dict[str, object]:
     return {name: getattr(config, name) for name in parameters()}
 
 
+def _add_max_file_bytes(parser: argparse.ArgumentParser) -> None:
+    from components.contracts import MAX_FILE_BYTES
+
+    parser.add_argument("--max-file-bytes", type=int, default=MAX_FILE_BYTES, metavar="BYTES",
+                        help="a larger input file is an error row, not read (default %(default)s: 64 MiB)")
+
+
 def _add_dataflow_flags(parser: argparse.ArgumentParser) -> None:
     dataflow = parser.add_argument_group("Dataflow (with --runner DataflowRunner)")
     dataflow.add_argument("--project", default="")
@@ -505,6 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-shards", type=int, default=0, help="shards per split; 0: one per 1000 records")
     p.add_argument("--max-error-fraction", type=float, default=0.05,
                    help="fail when more rows than this are bad (default %(default)s)")
+    _add_max_file_bytes(p)
     p.add_argument("--runner", choices=("DirectRunner", "DataflowRunner"), default="DirectRunner",
                    help="(default %(default)s)")
     p.add_argument("--workers", type=int, default=1,
@@ -526,6 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model base (its newest numbered version) or a SavedModel folder")
     p.add_argument("--output-dir", required=True, help="folder for the predictions and errors (local or gs://)")
     p.add_argument("--batch-size", type=int, default=32, help="images per model call (default %(default)s)")
+    _add_max_file_bytes(p)
     p.add_argument("--runner", choices=("DirectRunner", "DataflowRunner"), default="DirectRunner",
                    help="(default %(default)s)")
     p.add_argument("--dry-run", action="store_true",

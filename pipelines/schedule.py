@@ -13,15 +13,29 @@ from components.errors import InputError
 from pipelines.submit import credentials_hint
 
 APP_LABEL = ("app", "catsdogs")  # build_job puts it on every job; delete refuses schedules without it
-# Five fields (minute hour day-of-month month day-of-week), optionally after "CRON_TZ=Zone " or "TZ=Zone ".
-CRON = re.compile(r"((CRON_)?TZ=[A-Za-z0-9_+\-/]+ )?([0-9A-Za-z*/,\-?]+ ){4}[0-9A-Za-z*/,\-?]+")
+# An optional "CRON_TZ=Zone " or "TZ=Zone " before the five fields (Vertex's cron).
+TIME_ZONE = re.compile(r"^(CRON_)?TZ=(\S+) ")
 
 
 def check_cron(cron: str) -> str:
+    """The cron expression, spaces normalised, when it is five valid unix-cron fields (croniter checks each
+    field's range and names) after an optional time zone of the tz database; one error line otherwise."""
+    import zoneinfo
+
+    from croniter import croniter
+
     cron = " ".join(cron.split())
-    if not CRON.fullmatch(cron):
+    zone = TIME_ZONE.match(cron)
+    fields = cron[zone.end():] if zone else cron
+    example = "e.g. \"0 3 * * 1\" (Mondays 03:00 UTC), optionally after CRON_TZ=Zone"
+    if zone:
+        try:
+            zoneinfo.ZoneInfo(zone.group(2))
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise InputError(f"--cron {cron!r}: {zone.group(2)!r} is not a time zone (e.g. Europe/Paris)") from None
+    if len(fields.split()) != 5 or not croniter.is_valid(fields):
         raise InputError(f"--cron {cron!r} is not a cron expression: expected five fields, minute hour "
-                         f"day-of-month month day-of-week, e.g. \"0 3 * * 1\" (optionally after CRON_TZ=Zone)")
+                         f"day-of-month month day-of-week, each in its range; {example}")
     return cron
 
 

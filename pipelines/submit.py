@@ -2,6 +2,7 @@
 
 import contextlib
 import json
+import math
 import re
 
 import yaml
@@ -22,6 +23,17 @@ def credentials_hint():
     except google.auth.exceptions.DefaultCredentialsError as e:
         raise InputError("no Google Cloud credentials: run `gcloud auth application-default login` or set "
                          "GOOGLE_APPLICATION_CREDENTIALS to a service account key file") from e
+
+
+def check_region(region: str) -> str:
+    """Refuses a region Vertex AI does not serve (the SDK's own list) before a request is built."""
+    from google.cloud.aiplatform.constants import base
+
+    if region not in base.SUPPORTED_REGIONS:
+        near = sorted(r for r in base.SUPPORTED_REGIONS if r.split("-")[0] == region.split("-")[0])
+        hint = f"; in that area: {', '.join(near)}" if near else "; e.g. us-central1, europe-west4"
+        raise InputError(f"--region {region!r} is not a Vertex AI region{hint}")
+    return region
 
 
 def pipeline_parameters(template_path: str) -> dict[str, dict]:
@@ -53,6 +65,8 @@ def parse_params(pairs: list[str], declared: dict[str, dict]) -> dict:
             values[name] = _boolean(name, text) if kind == "BOOLEAN" else TYPES[kind](text)
         except ValueError as e:
             raise InputError(f"--param {name}={text}: not a valid {kind.lower()} ({e})") from None
+        if kind == "NUMBER_DOUBLE" and not math.isfinite(values[name]):
+            raise InputError(f"--param {name}={text}: expected a finite number")
     return values
 
 
@@ -87,6 +101,7 @@ def build_job(template_path: str, project: str, region: str, pipeline_root: str,
                      if name not in values and "defaultValue" not in spec and not spec.get("isOptional"))
     if missing:
         raise InputError(f"the pipeline needs --param {'=... --param '.join(missing)}=...")
+    check_region(region)  # the SDK would raise its own ValueError while building the job
     with credentials_hint():
         return aiplatform.PipelineJob(
             display_name="catsdogs", template_path=template_path, pipeline_root=pipeline_root,

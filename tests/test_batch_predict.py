@@ -6,6 +6,8 @@ import io
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 from PIL import Image
@@ -100,7 +102,7 @@ def test_csv_with_bad_inputs_gives_31_predictions_and_4_errors(trained_model, mi
     assert "not an image" in reasons[text]
     # PIL reads its header; TensorFlow's decoder refuses the rest
     assert reasons[truncated] == "cannot decode the image: jpeg::Uncompress failed. Invalid JPEG data or crop window."
-    assert not glob.glob(f"{out}/.staging-*"), "the staging folder is removed after the swap"
+    assert os.listdir(tmp_path) == ["out"], "the staging folder and the lock are removed after the swap"
 
 
 def test_folder_of_split_label_and_flat_files(trained_model, mixed_inputs, answers, tmp_path):
@@ -121,7 +123,7 @@ def test_a_failed_run_keeps_the_previous_output(trained_model, mixed_inputs, tmp
     out = tmp_path / "out"
     batch_predict(mixed_inputs["csv"], trained_model, str(out))
     before = {p: open(p).read() for p in glob.glob(f"{out}/*")}
-    assert len(before) == 2
+    assert len(before) == 3  # predictions, errors and the manifest listing them
     broken = tmp_path / "broken"
     shutil.copytree(trained_model, broken)
     (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
@@ -130,7 +132,7 @@ def test_a_failed_run_keeps_the_previous_output(trained_model, mixed_inputs, tmp
         batch_predict(mixed_inputs["csv"], str(broken), str(out))
 
     assert {p: open(p).read() for p in glob.glob(f"{out}/*")} == before
-    assert not glob.glob(f"{out}/.staging-*")
+    assert sorted(os.listdir(tmp_path)) == ["broken", "out"]  # no staging folder or lock left beside it
 
 
 def _csv_of(path, rows: int) -> str:
@@ -228,7 +230,9 @@ def test_gcs_images_model_and_output_in_a_bucket(gcs_bucket, trained_model, mixe
         assert (summary.predictions, summary.errors, summary.version) == (31, 3, 3)
     names = list(storage.walk_files(out))
     assert "README.txt" in names and not [n for n in names if n.startswith(".staging")]
-    written = [n for n in names if n != "README.txt"]
+    assert "_catsdogs_manifest.json" in names
+    assert sorted({rel.split("/", 1)[0] for rel in storage.walk_files(gcs_bucket)}) == ["images", "models", "scores"]
+    written = [n for n in names if n not in ("README.txt", "_catsdogs_manifest.json")]
     assert {n.split("-")[0] for n in written} == {"predictions", "errors"}
     lines = [json.loads(line) for n in written if n.startswith("predictions-")
              for line in storage.read_text(f"{out}/{n}").splitlines()]
@@ -239,7 +243,10 @@ def test_gcs_images_model_and_output_in_a_bucket(gcs_bucket, trained_model, mixe
 def test_a_rerun_replaces_its_own_shards_and_keeps_other_files(trained_model, mixed_inputs, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
+    # An earlier run's second shard, listed in its manifest: ours to replace.
     (out / "predictions-00001-of-00002.jsonl").write_text('{"image_uri": "from an older run"}\n')
+    (out / "_catsdogs_manifest.json").write_text(json.dumps(
+        {"tool": "catsdogs batch-predict", "state": "complete", "files": ["predictions-00001-of-00002.jsonl"]}))
     (out / "notes.txt").write_text("mine\n")
     batch_predict(mixed_inputs["csv"], trained_model, str(out))
     names = sorted(os.listdir(out))
@@ -269,3 +276,109 @@ def test_a_newest_version_that_does_not_load_is_skipped_like_serving_does(traine
     assert len(warnings) == 1 and "skipping version 2" in warnings[0], done.stderr[-3000:]
     predictions, _ = _read_outputs(out)
     _check_against_model(predictions, answers, "catsdogs", 1)
+
+
+# --- through the command: outputs owned by one run, the user's files, listings and reads -------------------------
+
+CATSDOGS = os.path.join(os.path.dirname(sys.executable), "catsdogs")
+
+
+def catsdogs(*argv: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([CATSDOGS, *argv], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def _one_error_line(result: subprocess.CompletedProcess, *named: str) -> str:
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("catsdogs batch-predict: error: ")]
+    assert errors == lines[-1:] and "Traceback" not in result.stderr, result.stderr[-3000:]
+    for text in named:
+        assert text in errors[0], (text, errors[0])
+    return errors[0]
+
+
+def _tree(folder) -> dict[str, bytes]:
+    return {os.path.relpath(os.path.join(d, n), folder): open(os.path.join(d, n), "rb").read()
+            for d, _, names in os.walk(folder) for n in names}
+
+
+def test_the_users_files_named_like_shards_are_never_deleted(trained_model, mixed_inputs, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    mine = {"predictions-march-of-2025.jsonl": b'{"mine": 1}\n', "errors-of-mine.csv": b"a,b\n", "notes.txt": b"x"}
+    for name, data in mine.items():
+        (out / name).write_bytes(data)
+    for _ in range(2):
+        result = catsdogs("batch-predict", mixed_inputs["csv"], "--model", trained_model, "--output-dir", str(out))
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert {name: (out / name).read_bytes() for name in mine} == mine
+    manifest = json.loads((out / "_catsdogs_manifest.json").read_text())
+    assert manifest["tool"] == "catsdogs batch-predict" and manifest["files"]
+    assert sorted(os.listdir(out)) == sorted([*mine, *manifest["files"], "_catsdogs_manifest.json"])
+    assert sorted(os.listdir(tmp_path)) == ["out"]  # no staging folder or lock left beside it
+
+
+def test_a_shard_it_did_not_write_is_refused_and_left_alone(trained_model, mixed_inputs, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "predictions-00000-of-00001.jsonl").write_text('{"image_uri": "another tool\'s"}\n')
+    before = _tree(out)
+    result = catsdogs("batch-predict", mixed_inputs["csv"], "--model", trained_model, "--output-dir", str(out))
+    _one_error_line(result, "predictions-00000-of-00001.jsonl", "did not write")
+    assert _tree(out) == before
+
+
+def test_a_folder_another_run_is_writing_is_refused(trained_model, mixed_inputs, tmp_path):
+    from components import outputs
+    from components.batch_predict.core import KIND
+
+    out = tmp_path / "out"
+    with outputs.locked(outputs.resolve(str(out)), KIND):  # this test process is the other run
+        result = catsdogs("batch-predict", mixed_inputs["csv"], "--model", trained_model, "--output-dir", str(out))
+        _one_error_line(result, str(out), "is being written by catsdogs batch-predict", f"pid {os.getpid()}")
+    assert not out.exists()
+    result = catsdogs("batch-predict", mixed_inputs["csv"], "--model", trained_model, "--output-dir", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_a_dangling_symlink_lands_in_the_errors(trained_model, mixed_inputs, tmp_path):
+    source = tmp_path / "images"
+    shutil.copytree(mixed_inputs["root"], source)
+    (source / "cats").mkdir(exist_ok=True)
+    (source / "cats" / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+    result = catsdogs("batch-predict", str(source), "--model", trained_model, "--output-dir", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    predictions, errors = _read_outputs(str(tmp_path / "out"))
+    assert (len(predictions), len(errors)) == (31, 4)
+    (gone,) = [e for e in errors if e["image_uri"] == str(source / "cats" / "gone.jpg")]
+    assert gone["reason"].startswith("cannot read file")
+
+
+@pytest.mark.parametrize("source, output", [
+    ("images", "./images/out"),
+    ("images", "{tmp}/images/out"),
+    ("./images/", "images/out"),
+    ("{tmp}/images", "./images//train/out"),
+    ("images", "link/out"),  # a symlink to images
+])
+def test_an_output_inside_the_source_is_refused_however_it_is_spelled(source, output, mixed_inputs, tmp_path):
+    shutil.copytree(mixed_inputs["root"], tmp_path / "images")
+    (tmp_path / "link").symlink_to(tmp_path / "images")
+    before = _tree(tmp_path)
+    source, output = source.format(tmp=tmp_path), output.format(tmp=tmp_path)
+    result = catsdogs("batch-predict", source, "--model", str(tmp_path / "no-model"), "--output-dir", output,
+                      cwd=tmp_path)
+    _one_error_line(result, output, "is inside SOURCE")
+    assert _tree(tmp_path) == before
+
+
+def test_an_endless_file_in_a_csv_is_an_error_row(trained_model, mixed_inputs, tmp_path):
+    csv_path = tmp_path / "images.csv"
+    csv_path.write_text(f"image_uri\n{mixed_inputs['readable'][0]}\n/dev/zero\n")
+    result = catsdogs("batch-predict", str(csv_path), "--model", trained_model, "--output-dir", str(tmp_path / "out"),
+                      "--max-file-bytes", "1000000")
+    assert result.returncode == 0, result.stderr[-3000:]
+    predictions, errors = _read_outputs(str(tmp_path / "out"))
+    assert [p["image_uri"] for p in predictions] == [mixed_inputs["readable"][0]]
+    assert errors == [{"image_uri": "/dev/zero",
+                       "reason": "file is larger than the 1000000-byte limit (--max-file-bytes)"}]

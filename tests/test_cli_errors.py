@@ -8,6 +8,8 @@ unreadable encodings, out-of-range numbers and busy ports command by command.
 import argparse
 import os
 import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -114,6 +116,9 @@ MISUSES = [  # (argv with {placeholders}, text the error line must contain)
     (["serve", "{folder}", "--max-batch", "0"], "--max-batch"),
     (["compile", "--replicas", "0"], "--replicas"),
     (["compile", "--machine", "K80_1X"], "K80_1X"),
+    # an empty output folder would otherwise mean the working folder
+    (["convert", "{images}/../x.csv", "--output-dir", ""], "--output-dir is empty"),
+    (["batch-predict", "{images}", "--model", "{folder}", "--output-dir", " "], "--output-dir is empty"),
 ]
 
 
@@ -156,3 +161,37 @@ def test_the_sweeps_reach_every_command():
     swept = {command for command, _ in options(int) + options(float)}
     assert {"sample-data", "prepare", "convert", "train", "serve", "run", "compile", "batch-predict"} <= swept
     assert os.path.basename(__file__) == "test_cli_errors.py"
+
+
+# --- dry runs of the Vertex commands, run as users run them: the command in a subprocess -------------------------
+
+CATSDOGS = os.path.join(os.path.dirname(sys.executable), "catsdogs")
+VERTEX = ["--project", "my-project", "--pipeline-root", "gs://b/root", "--images", "gs://b/images", "--dry-run"]
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["submit", "--region", "europe-west99", *VERTEX], ["--region 'europe-west99' is not a Vertex AI region",
+                                                         "europe-west4"]),
+    (["schedule", "--cron", "0 3 * * 1", "--region", "europe-west99", *VERTEX], ["--region 'europe-west99'"]),
+    (["schedule", "--list", "--region", "mars-north1", "--project", "my-project", "--dry-run"],
+     ["--region 'mars-north1'", "us-central1"]),
+    (["submit", "--region", "europe-west4", *VERTEX, "--param", "min_accuracy=nan"],
+     ["--param min_accuracy=nan: expected a finite number"]),
+    (["submit", "--region", "europe-west4", *VERTEX, "--param", "learning_rate=inf"], ["learning_rate=inf"]),
+    (["schedule", "--cron", "every day at three am", "--region", "europe-west4", *VERTEX],
+     ["'every day at three am' is not a cron expression"]),
+    (["schedule", "--cron", "99 99 * * *", "--region", "europe-west4", *VERTEX],
+     ["'99 99 * * *' is not a cron expression"]),
+    (["schedule", "--cron", "0 3 * * 1 2026", "--region", "europe-west4", *VERTEX], ["five fields"]),
+    (["schedule", "--cron", "CRON_TZ=Mars/Olympus 0 3 * * 1", "--region", "europe-west4", *VERTEX],
+     ["'Mars/Olympus' is not a time zone"]),
+], ids=["submit-region", "schedule-region", "list-region", "nan", "inf", "cron-words", "cron-ranges",
+        "cron-six-fields", "cron-zone"])
+def test_vertex_dry_runs_refuse_bad_values_in_one_line(argv, named):
+    result = subprocess.run([CATSDOGS, *argv], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"catsdogs {argv[0]}: error: "), result.stderr[-3000:]
+    assert result.stdout == ""  # no request printed
+    for text in named:
+        assert text in lines[0], (text, lines[0])

@@ -31,6 +31,11 @@ def _records(out_dir, split="train"):
     return [tf.train.Example.FromString(r.numpy()) for r in tf.data.TFRecordDataset(files, "GZIP" if gzip else "")]
 
 
+def _named(examples, name: str):
+    (example,) = [e for e in examples if e.features.feature["image_name"].bytes_list.value[0].decode() == name]
+    return example
+
+
 def _csv(path, rows, extra_column=False) -> str:
     header = "split,image_uri,label" + (",comment" if extra_column else "")
     lines = [header] + [",".join([s, f'"{u}"', lbl] + (["x"] if extra_column else [])) for s, u, lbl in rows]
@@ -113,10 +118,10 @@ def test_the_format_is_detected_from_the_records_when_summary_is_missing(tmp_pat
 )
 def test_awkward_but_valid_images_arrive_as_rgb_jpeg(tmp_path, name, make, expected_size):
     make(tmp_path / name)
-    rows = [("TRAIN", str(tmp_path / name), "x"), ("TRAIN", str(tmp_path / name) + "2", "y")]
-    convert(_csv(tmp_path / "in.csv", rows), str(tmp_path / "out"), max_error_fraction=1.0)
-    (example,) = _records(tmp_path / "out")
-    f = example.features.feature
+    plain = _save(tmp_path / "plain.jpeg", Image.new("RGB", (4, 4), "blue"), "JPEG")  # TRAIN needs two labels
+    rows = [("TRAIN", str(tmp_path / name), "x"), ("TRAIN", plain, "y")]
+    convert(_csv(tmp_path / "in.csv", rows), str(tmp_path / "out"))
+    f = _named(_records(tmp_path / "out"), name).features.feature
     with Image.open(io.BytesIO(f["image_jpeg"].bytes_list.value[0])) as image:
         assert (image.format, image.mode) == ("JPEG", "RGB")
         assert (image.height, image.width) == expected_size
@@ -130,8 +135,8 @@ def test_exif_orientation_is_applied(tmp_path):
     _save(tmp_path / "rotated.jpg", image, "JPEG", exif=exif.tobytes())
     _save(tmp_path / "other.jpg", image, "JPEG")
     convert(_csv(tmp_path / "in.csv", [("TRAIN", str(tmp_path / "rotated.jpg"), "a"),
-                                       ("TEST", str(tmp_path / "other.jpg"), "b")]), str(tmp_path / "out"))
-    (example,) = _records(tmp_path / "out")
+                                       ("TRAIN", str(tmp_path / "other.jpg"), "b")]), str(tmp_path / "out"))
+    example = _named(_records(tmp_path / "out"), "rotated.jpg")
     with Image.open(io.BytesIO(example.features.feature["image_jpeg"].bytes_list.value[0])) as stored:
         assert stored.size == (20, 40)
         assert stored.getexif().get(0x0112, 1) == 1
@@ -140,9 +145,10 @@ def test_exif_orientation_is_applied(tmp_path):
 def test_uris_with_commas_and_extra_columns_are_read(tmp_path):
     path = _save(tmp_path / "a, b.jpg", Image.new("RGB", (8, 8), "red"), "JPEG")
     other = _save(tmp_path / "b.jpg", Image.new("RGB", (8, 8), "blue"), "JPEG")
-    summary = convert(_csv(tmp_path / "in.csv", [("TEST", path, "a"), ("TRAIN", other, "b")], extra_column=True),
-                      str(tmp_path / "out"))
-    assert summary.good == 2
+    third = _save(tmp_path / "c.jpg", Image.new("RGB", (8, 8), "green"), "JPEG")
+    rows = [("TEST", path, "a"), ("TRAIN", other, "b"), ("TRAIN", third, "a")]
+    summary = convert(_csv(tmp_path / "in.csv", rows, extra_column=True), str(tmp_path / "out"))
+    assert summary.good == 3
     (example,) = _records(tmp_path / "out", "test")
     assert example.features.feature["image_uri"].bytes_list.value[0].decode() == path
 

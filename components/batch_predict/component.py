@@ -14,6 +14,7 @@ def batch_predict(
     metrics: Output[Metrics],
     gcp_resources: dsl.OutputPath(str),
     batch_size: int = 32,
+    max_file_bytes: int = 0,
     runner: str = "DirectRunner",
     dataflow_project: str = "",
     dataflow_region: str = "",
@@ -40,6 +41,7 @@ def batch_predict(
             the model's name and version.
         metrics: The counts of predictions and errors.
         batch_size: Images per model call.
+        max_file_bytes: A larger input file is an error row, not read; 0: the default, 64 MiB.
         runner: DirectRunner (in this step's container) or DataflowRunner.
         dataflow_project: Dataflow's project (DataflowRunner only).
         dataflow_region: Dataflow's region, e.g. europe-west4.
@@ -58,6 +60,7 @@ def batch_predict(
     from components import dataflow_job, logs, tracking
     from components.batch_predict.core import batch_predict as run_batch_prediction
     from components.beam_runner import dataflow_args
+    from components.contracts import MAX_FILE_BYTES
 
     logs.setup()
     args = []
@@ -70,7 +73,8 @@ def batch_predict(
             subnetwork=dataflow_subnetwork, labels={**tracking.vertex_run_labels(), **(dataflow_labels or {})},
         ) + ([f"--dataflow_endpoint={dataflow_endpoint}"] if dataflow_endpoint else [])
     with dataflow_job.reported(gcp_resources, args):
-        summary = run_batch_prediction(source, model, predictions.uri, batch_size, runner, args)
+        summary = run_batch_prediction(source, model, predictions.uri, batch_size, runner, args,
+                                       max_file_bytes=max_file_bytes or MAX_FILE_BYTES)
     metrics.log_metric("predictions", summary.predictions)
     metrics.log_metric("errors", summary.errors)
     predictions.metadata.update({"source": source, "model": summary.model, "version": summary.version,

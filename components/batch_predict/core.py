@@ -8,8 +8,9 @@ Every input lands in exactly one of the two. The listing is read inside the pipe
 rows), so the job graph and the launcher's memory do not grow with the number of images. RunInference batches
 the images for one `predict_pixels` call of the SavedModel; each image is decoded and resized first, one at a
 time, by the decoder training and serving use (`decode_and_resize`), so one bad file fails only its own row.
-Outputs are written to a staging folder and moved into place when the run succeeds: a failed run leaves the
-previous predictions as they were.
+Outputs are written to a staging folder beside --output-dir and moved into place when the run succeeds, one run
+per folder at a time, replacing only the files the previous run's manifest lists (components/outputs.py): a failed
+run leaves the previous predictions as they were and the user's own files are never touched.
 """
 
 from __future__ import annotations
@@ -18,9 +19,8 @@ import csv
 import io
 import json
 import logging
+import os
 import re
-import shutil
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -31,9 +31,9 @@ from apache_beam.metrics.metric import Metrics, MetricsFilter
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from components import model_store, storage
+from components import model_store, outputs, storage
 from components.beam_runner import describe, job_graph_bytes, runner_for
-from components.contracts import SAVED_MODEL_FILE, is_version_name
+from components.contracts import MAX_FILE_BYTES, SAVED_MODEL_FILE, is_version_name
 from components.errors import InputError
 from components.image_files import BadImage, open_header
 
@@ -42,7 +42,10 @@ log = logging.getLogger(__name__)
 URI_COLUMN = "image_uri"
 ERROR_COLUMNS = "image_uri,reason"
 PREDICTIONS_PREFIX, ERRORS_PREFIX = "predictions", "errors"
-OUTPUT_PATTERNS = (f"{PREDICTIONS_PREFIX}-*-of-*.jsonl", f"{ERRORS_PREFIX}-*-of-*.csv")
+# Beam's shard names: only files with these names, listed in the folder's manifest, are ever replaced or deleted.
+OUTPUT_NAMES = re.compile(rf"^({PREDICTIONS_PREFIX}-\d{{5}}-of-\d{{5}}\.jsonl|"
+                          rf"{ERRORS_PREFIX}-\d{{5}}-of-\d{{5}}\.csv)$")
+KIND = outputs.Kind(tool="catsdogs batch-predict", ours=OUTPUT_NAMES, claimed=OUTPUT_NAMES)
 COUNTER_NAMESPACE = "catsdogs.batch_predict"
 DEFAULT_BATCH_SIZE = 32
 
@@ -127,25 +130,42 @@ class ListFolder(beam.PTransform):
         self.folder = folder
 
     def expand(self, pipeline):
-        return (
-            pipeline
-            | "MatchFiles" >> fileio.MatchFiles(storage.join(self.folder, "**"))
-            | "Paths" >> beam.Map(lambda metadata: metadata.path)
-        )
+        if storage.is_gcs(self.folder):
+            return (
+                pipeline
+                | "MatchFiles" >> fileio.MatchFiles(storage.join(self.folder, "**"))
+                | "Paths" >> beam.Map(lambda metadata: metadata.path)
+            )
+        return pipeline | "Folder" >> beam.Create([self.folder]) | "Walk" >> beam.FlatMap(walk_local)
+
+
+def walk_local(folder: str):
+    """Every file name below a local folder, symlinks that lead nowhere included: Beam's MatchFiles skips a
+    file it cannot stat, so such a file would land in neither the predictions nor the errors."""
+    for parent, folders, files in os.walk(folder):
+        folders.sort()
+        for name in sorted(files):
+            yield os.path.join(parent, name)
 
 
 class ReadImage(beam.DoFn):
-    """URI -> (URI, bytes); missing, unreadable and empty files go to the "bad" output with the reason."""
+    """URI -> (URI, bytes); missing, unreadable, empty and too large files go to the "bad" output with the
+    reason."""
 
     BAD = "bad"
+
+    def __init__(self, max_file_bytes: int = MAX_FILE_BYTES):
+        self.max_file_bytes = max_file_bytes
 
     def process(self, uri: str):
         if not uri:
             yield beam.pvalue.TaggedOutput(self.BAD, (uri, f"empty {URI_COLUMN}"))
             return
         try:
-            with FileSystems.open(uri, compression_type="uncompressed") as f:
-                data = f.read()
+            data = storage.read_at_most(uri, self.max_file_bytes)
+        except storage.FileTooLarge as e:
+            yield beam.pvalue.TaggedOutput(self.BAD, (uri, str(e)))
+            return
         except Exception as e:  # noqa: BLE001 - any filesystem failure is this image's reason
             yield beam.pvalue.TaggedOutput(self.BAD, (uri, f"cannot read file: {type(e).__name__}: {e}"))
             return
@@ -243,7 +263,8 @@ def _error_line(uri_reason: tuple[str, str]) -> str:
 
 
 def build_pipeline(pipeline: beam.Pipeline, source: str, model: ModelRef, output_dir: str,
-                   batch_size: int = DEFAULT_BATCH_SIZE, csv_column: int | None = None) -> None:
+                   batch_size: int = DEFAULT_BATCH_SIZE, csv_column: int | None = None,
+                   max_file_bytes: int = MAX_FILE_BYTES) -> None:
     """The graph: its size does not depend on the number of images (nothing but paths is in it)."""
     listing = ListCsv(source, csv_column) if csv_column is not None else ListFolder(source)
     images = (
@@ -251,7 +272,7 @@ def build_pipeline(pipeline: beam.Pipeline, source: str, model: ModelRef, output
         | "List" >> listing
         # Spreads the images over the workers: a folder's listing comes out of one element, a CSV's in a few.
         | "Spread" >> beam.Reshuffle()
-        | "ReadImages" >> beam.ParDo(ReadImage()).with_outputs(ReadImage.BAD, main="ok")
+        | "ReadImages" >> beam.ParDo(ReadImage(max_file_bytes)).with_outputs(ReadImage.BAD, main="ok")
     )
     results = images.ok | "Predict" >> RunInference(ImageModelHandler(model, batch_size))
     split = results | "Split" >> beam.Partition(lambda result, _: int("error" in result.inference), 2)
@@ -271,39 +292,21 @@ def build_pipeline(pipeline: beam.Pipeline, source: str, model: ModelRef, output
     )
 
 
-def _matches(folder: str, patterns: Sequence[str]) -> list[str]:
-    results = FileSystems.match([storage.join(folder, p) for p in patterns])
-    return [m.path for result in results for m in result.metadata_list]
-
-
-def _publish(staging: str, output_dir: str) -> None:
-    """Replaces the previous run's predictions and errors with this run's (and nothing else in output_dir): the
-    new files are moved in first (over old ones of the same name), then old shards the new run did not write are
-    deleted, so output_dir never holds no predictions."""
-    new = _matches(staging, OUTPUT_PATTERNS)
-    old = _matches(output_dir, OUTPUT_PATTERNS)
-    targets = [storage.join(output_dir, path.rsplit("/", 1)[-1]) for path in new]
-    FileSystems.rename(new, targets)
-    stale = sorted(set(old) - set(targets))
-    if stale:
-        FileSystems.delete(stale)
-
-
-def _remove(folder: str) -> None:
-    """Deletes the staging folder (whatever a failed run left in it)."""
-    if storage.is_gcs(folder):
-        leftovers = _matches(folder, ["**"])
-        if leftovers:
-            FileSystems.delete(leftovers)
+def _inside(path: str, folder: str) -> bool:
+    """Whether path is folder or below it, whatever the spelling (relative, ./, //, symlinks, gs://a//b)."""
+    if storage.is_gcs(path) != storage.is_gcs(folder):
+        return False
+    if storage.is_gcs(path):
+        path, folder = (re.sub("/+", "/", p[len("gs://"):]).rstrip("/") + "/" for p in (path, folder))
     else:
-        shutil.rmtree(folder, ignore_errors=True)
+        path, folder = (os.path.realpath(p).rstrip(os.sep) + os.sep for p in (path, folder))
+    return path.startswith(folder)
 
 
 def _check_paths(source: str, output_dir: str) -> None:
     if not storage.exists(source):
         raise InputError(f"SOURCE {source} does not exist")
-    source_folder = source.rstrip("/") + "/"
-    if not is_csv(source) and (output_dir.rstrip("/") + "/").startswith(source_folder):
+    if not is_csv(source) and _inside(output_dir, source):
         raise InputError(f"--output-dir {output_dir} is inside SOURCE {source}: its files would be scored next time")
 
 
@@ -321,48 +324,53 @@ class _DropMessage(logging.Filter):
 
 def batch_predict(source: str, model: str, output_dir: str, batch_size: int = DEFAULT_BATCH_SIZE,
                   runner: str = "DirectRunner", pipeline_args: list[str] | None = None,
-                  dry_run: bool = False) -> BatchSummary:
+                  dry_run: bool = False, max_file_bytes: int = MAX_FILE_BYTES) -> BatchSummary:
     """Scores every image of source (a folder or a CSV with an image_uri column) with the model's newest usable
     version and writes predictions-*.jsonl and errors-*.csv to output_dir. pipeline_args go to Beam as they are (e.g.
     Dataflow's options from `components.beam_runner.dataflow_args`). dry_run prints the options, steps and
-    job graph size and reads no image."""
+    job graph size and reads no image. A file over max_file_bytes is an error row."""
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+    if max_file_bytes < 1:
+        raise InputError(f"--max-file-bytes must be at least 1, got {max_file_bytes}")
     _check_paths(source, output_dir)
+    target = outputs.resolve(output_dir)  # symlinks followed: staged on the target's filesystem
+    if not (dry_run and storage.is_gcs(output_dir)):  # a dry run needs no credentials
+        outputs.check_output_dir(target, KIND)
     column = csv_uri_column(source) if is_csv(source) else None
     ref = resolve_model(model)
-    staging = storage.join(output_dir, f".staging-{uuid.uuid4().hex[:12]}")
     options = PipelineOptions(pipeline_args or [])
-    # A dry run builds the graph on the local runner: Dataflow's option checks already call GCS.
-    pipeline = beam.Pipeline(runner=runner_for("DirectRunner" if dry_run else runner), options=options)
-    build_pipeline(pipeline, source, ref, staging, batch_size, column)
     summary = BatchSummary(source, output_dir, ref.name, ref.version)
     if dry_run:
+        # A dry run builds the graph on the local runner: Dataflow's option checks already call GCS.
+        pipeline = beam.Pipeline(runner=runner_for("DirectRunner"), options=options)
+        build_pipeline(pipeline, source, ref, storage.join(output_dir, "staging"), batch_size, column, max_file_bytes)
         print(f"dry run: would score the images of {source} with {ref.name} version {ref.version} ({ref.path}) "
               f"into {output_dir} with {runner}\n{describe(pipeline, options)}\njob graph: "
               f"{job_graph_bytes(pipeline)} bytes")
         return summary
 
-    log.info("scoring %s with %s version %d (%s) into %s with %s", source, ref.name, ref.version, ref.path,
-             output_dir, runner)
-    if runner == "DataflowRunner":
-        logging.getLogger("apache_beam").setLevel(logging.INFO)  # the job's id, URL and progress
-    quiet = _DropMessage("Resource module is not available")
-    logging.getLogger().addFilter(quiet)
-    try:
-        result = pipeline.run()
-        result.wait_until_finish()
-    except BaseException:
-        _remove(staging)  # the previous outputs stay as they were
-        raise
-    finally:
-        logging.getLogger().removeFilter(quiet)
-    try:
-        _publish(staging, output_dir)
-    except Exception as e:
-        raise InputError(f"the predictions were written to {staging} but could not be moved to {output_dir}: "
-                         f"{type(e).__name__}: {e}") from e
-    _remove(staging)
+    with outputs.locked(target, KIND):
+        previous = outputs.check_output_dir(target, KIND)  # again: no other run can change it now
+        outputs.clean_leftovers(target)
+        staging = outputs.new_staging_dir(target, KIND)
+        pipeline = beam.Pipeline(runner=runner_for(runner), options=options)
+        build_pipeline(pipeline, source, ref, staging, batch_size, column, max_file_bytes)
+        log.info("scoring %s with %s version %d (%s) into %s with %s", source, ref.name, ref.version, ref.path,
+                 output_dir, runner)
+        if runner == "DataflowRunner":
+            logging.getLogger("apache_beam").setLevel(logging.INFO)  # the job's id, URL and progress
+        quiet = _DropMessage("Resource module is not available")
+        logging.getLogger().addFilter(quiet)
+        try:
+            result = pipeline.run()
+            result.wait_until_finish()
+        except BaseException:
+            outputs.discard(staging, KIND)  # the previous outputs stay as they were
+            raise
+        finally:
+            logging.getLogger().removeFilter(quiet)
+        outputs.commit(staging, target, previous, KIND)
     for counter in result.metrics().query(MetricsFilter().with_namespace(COUNTER_NAMESPACE))["counters"]:
         name = counter.key.metric.name
         if name in ("predictions", "errors"):

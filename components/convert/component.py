@@ -16,6 +16,7 @@ def convert(
     compression: str = "",
     num_shards: int = 0,
     max_error_fraction: float = 0.05,
+    max_file_bytes: int = 0,
     runner: str = "DirectRunner",
     dataflow_project: str = "",
     dataflow_region: str = "",
@@ -44,6 +45,7 @@ def convert(
         compression: "gzip" or "none"; empty picks none for jpeg and gzip for tfrecorder.
         num_shards: Shards per split; 0 writes one shard per 1000 records of each split.
         max_error_fraction: The run fails, leaving the output as it was, when more rows than this are bad.
+        max_file_bytes: A larger input file is an error row, not read; 0: the default, 64 MiB.
         runner: "DirectRunner" (Beam's local runner, in this container) or "DataflowRunner".
         dataflow_project: Google Cloud project of the Dataflow job (DataflowRunner only).
         dataflow_region: Region of the Dataflow job, e.g. us-central1 (DataflowRunner only).
@@ -63,6 +65,7 @@ def convert(
     """
     from components import dataflow_job, logs, tracking
     from components.beam_runner import dataflow_args
+    from components.contracts import MAX_FILE_BYTES
     from components.convert.pipeline import convert as run_conversion
 
     logs.setup()
@@ -83,7 +86,7 @@ def convert(
             tracking.step_run("convert", "data", wandb_settings, config) as run:
         run.use("image_uris_csv", image_csv.uri)
         summary = run_conversion(image_csv.uri, tfrecords.uri, record_format, compression or None, num_shards,
-                                 max_error_fraction, runner, args)
+                                 max_error_fraction, runner, args, max_file_bytes=max_file_bytes or MAX_FILE_BYTES)
         counts = {name: getattr(summary, name) for name in ("rows", "good", "bad", "duplicates", "discarded")}
         for name, value in counts.items():
             metrics.log_metric(name, value)

@@ -14,7 +14,8 @@ buffers PCollections between stages: the local FnApiRunner in memory).
 
 Bad rows (unreadable files, non-images, unknown split, empty label, conflicting duplicates ...) go to errors-*.csv
 with a reason; every good row is written. The run fails when more than --max-error-fraction of the rows are bad.
-Output is staged beside --output-dir and moved into place only on success (components/convert/output.py).
+Output is staged beside --output-dir and moved into place only on success, one run per folder at a time
+(components/outputs.py). A run whose good rows leave a label out of TRAIN or out of a held-out split fails.
 """
 
 from __future__ import annotations
@@ -39,9 +40,9 @@ from apache_beam.io.tfrecordio import _TFRecordUtil
 from apache_beam.metrics.metric import Metrics, MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from components import storage
+from components import outputs, storage
 from components.beam_runner import describe, pipeline_options, runner_for
-from components.contracts import CSV_COLUMNS, CSV_SPLITS, DISCARD, SPLITS
+from components.contracts import CSV_COLUMNS, CSV_SPLITS, DISCARD, MAX_FILE_BYTES, SPLITS, TRAIN
 from components.convert import output, schema
 from components.convert.images import to_rgb_jpeg, to_rgb_pixels
 from components.errors import InputError
@@ -69,6 +70,7 @@ class ConversionSummary:
     discarded: int = 0
     per_split: dict[str, int] = field(default_factory=dict)
     per_label: dict[str, int] = field(default_factory=dict)
+    per_split_label: dict[str, dict[str, int]] = field(default_factory=dict)
     labels: list[str] = field(default_factory=list)
     format: str = "jpeg"
 
@@ -117,6 +119,7 @@ class CsvScan:
     rows: int = 0
     per_split: dict[str, int] = field(default_factory=dict)
     labels: list[str] = field(default_factory=list)
+    pairs: set[tuple[str, str]] = field(default_factory=set)  # (split, label) of the rows to convert
     first_problem: str = ""
 
 
@@ -167,6 +170,7 @@ def scan_csv(csv_path: str) -> CsvScan:
             row, problem = check_row(values, scan.columns, scan.width, normalise=False)
             if problem is None:
                 labels.add(row["label"])
+                scan.pairs.add((row["split"], row["label"]))
                 scan.per_split[row["split"]] = scan.per_split.get(row["split"], 0) + 1
             elif problem != DISCARD and not scan.first_problem:
                 scan.first_problem = f"line {reader.line_num}: {problem}"
@@ -304,9 +308,11 @@ class WriteShard(beam.DoFn):
 
     BAD = "bad"
 
-    def __init__(self, folder: str, shards: dict[str, int], labels: list[str], record_format: str, gzip: bool):
+    def __init__(self, folder: str, shards: dict[str, int], labels: list[str], record_format: str, gzip: bool,
+                 max_file_bytes: int = MAX_FILE_BYTES):
         self.folder, self.shards, self.record_format, self.gzip = folder, shards, record_format, gzip
         self.label_index = {label: i for i, label in enumerate(labels)}
+        self.max_file_bytes = max_file_bytes
 
     def setup(self):
         self.pool = ThreadPoolExecutor(IMAGE_THREADS)
@@ -331,8 +337,9 @@ class WriteShard(beam.DoFn):
 
     def _encode(self, row: dict) -> tuple[dict, tuple[bytes, bytes] | None, str | None]:
         try:
-            with FileSystems.open(row["image_uri"], compression_type=CompressionTypes.UNCOMPRESSED) as f:
-                data = f.read()
+            data = storage.read_at_most(row["image_uri"], self.max_file_bytes)
+        except storage.FileTooLarge as e:
+            return row, None, str(e)
         except Exception as e:  # noqa: BLE001 - any filesystem failure is this row's reason
             return row, None, f"cannot read file: {type(e).__name__}: {e}"
         try:
@@ -366,10 +373,11 @@ class WriteShards(beam.PTransform):
     """Unique rows -> `<split>-SSSSS-of-NNNNN.tfrecord[.gz]` in `folder` ("written": shard paths; "bad": rows
     whose image cannot be used). Shards no row fell into are created empty by `finish_shards`."""
 
-    def __init__(self, folder: str, shards: dict[str, int], labels: list[str], record_format: str, gzip: bool):
+    def __init__(self, folder: str, shards: dict[str, int], labels: list[str], record_format: str, gzip: bool,
+                 max_file_bytes: int = MAX_FILE_BYTES):
         super().__init__()
         self.folder, self.shards, self.labels = folder, shards, labels
-        self.record_format, self.gzip = record_format, gzip
+        self.record_format, self.gzip, self.max_file_bytes = record_format, gzip, max_file_bytes
 
     def expand(self, rows):
         shards = self.shards
@@ -377,7 +385,8 @@ class WriteShards(beam.PTransform):
             rows
             | "ByShard" >> beam.Map(lambda row: ((row["split"], shard_of(row["image_uri"], shards[row["split"]])), row))
             | "GroupByShard" >> beam.GroupByKey()
-            | "Write" >> beam.ParDo(WriteShard(self.folder, shards, self.labels, self.record_format, self.gzip))
+            | "Write" >> beam.ParDo(WriteShard(self.folder, shards, self.labels, self.record_format, self.gzip,
+                                               self.max_file_bytes))
             .with_outputs(WriteShard.BAD, main="written")
         )
 
@@ -427,17 +436,19 @@ def shard_counts(scan: CsvScan, num_shards: int) -> dict[str, int]:
 
 
 def build_pipeline(pipeline: beam.Pipeline, csv_path: str, scan: CsvScan, folder: str, num_shards: int,
-                   record_format: str = "jpeg", compression: str = "none") -> None:
+                   record_format: str = "jpeg", compression: str = "none",
+                   max_file_bytes: int = MAX_FILE_BYTES) -> None:
     """The whole conversion as one graph whose size does not depend on the CSV's length."""
     lines = pipeline | "ReadCsv" >> beam.io.ReadFromText(csv_path, skip_header_lines=1)
     checked = lines | "CheckRows" >> CheckRows(scan.columns, scan.width)
     unique = checked.good | "Deduplicate" >> Deduplicate()
     written = unique.good | "WriteShards" >> WriteShards(
-        folder, shard_counts(scan, num_shards), scan.labels, record_format, compression == "gzip")
+        folder, shard_counts(scan, num_shards), scan.labels, record_format, compression == "gzip", max_file_bytes)
     _ = (checked.bad, unique[CheckRow.BAD], written[WriteShard.BAD]) | "WriteErrors" >> WriteErrors(folder)
 
 
-def _check_arguments(record_format: str, compression: str, num_shards: int, max_error_fraction: float) -> None:
+def _check_arguments(record_format: str, compression: str, num_shards: int, max_error_fraction: float,
+                     max_file_bytes: int = MAX_FILE_BYTES) -> None:
     if record_format not in schema.FORMATS:
         raise InputError(f"--format must be one of {', '.join(schema.FORMATS)}, got {record_format!r}")
     if compression not in ("gzip", "none"):
@@ -446,26 +457,32 @@ def _check_arguments(record_format: str, compression: str, num_shards: int, max_
         raise InputError(f"--num-shards must be 0 (automatic) or more, got {num_shards}")
     if not 0 <= max_error_fraction <= 1:
         raise InputError(f"--max-error-fraction must be between 0 and 1, got {max_error_fraction}")
+    if max_file_bytes < 1:
+        raise InputError(f"--max-file-bytes must be at least 1, got {max_file_bytes}")
 
 
 def convert(csv_path: str, output_dir: str, record_format: str = "jpeg", compression: str | None = None,
             num_shards: int = 0, max_error_fraction: float = 0.05, runner: str = "DirectRunner",
             pipeline_args: list[str] | None = None, direct_workers: int = 1,
-            dry_run: bool = False) -> ConversionSummary:
+            dry_run: bool = False, max_file_bytes: int = MAX_FILE_BYTES) -> ConversionSummary:
     """Converts the CSV's images to TFRecords in output_dir and returns the counts (also in summary.json).
 
     record_format is "jpeg" (default) or "tfrecorder"; compression defaults to none for jpeg (JPEG bytes do not
     compress) and gzip for tfrecorder, as TFRecorder wrote. num_shards=0 picks one shard per 1000 records of
     each split. pipeline_args go to Beam as they are (e.g. Dataflow's --project, --region, --temp_location).
     direct_workers is the local runner's process count (1: one process). dry_run prints the options, steps and
-    job-graph size and returns without reading an image or writing anything.
+    job-graph size and returns without reading an image or writing anything. A file over max_file_bytes is a
+    bad row.
     A failed run leaves output_dir as it was; a successful one replaces only the files an earlier convert wrote.
+    One run writes to an output folder at a time (components/outputs.py).
     """
     compression = compression or ("gzip" if record_format == "tfrecorder" else "none")
-    _check_arguments(record_format, compression, num_shards, max_error_fraction)
+    _check_arguments(record_format, compression, num_shards, max_error_fraction, max_file_bytes)
     options = pipeline_options(runner, pipeline_args or [], direct_workers)
+    target = outputs.resolve(output_dir)  # symlinks followed: staged on the target's filesystem
     # A dry run needs no credentials: it checks a gs:// output only when the real run starts.
-    previous = [] if dry_run and storage.is_gcs(output_dir) else output.check_output_dir(output_dir)
+    if not (dry_run and storage.is_gcs(output_dir)):
+        outputs.check_output_dir(target, output.KIND)
     scan = scan_csv(csv_path)
     summary = ConversionSummary(rows=scan.rows, labels=scan.labels, format=record_format)
 
@@ -473,37 +490,65 @@ def convert(csv_path: str, output_dir: str, record_format: str = "jpeg", compres
         # A dry run builds the graph on the local runner: Dataflow's option checks already call GCS.
         pipeline = beam.Pipeline(runner=runner_for("DirectRunner"), options=options)
         build_pipeline(pipeline, csv_path, scan, storage.join(output_dir, "staging"), num_shards, record_format,
-                       compression)
+                       compression, max_file_bytes)
         print(f"dry run: would convert {scan.rows} rows of {csv_path} to {output_dir} "
               f"({record_format}, compression {compression}) with {runner}\n{describe(pipeline, options)}")
         return summary
 
-    output.clean_leftovers(output_dir)
-    staging = output.new_staging_dir(output_dir)
-    try:
-        _run(csv_path, staging, scan, summary, options, runner, num_shards, record_format, compression)
-    except BaseException:
-        output.discard(staging)
-        raise
-    checked = summary.good + summary.bad
-    if summary.good == 0 or summary.bad / max(checked, 1) > max_error_fraction:
-        output.discard(staging, keep=(output.ERRORS_FILE, schema.SUMMARY_FILE))
-        what = "no image could be converted" if summary.good == 0 else (
-            f"{summary.bad} of {checked} rows ({summary.bad / checked:.1%}) are bad, more than "
-            f"--max-error-fraction {max_error_fraction:.1%}")
-        raise InputError(f"{what}; {output_dir} is left as it was; reasons in "
-                         f"{storage.join(staging, output.ERRORS_FILE)}")
-    output.commit(staging, output_dir, previous)
+    with outputs.locked(target, output.KIND):
+        previous = outputs.check_output_dir(target, output.KIND)  # again: no other run can change it now
+        outputs.clean_leftovers(target)
+        staging = outputs.new_staging_dir(target, output.KIND)
+        try:
+            _run(csv_path, staging, scan, summary, options, runner, num_shards, record_format, compression,
+                 max_file_bytes)
+        except BaseException:
+            outputs.discard(staging, output.KIND)
+            raise
+        checked = summary.good + summary.bad
+        problem = ""
+        if summary.good == 0 or summary.bad / max(checked, 1) > max_error_fraction:
+            problem = "no image could be converted" if summary.good == 0 else (
+                f"{summary.bad} of {checked} rows ({summary.bad / checked:.1%}) are bad, more than "
+                f"--max-error-fraction {max_error_fraction:.1%}")
+        problem = problem or missing_labels(summary, scan.pairs)
+        if problem:
+            outputs.discard(staging, output.KIND, keep=(output.ERRORS_FILE, schema.SUMMARY_FILE))
+            raise InputError(f"{problem}; {output_dir} is left as it was; reasons in "
+                             f"{storage.join(staging, output.ERRORS_FILE)}")
+        outputs.commit(staging, target, previous, output.KIND)
     if summary.bad:
         log.warning("%d of %d rows are bad; reasons in %s", summary.bad, checked,
                     storage.join(output_dir, output.ERRORS_FILE))
     return summary
 
 
+def missing_labels(summary: ConversionSummary, listed: set[tuple[str, str]]) -> str:
+    """Why the converted images cannot train and score a classifier, once the bad rows are gone: fewer than two
+    labels in TRAIN, or a (split, label) the CSV has rows for left without one image (a model that never saw
+    the label, or a held-out score that says nothing about it). listed: the CSV's (split, label) pairs.
+    Empty when there is no such problem."""
+    def shown(split: str) -> str:
+        counts = summary.per_split_label.get(split, {})
+        return ", ".join(f"{label} {counts.get(label, 0)}" for label in summary.labels)
+
+    trained = [label for label, count in summary.per_split_label.get(TRAIN, {}).items() if count]
+    if len(trained) < 2:
+        return (f"after removing the bad rows, TRAIN has images of {len(trained)} of the {len(summary.labels)} "
+                f"labels ({shown(TRAIN)}): a classifier needs at least two")
+    for split in KNOWN_SPLITS:
+        lost = sorted(label for s, label in listed if s == split and not summary.per_split_label.get(s, {}).get(label))
+        if lost:
+            role = "the model would never see" if split == TRAIN else "its score would say nothing about"
+            return (f"after removing the bad rows, {split} has no image of {', '.join(lost)} ({shown(split)}): "
+                    f"{role} {'it' if len(lost) == 1 else 'them'}")
+    return ""
+
+
 def _run(csv_path: str, staging: str, scan: CsvScan, summary: ConversionSummary, options: PipelineOptions,
-         runner: str, num_shards: int, record_format: str, compression: str) -> None:
+         runner: str, num_shards: int, record_format: str, compression: str, max_file_bytes: int) -> None:
     pipeline = beam.Pipeline(runner=runner_for(runner), options=options)
-    build_pipeline(pipeline, csv_path, scan, staging, num_shards, record_format, compression)
+    build_pipeline(pipeline, csv_path, scan, staging, num_shards, record_format, compression, max_file_bytes)
     schema.write_labels(staging, summary.labels)
     log.info("converting %d rows from %s (%s) with %s, staging in %s", scan.rows, csv_path, record_format, runner,
              staging)
@@ -531,3 +576,5 @@ def _add_counts(summary: ConversionSummary, result) -> None:
             summary.good += value
             summary.per_split[split] = summary.per_split.get(split, 0) + value
             summary.per_label[label] = summary.per_label.get(label, 0) + value
+            by_label = summary.per_split_label.setdefault(split, {})
+            by_label[label] = by_label.get(label, 0) + value
