@@ -108,6 +108,78 @@ def apply_orientation(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
     return tf.reverse(image, tf.boolean_mask(tf.constant([0, 1]), tf.stack([flip_rows, flip_columns])))
 
 
+_BYTE = tf.constant([bytes([i]) for i in range(256)])  # byte value -> one-byte string, for writing headers
+GIF_MAX_BLOCKS = 1 << 16  # sub-blocks read to find a GIF's first frame: 16 MiB of 255-byte blocks, bounded work
+
+
+def _le(values: tf.Tensor, size: int) -> tf.Tensor:
+    """The integer values (int32) as size-byte little-endian strings, joined."""
+    shifts = tf.range(size) * 8
+    digits = tf.bitwise.bitwise_and(tf.bitwise.right_shift(tf.reshape(values, [-1, 1]), shifts), 255)
+    return tf.strings.reduce_join(tf.gather(_BYTE, tf.reshape(digits, [-1])))
+
+
+def _le_at(image_bytes: tf.Tensor, offset: tf.Tensor, size: int) -> tf.Tensor:
+    """The size-byte little-endian unsigned integer at offset (0 past the end)."""
+    return tf.reduce_sum(_bytes_at(image_bytes, offset, size) * (256 ** tf.range(size)))
+
+
+def gif_first_frame(image_bytes: tf.Tensor) -> tf.Tensor:
+    """The GIF cut after its first image and closed with the trailer, so the decoder makes one frame, not
+    frames x the canvas declared in the header (a 5 KB GIF of 100 one-pixel frames on a 2000x2000 canvas
+    decoded to 1.2 GB). Walks the blocks (extensions, then the first image's descriptor and sub-blocks),
+    reading one length byte per step, at most GIF_MAX_BLOCKS steps; a malformed file stays malformed."""
+    flags = _bytes_at(image_bytes, tf.constant(10), 1)[0]  # logical screen descriptor: global colour table?
+    start = 13 + tf.where(flags >= 128, 3 * 2 ** (flags % 8 + 1), 0)
+    length = tf.strings.length(image_bytes)
+
+    def step(pos, in_blocks, image, done, steps):
+        byte = _bytes_at(image_bytes, pos, 1)[0]
+        local = _bytes_at(image_bytes, pos + 9, 1)[0]  # an image descriptor's flags: local colour table?
+        descriptor = 10 + tf.where(local >= 128, 3 * 2 ** (local % 8 + 1), 0) + 1  # + the LZW code size byte
+        # In sub-blocks: a length byte (0 ends them). Else a block: 0x21 extension (label, then sub-blocks),
+        # 0x2C the image (descriptor, then sub-blocks), anything else (the trailer) ends the walk.
+        block = tf.where(tf.equal(byte, 0x21), pos + 2, tf.where(tf.equal(byte, 0x2C), pos + descriptor, pos))
+        next_pos = tf.where(in_blocks, pos + byte + 1, block)
+        ends = tf.logical_and(in_blocks, tf.equal(byte, 0))
+        new_image = tf.logical_or(image, tf.logical_and(tf.logical_not(in_blocks), tf.equal(byte, 0x2C)))
+        new_in_blocks = tf.where(in_blocks, tf.logical_not(ends),
+                                 tf.logical_or(tf.equal(byte, 0x21), tf.equal(byte, 0x2C)))
+        stop = tf.logical_or(tf.logical_and(ends, image),
+                             tf.logical_and(tf.logical_not(in_blocks), tf.logical_not(new_in_blocks)))
+        return next_pos, new_in_blocks, new_image, stop, steps + 1
+
+    end = tf.while_loop(
+        lambda pos, in_blocks, image, done, steps: tf.logical_and(
+            tf.logical_not(done), tf.logical_and(pos < length, steps < GIF_MAX_BLOCKS)),
+        step, [start, tf.constant(False), tf.constant(False), tf.constant(False), tf.constant(0)])[0]
+    return tf.strings.join([tf.strings.substr(image_bytes, 0, tf.minimum(end, length)), b"\x3b"])
+
+
+def webp_first_frame(image_bytes: tf.Tensor) -> tf.Tensor:
+    """A still WebP of an animated WebP's first frame (the file as it is when it is not animated).
+    TensorFlow's decoder makes every frame at the canvas size, and on an animation without the alpha flag it
+    corrupts the heap (malloc abort, the whole process gone: TF 2.21, measured), so animations never reach it:
+    the first ANMF chunk's frame data (ALPH + VP8, or VP8L) gets an extended header (VP8X) of its own size.
+    The frame's offset on the canvas is ignored (Pillow composites it; first frames cover the canvas), and a
+    frame larger than the canvas the header declares (what the pixel budget counted) is refused."""
+    vp8x_flags = _bytes_at(image_bytes, tf.constant(20), 1)[0]
+    animated = tf.logical_and(tf.equal(_substr(image_bytes, tf.constant(12), 4), b"VP8X"),
+                              tf.equal(tf.bitwise.bitwise_and(vp8x_flags, 2), 2))
+    anmf = _find(tf.where(animated, image_bytes, ""), b"ANMF")
+    size = _le_at(image_bytes, anmf + 4, 4) - 16  # the frame data after its 16-byte header
+    width_1, height_1 = _le_at(image_bytes, anmf + 14, 3), _le_at(image_bytes, anmf + 17, 3)
+    frame = _substr(image_bytes, anmf + 24, tf.maximum(size, 0))
+    alpha = tf.where(tf.logical_or(tf.equal(tf.strings.substr(frame, 0, 4), b"ALPH"),
+                                   tf.equal(tf.strings.substr(frame, 0, 4), b"VP8L")), 0x10, 0)
+    still = tf.strings.join([b"RIFF", _le(tf.strings.length(frame) + 22, 4), b"WEBPVP8X", _le(10, 4),
+                             _le(alpha, 4), _le(width_1, 3), _le(height_1, 3), frame])
+    # A frame larger than the canvas (what the header, and so the pixel budget, says) is refused: no bytes.
+    fits = tf.logical_and(width_1 <= _le_at(image_bytes, tf.constant(24), 3),
+                          height_1 <= _le_at(image_bytes, tf.constant(27), 3))
+    return tf.where(animated, tf.where(fits, still, ""), image_bytes)
+
+
 def _onto_white(rgba: tf.Tensor) -> tf.Tensor:
     """PIL's paste of RGBA onto a white RGB image with the alpha as mask, in float32 (0..255)."""
     rgba = tf.cast(rgba, tf.float32)
@@ -157,6 +229,12 @@ def decode_upright_rgb(image_bytes: tf.Tensor, image_size: int | None = None, co
         rgba = tf.io.decode_png(image_bytes, channels=4)
         return _onto_white(tf.concat([rgba[..., :3], tf.where(flatten, rgba[..., 3:], 255)], axis=-1))
 
+    def webp():
+        # 3 channels (lossy without alpha, the usual kind) or 4: channels=4 refuses 3-channel files
+        image = tf.io.decode_webp(webp_first_frame(image_bytes), channels=0)[0]
+        opaque = tf.fill(tf.concat([tf.shape(image)[:2], [1]], 0), tf.constant(255, tf.uint8))
+        return _onto_white(tf.concat([image[..., :3], tf.concat([image[..., 3:], opaque], -1)[..., :1]], -1))
+
     # One flat switch and the EXIF parse outside it: ops inside tf.cond/switch_case branches, and nested
     # control flow, ran several times slower inside tf.data (measured), so the branches only decode.
     # extract_jpeg_shape fails on other formats: they get a tiny JPEG's shape instead.
@@ -166,8 +244,8 @@ def decode_upright_rgb(image_bytes: tf.Tensor, image_size: int | None = None, co
     image = tf.switch_case(index, [
         *jpeg,
         png,
-        lambda: _onto_white(tf.io.decode_webp(image_bytes, channels=4)[0]),  # [frames, H, W, 4]: the first
-        lambda: tf.cast(tf.io.decode_gif(image_bytes)[0], tf.float32),  # the first frame
+        webp,
+        lambda: tf.cast(tf.io.decode_gif(gif_first_frame(image_bytes))[0], tf.float32),
         # BMP; anything else fails here with TensorFlow's message
         lambda: tf.cast(tf.io.decode_image(image_bytes, channels=3, expand_animations=False), tf.float32),
     ])
