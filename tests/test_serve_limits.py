@@ -62,10 +62,15 @@ class Served:
 
 
 @pytest.fixture(scope="module")
-def served(trained_model, tmp_path_factory):
+def model_base(trained_model, tmp_path_factory) -> str:
     base = str(tmp_path_factory.mktemp("models") / "catsdogs")
     publish_version(trained_model, base)
-    server = Served(base, str(tmp_path_factory.mktemp("log") / "serve.log"))
+    return base
+
+
+@pytest.fixture(scope="module")
+def served(model_base, tmp_path_factory):
+    server = Served(model_base, str(tmp_path_factory.mktemp("log") / "serve.log"))
     yield server
     server.close()
 
@@ -177,7 +182,9 @@ def test_animated_gif_and_webp_bombs_decode_one_frame_within_the_memory_bound(se
             thread.start()
         for thread in threads:
             thread.join(WAIT_S)
-    assert served.process.poll() is None, served.stderr()[-2000:]  # alive: the opaque WebP aborted it before
+    # alive: TensorFlow's decoder aborts the process on an opaque animated WebP asked for channels=0
+    assert served.process.poll() is None, served.stderr()[-2000:]
+    # (before: 200 for the GIF at +1.3 GB each; 400 "Number of channels requested does not match" for the WebPs)
     assert len(replies) == 9 and all(status == 200 for status, _ in replies), replies
     assert all(len(reply["predictions"]) == 1 for _, reply in replies)
     watch.check()
@@ -280,3 +287,75 @@ def test_descriptor_limit_of_the_test_server_is_what_the_test_set(served):
     limits = open(f"/proc/{served.process.pid}/limits").read()
     assert re.search(rf"Max open files\s+{DESCRIPTORS}\s+{DESCRIPTORS}", limits), limits
     assert len(os.listdir(f"/proc/{served.process.pid}/fd")) < DESCRIPTORS
+
+
+# --- the same server in this process, where its counters can be read
+
+@pytest.fixture
+def in_process(model_base):
+    from components.serve.protocol import ConnectionLimits
+    from components.serve.server import make_server, serve_in_background
+
+    server = make_server(model_base, "127.0.0.1", 0, poll_seconds=0, max_in_flight=4,
+                         connection_limits=ConnectionLimits(request_timeout_s=0.5))
+    serve_in_background(server)
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def _wait_for(condition, what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_a_half_sent_request_gets_408_and_its_connection_closes(in_process):
+    address = in_process.server_address[:2]
+    for partial in (b"GET /hea", b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"):
+        with socket.create_connection(address, timeout=WAIT_S) as sock:
+            sock.sendall(partial)
+            answer = sock.makefile("rb").read()  # until the server closes (uvicorn alone never did)
+        if partial.startswith(b"GET"):
+            assert answer.startswith(b"HTTP/1.1 408 ") and b"did not arrive within 0.5 s" in answer, answer
+        else:
+            assert answer == b""  # its body was late: closed, and its handler saw the hang-up
+    with socket.create_connection(address, timeout=WAIT_S) as sock:  # a connection that never sends
+        assert sock.makefile("rb").read().startswith(b"HTTP/1.1 408 ")
+    assert _exchange(address, _request("GET", "/health"))[0] == 200
+
+
+def test_requests_past_the_in_flight_limit_get_503_with_retry_after(in_process):
+    address = in_process.server_address[:2]
+    body = _predict_body(_jpeg())
+    head = _request("POST", "/predict", body)[: -len(body)]
+    held = []
+    try:
+        for _ in range(4):  # max_in_flight=4 requests whose bodies are still coming
+            sock = socket.create_connection(address, timeout=WAIT_S)
+            sock.sendall(head + body[:10])
+            held.append(sock)
+        _wait_for(lambda: in_process.app.in_flight == 4, "four requests in flight")
+        for data in (_request("POST", "/predict", body), _request("POST", "/v1/models/catsdogs:predict", body)):
+            status, headers, reply = _exchange(address, data)
+            assert status == 503 and headers["retry-after"] == "1" and "retry later" in json.loads(reply)["error"]
+        assert _exchange(address, _request("GET", "/health"))[0] == 200  # /health is not shed
+        for sock in held:
+            sock.sendall(body[10:])
+            assert sock.makefile("rb").readline().split()[1] == b"200"
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_requests_whose_clients_hung_up_are_not_decoded_or_predicted(in_process):
+    address = in_process.server_address[:2]
+    body = _request("POST", "/predict", _predict_body(*[_jpeg((300, 300))] * 8))
+    assert _exchange(address, body)[0] == 200
+    predicted = in_process.batcher.instances
+    for _ in range(4):  # within max_in_flight: none is shed, every one is dropped by the server itself
+        with socket.create_connection(address, timeout=WAIT_S) as sock:
+            sock.sendall(body)
+    _wait_for(lambda: in_process.app.abandoned == 4, "the four abandoned requests to be dropped")
+    assert in_process.batcher.instances == predicted
