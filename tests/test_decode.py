@@ -73,6 +73,13 @@ def _animation(fmt: str, mode: str = "RGB", **params) -> bytes:
     return _encode(frames[0], fmt, save_all=True, append_images=frames[1:], **params)
 
 
+def _with_comment(gif: bytes, blocks: int = 5000) -> bytes:
+    """The GIF with a comment extension of one-byte sub-blocks before its first image."""
+    flags = gif[10]
+    start = 13 + (3 * 2 ** ((flags & 7) + 1) if flags & 0x80 else 0)  # after the global colour table
+    return gif[:start] + b"\x21\xfe" + b"\x01a" * blocks + b"\x00" + gif[start:]
+
+
 def gif_bomb(width: int = 2000, height: int = 2000, frames: int = 100) -> bytes:
     """A GIF of a width x height one-colour frame (a few KB of LZW) followed by frames - 1 one-pixel frames: a
     decoder of every frame at the first frame's size makes frames x width x height x 3 bytes of it."""
@@ -124,6 +131,7 @@ def test_orientation_is_found_behind_other_segments_and_in_big_endian_exif():
     ("animated lossy WebP", lambda: _animation("WEBP", quality=90)),
     ("animated RGBA WebP", lambda: _animation("WEBP", mode="RGBA", lossless=True)),
     ("animated GIF", lambda: _animation("GIF")),
+    ("animated GIF behind a comment of 5,000 sub-blocks", lambda: _with_comment(_animation("GIF"))),
     ("BMP", lambda: _encode(_picture(), "BMP")),
     ("opaque GIF", lambda: _encode(_picture().quantize(32), "GIF")),
 ])
