@@ -168,7 +168,7 @@ def _image_size(data: bytes, index: int) -> tuple[int, int]:
     except Image.DecompressionBombError as e:
         raise too_large from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise bad_request(f"instance {index}: not a decodable image (JPEG, PNG, GIF or BMP)") from e
+        raise bad_request(f"instance {index}: not a decodable image (JPEG, PNG, GIF, WebP or BMP)") from e
     if width * height > MAX_IMAGE_PIXELS:
         raise too_large
     return width, height
