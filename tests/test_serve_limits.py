@@ -122,13 +122,18 @@ class Watch:
         self.idle_mb = served.rss_mb()
         self.peak_mb = self.idle_mb
         self.slowest_health_s = 0.0
+        self.failure = None  # how /health failed, if it did
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
         while not self._stop.is_set():
             self.peak_mb = max(self.peak_mb, self.served.rss_mb())
-            self.slowest_health_s = max(self.slowest_health_s, _health_s(self.served))
+            try:
+                self.slowest_health_s = max(self.slowest_health_s, _health_s(self.served))
+            except (AssertionError, OSError, ValueError, IndexError) as e:  # no answer, or not a 200
+                self.failure = repr(e)
+                return
             time.sleep(0.02)
 
     def __enter__(self):
@@ -143,6 +148,7 @@ class Watch:
               f"slowest /health {self.slowest_health_s:.3f} s")
 
     def check(self):
+        assert self.failure is None, f"/health failed under attack: {self.failure}"
         assert self.peak_mb - self.idle_mb <= MEMORY_MB, (self.idle_mb, self.peak_mb)
         assert self.slowest_health_s <= HEALTH_S, self.slowest_health_s
 
