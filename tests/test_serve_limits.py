@@ -365,3 +365,30 @@ def test_requests_whose_clients_hung_up_are_not_decoded_or_predicted(in_process)
             sock.sendall(body)
     _wait_for(lambda: in_process.app.abandoned == 4, "the four abandoned requests to be dropped")
     assert in_process.batcher.instances == predicted
+
+
+def test_predict_retries_a_busy_server_after_its_retry_after(in_process, tmp_path):
+    address = in_process.server_address[:2]
+    body = _predict_body(_jpeg())
+    head = _request("POST", "/predict", body)[: -len(body)]
+    image = tmp_path / "cat.jpg"
+    image.write_bytes(_jpeg())
+    held = []
+    try:
+        for _ in range(4):  # the server is full: max_in_flight=4 requests whose bodies are still coming
+            sock = socket.create_connection(address, timeout=WAIT_S)
+            sock.sendall(head + body[:10])
+            held.append(sock)
+        _wait_for(lambda: in_process.app.in_flight == 4, "four requests in flight")
+        predict = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "predict", str(image), "--endpoint",
+                                    in_process.url, "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True)
+        _wait_for(lambda: in_process.app.shed >= 1, "predict to be told 503")
+        for sock in held:
+            sock.sendall(body[10:])
+        out, err = predict.communicate(timeout=WAIT_S)
+        assert predict.returncode == 0, err
+        assert json.loads(out)["image"] == str(image)
+    finally:
+        for sock in held:
+            sock.close()
