@@ -7,6 +7,8 @@ without conversion, Beam or pandas.
 
 from __future__ import annotations
 
+import math
+
 import tensorflow as tf
 
 # Where the orientation parser looks: EXIF sits in the first segments (JPEG APP1, right after SOI or JFIF's
@@ -108,11 +110,91 @@ def apply_orientation(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
     return tf.reverse(image, tf.boolean_mask(tf.constant([0, 1]), tf.stack([flip_rows, flip_columns])))
 
 
+_BYTE = tf.constant([bytes([i]) for i in range(256)])  # byte value -> one-byte string, for writing headers
+GIF_MAX_BLOCKS = 64  # extensions before a GIF's first image (files have a few: loop count, timing, comments)
+
+
+def _le(values: tf.Tensor, size: int) -> tf.Tensor:
+    """The integer values (int32) as size-byte little-endian strings, joined."""
+    shifts = tf.range(size) * 8
+    digits = tf.bitwise.bitwise_and(tf.bitwise.right_shift(tf.reshape(values, [-1, 1]), shifts), 255)
+    return tf.strings.reduce_join(tf.gather(_BYTE, tf.reshape(digits, [-1])))
+
+
+def _le_at(image_bytes: tf.Tensor, offset: tf.Tensor, size: int) -> tf.Tensor:
+    """The size-byte little-endian unsigned integer at offset (0 past the end)."""
+    return tf.reduce_sum(_bytes_at(image_bytes, offset, size) * (256 ** tf.range(size)))
+
+
+def gif_first_frame(image_bytes: tf.Tensor) -> tf.Tensor:
+    """The GIF cut after its first image and closed with the trailer, so the decoder makes one frame, not
+    every frame at the first one's size (a 6 KB GIF of a 2000x2000 frame and 99 one-pixel frames decoded to
+    +1.2 GB, measured). Walks the blocks: at most GIF_MAX_BLOCKS extensions, then the first image's descriptor
+    and its sub-blocks; a malformed file stays malformed (and fails to decode).
+
+    Sub-blocks are chains of length bytes; where a chain starting at each offset ends is found for all offsets
+    at once by pointer doubling (log2 of the size gathers): one loop step per sub-block took ~95 us, so a
+    140 KB file of 1-byte sub-blocks cost 6.6 s of CPU (measured)."""
+    raw = tf.io.decode_raw(tf.strings.join([image_bytes, bytes(16)]), tf.uint8)  # zeros after the end: stops
+    last = tf.size(raw) - 1
+    index = tf.range(last + 1)
+    wide = tf.cast(raw, tf.int32)
+    hop = tf.where(tf.equal(wide, 0), index, tf.minimum(index + 1 + wide, last))  # 0 ends a chain: stay
+    rounds = tf.cast(tf.math.ceil(tf.math.log(tf.cast(last + 2, tf.float32)) / math.log(2.0)), tf.int32)
+    hop = tf.while_loop(lambda i, hop: i < rounds, lambda i, hop: (i + 1, tf.gather(hop, hop)), [0, hop])[1]
+
+    def byte(at):
+        return tf.cast(tf.gather(raw, tf.minimum(at, last)), tf.int32)
+
+    def after_chain(at):  # the offset after the sub-blocks starting at `at` (after their 0 terminator)
+        return tf.gather(hop, tf.minimum(at, last)) + 1
+
+    def step(pos, end, steps):
+        kind, local = byte(pos), byte(pos + 9)  # an image descriptor's flags: local colour table?
+        descriptor = 10 + tf.where(local >= 128, 3 * 2 ** (local % 8 + 1), 0) + 1  # + the LZW code size byte
+        extension = tf.equal(kind, 0x21)  # then a label byte and sub-blocks
+        end = tf.where(tf.equal(kind, 0x2C), after_chain(pos + descriptor), tf.where(extension, -1, pos))
+        return tf.where(extension, after_chain(pos + 2), pos), end, steps + 1
+
+    flags = byte(10)  # logical screen descriptor: global colour table?
+    first = 13 + tf.where(flags >= 128, 3 * 2 ** (flags % 8 + 1), 0)
+    pos, end, _ = tf.while_loop(lambda pos, end, steps: tf.logical_and(end < 0, steps < GIF_MAX_BLOCKS),
+                                step, [first, tf.constant(-1), tf.constant(0)])
+    end = tf.where(end < 0, pos, end)
+    return tf.strings.join([tf.strings.substr(image_bytes, 0, tf.minimum(end, tf.strings.length(image_bytes))),
+                            b"\x3b"])
+
+
+def webp_first_frame(image_bytes: tf.Tensor) -> tf.Tensor:
+    """A still WebP of an animated WebP's first frame (the file as it is when it is not animated).
+    TensorFlow's decoder makes every frame at the canvas size, and on an animation without the alpha flag it
+    corrupts the heap (malloc abort, the whole process gone: TF 2.21, measured), so animations never reach it:
+    the first ANMF chunk's frame data (ALPH + VP8, or VP8L) gets an extended header (VP8X) of its own size.
+    The frame's offset on the canvas is ignored (Pillow composites it; first frames cover the canvas), and a
+    frame larger than the canvas the header declares (what the pixel budget counted) is refused."""
+    vp8x_flags = _bytes_at(image_bytes, tf.constant(20), 1)[0]
+    animated = tf.logical_and(tf.equal(_substr(image_bytes, tf.constant(12), 4), b"VP8X"),
+                              tf.equal(tf.bitwise.bitwise_and(vp8x_flags, 2), 2))
+    anmf = _find(tf.where(animated, image_bytes, ""), b"ANMF")
+    size = _le_at(image_bytes, anmf + 4, 4) - 16  # the frame data after its 16-byte header
+    width_1, height_1 = _le_at(image_bytes, anmf + 14, 3), _le_at(image_bytes, anmf + 17, 3)
+    frame = _substr(image_bytes, anmf + 24, tf.maximum(size, 0))
+    alpha = tf.where(tf.logical_or(tf.equal(tf.strings.substr(frame, 0, 4), b"ALPH"),
+                                   tf.equal(tf.strings.substr(frame, 0, 4), b"VP8L")), 0x10, 0)
+    still = tf.strings.join([b"RIFF", _le(tf.strings.length(frame) + 22, 4), b"WEBPVP8X", _le(10, 4),
+                             _le(alpha, 4), _le(width_1, 3), _le(height_1, 3), frame])
+    # A frame larger than the canvas (what the header, and so the pixel budget, says) is refused: no bytes.
+    fits = tf.logical_and(width_1 <= _le_at(image_bytes, tf.constant(24), 3),
+                          height_1 <= _le_at(image_bytes, tf.constant(27), 3))
+    return tf.where(animated, tf.where(fits, still, ""), image_bytes)
+
+
 def _onto_white(rgba: tf.Tensor) -> tf.Tensor:
-    """PIL's paste of RGBA onto a white RGB image with the alpha as mask, in float32 (0..255)."""
-    rgba = tf.cast(rgba, tf.float32)
-    alpha = rgba[..., 3:] / 255.0
-    return rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)
+    """PIL's paste of RGBA onto a white RGB image with the alpha as mask, in PIL's own integer arithmetic
+    (Paste.c's BLEND and DIV255), in uint16: a 4 MP RGBA image blended in float32 peaked at +150 MB."""
+    rgb, alpha = tf.cast(rgba[..., :3], tf.uint16), tf.cast(rgba[..., 3:], tf.uint16)
+    blend = rgb * alpha + 255 * (255 - alpha) + 128  # at most 65,153: fits
+    return tf.cast(tf.bitwise.right_shift(blend + tf.bitwise.right_shift(blend, 8), 8), tf.uint8)
 
 
 def _jpeg_scale(image_bytes: tf.Tensor, image_size: int | None) -> tf.Tensor:
@@ -125,7 +207,13 @@ def _jpeg_scale(image_bytes: tf.Tensor, image_size: int | None) -> tf.Tensor:
 
 def decode_upright_rgb(image_bytes: tf.Tensor, image_size: int | None = None, converted: bool = False
                        ) -> tf.Tensor:
-    """Encoded image -> float32 [H, W, 3] in 0..255, normalised as conversion normalises (convert/images.py):
+    """Encoded image -> float32 [H, W, 3] in 0..255: decode_upright_uint8's pixels as float32."""
+    return tf.cast(decode_upright_uint8(image_bytes, image_size, converted), tf.float32)
+
+
+def decode_upright_uint8(image_bytes: tf.Tensor, image_size: int | None = None, converted: bool = False
+                         ) -> tf.Tensor:
+    """Encoded image -> uint8 [H, W, 3], normalised as conversion normalises (convert/images.py):
     EXIF orientation applied (JPEG, PNG, WebP), transparency flattened onto white (RGBA, grey+alpha and
     palette-with-transparency PNGs, WebP), grey and CMYK made RGB. JPEGs use libjpeg's accurate integer DCT,
     as PIL does; with image_size, a JPEG whose short side is at least 2x image_size is decoded at 1/2, 1/4 or
@@ -140,8 +228,10 @@ def decode_upright_rgb(image_bytes: tf.Tensor, image_size: int | None = None, co
     decoder drops the transparency), a 16-bit PNG is scaled to 8 bits where PIL clips, and a grey or RGB PNG's
     tRNS colour key is ignored by both."""
     image_bytes = tf.convert_to_tensor(image_bytes, tf.string)
-    jpeg = [lambda r=r: tf.cast(tf.io.decode_jpeg(image_bytes, channels=3, ratio=r, dct_method="INTEGER_ACCURATE"),
-                                tf.float32) for r in (1, 2, 4, 8)]
+    # uint8 until the caller's float32 (4x larger): a 4 MP image decoded, turned and cast peaked at ~150 MB in
+    # float32 throughout, ~85 MB this way (measured); a server decodes several at once.
+    jpeg = [lambda r=r: tf.io.decode_jpeg(image_bytes, channels=3, ratio=r, dct_method="INTEGER_ACCURATE")
+            for r in (1, 2, 4, 8)]
     if converted:
         image = tf.switch_case(_jpeg_scale(image_bytes, image_size), jpeg)
         image.set_shape([None, None, 3])
@@ -154,8 +244,14 @@ def decode_upright_rgb(image_bytes: tf.Tensor, image_size: int | None = None, co
         colour_type = _bytes_at(image_bytes, tf.constant(25), 1)[0]  # IHDR colour type
         flatten = tf.logical_or(tf.logical_or(tf.equal(colour_type, 6), tf.equal(colour_type, 4)), tf.logical_and(
             tf.equal(colour_type, 3), header.png_chunk_before_pixels(b"tRNS") < NOT_FOUND))
-        rgba = tf.io.decode_png(image_bytes, channels=4)
-        return _onto_white(tf.concat([rgba[..., :3], tf.where(flatten, rgba[..., 3:], 255)], axis=-1))
+        # Only images with transparency pay for the blend (a 4 MP one: ~4x the decoded bytes at its peak).
+        return tf.cond(flatten, lambda: _onto_white(tf.io.decode_png(image_bytes, channels=4)),
+                       lambda: tf.io.decode_png(image_bytes, channels=3))
+
+    def webp():
+        # 3 channels (lossy without alpha, the usual kind) or 4: channels=4 refuses 3-channel files
+        image = tf.io.decode_webp(webp_first_frame(image_bytes), channels=0)[0]
+        return tf.cond(tf.equal(tf.shape(image)[-1], 4), lambda: _onto_white(image), lambda: image[..., :3])
 
     # One flat switch and the EXIF parse outside it: ops inside tf.cond/switch_case branches, and nested
     # control flow, ran several times slower inside tf.data (measured), so the branches only decode.
@@ -166,10 +262,10 @@ def decode_upright_rgb(image_bytes: tf.Tensor, image_size: int | None = None, co
     image = tf.switch_case(index, [
         *jpeg,
         png,
-        lambda: _onto_white(tf.io.decode_webp(image_bytes, channels=4)[0]),  # [frames, H, W, 4]: the first
-        lambda: tf.cast(tf.io.decode_gif(image_bytes)[0], tf.float32),  # the first frame
+        webp,
+        lambda: tf.io.decode_gif(gif_first_frame(image_bytes))[0],
         # BMP; anything else fails here with TensorFlow's message
-        lambda: tf.cast(tf.io.decode_image(image_bytes, channels=3, expand_animations=False), tf.float32),
+        lambda: tf.io.decode_image(image_bytes, channels=3, expand_animations=False),
     ])
     image.set_shape([None, None, 3])
     tiff = tf.where(header.jpeg, header.jpeg_exif_tiff(), header.other_exif_tiff())
@@ -183,5 +279,5 @@ def decode_and_resize(image_bytes: tf.Tensor, image_size: int, converted: bool =
     serving sees exactly the pixels training saw. The result is rounded to whole numbers so that training can
     cache it as uint8 (4x smaller) without changing a single value. converted: see decode_upright_rgb.
     """
-    image = decode_upright_rgb(image_bytes, image_size, converted)
+    image = decode_upright_uint8(image_bytes, image_size, converted)  # resize makes float32 of it (once)
     return tf.round(tf.image.resize(image, [image_size, image_size]))

@@ -64,6 +64,31 @@ def _palette_with_transparency() -> Image.Image:
     return out
 
 
+def _animation(fmt: str, mode: str = "RGB", **params) -> bytes:
+    """Three different frames: the first is what conversion (Pillow) keeps."""
+    first = _transparent_rgba() if mode == "RGBA" else _picture()
+    frames = [first, first.rotate(180), first.transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
+    if fmt == "GIF":
+        frames = [frame.quantize(32) for frame in frames]
+    return _encode(frames[0], fmt, save_all=True, append_images=frames[1:], **params)
+
+
+def _with_comment(gif: bytes, blocks: int = 5000) -> bytes:
+    """The GIF with a comment extension of one-byte sub-blocks before its first image."""
+    flags = gif[10]
+    start = 13 + (3 * 2 ** ((flags & 7) + 1) if flags & 0x80 else 0)  # after the global colour table
+    return gif[:start] + b"\x21\xfe" + b"\x01a" * blocks + b"\x00" + gif[start:]
+
+
+def gif_bomb(width: int = 2000, height: int = 2000, frames: int = 100) -> bytes:
+    """A GIF of a width x height one-colour frame (a few KB of LZW) followed by frames - 1 one-pixel frames: a
+    decoder of every frame at the first frame's size makes frames x width x height x 3 bytes of it."""
+    first = _encode(Image.new("P", (width, height), 0), "GIF")
+    assert first.endswith(b"\x3b")
+    pixel = b"\x2c" + bytes(4) + (1).to_bytes(2, "little") * 2 + b"\x00" + b"\x02\x02\x44\x01\x00"  # one LZW pixel
+    return first[:-1] + pixel * (frames - 1) + b"\x3b"
+
+
 def _jpeg_with_orientation(orientation: int, before_app1: bytes = b"") -> bytes:
     exif = Image.Exif()
     exif[ORIENTATION] = orientation
@@ -99,6 +124,14 @@ def test_orientation_is_found_behind_other_segments_and_in_big_endian_exif():
     ("palette PNG", lambda: _encode(_picture().quantize(16), "PNG")),
     ("grey PNG", lambda: _encode(_picture(mode="L"), "PNG")),
     ("RGBA WebP", lambda: _encode(_transparent_rgba(), "WEBP", lossless=True)),
+    ("lossy WebP", lambda: _encode(_picture(), "WEBP", quality=90)),  # no alpha: the usual kind
+    ("lossless WebP", lambda: _encode(_picture(), "WEBP", lossless=True)),
+    ("lossy RGBA WebP", lambda: _encode(_transparent_rgba(), "WEBP", quality=90)),
+    ("animated WebP", lambda: _animation("WEBP", lossless=True)),
+    ("animated lossy WebP", lambda: _animation("WEBP", quality=90)),
+    ("animated RGBA WebP", lambda: _animation("WEBP", mode="RGBA", lossless=True)),
+    ("animated GIF", lambda: _animation("GIF")),
+    ("animated GIF behind a comment of 5,000 sub-blocks", lambda: _with_comment(_animation("GIF"))),
     ("BMP", lambda: _encode(_picture(), "BMP")),
     ("opaque GIF", lambda: _encode(_picture().quantize(32), "GIF")),
 ])
@@ -178,3 +211,15 @@ def test_the_training_reader_gives_the_full_decoders_pixels_on_converted_records
         for size in (32, 150):
             np.testing.assert_array_equal(decode_and_resize(jpeg, size, converted=True).numpy(),
                                           decode_and_resize(jpeg, size).numpy())
+
+
+def test_only_the_first_frame_of_an_animation_is_decoded():
+    """A 6 KB GIF of a 2000x2000 frame and 99 one-pixel frames decodes as one frame (4 MP, what the pixel budget
+    counts), not 100 (1.2 GB)."""
+    from components.decode import gif_first_frame
+
+    bomb = gif_bomb()
+    assert len(bomb) < 8000 and Image.open(io.BytesIO(bomb)).n_frames == 100
+    assert tf.io.decode_gif(gif_first_frame(tf.constant(bomb))).shape == (1, 2000, 2000, 3)
+    assert _tf(bomb).shape == (2000, 2000, 3)
+    np.testing.assert_array_equal(_tf(bomb), _pil(bomb))

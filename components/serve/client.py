@@ -16,15 +16,17 @@ import io
 import json
 import re
 import sys
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from urllib.parse import urlparse
 
 from components import storage
 from components.errors import InputError
-from components.serve.limits import MAX_BODY_BYTES, VERTEX_MAX_REQUEST_BYTES
+from components.serve.limits import MAX_BODY_BYTES, MAX_INSTANCES, VERTEX_MAX_REQUEST_BYTES
 
+BUSY_RETRIES = 5  # a server answering 429 or 503 (busy) is asked again this many times, after its Retry-After
 MAX_SIDE = 1024  # longest side of a downsized image when the model's input size is not known
 JPEG_QUALITY = 90
 
@@ -80,31 +82,40 @@ def downsize(data: bytes, image_size: int | None) -> tuple[bytes, tuple[int, int
     return out.getvalue(), original, size
 
 
-def image_instances(paths: list[str], limit: int = MAX_BODY_BYTES, image_size: int | None = None,
-                    note: Callable[[str], None] = _note, where: str = "the server") -> list[dict]:
-    """{"b64": ...} instances of the image files, downsized (with a note per image) when the request would
-    otherwise be over `limit` bytes; InputError when it is over even then."""
+def requests(paths: list[str], limit: int = MAX_BODY_BYTES, image_size: int | None = None,
+             note: Callable[[str], None] = _note, where: str = "the server") -> Iterator[list[dict]]:
+    """The {"b64": ...} instances of the image files, in order, as requests of at most MAX_INSTANCES images and
+    `limit` bytes each (the files of one request are read when it is made: memory does not grow with the number
+    of files). An image too large for a request of its own is downsized (with a note); InputError when it is
+    over the limit even then."""
     missing = [p for p in paths if not storage.exists(p)]
     if missing:
         raise InputError(f"image file(s) not found: {', '.join(missing)}")
-    originals = [storage.read_bytes(p) for p in paths]
-    instances = [_b64(data) for data in originals]
-    if _request_bytes(instances) <= limit:
-        return instances
-    for i, (path, data) in enumerate(zip(paths, originals)):
-        try:
-            jpeg, original, size = downsize(data, image_size)
-        except InputError as e:
-            raise InputError(f"{path}: {e}") from e
-        if len(jpeg) < len(data):
-            instances[i] = _b64(jpeg)
-            note(f"{path}: sent as a {size[0]}x{size[1]} JPEG (was {original[0]}x{original[1]}, {len(data)} bytes) "
-                 f"to keep the request under {where}'s {limit}-byte limit")
-    total = _request_bytes(instances)
-    if total > limit:
-        raise InputError(f"{len(paths)} images make a request of {total} bytes even when downsized, over {where}'s "
-                         f"{limit}-byte limit: send fewer images at a time")
-    return instances
+    batch: list[dict] = []
+    size = _request_bytes([])
+    for path in paths:
+        data = storage.read_bytes(path)
+        instance = _b64(data)
+        if _request_bytes([instance]) > limit:
+            try:
+                jpeg, original, new_size = downsize(data, image_size)
+            except InputError as e:
+                raise InputError(f"{path}: {e}") from e
+            if len(jpeg) < len(data):
+                instance = _b64(jpeg)
+                note(f"{path}: sent as a {new_size[0]}x{new_size[1]} JPEG (was {original[0]}x{original[1]}, "
+                     f"{len(data)} bytes) to keep the request under {where}'s {limit}-byte limit")
+            if _request_bytes([instance]) > limit:
+                raise InputError(f"{path} makes a request of {_request_bytes([instance])} bytes even when "
+                                 f"downsized, over {where}'s {limit}-byte limit")
+        added = len(json.dumps(instance)) + (2 if batch else 0)  # ", " between instances
+        if batch and (len(batch) == MAX_INSTANCES or size + added > limit):
+            yield batch
+            batch, size, added = [], _request_bytes([]), added - 2
+        batch.append(instance)
+        size += added
+    if batch:
+        yield batch
 
 
 def vertex_predict_request(endpoint: str, instances: list[dict]):
@@ -116,40 +127,59 @@ def vertex_predict_request(endpoint: str, instances: list[dict]):
     return request
 
 
-def endpoint_instances(paths: list[str], endpoint: str, image_size: int | None = None) -> list[dict]:
-    """The instances for an endpoint, within its request size limit."""
+def endpoint_requests(paths: list[str], endpoint: str, image_size: int | None = None) -> Iterator[list[dict]]:
+    """The instances for an endpoint, as requests within its size limits."""
     if VERTEX_ENDPOINT.fullmatch(endpoint):
-        return image_instances(paths, VERTEX_MAX_REQUEST_BYTES, image_size, where="Vertex AI online prediction")
-    return image_instances(paths, MAX_BODY_BYTES, image_size)
+        return requests(paths, VERTEX_MAX_REQUEST_BYTES, image_size, where="Vertex AI online prediction")
+    return requests(paths, MAX_BODY_BYTES, image_size)
 
 
-def prediction_request(paths: list[str], endpoint: str, image_size: int | None = None) -> dict:
-    """What `predict` would send, for --dry-run: the URL and JSON body, or Vertex's API endpoint and request."""
-    instances = endpoint_instances(paths, endpoint, image_size)
+def prediction_request(paths: list[str], endpoint: str, image_size: int | None = None) -> dict | list[dict]:
+    """What `predict` would send, for --dry-run: the URL and JSON body, or Vertex's API endpoint and request;
+    a list of them when the files take several requests."""
     vertex = VERTEX_ENDPOINT.fullmatch(endpoint)
-    if vertex is None:
-        return {"url": predict_url(endpoint), "body": {"instances": instances}}
-    from google.protobuf import json_format
+    made = []
+    for instances in endpoint_requests(paths, endpoint, image_size):
+        if vertex is None:
+            made.append({"url": predict_url(endpoint), "body": {"instances": instances}})
+            continue
+        from google.protobuf import json_format
 
-    from components.deploy.vertex import api_endpoint
+        from components.deploy.vertex import api_endpoint
 
-    request = vertex_predict_request(endpoint, instances)
-    return {"api_endpoint": api_endpoint(vertex["location"]),
-            "method": "PredictionService.Predict", "request": json_format.MessageToDict(type(request).pb(request))}
+        request = vertex_predict_request(endpoint, instances)
+        made.append({"api_endpoint": api_endpoint(vertex["location"]), "method": "PredictionService.Predict",
+                     "request": json_format.MessageToDict(type(request).pb(request))})
+    return made[0] if len(made) == 1 else made
 
 
 def predict_files(paths: list[str], endpoint: str, timeout: float = 60, image_size: int | None = None) -> list[dict]:
-    """The predictions for the image files, in order, from a server URL or a Vertex endpoint."""
-    instances = endpoint_instances(paths, endpoint, image_size)
+    """The predictions for the image files, in order, from a server URL or a Vertex endpoint, in as many
+    requests as its limits take."""
     vertex = VERTEX_ENDPOINT.fullmatch(endpoint)
-    if vertex is not None:
-        return _predict_vertex(endpoint, vertex["location"], instances, timeout)
+    predictions = []
+    for instances in endpoint_requests(paths, endpoint, image_size):
+        if vertex is not None:
+            predictions += _predict_vertex(endpoint, vertex["location"], instances, timeout)
+        else:
+            predictions += _predict_http(endpoint, instances, timeout)
+    return predictions
+
+
+def _predict_http(endpoint: str, instances: list[dict], timeout: float) -> list[dict]:
     body = json.dumps({"instances": instances}).encode()
     request = urllib.request.Request(predict_url(endpoint), data=body, headers={"Content-Type": "application/json"},
                                      method="POST")
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return json.loads(response.read())["predictions"]
+        for attempt in range(BUSY_RETRIES + 1):
+            try:
+                with urllib.request.urlopen(request, timeout=timeout) as response:
+                    return json.loads(response.read())["predictions"]
+            except urllib.error.HTTPError as e:
+                if e.code not in (429, 503) or attempt == BUSY_RETRIES:
+                    raise
+                e.read()
+                time.sleep(_retry_after(e.headers.get("Retry-After")))  # busy: as it asks, then again
     except urllib.error.HTTPError as e:
         detail = e.read().decode(errors="replace")
         if e.code == 413:
@@ -162,6 +192,11 @@ def predict_files(paths: list[str], endpoint: str, timeout: float = 60, image_si
             raise InputError(f"{endpoint} closed the connection while the {len(body)}-byte request was being sent: "
                              "probably too large for it (413); send fewer or smaller images") from e
         raise InputError(f"cannot reach {endpoint}: {reason}") from e
+
+
+def _retry_after(value: str | None) -> float:
+    """Seconds to wait from a Retry-After header (seconds form), 1 when absent or odd, at most 10."""
+    return min(10.0, float(value)) if value and value.strip().isdigit() else 1.0
 
 
 def _predict_vertex(endpoint: str, location: str, instances: list[dict], timeout: float) -> list[dict]:

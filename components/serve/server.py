@@ -28,6 +28,8 @@ accepting connections, answers every request already received and exits within `
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import json
 import logging
 import os
@@ -45,13 +47,13 @@ from starlette.responses import Response
 from components.errors import InputError
 from components.serve.batching import MicroBatcher
 from components.serve.budget import DecodeLimits, PixelBudget
-from components.serve.limits import GRACE_SECONDS, MAX_BODY_BYTES
+from components.serve.limits import GRACE_SECONDS, MAX_BODY_BYTES, MAX_IN_FLIGHT, MAX_INSTANCES
 from components.serve.model import Instance, LoadedModel, Predictions, RequestError, bad_request, read_instance
+from components.serve.protocol import ConnectionLimits, LimitedHttpToolsProtocol, connection_limit
 from components.serve.versions import VersionManager
 
 log = logging.getLogger(__name__)
 
-MAX_INSTANCES = 64
 MAX_BATCH = 32
 POLL_SECONDS = 5.0
 KEEP_ALIVE_S = 75  # idle keep-alive connections: longer than the load balancers' 60 s, so they close first
@@ -61,6 +63,12 @@ DECODE_THREADS = 64
 SIGNATURES = ("serving_default", "predict_pixels")  # the request's form picks the path; both names are fine
 
 MODEL_ROUTE = re.compile(r"/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+))?(?P<verb>:predict)?")
+LOGGED_PATH_CHARS = 200  # of a request's path in the log: a client's 5,000-character path is not logged whole
+
+
+def _shown(text: str, limit: int = 80) -> str:
+    """A client's text for an error message or the log, cut to `limit` characters."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def parse_request(body: bytes) -> tuple[list, bool]:
@@ -107,8 +115,12 @@ class PredictionApp:
     """The ASGI application: routes, request checks, decoding and the batched model call."""
 
     def __init__(self, versions: VersionManager, batcher: MicroBatcher, limits: DecodeLimits,
-                 health_route: str, predict_route: str):
+                 health_route: str, predict_route: str, max_in_flight: int = MAX_IN_FLIGHT):
         self.versions = versions
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0  # prediction requests being read, decoded or predicted now
+        self.shed = 0  # prediction requests answered 503 because max_in_flight were in the server
+        self.abandoned = 0  # prediction requests dropped unanswered because their client had hung up
         self.batcher = batcher
         self.budget = PixelBudget(limits)
         self.health_route = health_route
@@ -121,7 +133,7 @@ class PredictionApp:
         self._heavy.shutdown(wait=False, cancel_futures=True)
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":  # no lifespan events (uvicorn runs with lifespan="off"), no websockets
+        if scope["type"] != "http":  # no lifespan events (lifespan="off"); no websockets (ws="none": plain HTTP)
             return
         request = Request(scope, receive)
         try:
@@ -129,17 +141,17 @@ class PredictionApp:
         except RequestError as e:
             headers = {}
             if request.method == "POST" and e.status in (HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                                                         HTTPStatus.LENGTH_REQUIRED):
+                                                         HTTPStatus.LENGTH_REQUIRED, HTTPStatus.SERVICE_UNAVAILABLE):
                 headers["Connection"] = "close"  # its body is not read: do not make the client send it all
             if e.status == HTTPStatus.METHOD_NOT_ALLOWED:
                 headers["Allow"] = "GET, POST"
-            if e.status == HTTPStatus.TOO_MANY_REQUESTS:
+            if e.status in (HTTPStatus.TOO_MANY_REQUESTS, HTTPStatus.SERVICE_UNAVAILABLE):
                 headers["Retry-After"] = "1"
             response = _json(e.status, {"error": str(e)}, headers=headers)
         except ClientDisconnect:
-            return  # the client hung up before its body arrived: nobody to answer
+            return  # the client hung up (before its body arrived, or before its answer was ready): nobody to answer
         except Exception:  # a server bug must answer 500, not drop the connection
-            log.exception("%s %s failed", request.method, scope["path"])
+            log.exception("%s %s failed", request.method, _shown(scope["path"], LOGGED_PATH_CHARS))
             response = _json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error, see the server log"})
         await response(scope, receive, send)
 
@@ -151,15 +163,23 @@ class PredictionApp:
                 return _json(HTTPStatus.OK, {"status": "ok", "model": model.name, "version": model.version}, model)
             model = self._route_model(path, verb="")
             if model is None:
-                raise RequestError(HTTPStatus.NOT_FOUND, f"no route GET {path}")
+                raise RequestError(HTTPStatus.NOT_FOUND, f"no route GET {_shown(path)}")
             status = {"version": str(model.version), "state": "AVAILABLE",
                       "status": {"error_code": "OK", "error_message": ""}}
             return _json(HTTPStatus.OK, {"model_version_status": [status]}, model)
         if method == "POST":
             model = self.versions.current if path == self.predict_route else self._route_model(path, ":predict")
             if model is None:
-                raise RequestError(HTTPStatus.NOT_FOUND, f"no route POST {path}")
-            return await self._predict(model, await self._read_body(request))
+                raise RequestError(HTTPStatus.NOT_FOUND, f"no route POST {_shown(path)}")
+            if self.in_flight >= self.max_in_flight:
+                self.shed += 1
+                raise RequestError(HTTPStatus.SERVICE_UNAVAILABLE,
+                                   f"{self.in_flight} prediction requests are already in the server: retry later")
+            self.in_flight += 1
+            try:
+                return await self._post(request, model)
+            finally:
+                self.in_flight -= 1
         raise RequestError(HTTPStatus.METHOD_NOT_ALLOWED, f"method {method} is not allowed: use GET or POST")
 
     def _route_model(self, path: str, verb: str) -> LoadedModel | None:
@@ -169,13 +189,19 @@ class PredictionApp:
             return None
         model = self.versions.current  # taken once: a swap during the request does not change it
         if match["name"] != model.name:
-            raise RequestError(HTTPStatus.NOT_FOUND, f"no model {match['name']!r}; this server serves {model.name!r}")
-        if match["version"] is not None and int(match["version"]) != model.version:
             raise RequestError(HTTPStatus.NOT_FOUND,
-                               f"version {match['version']} of {model.name} is not served; version {model.version} is")
+                               f"no model {_shown(match['name'])!r}; this server serves {model.name!r}")
+        # Compared as text: int() of over 4,300 digits raises, and version folders have no leading zeros.
+        if match["version"] is not None and match["version"] != str(model.version):
+            raise RequestError(HTTPStatus.NOT_FOUND, f"version {_shown(match['version'])} of {model.name} is not "
+                                                     f"served; version {model.version} is")
         return model
 
     async def _read_body(self, request: Request) -> bytes:
+        if "upgrade" in request.headers.get("connection", "").lower() and "upgrade" in request.headers:
+            # httptools stops at an Upgrade request's head: its body never arrives (the connection then closes)
+            raise bad_request(f"Upgrade ({_shown(request.headers['upgrade'])}) is not supported here: send the "
+                              "prediction request without Connection: Upgrade")
         if "chunked" in request.headers.get("transfer-encoding", "").lower():
             raise RequestError(HTTPStatus.LENGTH_REQUIRED, "chunked bodies are not supported: send Content-Length")
         length = request.headers.get("content-length")
@@ -188,29 +214,63 @@ class PredictionApp:
                                f"body of {length} bytes is over the {MAX_BODY_BYTES}-byte limit")
         return await request.body()
 
-    async def _predict(self, model: LoadedModel, body: bytes) -> Response:
+    async def _post(self, request: Request, model: LoadedModel) -> Response:
+        """The prediction, unless the client hangs up first: a watcher follows the connection while the request
+        waits, decodes and predicts, and each of those steps starts only while the client is still there."""
+        body = await self._read_body(request)
+        gone = threading.Event()
+
+        async def watch() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+
+        watcher = asyncio.ensure_future(watch())
+        await asyncio.sleep(0)  # the watcher sees a hang-up that has already happened before any work starts
+        try:
+            return await self._predict(model, body, gone, watcher)
+        except ClientDisconnect:
+            self.abandoned += 1
+            raise
+        finally:
+            watcher.cancel()
+
+    async def _predict(self, model: LoadedModel, body: bytes, gone: threading.Event,
+                       watcher: asyncio.Future) -> Response:
         loop = asyncio.get_running_loop()
         # A light request makes one trip to a decode thread: parsed, checked, decoded, batched, answered there.
-        answer, heavy = await loop.run_in_executor(self._light, self._light_predict, model, body)
+        answer, heavy = await loop.run_in_executor(self._light, self._light_predict, model, body, gone)
         if answer is None:  # heavy: wait for the budget in the event loop, then decode in a heavy thread
             columnar, items = heavy
             pixels = sum(item.area for item in items)
-            await self.budget.acquire(pixels)
+            waiting = asyncio.ensure_future(self.budget.acquire(pixels))
+            await asyncio.wait([waiting, watcher], return_when=asyncio.FIRST_COMPLETED)
+            if not waiting.done():
+                waiting.cancel()  # the client left while waiting: its place in the queue is given up
+                raise ClientDisconnect()
+            waiting.result()  # 429 when the queue is full
             try:
-                decoded = await loop.run_in_executor(self._heavy, self._decode, model, items)
+                decoded = await loop.run_in_executor(self._heavy, self._decode, model, items, gone)
             finally:
                 self.budget.release(pixels)
+            _still_there(gone)
             answer = self._answer(model, columnar, await asyncio.wrap_future(self.batcher.submit(model, decoded)))
         return Response(answer, HTTPStatus.OK, {"X-Model-Name": model.name, "X-Model-Version": str(model.version)},
                         media_type="application/json")
 
-    def _light_predict(self, model: LoadedModel, body: bytes) -> tuple[bytes | None, tuple | None]:
+    def _light_predict(self, model: LoadedModel, body: bytes, gone: threading.Event
+                       ) -> tuple[bytes | None, tuple | None]:
         """(the answer, None) for a light request; (None, (columnar, checked instances)) for a heavy one."""
+        _still_there(gone)
         instances, columnar = parse_request(body)
         items = [read_instance(instance, i) for i, instance in enumerate(instances)]
-        if self.budget.check(sum(item.area for item in items)):
+        pixels = sum(item.area for item in items)
+        if self.budget.check(pixels):
             return None, (columnar, items)
-        predictions = self.batcher.predict(model, self._decode(model, items))
+        with self.budget.light(pixels):
+            decoded = self._decode(model, items, gone)
+        _still_there(gone)
+        predictions = self.batcher.predict(model, decoded)
         return self._answer(model, columnar, predictions), None
 
     @staticmethod
@@ -225,8 +285,18 @@ class PredictionApp:
         return json.dumps({**result, "model": model.name, "version": model.version}, allow_nan=False).encode()
 
     @staticmethod
-    def _decode(model: LoadedModel, items: list[Instance]) -> np.ndarray:
-        return np.stack([model.decode(item) for item in items])
+    def _decode(model: LoadedModel, items: list[Instance], gone: threading.Event) -> np.ndarray:
+        decoded = []
+        for item in items:
+            _still_there(gone)
+            decoded.append(model.decode(item))
+        return np.stack(decoded)
+
+
+def _still_there(gone: threading.Event) -> None:
+    """ClientDisconnect when the request's client has hung up: nobody would read the answer."""
+    if gone.is_set():
+        raise ClientDisconnect()
 
 
 def _port(port: int | None) -> int:
@@ -264,14 +334,16 @@ def _listen(host: str, port: int) -> socket.socket:
 class PredictionServer:
     """uvicorn serving PredictionApp on a socket bound at construction; serve_forever() runs it in this thread."""
 
-    def __init__(self, sock: socket.socket, app: PredictionApp, grace_seconds: float):
+    def __init__(self, sock: socket.socket, app: PredictionApp, grace_seconds: float,
+                 connection_limits: ConnectionLimits):
         self.socket = sock
         self.app = app
         self.server_address = sock.getsockname()
+        self.connection_limits = connection_limits
         config = uvicorn.Config(
             app, lifespan="off", log_config=None, access_log=False, server_header=False,
-            http="httptools", loop="uvloop", timeout_keep_alive=KEEP_ALIVE_S,
-            timeout_graceful_shutdown=grace_seconds,
+            http=functools.partial(LimitedHttpToolsProtocol, limits=connection_limits), ws="none",
+            loop="uvloop", timeout_keep_alive=KEEP_ALIVE_S, timeout_graceful_shutdown=grace_seconds,
         )
         self._uvicorn = uvicorn.Server(config)
         self._serving = False
@@ -331,7 +403,9 @@ class PredictionServer:
 
 def make_server(model_base: str | None = None, host: str = "127.0.0.1", port: int | None = None, *,
                 model_name: str | None = None, poll_seconds: float = POLL_SECONDS, max_batch: int = MAX_BATCH,
-                limits: DecodeLimits | None = None, grace_seconds: float = GRACE_SECONDS) -> PredictionServer:
+                limits: DecodeLimits | None = None, grace_seconds: float = GRACE_SECONDS,
+                connection_limits: ConnectionLimits | None = None,
+                max_in_flight: int = MAX_IN_FLIGHT) -> PredictionServer:
     """A server (not yet serving) for model_base, with Vertex's AIP_* variables filling what is not given.
 
     The port is bound first (a busy port is an InputError), then the newest loadable version is loaded and
@@ -352,8 +426,11 @@ def make_server(model_base: str | None = None, host: str = "127.0.0.1", port: in
         raise
     app = PredictionApp(versions, MicroBatcher(max_batch).start(), limits or DecodeLimits(),
                         health_route=os.environ.get("AIP_HEALTH_ROUTE", "/health"),
-                        predict_route=os.environ.get("AIP_PREDICT_ROUTE", "/predict"))
-    return PredictionServer(sock, app, grace_seconds)
+                        predict_route=os.environ.get("AIP_PREDICT_ROUTE", "/predict"), max_in_flight=max_in_flight)
+    connection_limits = connection_limits or ConnectionLimits()
+    if not connection_limits.max_connections:
+        connection_limits = dataclasses.replace(connection_limits, max_connections=connection_limit())
+    return PredictionServer(sock, app, grace_seconds, connection_limits)
 
 
 def serve_in_background(server: PredictionServer) -> threading.Thread:
