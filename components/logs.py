@@ -5,5 +5,5 @@ import logging
 
 def setup(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-    for noisy in ("apache_beam", "absl", "tensorflow"):
+    for noisy in ("apache_beam", "absl", "tensorflow", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -33,8 +34,7 @@ def cmd_sample_data(args) -> None:
 def cmd_prepare(args) -> None:
     from components.prepare import prepare_csv
 
-    counts = prepare_csv(args.images_root, args.output, args.train_fraction, args.validation_fraction)
-    print(f"wrote {sum(counts.values())} rows to {args.output}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    prepare_csv(args.images_root, args.output, args.train_fraction, args.validation_fraction)  # it logs the counts
 
 
 def key_values(pairs: list[str], flag: str) -> dict[str, str]:
@@ -180,12 +180,8 @@ def cmd_run(args) -> int:
     workdir = local_workdir(args.workdir)  # before a sample is generated there
     config = training_config(args)  # a bad flag fails here, before anything runs
     logs_dir = os.path.join(workdir, "logs")
-    progress.clear_logs(logs_dir)
-    if args.verbose:
-        return _run(args, config, progress.Console(sys.stdout, verbose=True), logs_dir)
-    # This process's own output (TensorFlow's C++ start-up lines among it) goes to logs/run.log.
-    with progress.quiet_process(os.path.join(logs_dir, progress.RUN_LOG)) as terminal:
-        return _run(args, config, progress.Console(terminal), logs_dir)
+    progress.clear_logs(logs_dir, keep=(progress.RUN_LOG,))  # main() writes this process's own output there
+    return _run(args, config, progress.Console(sys.stdout, verbose=args.verbose), logs_dir)
 
 
 def _run(args, config, console, logs_dir: str) -> int:
@@ -442,8 +438,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="catsdogs",
         description="Labelled images -> CSV -> TFRecords -> Keras classifier -> served model, locally or on Vertex AI.",
+        epilog=QUIET_HELP,
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show everything libraries print (TensorFlow's C++ lines included) and debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("sample-data", help="generate a labelled JPEG image set to try things with")
@@ -663,6 +661,33 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"catsdogs {args.command}: error: unrecognized arguments: {' '.join(unknown)} "
                        f"(see catsdogs {args.command} --help)\n")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ info lines drown the progress output
+    if args.verbose:
+        return _handle(args, beam_args, log_path=None)
+    from pipelines import progress
+
+    log_path = process_log(args)
+    with progress.quiet_process(log_path):
+        code = _handle(args, beam_args, log_path)
+    logs.setup(logging.INFO)  # its handler wrote to the terminal's copy, closed now
+    return code
+
+
+def process_log(args) -> str:
+    """Where a command's process output goes unless --verbose (said in `catsdogs --help`)."""
+    from pipelines import progress
+
+    workdir = getattr(args, "workdir", None) if args.command == "run" else None
+    return progress.process_log(args.command, None if storage.is_gcs(workdir or "") else workdir)
+
+
+QUIET_HELP = ("TensorFlow's C++ start-up lines and whatever else libraries write straight to the terminal go to "
+              "WORKDIR/logs/run.log for `run`, else to $XDG_STATE_HOME/catsdogs/COMMAND.log (default "
+              "~/.local/state/catsdogs/), replaced by each run; -v/--verbose shows them here instead. Errors are "
+              "shown either way.")
+
+
+def _handle(args, beam_args: list[str], log_path: str | None) -> int:
+    """Runs the command's handler: bad input is one error line and exit 2, a TensorFlow error one line and exit 1."""
     logs.setup(logging.DEBUG if args.verbose else logging.INFO)
     try:
         if getattr(args, "takes_beam_args", False):
@@ -681,7 +706,21 @@ def main(argv: list[str] | None = None) -> int:
         # A path the user gave that is missing, of the wrong kind (a file for a folder) or not readable.
         print(f"catsdogs {args.command}: error: {e.filename}: {e.strerror or e}", file=sys.stderr)
         return 2
+    except Exception as e:
+        if not _is_tensorflow_error(e):
+            raise
+        # An op that failed or ran out of memory: TensorFlow's message, first line; its C++ lines are in the log.
+        message = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", getattr(e, "message", "") or str(e)).strip()
+        print(f"catsdogs {args.command}: error: TensorFlow {type(e).__name__}: {message.splitlines()[0]}"
+              + (f" (details in {log_path})" if log_path else ""), file=sys.stderr)
+        return 1
     return code or 0
+
+
+def _is_tensorflow_error(error: Exception) -> bool:
+    """TensorFlow's OpError family (an op failing, ResourceExhaustedError for out of memory), without importing it."""
+    errors = sys.modules.get("tensorflow.python.framework.errors_impl")
+    return errors is not None and isinstance(error, errors.OpError)
 
 
 if __name__ == "__main__":

@@ -1,3 +1,6 @@
+import os
+import re
+import shutil
 import subprocess
 import sys
 
@@ -54,3 +57,61 @@ def test_dataflow_without_project_is_refused_before_submitting():
     assert dataflow_args("p", "r", "gs://b/tmp", max_workers=4) == [
         "--project=p", "--region=r", "--temp_location=gs://b/tmp", "--max_num_workers=4"
     ]
+
+
+# TensorFlow's C++ logging and its start-up lines (issue 29): none of these may reach a person unless --verbose.
+TF_LOG_LINE = re.compile(r"^[IWEF]0000 |absl::InitializeLog|cuInit|oneDNN", re.MULTILINE)
+CATSDOGS = [sys.executable, "-m", "pipelines.cli"]
+
+
+def test_help_says_once_where_the_library_lines_go():
+    text = subprocess.run([*CATSDOGS, "--help"], capture_output=True, text=True, check=True).stdout
+    assert re.sub(r"\s+", " ", text).count("~/.local/state/catsdogs/") == 1
+    assert "--verbose" in text
+
+
+def test_a_command_shows_only_its_own_lines_and_keeps_tensorflows_in_its_log(records, tmp_path):
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")}
+    quiet = subprocess.run([*CATSDOGS, "inspect", records], capture_output=True, text=True, env=env)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "records: TRAIN" in quiet.stdout
+    assert not TF_LOG_LINE.search(quiet.stdout + quiet.stderr), quiet.stdout + quiet.stderr
+    kept = (tmp_path / "state" / "catsdogs" / "inspect.log").read_text()
+    assert TF_LOG_LINE.search(kept)  # TensorFlow did print them; they went to the log
+    verbose = subprocess.run([*CATSDOGS, "-v", "inspect", records], capture_output=True, text=True, env=env)
+    assert verbose.returncode == 0 and TF_LOG_LINE.search(verbose.stdout + verbose.stderr)
+
+
+def test_a_tensorflow_error_still_reaches_the_person_in_one_line(records, tmp_path):
+    damaged = tmp_path / "tfrecords"
+    shutil.copytree(records, damaged)
+    shard = next(damaged.glob("train-*"))
+    shard.write_bytes(shard.read_bytes()[:100])  # a real op failure: TFRecordReader's DataLossError
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")}
+    result = subprocess.run([*CATSDOGS, "inspect", str(damaged)], capture_output=True, text=True, env=env)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("catsdogs inspect: error: TensorFlow DataLossError: ") and "truncated" in lines[0]
+    assert str(tmp_path / "state" / "catsdogs" / "inspect.log") in lines[0]
+
+
+def test_the_devices_line_names_tensorflows_devices_and_the_strategy():
+    from components.train.distribute import devices_line
+
+    assert devices_line("MirroredStrategy", 4) == "training on 4 GPUs (MirroredStrategy)"
+    assert devices_line("OneDeviceStrategy", 1) == "training on 1 GPU (OneDeviceStrategy)"
+    assert devices_line("_DefaultDistributionStrategy", 0) == "training on the CPU (no GPU found)"
+    assert (devices_line("MultiWorkerMirroredStrategy", 2, workers=3)
+            == "training on 3 nodes, each on 2 GPUs (MultiWorkerMirroredStrategy)")
+
+
+@pytest.mark.slow
+def test_train_says_where_it_trains_and_nothing_of_tensorflows(records, tmp_path):
+    result = subprocess.run([*CATSDOGS, "train", "--data", records, "--model-dir", str(tmp_path / "model"),
+                             "--epochs", "1", "--image-size", "32"], capture_output=True, text=True,
+                            env={**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")})
+    assert result.returncode == 0, result.stderr
+    shown = result.stdout + result.stderr
+    assert shown.count("training on the CPU (no GPU found)") == 1  # this machine has no GPU
+    assert not TF_LOG_LINE.search(shown) and "UserWarning" not in shown, shown
