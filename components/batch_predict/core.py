@@ -107,7 +107,7 @@ class ListCsv(beam.PTransform):
         column = self.column
         return (
             pipeline
-            | "ReadCsv" >> beam.io.ReadFromText(self.csv_path, skip_header_lines=1)
+            | "ReadCsv" >> beam.io.ReadFromText(self.csv_path, skip_header_lines=1, validate=False)  # checked before
             | "NonBlank" >> beam.Filter(lambda line: line.strip() != "")
             | "ImageUri" >> beam.Map(lambda line: _csv_field(line, column))
         )
@@ -347,9 +347,15 @@ def batch_predict(source: str, model: str, output_dir: str, batch_size: int = DE
 
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
-    _check_paths(source, output_dir)
-    column = csv_uri_column(source) if is_csv(source) else None
-    ref = resolve_model(model)
+    # A dry run describes the job without reading the cloud (no credentials): gs:// paths are not looked up.
+    planned = dry_run and storage.is_gcs(source)
+    if not planned:
+        _check_paths(source, output_dir)
+    column = (0 if planned else csv_uri_column(source)) if is_csv(source) else None
+    if dry_run and storage.is_gcs(model):
+        ref = ModelRef(model, model.rstrip("/").rpartition("/")[2], 0)  # version 0: the newest, found at run time
+    else:
+        ref = resolve_model(model)
     staging = storage.join(output_dir, f".staging-{uuid.uuid4().hex[:12]}")
     options = PipelineOptions(pipeline_args or [])
     # A dry run builds the graph on the local runner: Dataflow's option checks already call GCS.
@@ -357,9 +363,9 @@ def batch_predict(source: str, model: str, output_dir: str, batch_size: int = DE
     build_pipeline(pipeline, source, ref, staging, batch_size, column)
     summary = BatchSummary(source, output_dir, ref.name, ref.version)
     if dry_run:
-        print(f"dry run: would score the images of {source} with {ref.name} version {ref.version} ({ref.path}) "
-              f"into {output_dir} with {runner}\n{describe(pipeline, options)}\njob graph: "
-              f"{job_graph_bytes(pipeline)} bytes")
+        version = f"version {ref.version}" if ref.version else "its newest version"
+        print(f"dry run: would score the images of {source} with {ref.name} {version} ({ref.path}) "
+              f"into {output_dir} with {runner}\n{describe(pipeline, options)}")  # describe ends in the job graph
         return summary
 
     log.info("scoring %s with %s version %d (%s) into %s with %s", source, ref.name, ref.version, ref.path,

@@ -427,9 +427,10 @@ def shard_counts(scan: CsvScan, num_shards: int) -> dict[str, int]:
 
 
 def build_pipeline(pipeline: beam.Pipeline, csv_path: str, scan: CsvScan, folder: str, num_shards: int,
-                   record_format: str = "jpeg", compression: str = "none") -> None:
-    """The whole conversion as one graph whose size does not depend on the CSV's length."""
-    lines = pipeline | "ReadCsv" >> beam.io.ReadFromText(csv_path, skip_header_lines=1)
+                   record_format: str = "jpeg", compression: str = "none", validate: bool = True) -> None:
+    """The whole conversion as one graph whose size does not depend on the CSV's length. validate=False: the
+    CSV is not looked up while building (a dry run)."""
+    lines = pipeline | "ReadCsv" >> beam.io.ReadFromText(csv_path, skip_header_lines=1, validate=validate)
     checked = lines | "CheckRows" >> CheckRows(scan.columns, scan.width)
     unique = checked.good | "Deduplicate" >> Deduplicate()
     written = unique.good | "WriteShards" >> WriteShards(
@@ -549,15 +550,19 @@ def convert(csv_path: str, output_dir: str, record_format: str = "jpeg", compres
     options = pipeline_options(runner, pipeline_args or [], direct_workers)
     # A dry run needs no credentials: it checks a gs:// output only when the real run starts.
     previous = [] if dry_run and storage.is_gcs(output_dir) else output.check_output_dir(output_dir)
-    scan = scan_csv(csv_path)
+    if dry_run and storage.is_gcs(csv_path):  # describes the job without reading the cloud (no credentials)
+        scan, rows = CsvScan(columns={c: i for i, c in enumerate(CSV_COLUMNS)}, width=len(CSV_COLUMNS)), "the"
+    else:
+        scan = scan_csv(csv_path)
+        rows = str(scan.rows)
     summary = ConversionSummary(rows=scan.rows, labels=scan.labels, format=record_format)
 
     if dry_run:
         # A dry run builds the graph on the local runner: Dataflow's option checks already call GCS.
         pipeline = beam.Pipeline(runner=_runner("DirectRunner"), options=options)
         build_pipeline(pipeline, csv_path, scan, storage.join(output_dir, "staging"), num_shards, record_format,
-                       compression)
-        print(f"dry run: would convert {scan.rows} rows of {csv_path} to {output_dir} "
+                       compression, validate=False)
+        print(f"dry run: would convert {rows} rows of {csv_path} to {output_dir} "
               f"({record_format}, compression {compression}) with {runner}\n{describe(pipeline, options)}")
         return summary
 
