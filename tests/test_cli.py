@@ -115,3 +115,51 @@ def test_train_says_where_it_trains_and_nothing_of_tensorflows(records, tmp_path
     shown = result.stdout + result.stderr
     assert shown.count("training on the CPU (no GPU found)") == 1  # this machine has no GPU
     assert not TF_LOG_LINE.search(shown) and "UserWarning" not in shown, shown
+
+
+def _laptop(tmp_path) -> dict[str, str]:
+    """A subprocess environment without any Google credentials: no key file, and no metadata server answers."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GOOGLE_", "GCE_", "CLOUDSDK_"))}
+    return {**env, "HOME": str(tmp_path / "home"), "GCE_METADATA_HOST": "127.0.0.1:9", "GCE_METADATA_IP": "127.0.0.1:9"}
+
+
+def test_dry_runs_on_gs_paths_need_no_credentials_and_other_commands_say_how_to_log_in(tmp_path, sample_images):
+    dataflow = ["--runner", "DataflowRunner", "--project", "p", "--region", "europe-west4",
+                "--temp-location", "gs://b/tmp", "--dry-run"]
+    convert = subprocess.run([*CATSDOGS, "convert", "gs://b/images.csv", "--output-dir", "gs://b/tfrecords",
+                              *dataflow], capture_output=True, text=True, env=_laptop(tmp_path))
+    assert convert.returncode == 0, convert.stderr
+    assert convert.stdout.count("job graph: ") == 1
+    predict = subprocess.run([*CATSDOGS, "predict", os.path.join(sample_images, "cats", "cats.00001.jpg"),
+                              "--endpoint", "projects/p/locations/europe-west4/endpoints/1"],
+                             capture_output=True, text=True, env=_laptop(tmp_path))
+    assert predict.returncode == 2
+    assert predict.stderr.strip().splitlines() == [
+        "catsdogs predict: error: no Google Cloud credentials: run `gcloud auth application-default login` or set "
+        "GOOGLE_APPLICATION_CREDENTIALS to a service account key file"]
+
+
+def test_the_demo_predictions_are_of_held_out_images_only():
+    from components.prepare.core import Row as ImageRow
+    from pipelines.cli import demo_images
+
+    rows = [ImageRow("TRAIN", f"train-{label}.jpg", label) for label in "ab"]
+    assert demo_images(rows) == []
+    rows += [ImageRow("VALIDATION", "v-a.jpg", "a"), ImageRow("TEST", "t-b.jpg", "b")]
+    assert sorted(demo_images(rows)) == ["t-b.jpg", "v-a.jpg"]
+
+
+def test_a_dry_run_request_shows_images_shortened():
+    from pipelines.cli import _shortened
+
+    request = {"request": {"instances": [{"b64": "A" * 1000}, {"b64": "short"}]}}
+    assert _shortened(request) == {"request": {"instances": [{"b64": "A" * 40 + "... (1000 characters)"},
+                                                             {"b64": "short"}]}}
+
+
+def test_the_upload_hint_names_only_this_runs_offline_runs(tmp_path):
+    from pipelines.cli import _wandb_summary
+
+    runs = (str(tmp_path / "wandb" / "offline-run-1"), str(tmp_path / "wandb" / "offline-run-2"))
+    hint = _wandb_summary(runs)
+    assert hint.endswith(f"wandb sync {runs[0]} {runs[1]}") and "*" not in hint
