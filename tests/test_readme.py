@@ -160,10 +160,11 @@ def test_every_shell_block_of_the_readme_runs_as_written(tmp_path):
         # A laptop: no metadata server answers (refused at once), so there are no Google credentials at all.
         "GCE_METADATA_HOST": "127.0.0.1:9", "GCE_METADATA_IP": "127.0.0.1:9",
     })
-    result = subprocess.run(["bash", str(tmp_path / "readme.sh")], cwd=folder, env=env, capture_output=True,
-                            text=True, timeout=3600)
-    shown = result.stdout + result.stderr
-    assert result.returncode == 0, shown[-6000:]
+    result = subprocess.run(["bash", str(tmp_path / "readme.sh")], cwd=folder, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, timeout=3600)
+    shown = result.stdout
+    blocks_run = re.findall(r"^>>> (README\.md line \d+)", shown, re.MULTILINE)
+    assert result.returncode == 0, f"{blocks_run[-1] if blocks_run else 'README.md'} failed:\n{shown[-6000:]}"
     leaked = TF_LOG_LINE.findall(shown)
     assert not leaked, f"TensorFlow's log lines reached the person: {leaked}"
     # What the blocks promise: the served model answered, the scores and the dry runs' job graphs were written.
