@@ -8,9 +8,10 @@ logger's handler) while the pipeline runs, so it sees every line in the thread t
 that task's log and reads the counts off it: the executor output file (KFP's ExecutorOutput JSON, whose path the
 KFP executor logs) for the step's outputs, Keras's epoch lines for training progress.
 
-`quiet_process` sends this process's own file descriptors 1 and 2 to a log too: TensorFlow's C++ start-up lines
-("failed call to cuInit", "absl::InitializeLog") are written there before Python can filter them (measured: with
-TF_CPP_MIN_LOG_LEVEL=3 TensorFlow 2.21 still prints its pre-absl-init lines).
+`quiet_process`, which the CLI's main() applies to every command unless --verbose, sends this process's own file
+descriptors 1 and 2 to a log (`process_log`): TensorFlow's C++ start-up lines ("failed call to cuInit",
+"absl::InitializeLog") are written there before Python can filter them (measured: with TF_CPP_MIN_LOG_LEVEL=3
+TensorFlow 2.21 still prints its pre-absl-init lines).
 """
 
 from __future__ import annotations
