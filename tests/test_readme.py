@@ -171,7 +171,7 @@ def test_every_shell_block_of_the_readme_runs_as_written(tmp_path):
     assert "work/images/cats/cats.00001.jpg: " in result.stdout
     assert list((folder / "work" / "scores").glob("predictions-*.jsonl"))
     assert result.stdout.count("job graph: ") == 2  # batch-predict's and convert's dry runs, once each
-    assert "gs://my-project-catsdogs/pipeline-root" in result.stdout  # make cloud honours BUCKET
+    assert "_PIPELINE_ROOT=gs://my-bucket/pipeline-root" in shown and "gs://my-project-catsdogs" not in shown
 
 
 def test_each_skipped_block_says_why():
