@@ -163,3 +163,11 @@ def test_the_upload_hint_names_only_this_runs_offline_runs(tmp_path):
     runs = (str(tmp_path / "wandb" / "offline-run-1"), str(tmp_path / "wandb" / "offline-run-2"))
     hint = _wandb_summary(runs)
     assert hint.endswith(f"wandb sync {runs[0]} {runs[1]}") and "*" not in hint
+
+
+def test_prepare_says_its_counts_once(sample_images, tmp_path):
+    result = subprocess.run([*CATSDOGS, "prepare", sample_images, "--output", str(tmp_path / "images.csv")],
+                            capture_output=True, text=True, env={**os.environ, "XDG_STATE_HOME": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    shown = result.stdout + result.stderr
+    assert shown.count("rows to ") == 1 and "TRAIN " in shown, shown
