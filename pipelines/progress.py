@@ -152,6 +152,7 @@ def quiet_process(log_path: str):
             swapped[name] = stream
             setattr(sys, name, os.fdopen(os.dup(saved[fd]), "w", buffering=1, encoding=stream.encoding or "utf-8",
                                          errors="backslashreplace"))
+    created = _missing_folders(os.path.dirname(os.path.abspath(log_path)))
     showwarning = warnings.showwarning
     with _open_log(log_path) as log:
         for fd in (1, 2):
@@ -171,6 +172,24 @@ def quiet_process(log_path: str):
             for fd, copy in saved.items():
                 os.dup2(copy, fd)
                 os.close(copy)
+    if created and os.path.isfile(log_path) and os.path.getsize(log_path) == 0:
+        # Nothing was said (e.g. a bad flag refused at once): leave no folder behind that the command did not need.
+        os.remove(log_path)
+        for folder in created:
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)  # only when empty
+
+
+def _missing_folders(folder: str) -> list[str]:
+    """The folders that creating `folder` would create, innermost first."""
+    missing = []
+    while folder and not os.path.exists(folder):
+        missing.append(folder)
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+    return missing
 
 
 @dataclass
