@@ -2,6 +2,7 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 WORKDIR ?= work
+RUN_ARGS ?=  # more flags for `catsdogs run`, e.g. RUN_ARGS='--epochs 10 --image-size 150'
 REGISTRY ?=
 TAG ?= latest
 
@@ -32,7 +33,7 @@ lint: install
 	$(BIN)/ruff check .
 
 run: install
-	$(BIN)/catsdogs run --workdir $(WORKDIR)
+	$(BIN)/catsdogs run --workdir $(WORKDIR) $(RUN_ARGS)
 
 compile: install
 	$(BIN)/catsdogs compile --output pipeline.yaml --images-registry "$(REGISTRY)" --images-tag $(TAG) --machine $(MACHINE)

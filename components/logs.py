@@ -3,7 +3,8 @@
 import logging
 
 
-def setup(level: int = logging.INFO) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-    for noisy in ("apache_beam", "absl", "tensorflow"):
+def setup(level: int = logging.INFO, stream=None) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True,
+                        stream=stream)
+    for noisy in ("apache_beam", "absl", "tensorflow", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

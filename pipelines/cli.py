@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -33,8 +34,7 @@ def cmd_sample_data(args) -> None:
 def cmd_prepare(args) -> None:
     from components.prepare import prepare_csv
 
-    counts = prepare_csv(args.images_root, args.output, args.train_fraction, args.validation_fraction)
-    print(f"wrote {sum(counts.values())} rows to {args.output}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    prepare_csv(args.images_root, args.output, args.train_fraction, args.validation_fraction)  # it logs the counts
 
 
 def key_values(pairs: list[str], flag: str) -> dict[str, str]:
@@ -147,11 +147,22 @@ def cmd_predict(args) -> None:
     if args.image_size is not None and args.image_size < 1:
         raise InputError(f"--image-size must be at least 1, got {args.image_size}")
     if args.dry_run:
-        print(json.dumps(prediction_request(args.images, args.endpoint, args.image_size), indent=1))
+        request = prediction_request(args.images, args.endpoint, args.image_size)
+        print(json.dumps(request if args.json else _shortened(request), indent=1))
         return
     predictions = predict_files(args.images, args.endpoint, image_size=args.image_size)
     for path, prediction in zip(args.images, predictions):
         print(json.dumps({"image": path, **prediction}) if args.json else format_prediction(path, prediction))
+
+
+def _shortened(value, keep: int = 40):
+    """A request to read: each base64 image as its first characters and its length (--json prints it whole)."""
+    if isinstance(value, dict):
+        return {k: (f"{v[:keep]}... ({len(v)} characters)" if k == "b64" and isinstance(v, str) and len(v) > keep
+                    else _shortened(v, keep)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shortened(v, keep) for v in value]
+    return value
 
 
 def cmd_deploy(args) -> None:
@@ -190,8 +201,10 @@ def cmd_canary(args) -> None:
 
 
 def demo_images(rows: list, per_label: int = 2) -> list[str]:
-    """A few held-out images per label (TEST first) to show the deployed model's predictions on."""
-    rows = sorted(rows, key=lambda r: (r.split != "TEST", r.image_uri))
+    """A few held-out images per label (TEST first, then VALIDATION; never TRAIN) to show the deployed model's
+    predictions on."""
+    held_out = (r for r in rows if r.split in ("TEST", "VALIDATION"))
+    rows = sorted(held_out, key=lambda r: (r.split != "TEST", r.image_uri))
     picked: dict[str, list[str]] = {}
     for row in rows:
         if len(picked.setdefault(row.label, [])) < per_label:
@@ -209,12 +222,10 @@ def cmd_run(args) -> int:
 
     parse_formats(args.export_formats)  # so does a bad --export-formats
     logs_dir = os.path.join(workdir, "logs")
-    progress.clear_logs(logs_dir)
-    if args.verbose:
-        return _run(args, config, progress.Console(sys.stdout, verbose=True), logs_dir)
-    # This process's own output (TensorFlow's C++ start-up lines among it) goes to logs/run.log.
-    with progress.quiet_process(os.path.join(logs_dir, progress.RUN_LOG)) as terminal:
-        return _run(args, config, progress.Console(terminal), logs_dir)
+    progress.clear_logs(logs_dir, keep=(progress.RUN_LOG,))  # main() writes this process's own output there
+    # The console is what a person reads; this process's log lines go where its fd 2 goes (run.log unless -v).
+    logs.setup(logging.DEBUG if args.verbose else logging.INFO, stream=sys.__stderr__)
+    return _run(args, config, progress.Console(sys.stdout, verbose=args.verbose), logs_dir)
 
 
 def _run(args, config, console, logs_dir: str) -> int:
@@ -285,9 +296,10 @@ def _wandb_summary(runs: tuple[str, ...]) -> str:
     online = [r for r in runs if "://" in r]
     if online:
         return f"{len(online)} runs, e.g. {online[0]}"
-    if runs:
+    if runs:  # this run's folders only: a glob would upload every earlier run's again
         wandb_dir = progress.relative(os.path.dirname(runs[0]))
-        return f"{len(runs)} offline runs in {wandb_dir}; upload: wandb sync {wandb_dir}/offline-run-*"
+        return (f"{len(runs)} offline runs in {wandb_dir}; upload: wandb sync "
+                + " ".join(progress.relative(run) for run in runs))
     return "no runs (--wandb-mode disabled)"
 
 
@@ -483,8 +495,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="catsdogs",
         description="Labelled images -> CSV -> TFRecords -> Keras classifier -> served model, locally or on Vertex AI.",
+        epilog=QUIET_HELP,
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show everything libraries print (TensorFlow's C++ lines included) and debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("sample-data", help="generate a labelled JPEG image set to try things with")
@@ -606,11 +620,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoint", required=True,
                    help="server URL, e.g. http://127.0.0.1:8080, or a Vertex AI endpoint "
                         "projects/P/locations/L/endpoints/E")
-    p.add_argument("--json", action="store_true", help="one JSON object per image")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object per image; with --dry-run the whole request, images included")
     p.add_argument("--image-size", type=int, default=None, metavar="S",
                    help="the model's input size: when a request would be over the endpoint's size limit (Vertex "
                         "AI: 1.5 MB), images are downsized to this (default: at most 1024 pixels a side)")
-    p.add_argument("--dry-run", action="store_true", help="print the request instead of sending it")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the request instead of sending it (each image's base64 shortened, unless --json)")
     p.set_defaults(handler=cmd_predict)
 
     p = sub.add_parser("deploy",
@@ -742,6 +758,33 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"catsdogs {args.command}: error: unrecognized arguments: {' '.join(unknown)} "
                        f"(see catsdogs {args.command} --help)\n")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ info lines drown the progress output
+    if args.verbose:
+        return _handle(args, beam_args, log_path=None)
+    from pipelines import progress
+
+    log_path = process_log(args)
+    with progress.quiet_process(log_path):
+        code = _handle(args, beam_args, log_path)
+    logs.setup(logging.INFO)  # its handler wrote to the terminal's copy, closed now
+    return code
+
+
+def process_log(args) -> str:
+    """Where a command's process output goes unless --verbose (said in `catsdogs --help`)."""
+    from pipelines import progress
+
+    workdir = getattr(args, "workdir", None) if args.command == "run" else None
+    return progress.process_log(args.command, None if storage.is_gcs(workdir or "") else workdir)
+
+
+QUIET_HELP = ("TensorFlow's C++ start-up lines and whatever else libraries write straight to the terminal go to "
+              "WORKDIR/logs/run.log for `run`, else to $XDG_STATE_HOME/catsdogs/COMMAND.log (default "
+              "~/.local/state/catsdogs/), replaced by each run; -v/--verbose shows them here instead. Errors are "
+              "shown either way.")
+
+
+def _handle(args, beam_args: list[str], log_path: str | None) -> int:
+    """Runs the command's handler: bad input is one error line and exit 2, a TensorFlow error one line and exit 1."""
     logs.setup(logging.DEBUG if args.verbose else logging.INFO)
     try:
         if getattr(args, "takes_beam_args", False):
@@ -760,7 +803,37 @@ def main(argv: list[str] | None = None) -> int:
         # A path the user gave that is missing, of the wrong kind (a file for a folder) or not readable.
         print(f"catsdogs {args.command}: error: {e.filename}: {e.strerror or e}", file=sys.stderr)
         return 2
+    except Exception as e:
+        if _missing_credentials(e):  # any command that reaches Google Cloud without them
+            from pipelines.submit import NO_CREDENTIALS
+
+            print(f"catsdogs {args.command}: error: {NO_CREDENTIALS}", file=sys.stderr)
+            return 2
+        if not _is_tensorflow_error(e):
+            raise
+        # An op that failed or ran out of memory: TensorFlow's message, first line; its C++ lines are in the log.
+        message = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", getattr(e, "message", "") or str(e)).strip()
+        print(f"catsdogs {args.command}: error: TensorFlow {type(e).__name__}: {message.splitlines()[0]}"
+              + (f" (details in {log_path})" if log_path else ""), file=sys.stderr)
+        return 1
     return code or 0
+
+
+def _missing_credentials(error: BaseException | None) -> bool:
+    """google-auth found no credentials, here or as the cause of a library's own error (Beam's, aiplatform's)."""
+    exceptions = sys.modules.get("google.auth.exceptions")
+    seen = 0
+    while exceptions is not None and error is not None and seen < 10:
+        if isinstance(error, exceptions.DefaultCredentialsError):
+            return True
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False
+
+
+def _is_tensorflow_error(error: Exception) -> bool:
+    """TensorFlow's OpError family (an op failing, ResourceExhaustedError for out of memory), without importing it."""
+    errors = sys.modules.get("tensorflow.python.framework.errors_impl")
+    return errors is not None and isinstance(error, errors.OpError)
 
 
 if __name__ == "__main__":

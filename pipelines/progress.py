@@ -8,9 +8,10 @@ logger's handler) while the pipeline runs, so it sees every line in the thread t
 that task's log and reads the counts off it: the executor output file (KFP's ExecutorOutput JSON, whose path the
 KFP executor logs) for the step's outputs, Keras's epoch lines for training progress.
 
-`quiet_process` sends this process's own file descriptors 1 and 2 to a log too: TensorFlow's C++ start-up lines
-("failed call to cuInit", "absl::InitializeLog") are written there before Python can filter them (measured: with
-TF_CPP_MIN_LOG_LEVEL=3 TensorFlow 2.21 still prints its pre-absl-init lines).
+`quiet_process`, which the CLI's main() applies to every command unless --verbose, sends this process's own file
+descriptors 1 and 2 to a log (`process_log`): TensorFlow's C++ start-up lines ("failed call to cuInit",
+"absl::InitializeLog") are written there before Python can filter them (measured: with TF_CPP_MIN_LOG_LEVEL=3
+TensorFlow 2.21 still prints its pre-absl-init lines).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import re
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 
 RUN_LOG = "run.log"  # this process's own output and kfp.local's pipeline-level lines
@@ -112,32 +114,82 @@ def _fileno(stream) -> int | None:
         return None
 
 
+def process_log(command: str, workdir: str | None = None) -> str:
+    """Where a command's own process output goes while it is quiet: WORKDIR/logs/run.log for `run`, else
+    $XDG_STATE_HOME/catsdogs/COMMAND.log (default ~/.local/state/catsdogs/), replaced by each run."""
+    if workdir:
+        return os.path.join(os.path.abspath(workdir), "logs", RUN_LOG)
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(state, "catsdogs", f"{command}.log")
+
+
+def _open_log(log_path: str):
+    """The log, truncated; os.devnull where it cannot be written (e.g. a container whose HOME is read-only)."""
+    try:
+        os.makedirs(os.path.dirname(log_path), exist_ok=True)
+        log = open(log_path, "a", buffering=1, encoding="utf-8")  # appending: `run` writes to it through another file
+        log.truncate(0)
+        return log
+    except OSError:
+        return open(os.devnull, "w", encoding="utf-8")
+
+
 @contextlib.contextmanager
 def quiet_process(log_path: str):
     """File descriptors 1 and 2 of this process (and of the processes it starts) go to log_path while the block
-    runs; yields a stream to the terminal (the original stdout) for the progress lines."""
-    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    runs, so what libraries write there directly (TensorFlow's C++ start-up lines) is kept out of sight.
+    sys.stdout and sys.stderr, where they were those descriptors, keep writing to the terminal: what Python code
+    prints (our lines, Python warnings, tracebacks) is still seen. Yields sys.stdout."""
     for stream in (sys.stdout, sys.stderr):
-        stream.flush()
-    console, own = sys.stdout, None
-    if _fileno(console) in (1, 2):  # it is about to be redirected: keep a copy of the terminal
-        own = console = os.fdopen(os.dup(_fileno(console)), "w", buffering=1, encoding="utf-8", errors="replace")
+        with contextlib.suppress(Exception):
+            stream.flush()
     saved = {fd: os.dup(fd) for fd in (1, 2)}
-    with open(log_path, "a", buffering=1, encoding="utf-8") as log:
+    swapped = {}
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        fd = _fileno(stream)
+        if fd in saved:  # it is about to be redirected: write to a copy of the terminal instead
+            swapped[name] = stream
+            setattr(sys, name, os.fdopen(os.dup(saved[fd]), "w", buffering=1, encoding=stream.encoding or "utf-8",
+                                         errors="backslashreplace"))
+    created = _missing_folders(os.path.dirname(os.path.abspath(log_path)))
+    showwarning = warnings.showwarning
+    with _open_log(log_path) as log:
         for fd in (1, 2):
             os.dup2(log.fileno(), fd)
+        # Libraries' Python warnings (Keras: "`shuffle=True` was passed, but will be ignored") are theirs too.
+        warnings.showwarning = lambda *a, **k: showwarning(*a[:4], file=log, line=k.get("line"))
         try:
-            yield console
+            yield sys.stdout
         finally:
-            for stream in (sys.stdout, sys.stderr):
+            warnings.showwarning = showwarning
+            for name, original in swapped.items():
+                ours = getattr(sys, name)
                 with contextlib.suppress(Exception):
-                    stream.flush()
+                    ours.flush()
+                    ours.close()
+                setattr(sys, name, original)
             for fd, copy in saved.items():
                 os.dup2(copy, fd)
                 os.close(copy)
-            if own is not None:
-                own.flush()
-                own.close()
+    if created and os.path.isfile(log_path) and os.path.getsize(log_path) == 0:
+        # Nothing was said (e.g. a bad flag refused at once): leave no folder behind that the command did not need.
+        os.remove(log_path)
+        for folder in created:
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)  # only when empty
+
+
+def _missing_folders(folder: str) -> list[str]:
+    """The folders that creating `folder` would create, innermost first."""
+    missing = []
+    while folder and not os.path.exists(folder):
+        missing.append(folder)
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+    return missing
 
 
 @dataclass

@@ -21,8 +21,11 @@ def credentials_hint():
     try:
         yield
     except google.auth.exceptions.DefaultCredentialsError as e:
-        raise InputError("no Google Cloud credentials: run `gcloud auth application-default login` or set "
-                         "GOOGLE_APPLICATION_CREDENTIALS to a service account key file") from e
+        raise InputError(NO_CREDENTIALS) from e
+
+
+NO_CREDENTIALS = ("no Google Cloud credentials: run `gcloud auth application-default login` or set "
+                  "GOOGLE_APPLICATION_CREDENTIALS to a service account key file")
 
 
 def check_region(region: str) -> str:

@@ -8,6 +8,8 @@ from fake_metadata import start_for_session
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.pop("WANDB_API_KEY", None)  # a developer's key must not send test runs to W&B (offline is the default)
+# Commands' quiet logs (pipelines/progress.process_log) go here, not into the developer's ~/.local/state.
+os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="catsdogs-state-")
 
 # Every test runs as on a Google Cloud machine (tests/fake_metadata.py): before anything below imports google-auth.
 METADATA = start_for_session()

@@ -399,7 +399,7 @@ def test_predict_dry_run_to_vertex_downsizes_a_phone_photo_under_the_limit(tmp_p
     _noise_jpeg(photo, 4000, 3000, orientation=6)  # stored landscape, upright 3000x4000 (portrait)
     assert os.path.getsize(photo) > 1_500_000
     size_flag = [] if image_size is None else ["--image-size", str(image_size)]
-    assert main(["predict", photo, "--endpoint", VERTEX_ENDPOINT, "--dry-run", *size_flag]) == 0
+    assert main(["predict", photo, "--endpoint", VERTEX_ENDPOINT, "--dry-run", "--json", *size_flag]) == 0
     captured = capsys.readouterr()
     assert len(captured.out.encode()) < 1_500_000
     request = json.loads(captured.out)["request"]

@@ -21,7 +21,7 @@ def _printed_json(capsys) -> dict:
 
 def test_predict_dry_run_prints_the_sdks_request_for_a_vertex_endpoint(sample_images, capsys):
     paths = [os.path.join(sample_images, label, f"{label}.00001.jpg") for label in ("cats", "dogs")]
-    assert main(["predict", *paths, "--endpoint", ENDPOINT, "--dry-run"]) == 0
+    assert main(["predict", *paths, "--endpoint", ENDPOINT, "--dry-run", "--json"]) == 0
     printed = _printed_json(capsys)
     assert printed["api_endpoint"] == "europe-west4-aiplatform.googleapis.com"
     assert printed["method"] == "PredictionService.Predict"
@@ -32,7 +32,7 @@ def test_predict_dry_run_prints_the_sdks_request_for_a_vertex_endpoint(sample_im
 
 def test_predict_dry_run_for_a_server_url_prints_url_and_body(sample_images, capsys):
     path = os.path.join(sample_images, "cats", "cats.00001.jpg")
-    assert main(["predict", path, "--endpoint", "http://127.0.0.1:9", "--dry-run"]) == 0
+    assert main(["predict", path, "--endpoint", "http://127.0.0.1:9", "--dry-run", "--json"]) == 0
     printed = _printed_json(capsys)
     assert printed["url"] == "http://127.0.0.1:9/predict"
     assert base64.b64decode(printed["body"]["instances"][0]["b64"]) == open(path, "rb").read()

@@ -32,7 +32,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInf
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from components import model_store, outputs, storage
-from components.beam_runner import describe, job_graph_bytes, runner_for
+from components.beam_runner import describe, runner_for
 from components.contracts import MAX_FILE_BYTES, SAVED_MODEL_FILE, is_version_name
 from components.errors import InputError
 from components.image_files import BadImage, open_header
@@ -111,7 +111,7 @@ class ListCsv(beam.PTransform):
         column = self.column
         return (
             pipeline
-            | "ReadCsv" >> beam.io.ReadFromText(self.csv_path, skip_header_lines=1)
+            | "ReadCsv" >> beam.io.ReadFromText(self.csv_path, skip_header_lines=1, validate=False)  # checked before
             | "NonBlank" >> beam.Filter(lambda line: line.strip() != "")
             | "ImageUri" >> beam.Map(lambda line: _csv_field(line, column))
         )
@@ -333,21 +333,27 @@ def batch_predict(source: str, model: str, output_dir: str, batch_size: int = DE
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
     if max_file_bytes < 1:
         raise InputError(f"--max-file-bytes must be at least 1, got {max_file_bytes}")
-    _check_paths(source, output_dir)
+    # A dry run describes the job without reading the cloud (no credentials): gs:// paths are not looked up.
+    planned = dry_run and storage.is_gcs(source)
+    if not planned:
+        _check_paths(source, output_dir)
     target = outputs.resolve(output_dir)  # symlinks followed: staged on the target's filesystem
     if not (dry_run and storage.is_gcs(output_dir)):  # a dry run needs no credentials
         outputs.check_output_dir(target, KIND)
-    column = csv_uri_column(source) if is_csv(source) else None
-    ref = resolve_model(model)
+    column = (0 if planned else csv_uri_column(source)) if is_csv(source) else None
+    if dry_run and storage.is_gcs(model):
+        ref = ModelRef(model, model.rstrip("/").rpartition("/")[2], 0)  # version 0: the newest, found at run time
+    else:
+        ref = resolve_model(model)
     options = PipelineOptions(pipeline_args or [])
     summary = BatchSummary(source, output_dir, ref.name, ref.version)
     if dry_run:
         # A dry run builds the graph on the local runner: Dataflow's option checks already call GCS.
         pipeline = beam.Pipeline(runner=runner_for("DirectRunner"), options=options)
         build_pipeline(pipeline, source, ref, storage.join(output_dir, "staging"), batch_size, column, max_file_bytes)
-        print(f"dry run: would score the images of {source} with {ref.name} version {ref.version} ({ref.path}) "
-              f"into {output_dir} with {runner}\n{describe(pipeline, options)}\njob graph: "
-              f"{job_graph_bytes(pipeline)} bytes")
+        version = f"version {ref.version}" if ref.version else "its newest version"
+        print(f"dry run: would score the images of {source} with {ref.name} {version} ({ref.path}) "
+              f"into {output_dir} with {runner}\n{describe(pipeline, options)}")  # describe ends in the job graph
         return summary
 
     with outputs.locked(target, KIND):

@@ -437,9 +437,10 @@ def shard_counts(scan: CsvScan, num_shards: int) -> dict[str, int]:
 
 def build_pipeline(pipeline: beam.Pipeline, csv_path: str, scan: CsvScan, folder: str, num_shards: int,
                    record_format: str = "jpeg", compression: str = "none",
-                   max_file_bytes: int = MAX_FILE_BYTES) -> None:
-    """The whole conversion as one graph whose size does not depend on the CSV's length."""
-    lines = pipeline | "ReadCsv" >> beam.io.ReadFromText(csv_path, skip_header_lines=1)
+                   max_file_bytes: int = MAX_FILE_BYTES, validate: bool = True) -> None:
+    """The whole conversion as one graph whose size does not depend on the CSV's length. validate=False: the
+    CSV is not looked up while building (a dry run)."""
+    lines = pipeline | "ReadCsv" >> beam.io.ReadFromText(csv_path, skip_header_lines=1, validate=validate)
     checked = lines | "CheckRows" >> CheckRows(scan.columns, scan.width)
     unique = checked.good | "Deduplicate" >> Deduplicate()
     written = unique.good | "WriteShards" >> WriteShards(
@@ -483,15 +484,19 @@ def convert(csv_path: str, output_dir: str, record_format: str = "jpeg", compres
     # A dry run needs no credentials: it checks a gs:// output only when the real run starts.
     if not (dry_run and storage.is_gcs(output_dir)):
         outputs.check_output_dir(target, output.KIND)
-    scan = scan_csv(csv_path)
+    if dry_run and storage.is_gcs(csv_path):  # describes the job without reading the cloud (no credentials)
+        scan, rows = CsvScan(columns={c: i for i, c in enumerate(CSV_COLUMNS)}, width=len(CSV_COLUMNS)), "the"
+    else:
+        scan = scan_csv(csv_path)
+        rows = str(scan.rows)
     summary = ConversionSummary(rows=scan.rows, labels=scan.labels, format=record_format)
 
     if dry_run:
         # A dry run builds the graph on the local runner: Dataflow's option checks already call GCS.
         pipeline = beam.Pipeline(runner=runner_for("DirectRunner"), options=options)
         build_pipeline(pipeline, csv_path, scan, storage.join(output_dir, "staging"), num_shards, record_format,
-                       compression, max_file_bytes)
-        print(f"dry run: would convert {scan.rows} rows of {csv_path} to {output_dir} "
+                       compression, max_file_bytes, validate=False)
+        print(f"dry run: would convert {rows} rows of {csv_path} to {output_dir} "
               f"({record_format}, compression {compression}) with {runner}\n{describe(pipeline, options)}")
         return summary
 

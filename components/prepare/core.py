@@ -117,5 +117,5 @@ def prepare_csv(
     rows = scan_images(images_root, train_fraction, validation_fraction)
     storage.write_text(output_csv, rows_to_csv(rows))
     counts = {split: sum(r.split == split for r in rows) for split in SPLITS}
-    log.info("wrote %d rows to %s: %s", len(rows), output_csv, counts)
+    log.info("wrote %d rows to %s: %s", len(rows), output_csv, ", ".join(f"{k} {v}" for k, v in counts.items()))
     return counts

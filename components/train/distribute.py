@@ -77,18 +77,26 @@ def choose_strategy(config: dict | None) -> tf.distribute.Strategy:
             task_id=config["task"]["index"], rpc_layer="grpc",
         )
         strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
-        log.info("MultiWorkerMirroredStrategy: %d workers, %d replicas", worker_count(config),
-                 strategy.num_replicas_in_sync)
+        log.info(devices_line("MultiWorkerMirroredStrategy", len(tf.config.list_logical_devices("GPU")),
+                              worker_count(config)))
         return strategy
-    gpus = tf.config.list_logical_devices("GPU")
+    gpus = tf.config.list_logical_devices("GPU")  # TensorFlow's own device list, not its log lines
     if len(gpus) > 1:
-        log.info("MirroredStrategy over %d GPUs", len(gpus))
-        return tf.distribute.MirroredStrategy()
-    if gpus:
-        log.info("one GPU: %s", gpus[0].name)
-        return tf.distribute.OneDeviceStrategy(gpus[0].name)
-    log.info("no GPU: training on the CPU")
-    return tf.distribute.get_strategy()
+        strategy = tf.distribute.MirroredStrategy()
+    elif gpus:
+        strategy = tf.distribute.OneDeviceStrategy(gpus[0].name)
+    else:
+        strategy = tf.distribute.get_strategy()
+    log.info(devices_line(type(strategy).__name__, len(gpus)))
+    return strategy
+
+
+def devices_line(strategy: str, gpus: int, workers: int = 1) -> str:
+    """The one line that says where training runs, e.g. `training on 4 GPUs (MirroredStrategy)`."""
+    devices = f"{gpus} GPU{'s' if gpus != 1 else ''}" if gpus else "the CPU"
+    if workers > 1:
+        return f"training on {workers} nodes, each on {devices} ({strategy})"
+    return f"training on {devices} ({strategy})" if gpus else "training on the CPU (no GPU found)"
 
 
 def patch_keras_for_multi_worker() -> None:
