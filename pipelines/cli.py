@@ -95,8 +95,10 @@ def cmd_train(args) -> int:
 
     config = dataclasses.replace(training_config(args), cache=args.cache)
     result = train(args.data, args.model_dir, config)
-    if result.export_dir != args.model_dir:
-        return 0  # a non-chief worker of a multi-node run: the chief evaluates
+    if result.export_dir != args.model_dir:  # a non-chief worker of a multi-node run: the chief evaluates
+        print(f"trained as a worker of a multi-node run (weights sha256 {result.weights_sha256}); the chief "
+              f"writes the model")
+        return 0
     scored = evaluate(args.model_dir, args.data)
     deployable = scored.accuracy >= args.min_accuracy
     print(f"{scored.split} accuracy {scored.accuracy:.4f}, AUC {scored.auc:.4f} on {scored.examples} images; "
