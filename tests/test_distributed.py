@@ -3,6 +3,7 @@ MirroredStrategy over two logical CPU devices."""
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -14,6 +15,7 @@ import pytest
 from components.train import distribute
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CATSDOGS = os.path.join(os.path.dirname(sys.executable), "catsdogs")  # the installed command users run
 
 
 def _free_ports(count: int) -> list[int]:
@@ -67,31 +69,119 @@ def test_no_gpu_and_no_cluster_trains_with_the_default_strategy():
     assert distribute.choose_strategy(None) is tf.distribute.get_strategy()
 
 
-@pytest.mark.slow
-def test_two_local_workers_train_to_identical_weights(records, tmp_path):
-    ports = ",".join(map(str, _free_ports(2)))
+@pytest.fixture(scope="module")
+def three_shards(tmp_path_factory) -> str:
+    """TFRecords in 3 shards: with two workers, worker 0 reads shards 0 and 2 and worker 1 shard 1, about twice
+    as many records, as on Vertex whenever the shards do not divide evenly among the workers."""
+    from components.convert.pipeline import convert
+    from components.prepare import prepare_csv
+    from components.sample_data import generate_sample
+
+    root = tmp_path_factory.mktemp("three_shards")
+    generate_sample(str(root / "images"), per_class=40)
+    prepare_csv(str(root / "images"), str(root / "images.csv"), train_fraction=0.7, validation_fraction=0.15)
+    convert(str(root / "images.csv"), str(root / "tfrecords"), num_shards=3)
+    return str(root / "tfrecords")
+
+
+def _worker_env(tmp_path, index: int, **variables: str) -> dict[str, str]:
+    """The environment of one worker process: its own TMPDIR (to see what it leaves there), no GPU, no cluster
+    variables but the ones given."""
     env = {k: v for k, v in os.environ.items() if k not in ("TF_CONFIG", "CLUSTER_SPEC")}
-    env.update(PYTHONPATH=ROOT, CUDA_VISIBLE_DEVICES="")
-    workers = [
-        subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "multi_worker_train.py"), records,
-                          str(tmp_path / "model"), str(i), ports],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
-        for i in range(2)
-    ]
+    tmp = tmp_path / f"tmp{index}"
+    tmp.mkdir(exist_ok=True)
+    return {**env, "TMPDIR": str(tmp), "CUDA_VISIBLE_DEVICES": "", **variables}
+
+
+def _tf_config(ports: list[int], index: int) -> str:
+    """TF_CONFIG as the README shows it: two workers, worker 0 the chief."""
+    return json.dumps({"cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]},
+                       "task": {"type": "worker", "index": index}})
+
+
+def _cluster_spec(ports: list[int], index: int) -> str:
+    """CLUSTER_SPEC as a Vertex custom job with two worker pools sets it: workerpool0 the chief, workerpool1 the
+    workers."""
+    task = {"type": "workerpool0", "index": 0} if index == 0 else {"type": "workerpool1", "index": index - 1}
+    return json.dumps({"cluster": {"workerpool0": [f"127.0.0.1:{ports[0]}"],
+                                   "workerpool1": [f"127.0.0.1:{port}" for port in ports[1:]]},
+                       "environment": "cloud", "task": task, "job": {"worker_pool_specs": []}})
+
+
+def _start(command: list[str], env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+
+
+def _kill(workers: list[subprocess.Popen]) -> None:
+    for w in workers:  # a worker whose peer died hangs in a collective, deaf to SIGTERM
+        if w.poll() is None:
+            os.killpg(w.pid, signal.SIGKILL)
+        w.wait()
+
+
+def _run(workers: list[subprocess.Popen], timeout: int = 400) -> list[tuple[str, str]]:
     try:
-        outputs = [w.communicate(timeout=240) for w in workers]
+        outputs = [w.communicate(timeout=timeout) for w in workers]
     finally:
-        for w in workers:  # a failed collective leaves the peer hanging, deaf to SIGTERM
-            if w.poll() is None:
-                os.killpg(w.pid, signal.SIGKILL)
-    for w, (_, err) in zip(workers, outputs):
-        assert w.returncode == 0, err[-3000:]
-    results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
-    assert results[0]["weights"] == results[1]["weights"]
-    assert [r["epochs"] for r in results] == [2, 2]
-    assert results[0]["export_dir"] == str(tmp_path / "model")  # worker 0 is the chief and writes the model
-    assert results[1]["export_dir"] != results[0]["export_dir"]
-    assert os.path.isfile(tmp_path / "model" / "saved_model.pb")
+        _kill(workers)
+    for w, (out, err) in zip(workers, outputs):
+        assert w.returncode == 0, f"{w.args}:\n{out[-2000:]}\n{err[-4000:]}"
+    return outputs
+
+
+def _digest(stderr: str) -> str:
+    found = re.findall(r"weights sha256 ([0-9a-f]{64})", stderr)
+    assert found, stderr[-3000:]
+    return found[-1]
+
+
+def _check_two_workers(outputs, model_dir, tmp_path, epochs: int) -> dict:
+    """Both workers trained to the same weights; the chief alone wrote model_dir; the other left nothing."""
+    (chief_out, chief_err), (worker_out, worker_err) = outputs
+    info = json.loads((model_dir / "training.json").read_text())
+    assert info["workers"] == 2 and info["replicas"] == 2
+    assert len(info["history"]["loss"]) == epochs
+    assert _digest(chief_err) == _digest(worker_err) == info["weights_sha256"]
+    assert (model_dir / "saved_model.pb").is_file()
+    assert "exported SavedModel" in chief_err and "exported SavedModel" not in worker_err
+    assert "accuracy" in chief_out and "the chief writes the model" in worker_out
+    assert not list((tmp_path / "tmp1").glob("catsdogs-*")), "the worker left its temporary export behind"
+    assert sorted(p.name for p in model_dir.iterdir()) == ["assets", "fingerprint.pb", "saved_model.pb",
+                                                           "training.json", "variables"]  # backups removed
+    return info
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variable", ["TF_CONFIG", "CLUSTER_SPEC"])
+def test_two_workers_train_through_the_command(variable, three_shards, tmp_path):
+    """The README's way (TF_CONFIG, a model folder each) and a Vertex custom job's (CLUSTER_SPEC, one shared
+    model folder): the workers read unequal shares of the records and must still take the same steps."""
+    ports = _free_ports(2)
+    describe = _tf_config if variable == "TF_CONFIG" else _cluster_spec
+    model_dirs = [tmp_path / "m0", tmp_path / ("m1" if variable == "TF_CONFIG" else "m0")]
+    workers = [_start([CATSDOGS, "train", "--data", three_shards, "--model-dir", str(model_dirs[i]),
+                       "--epochs", "2", "--image-size", "32", "--batch-size", "8"],
+                      _worker_env(tmp_path, i, **{variable: describe(ports, i)}))
+               for i in range(2)]
+    outputs = _run(workers)
+    _check_two_workers(outputs, model_dirs[0], tmp_path, epochs=2)
+    assert not model_dirs[1].exists() or model_dirs[1] == model_dirs[0]  # the worker wrote no model folder
+
+
+@pytest.mark.slow
+def test_two_workers_fine_tune_mobilenet(three_shards, tmp_path):
+    """The second phase recompiles the model under the strategy, on every worker alike."""
+    ports = _free_ports(2)
+    workers = [_start([CATSDOGS, "train", "--data", three_shards, "--model-dir", str(tmp_path / "m"),
+                       "--architecture", "mobilenet_v3_small", "--fine-tune-epochs", "1", "--epochs", "1",
+                       "--image-size", "32", "--batch-size", "8"],
+                      _worker_env(tmp_path, i, TF_CONFIG=_tf_config(ports, i)))
+               for i in range(2)]
+    outputs = _run(workers)
+    info = _check_two_workers(outputs, tmp_path / "m", tmp_path, epochs=2)
+    assert info["config"]["architecture"] == "mobilenet_v3_small"
+    assert all("fine-tuning the top" in err for _, err in outputs)
 
 
 @pytest.mark.slow
