@@ -185,6 +185,39 @@ def test_two_workers_fine_tune_mobilenet(three_shards, tmp_path):
 
 
 @pytest.mark.slow
+def test_two_workers_resume_after_one_is_killed(three_shards, tmp_path):
+    """A worker SIGKILLed mid-epoch (a preempted VM); the chief then hangs or fails. Both restarted with the
+    same commands resume from the chief's last finished epoch, with the same weights."""
+    epochs = 40
+    model_dir = tmp_path / "m"
+
+    def start(ports):
+        return [_start([CATSDOGS, "train", "--data", three_shards, "--model-dir", str(model_dir), "--epochs",
+                        str(epochs), "--image-size", "32", "--batch-size", "8"],
+                       _worker_env(tmp_path, i, TF_CONFIG=_tf_config(ports, i)))
+                for i in range(2)]
+
+    metadata = model_dir / "backup" / "training_metadata.json"
+    first = start(_free_ports(2))
+    try:
+        deadline = time.monotonic() + 300
+        while _finished_epochs(metadata) < 2:
+            assert all(w.poll() is None for w in first), "training ended before a worker could be killed"
+            assert time.monotonic() < deadline, "no epoch finished in time"
+            time.sleep(0.05)
+        os.killpg(first[1].pid, signal.SIGKILL)  # mid-epoch: no clean-up runs on the worker
+    finally:
+        _kill(first)
+    killed_at = _finished_epochs(metadata)
+
+    outputs = _run(start(_free_ports(2)))
+    resumed = json.loads((model_dir / "training.json").read_text())["resumed_from_epoch"]
+    assert resumed in (killed_at - 1, killed_at) and resumed >= 2  # the one before, if a kill tore the last
+    assert all(f"Resuming from epoch {resumed}" in err for _, err in outputs)
+    _check_two_workers(outputs, model_dir, tmp_path, epochs=epochs - resumed)
+
+
+@pytest.mark.slow
 def test_mirrored_strategy_over_two_logical_cpus(records, tmp_path):
     script = f"""
 import sys, tensorflow as tf

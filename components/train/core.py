@@ -152,10 +152,6 @@ def train(data_dir: str, model_dir: str, config: TrainConfig = TrainConfig(),
     strategy = strategy or distribute.choose_strategy(cluster)
     chief = distribute.is_chief(cluster)
     workers = distribute.worker_count(cluster)
-    # Every worker exports (saving a model of distributed variables is collective), the others to a temporary
-    # folder they remove; every worker resumes from the chief's backup (model_dir is shared: gs:// on Vertex),
-    # so all restart at the same epoch with the same weights.
-    output_dir = model_dir if chief else tempfile.mkdtemp(prefix="catsdogs-worker-")
     policy = set_precision()
 
     global_batch = config.batch_size * strategy.num_replicas_in_sync
@@ -178,30 +174,35 @@ def train(data_dir: str, model_dir: str, config: TrainConfig = TrainConfig(),
 
     with strategy.scope():
         model = compile_model(config, len(class_names))
+    # Every worker resumes from the chief's backup (model_dir is shared: gs:// on Vertex), so all restart at the
+    # same epoch with the same weights; only the chief writes it.
     backup = ResumableBackup(storage.join(model_dir, BACKUP_DIR), writes=chief)
     check_backup(backup.backup_dir, _resumable_settings(config, class_names), writes=chief)
     nan_guard = StopOnNaN()
     log.info("training %s (%s) on %d classes %s for %d epochs, %d replicas, global batch %d", config.architecture,
              policy, len(class_names), class_names, config.epochs, strategy.num_replicas_in_sync, global_batch)
+    with shard_errors(data_dir):
+        if config.fine_tune_epochs:
+            tune_backup = storage.join(model_dir, finetune.BACKUP_DIR)
+            history = finetune.fit(
+                model, strategy, train_data, validation, config.epochs, config.fine_tune_epochs,
+                config.learning_rate, [nan_guard, backup, *callbacks],
+                [nan_guard, ResumableBackup(tune_backup, writes=chief), *callbacks], tune_backup, steps)
+        else:
+            history = model.fit(
+                train_data, validation_data=validation, epochs=config.epochs, verbose=2,
+                callbacks=[nan_guard, backup, *callbacks], **steps,
+            ).history
+    if nan_guard.diverged_at:
+        for folder in (backup.backup_dir, storage.join(model_dir, finetune.BACKUP_DIR)):
+            if chief and tf.io.gfile.exists(folder):  # its weights are NaN too: a re-run must start afresh
+                tf.io.gfile.rmtree(folder)
+        raise InputError(f"training diverged: loss became NaN at epoch {nan_guard.diverged_at}; lower "
+                         f"--learning-rate (now {config.learning_rate})")
+    # Every worker exports (saving a model of distributed variables is collective), the others to a temporary
+    # folder made only now (a worker killed while training leaves none) and removed at once.
+    output_dir = model_dir if chief else tempfile.mkdtemp(prefix="catsdogs-worker-")
     try:
-        with shard_errors(data_dir):
-            if config.fine_tune_epochs:
-                tune_backup = storage.join(model_dir, finetune.BACKUP_DIR)
-                history = finetune.fit(
-                    model, strategy, train_data, validation, config.epochs, config.fine_tune_epochs,
-                    config.learning_rate, [nan_guard, backup, *callbacks],
-                    [nan_guard, ResumableBackup(tune_backup, writes=chief), *callbacks], tune_backup, steps)
-            else:
-                history = model.fit(
-                    train_data, validation_data=validation, epochs=config.epochs, verbose=2,
-                    callbacks=[nan_guard, backup, *callbacks], **steps,
-                ).history
-        if nan_guard.diverged_at:
-            for folder in (backup.backup_dir, storage.join(model_dir, finetune.BACKUP_DIR)):
-                if chief and tf.io.gfile.exists(folder):  # its weights are NaN too: a re-run must start afresh
-                    tf.io.gfile.rmtree(folder)
-            raise InputError(f"training diverged: loss became NaN at epoch {nan_guard.diverged_at}; lower "
-                             f"--learning-rate (now {config.learning_rate})")
         export_saved_model(model, class_names, config.image_size, output_dir)
     finally:
         if not chief:
