@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +17,7 @@ from components.train import distribute
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CATSDOGS = os.path.join(os.path.dirname(sys.executable), "catsdogs")  # the installed command users run
+ENGINE = os.path.join(ROOT, "images", "engine.sh")
 
 
 def _free_ports(count: int) -> list[int]:
@@ -138,14 +140,13 @@ def _digest(stderr: str) -> str:
 
 def _check_two_workers(outputs, model_dir, tmp_path, epochs: int) -> dict:
     """Both workers trained to the same weights; the chief alone wrote model_dir; the other left nothing."""
-    (chief_out, chief_err), (worker_out, worker_err) = outputs
+    (_, chief_err), (_, worker_err) = outputs
     info = json.loads((model_dir / "training.json").read_text())
     assert info["workers"] == 2 and info["replicas"] == 2
     assert len(info["history"]["loss"]) == epochs
     assert _digest(chief_err) == _digest(worker_err) == info["weights_sha256"]
     assert (model_dir / "saved_model.pb").is_file()
     assert "exported SavedModel" in chief_err and "exported SavedModel" not in worker_err
-    assert "accuracy" in chief_out and "the chief writes the model" in worker_out
     assert not list((tmp_path / "tmp1").glob("catsdogs-*")), "the worker left its temporary export behind"
     assert sorted(p.name for p in model_dir.iterdir()) == ["assets", "fingerprint.pb", "saved_model.pb",
                                                            "training.json", "variables"]  # backups removed
@@ -166,6 +167,7 @@ def test_two_workers_train_through_the_command(variable, three_shards, tmp_path)
                for i in range(2)]
     outputs = _run(workers)
     _check_two_workers(outputs, model_dirs[0], tmp_path, epochs=2)
+    assert "TEST accuracy" in outputs[0][0] and "the chief writes the model" in outputs[1][0]
     assert not model_dirs[1].exists() or model_dirs[1] == model_dirs[0]  # the worker wrote no model folder
 
 
@@ -215,6 +217,76 @@ def test_two_workers_resume_after_one_is_killed(three_shards, tmp_path):
     assert resumed in (killed_at - 1, killed_at) and resumed >= 2  # the one before, if a kill tore the last
     assert all(f"Resuming from epoch {resumed}" in err for _, err in outputs)
     _check_two_workers(outputs, model_dir, tmp_path, epochs=epochs - resumed)
+
+
+def _vertex_worker_pools(tmp_path) -> list[dict]:
+    """The train step's worker pools as the compiled Vertex pipeline gives them to its custom job (2 machines:
+    workerpool0 the chief, workerpool1 one worker)."""
+    import yaml
+
+    pipeline = tmp_path / "pipeline.yaml"
+    subprocess.run([CATSDOGS, "compile", "--output", str(pipeline), "--machine", "CPU", "--replicas", "2"],
+                   check=True, capture_output=True)
+    pools = yaml.safe_load(pipeline.read_text())["components"]["comp-train"]["inputDefinitions"]["parameters"]
+    return pools["worker_pool_specs"]["defaultValue"]
+
+
+@pytest.mark.images
+def test_two_trainer_containers_run_the_compiled_train_step(image, three_shards, tmp_path):
+    """The train step's own container command from the compiled pipeline, in the trainer image, one container
+    per worker pool on the host network, with CLUSTER_SPEC and TF_CONFIG as a Vertex custom job sets them and
+    the pipeline root shared between them (a bucket on Vertex)."""
+    trainer = image("trainer")
+    pools = _vertex_worker_pools(tmp_path)
+    assert [pool["replica_count"] for pool in pools] == [1, 1]
+    assert {pool["container_spec"]["image_uri"] for pool in pools} == {trainer.removeprefix("localhost/")}
+    root = tmp_path / "pipeline_root"
+    root.mkdir()
+    root.chmod(0o777)  # the container's user (uid 1000) writes here, as on a bucket mounted for it
+    Path(three_shards).chmod(0o755)
+    model_uri = "/outputs/train/model"
+    executor_input = json.dumps({
+        "inputs": {
+            "parameterValues": {"epochs": 2, "batch_size": 8, "image_size": 32, "learning_rate": 0.001,
+                                "architecture": "seed_cnn", "weights": "", "augment": False,
+                                "fine_tune_epochs": 0},
+            "artifacts": {"tfrecords": {"artifacts": [{
+                "name": "tfrecords", "uri": "/data/tfrecords", "metadata": {},
+                "type": {"schemaTitle": "system.Dataset", "schemaVersion": "0.0.1"}}]}},
+        },
+        "outputs": {
+            "artifacts": {"model": {"artifacts": [{
+                "name": "model", "uri": model_uri, "metadata": {},
+                "type": {"schemaTitle": "system.Model", "schemaVersion": "0.0.1"}}]}},
+            "outputFile": "/outputs/train/executor_output.json",
+        },
+    })
+    ports = _free_ports(2)
+    cluster = {"workerpool0": [f"127.0.0.1:{ports[0]}"], "workerpool1": [f"127.0.0.1:{ports[1]}"]}
+    workers = []
+    for index, pool in enumerate(pools):
+        spec = pool["container_spec"]
+        args = [executor_input if arg == "{{$.json_escape[1]}}" else arg for arg in spec["args"]]
+        assert not [arg for arg in args if "{{" in arg], "train's args hold a placeholder this test does not fill"
+        tmp = tmp_path / f"tmp{index}"
+        tmp.mkdir()
+        tmp.chmod(0o777)
+        task = {"type": f"workerpool{index}", "index": 0}
+        tf_config = {"cluster": {"chief": cluster["workerpool0"], "worker": cluster["workerpool1"]},
+                     "task": {"type": "chief" if index == 0 else "worker", "index": 0}, "environment": "cloud"}
+        workers.append(_start(
+            [ENGINE, "run", "--rm", "--network", "host", "-v", f"{three_shards}:/data/tfrecords:ro",
+             "-v", f"{root}:/outputs", "-v", f"{tmp}:/scratch", "--env", "TMPDIR=/scratch",
+             "--env", f"CLUSTER_SPEC={json.dumps({'cluster': cluster, 'task': task, 'environment': 'cloud'})}",
+             "--env", f"TF_CONFIG={json.dumps(tf_config)}",
+             "--entrypoint", spec["command"][0], trainer, *spec["command"][1:], *args],
+            {k: v for k, v in os.environ.items() if k not in ("TF_CONFIG", "CLUSTER_SPEC")}))
+    outputs = _run(workers, timeout=500)
+
+    model_dir = root / "train" / "model"
+    _check_two_workers(outputs, model_dir, tmp_path, epochs=2)
+    output = json.loads((root / "train" / "executor_output.json").read_text())
+    assert output["artifacts"]["model"]["artifacts"][0]["metadata"]["framework"] == "tensorflow"
 
 
 @pytest.mark.slow
