@@ -17,6 +17,7 @@ from components.convert.component import convert
 from components.deploy.component import deploy_local
 from components.deploy.core import versions
 from components.errors import InputError
+from components.evaluate.champion import MIN_ACCURACY
 from components.evaluate.component import evaluate
 from components.prepare.component import prepare
 from components.tracking_component import wandb_settings
@@ -41,7 +42,7 @@ def local_pipeline(
     augment: bool = TRAINING.augment,
     fine_tune_epochs: int = TRAINING.fine_tune_epochs,
     record_format: str = DEFAULT_RECORD_FORMAT,
-    min_accuracy: float = 0.0,
+    min_accuracy: float = MIN_ACCURACY,
     max_regression: float = 0.0,
     wandb_project: str = tracking.PROJECT,
     wandb_mode: str = "disabled",

@@ -121,7 +121,7 @@ def test_a_worse_candidate_is_not_deployed_and_the_run_still_succeeds(tmp_path, 
            "--wandb-mode", "disabled"]
     assert main(["run", "--workdir", workdir, *bad]) == 0  # a rejection is a result, not a failure
     out = capsys.readouterr().out
-    line = re.search(r"^not deployed +(.*)$", out, re.M).group(1)
+    line = re.search(r"^not deployed: (.*)$", out, re.M).group(1)
     candidate = float(re.search(r"^held-out accuracy +([\d.]+)", out, re.M).group(1))
     assert candidate < first
     assert f"{candidate:.4f}" in line and f"{first:.4f}" in line and "version 1 stays deployed" in line
