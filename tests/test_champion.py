@@ -154,7 +154,7 @@ def test_evaluate_rejects_a_worse_candidate_and_says_so_everywhere(better_model,
     report = open(out["report"].uri).read()
     assert "not deployed" in report and f"{champion_accuracy:.4f}" in report
     line = summary_line(decision_from_metrics(metrics), metrics["champion_version"])  # what `catsdogs run` prints
-    assert line.startswith("not deployed") and f"{candidate_accuracy:.4f}" in line and "version 1 stays" in line
+    assert line.startswith("not deployed: accuracy ") and "version 1 stays" in line  # no better than a guess, too
 
 
 def test_evaluate_publishes_a_tie_and_the_first_run(better_model, records, tmp_path):

@@ -124,7 +124,8 @@ def test_a_worse_candidate_is_not_deployed_and_the_run_still_succeeds(tmp_path, 
     line = re.search(r"^not deployed: (.*)$", out, re.M).group(1)
     candidate = float(re.search(r"^held-out accuracy +([\d.]+)", out, re.M).group(1))
     assert candidate < first
-    assert f"{candidate:.4f}" in line and f"{first:.4f}" in line and "version 1 stays deployed" in line
+    assert "version 1 stays deployed" in line  # why: no better than a constant guess, or worse than version 1
+    assert "no better than always answering" in line or (f"{candidate:.4f}" in line and f"{first:.4f}" in line)
     assert sorted(os.listdir(versions)) == ["1"]
 
     assert main(["run", "--workdir", workdir, *good]) == 0

@@ -56,10 +56,10 @@ def majority(class_names: list[str], confusion_matrix: list[list[int]]) -> tuple
 
 def decide(candidate_accuracy: float, champion_accuracy: float | None, min_accuracy: float,
            max_regression: float = 0.0, majority: tuple[str, float] | None = None) -> Decision:
-    """Whether the candidate is published: accuracy >= min_accuracy, not worse than the champion (when there is
-    one) by more than max_regression (0: ties publish), and above `majority`'s share (the split's largest
-    class, see majority()); the reason names the first rule it fails. A NaN candidate never is; a NaN
-    champion (it could not be scored) counts as no champion."""
+    """Whether the candidate is published: accuracy above `majority`'s share (the split's largest class, see
+    majority(): a model that learned nothing scores exactly that), >= min_accuracy, and not worse than the
+    champion (when there is one) by more than max_regression (0: ties publish); the reason names the first
+    rule it fails. A NaN candidate never is; a NaN champion (it could not be scored) counts as no champion."""
     check_max_regression(max_regression)
     if champion_accuracy is not None and not math.isfinite(champion_accuracy):
         champion_accuracy = None
@@ -69,15 +69,15 @@ def decide(candidate_accuracy: float, champion_accuracy: float | None, min_accur
 
     if not math.isfinite(candidate_accuracy):
         return decision(False, f"the candidate's accuracy is {candidate_accuracy}")
+    if majority is not None and candidate_accuracy <= majority[1] + TOLERANCE:
+        name, share = majority
+        return decision(False, f'accuracy {candidate_accuracy:.3f} is no better than always answering "{name}" '
+                               f"({share:.3f})")
     if candidate_accuracy < min_accuracy:
         return decision(False, f"accuracy {candidate_accuracy:.4f} is below --min-accuracy {min_accuracy:g}")
     if champion_accuracy is not None and candidate_accuracy + TOLERANCE < champion_accuracy - max_regression:
         return decision(False, f"accuracy {candidate_accuracy:.4f} is worse than the champion's "
                                f"{champion_accuracy:.4f} by more than --max-regression {max_regression:g}")
-    if majority is not None and candidate_accuracy <= majority[1] + TOLERANCE:
-        name, share = majority
-        return decision(False, f'accuracy {candidate_accuracy:.3f} is no better than always answering "{name}" '
-                               f"({share:.3f})")
     if champion_accuracy is None:
         return decision(True, f"accuracy {candidate_accuracy:.4f} reaches --min-accuracy {min_accuracy:g} "
                               "and there is no champion to compare with")
