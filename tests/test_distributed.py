@@ -4,6 +4,7 @@ MirroredStrategy over two logical CPU devices."""
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -153,22 +154,43 @@ def _check_two_workers(outputs, model_dir, tmp_path, epochs: int) -> dict:
     return info
 
 
+def _readme_workers() -> list[tuple[dict, list[str]]]:
+    """The README's multi-node commands (its *Multi-node:* paragraph): (environment, argv) of each worker."""
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    block = readme.split("*Multi-node:*", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    commands = [c.strip().removesuffix("&") for c in block.replace("\\\n", " ").splitlines() if c.strip()]
+    workers = []
+    for command in commands:
+        words = shlex.split(command)
+        variables = dict(w.split("=", 1) for w in words if re.match(r"^[A-Z_]+=", w))
+        workers.append((variables, [w for w in words if w not in {f"{k}={v}" for k, v in variables.items()}]))
+    return workers
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("variable", ["TF_CONFIG", "CLUSTER_SPEC"])
 def test_two_workers_train_through_the_command(variable, three_shards, tmp_path):
-    """The README's way (TF_CONFIG, a model folder each) and a Vertex custom job's (CLUSTER_SPEC, one shared
-    model folder): the workers read unequal shares of the records and must still take the same steps."""
+    """The README's two commands (TF_CONFIG, on free ports, in a folder holding its `tfr`), and a Vertex custom
+    job's way (CLUSTER_SPEC): the workers read unequal shares of the records and must still take the same
+    steps."""
+    readme = _readme_workers()
+    assert [env["TF_CONFIG"] for env, _ in readme] == [
+        _tf_config([23456, 23457], i).replace("127.0.0.1", "localhost").replace(" ", "") for i in range(2)]
     ports = _free_ports(2)
-    describe = _tf_config if variable == "TF_CONFIG" else _cluster_spec
-    model_dirs = [tmp_path / "m0", tmp_path / ("m1" if variable == "TF_CONFIG" else "m0")]
-    workers = [_start([CATSDOGS, "train", "--data", three_shards, "--model-dir", str(model_dirs[i]),
-                       "--epochs", "2", "--image-size", "32", "--batch-size", "8"],
-                      _worker_env(tmp_path, i, **{variable: describe(ports, i)}))
-               for i in range(2)]
+    os.symlink(three_shards, tmp_path / "tfr")
+    workers = []
+    for i, (env, argv) in enumerate(readme):
+        assert argv[:2] == ["catsdogs", "train"]
+        if variable == "TF_CONFIG":
+            cluster = env["TF_CONFIG"].replace("23456", str(ports[0])).replace("23457", str(ports[1]))
+        else:
+            cluster = _cluster_spec(ports, i)
+        workers.append(subprocess.Popen([CATSDOGS, *argv[1:]], cwd=tmp_path, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True, start_new_session=True,
+                                        env=_worker_env(tmp_path, i, **{variable: cluster})))
     outputs = _run(workers)
-    _check_two_workers(outputs, model_dirs[0], tmp_path, epochs=2)
+    _check_two_workers(outputs, tmp_path / "m", tmp_path, epochs=2)
     assert "TEST accuracy" in outputs[0][0] and "the chief writes the model" in outputs[1][0]
-    assert not model_dirs[1].exists() or model_dirs[1] == model_dirs[0]  # the worker wrote no model folder
 
 
 @pytest.mark.slow
