@@ -132,7 +132,7 @@ def test_offline_pipeline_run_leaves_one_run_per_step_with_the_seeds_artifacts_a
     assert inputs == {"prepare": {"training_images"}, "convert": {"image_uris_csv"}, "train": {"tfrecords"},
                       "evaluate": {"model", "tfrecords"}, "deploy": {"model"}}
     assert runs["prepare"]["config"]["inputs"]["training_images"] == f"file://{workdir}/sample"
-    assert runs["train"]["config"]["epochs"] == 1 and runs["train"]["config"]["image_size"] == 32
+    assert runs["train"]["config"]["epochs"] == 3 and runs["train"]["config"]["image_size"] == 32
     assert {"epoch/accuracy", "epoch/loss"} <= runs["train"]["history"]  # WandbMetricsLogger
     assert {"test/accuracy", "confusion_matrix_table", "predictions"} <= runs["evaluate"]["history"]
 
