@@ -1,5 +1,7 @@
-"""Strategy selection and real distributed training on this machine's CPU: two local worker processes, and
-MirroredStrategy over two logical CPU devices."""
+"""Strategy selection and real distributed training on this machine's CPU: two worker processes on 127.0.0.1
+through the `catsdogs train` command (TF_CONFIG as the README shows it, Vertex's CLUSTER_SPEC, fine-tuning, a
+killed worker) and through the train step's container command in the trainer image; MirroredStrategy over
+two logical CPU devices; resuming a killed single-machine run."""
 
 import json
 import os
