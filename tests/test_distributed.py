@@ -243,6 +243,35 @@ def test_two_workers_resume_after_one_is_killed(three_shards, tmp_path):
     _check_two_workers(outputs, model_dir, tmp_path, epochs=epochs - resumed)
 
 
+@pytest.mark.slow
+def test_workers_that_see_different_backups_stop_with_one_error_line(three_shards, tmp_path):
+    """The chief would resume from its backup while a worker without it started afresh, and both would wait
+    forever for each other's steps: a --model-dir not shared among the workers."""
+    command = [CATSDOGS, "train", "--data", three_shards, "--epochs", "40", "--image-size", "32", "--batch-size", "8"]
+    metadata = tmp_path / "m0" / "backup" / "training_metadata.json"
+    alone = _start([*command, "--model-dir", str(tmp_path / "m0")], _worker_env(tmp_path, 0))
+    try:
+        deadline = time.monotonic() + 300
+        while _finished_epochs(metadata) < 1:
+            assert alone.poll() is None, "training ended before it could be killed"
+            assert time.monotonic() < deadline, "no epoch finished in time"
+            time.sleep(0.05)
+    finally:
+        _kill([alone])
+
+    ports = _free_ports(2)
+    workers = [_start([*command, "--model-dir", str(tmp_path / f"m{i}")],
+                      _worker_env(tmp_path, i, TF_CONFIG=_tf_config(ports, i))) for i in range(2)]
+    try:
+        outputs = [w.communicate(timeout=300) for w in workers]
+    finally:
+        _kill(workers)
+    for w, (_, err) in zip(workers, outputs):
+        assert w.returncode == 2, err[-3000:]
+        assert "catsdogs train: error: the workers see different backups under --model-dir" in err
+    assert not (tmp_path / "m1").exists()
+
+
 def _vertex_worker_pools(tmp_path) -> list[dict]:
     """The train step's worker pools as the compiled Vertex pipeline gives them to its custom job (2 machines:
     workerpool0 the chief, workerpool1 one worker)."""

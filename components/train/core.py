@@ -121,6 +121,28 @@ def check_held_out(data_dir: str) -> None:
                          f"evaluated; re-run `catsdogs prepare` with --train-fraction below 1")
 
 
+def _backed_up_epochs(model_dir: str) -> tuple[int, int]:
+    """(head phase, fine-tuning phase) epochs finished according to the backups in model_dir."""
+    found = []
+    for folder in (BACKUP_DIR, finetune.BACKUP_DIR):
+        path = storage.join(model_dir, folder, "training_metadata.json")
+        found.append(json.loads(storage.read_text(path))["epoch"] if storage.exists(path) else 0)
+    return found[0], found[1]
+
+
+def check_same_start(strategy: tf.distribute.Strategy, model_dir: str) -> None:
+    """Every worker of a multi-node run must resume from the same backup: one that started afresh while the chief
+    resumed would wait forever in a collective for steps the others never take. Workers that see different
+    backups (a --model-dir not shared among them) all stop with the same error instead."""
+    local = tf.constant(_backed_up_epochs(model_dir), tf.float32)
+    # Sums of x and x*x: equal on every worker, and n*sum(x*x) == sum(x)**2 exactly when all the x are equal.
+    sums = strategy.reduce("SUM", strategy.run(lambda: tf.concat([local, local * local], 0)), axis=None).numpy()
+    if any(abs(strategy.num_replicas_in_sync * sums[i + 2] - sums[i] ** 2) > 0.5 for i in range(2)):
+        raise InputError(f"the workers see different backups under --model-dir (this one: {model_dir}, epochs "
+                         f"{_backed_up_epochs(model_dir)}): give every worker the same --model-dir on storage they "
+                         f"all reach (gs:// on Vertex)")
+
+
 @dataclass(frozen=True)
 class TrainResult:
     history: dict[str, list[float]]  # per-epoch loss and accuracy (val_ too, with a VALIDATION split)
@@ -178,6 +200,8 @@ def train(data_dir: str, model_dir: str, config: TrainConfig = TrainConfig(),
     # same epoch with the same weights; only the chief writes it.
     backup = ResumableBackup(storage.join(model_dir, BACKUP_DIR), writes=chief)
     check_backup(backup.backup_dir, _resumable_settings(config, class_names), writes=chief)
+    if workers > 1:
+        check_same_start(strategy, model_dir)
     nan_guard = StopOnNaN()
     log.info("training %s (%s) on %d classes %s for %d epochs, %d replicas, global batch %d", config.architecture,
              policy, len(class_names), class_names, config.epochs, strategy.num_replicas_in_sync, global_batch)
