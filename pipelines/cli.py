@@ -15,6 +15,7 @@ import sys
 from components import logs, storage, tracking
 from components.contracts import DEFAULT_RECORD_FORMAT, RECORD_FORMATS
 from components.errors import InputError
+from components.evaluate.champion import MIN_ACCURACY
 from components.serve.limits import GRACE_SECONDS
 
 log = logging.getLogger("catsdogs")
@@ -91,17 +92,22 @@ def cmd_inspect(args) -> None:
 
 
 def cmd_train(args) -> int:
+    from components.evaluate.champion import decide, majority
     from components.evaluate.core import evaluate
     from components.train.core import train
 
     config = dataclasses.replace(training_config(args), cache=args.cache)
     result = train(args.data, args.model_dir, config)
-    if result.export_dir != args.model_dir:
-        return 0  # a non-chief worker of a multi-node run: the chief evaluates
+    if result.export_dir != args.model_dir:  # a non-chief worker of a multi-node run: the chief evaluates
+        print(f"trained as a worker of a multi-node run (weights sha256 {result.weights_sha256}); the chief "
+              f"writes the model")
+        return 0
     scored = evaluate(args.model_dir, args.data)
-    deployable = scored.accuracy >= args.min_accuracy
+    decision = decide(scored.accuracy, None, args.min_accuracy, majority=majority(scored.class_names,
+                                                                                 scored.confusion_matrix))
     print(f"{scored.split} accuracy {scored.accuracy:.4f}, AUC {scored.auc:.4f} on {scored.examples} images; "
-          f"SavedModel in {args.model_dir}; deployable (accuracy >= {args.min_accuracy}): {deployable}")
+          f"SavedModel in {args.model_dir}")
+    print(f"{'deployable' if decision.publish else 'not deployable'}: {decision.reason}")
     return 0
 
 
@@ -273,7 +279,7 @@ def _summary(console, result, args) -> None:
                                   f"{metrics.get('split', '')} images{auc}")]
     if result.version is None:
         decision = summary_line(decision_from_metrics(metrics), metrics.get("champion_version"))
-        rows.append(("not deployed", decision.removeprefix("not deployed").strip()))
+        rows.append((decision, ""))
     else:
         rows.append(("deployed", f"version {result.version} at "
                                  f"{progress.relative(storage.join(result.model_base, str(result.version)))}"))
@@ -287,7 +293,7 @@ def _summary(console, result, args) -> None:
         rows.append(("serve it", f"catsdogs serve {progress.relative(result.model_base)} --port 8080"))
     console.print()
     for name, text in rows:
-        console.print(f"{name:<18} {text}")
+        console.print(f"{name:<18} {text}".rstrip())
 
 
 def _wandb_summary(runs: tuple[str, ...]) -> str:
@@ -574,7 +580,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "an interrupted command resumes from its last finished epoch.")
     p.add_argument("--data", required=True, metavar="TFRECORD_DIR", help="output folder of `catsdogs convert`")
     p.add_argument("--model-dir", required=True, help="where the SavedModel goes (local or gs://)")
-    p.add_argument("--min-accuracy", type=float, default=0.0, help="accuracy that makes the model deployable")
+    p.add_argument("--min-accuracy", type=float, default=MIN_ACCURACY,
+                   help="deployable only when held-out accuracy reaches this, besides beating always answering the "
+                        "largest class (default %(default)s)")
     p.add_argument("--cache", default="auto", metavar="auto|memory|none|DIR",
                    help="decoded images: auto keeps them in memory when they fit 1 GiB, else re-reads them each "
                         "epoch; DIR caches on disk (default %(default)s)")
@@ -681,8 +689,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="TFRecord schema of the conversion (default %(default)s)")
     p.add_argument("--model-base", default=None,
                    help="where model versions are published, local or gs:// (default WORKDIR/models/MODEL_NAME)")
-    p.add_argument("--min-accuracy", type=float, default=0.0,
-                   help="deploy only when held-out accuracy reaches this (default %(default)s)")
+    p.add_argument("--min-accuracy", type=float, default=MIN_ACCURACY,
+                   help="deploy only when held-out accuracy reaches this, besides beating always answering the "
+                        "largest class (default %(default)s)")
     p.add_argument("--max-regression", type=float, default=0.0,
                    help="deploy only when held-out accuracy is at most this much below the served version's, "
                         "scored on the same images (default %(default)s: a tie deploys)")

@@ -85,7 +85,7 @@ def wire(steps: Steps, *, images_root, record_format, training: dict, min_accura
 
 
 def blessed(wired: Wired) -> dsl.If:
-    """The deploy gate: evaluation's single output says the candidate reaches min_accuracy and is not worse than the
-    champion by more than max_regression. (A single-output component's Output: kfp.local 2.17 cannot resolve a
-    dsl.If on a NamedTuple output.)"""
+    """The deploy gate: evaluation's single output says the candidate beats always answering the largest class,
+    reaches min_accuracy and is not worse than the champion by more than max_regression. (A single-output
+    component's Output: kfp.local 2.17 cannot resolve a dsl.If on a NamedTuple output.)"""
     return dsl.If(wired.evaluate.outputs["Output"] == True, name=GATE)  # noqa: E712 - a KFP condition

@@ -16,6 +16,7 @@ from components.contracts import DEFAULT_RECORD_FORMAT
 from components.convert.component import convert
 from components.deploy.component import deploy_local
 from components.errors import InputError
+from components.evaluate.champion import MIN_ACCURACY
 from components.evaluate.component import evaluate
 from components.export.component import export
 from components.model_store import versions
@@ -42,7 +43,7 @@ def local_pipeline(
     augment: bool = TRAINING.augment,
     fine_tune_epochs: int = TRAINING.fine_tune_epochs,
     record_format: str = DEFAULT_RECORD_FORMAT,
-    min_accuracy: float = 0.0,
+    min_accuracy: float = MIN_ACCURACY,
     max_regression: float = 0.0,
     wandb_project: str = tracking.PROJECT,
     wandb_mode: str = "disabled",

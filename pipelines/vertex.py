@@ -25,6 +25,7 @@ from components.deploy.registry_components import (
 from components.deploy.registry_components import promote_canary as promote_canary_step
 from components.deploy.vertex import HEALTH_ROUTE, PREDICT_ROUTE, SERVING_PORT
 from components.errors import InputError
+from components.evaluate.champion import MIN_ACCURACY
 from components.evaluate.component import evaluate
 from components.export.component import export
 from components.images import LOCAL, Images, with_image
@@ -76,7 +77,7 @@ def build_vertex_pipeline(images: Images = LOCAL, machine: str = "T4_1X", replic
         augment: bool = TRAINING.augment,
         fine_tune_epochs: int = TRAINING.fine_tune_epochs,
         record_format: str = DEFAULT_RECORD_FORMAT,
-        min_accuracy: float = 0.8,
+        min_accuracy: float = MIN_ACCURACY,
         max_regression: float = 0.0,
         canary_traffic_percent: int = 100,
         promote_canary: bool = False,
@@ -215,7 +216,8 @@ def build_vertex_pipeline(images: Images = LOCAL, machine: str = "T4_1X", replic
             ).after(deployed).set_display_name("undeploy previous").set_caching_options(False)
         with dsl.Else(name="rejected"):
             # A rejected candidate is kept in the registry as the `challenger`, never deployed. A first run can
-            # only be rejected by min_accuracy, and then there is no model to add a version to: nothing uploads.
+            # only be rejected by its own accuracy (no better than a constant guess, or below min_accuracy), and
+            # then there is no model to add a version to: nothing uploads.
             with dsl.If(parent.output != "", name="rejected-model-exists"):
                 challenger = upload_version([CHALLENGER_ALIAS], "parent model (challenger)",
                                             "upload challenger version (not deployed)")

@@ -15,6 +15,7 @@ from kfp.dsl import HTML, ClassificationMetrics, Dataset, Metrics, Model
 
 from components.errors import InputError
 from components.evaluate.champion import (
+    MIN_ACCURACY,
     decide,
     decision_from_metrics,
     find_champion,
@@ -113,6 +114,7 @@ def _run_evaluate(model_dir, records, out, **parameters):
     from components.evaluate.component import evaluate as component
 
     os.makedirs(out, exist_ok=True)
+    parameters.setdefault("min_accuracy", MIN_ACCURACY)  # the pipelines always pass it
     outputs = {"metrics": Metrics(uri=os.path.join(out, "metrics")),
                "confusion": ClassificationMetrics(uri=os.path.join(out, "confusion")),
                "report": HTML(uri=os.path.join(out, "report.html")),
@@ -152,18 +154,32 @@ def test_evaluate_rejects_a_worse_candidate_and_says_so_everywhere(better_model,
     report = open(out["report"].uri).read()
     assert "not deployed" in report and f"{champion_accuracy:.4f}" in report
     line = summary_line(decision_from_metrics(metrics), metrics["champion_version"])  # what `catsdogs run` prints
-    assert line.startswith("not deployed") and f"{candidate_accuracy:.4f}" in line and "version 1 stays" in line
+    assert line.startswith("not deployed: accuracy ") and "version 1 stays" in line  # no better than a guess, too
 
 
-def test_evaluate_publishes_a_tie_and_the_first_run(trained_model, records, tmp_path):
+def test_evaluate_publishes_a_tie_and_the_first_run(better_model, records, tmp_path):
     base = str(tmp_path / "models")
-    gate, out = _run_evaluate(trained_model, records, str(tmp_path / "first"), champion_uri=base)
-    assert gate is True and "champion_accuracy" not in out["metrics"].metadata
-    publish_version(trained_model, base)
-    gate, out = _run_evaluate(trained_model, records, str(tmp_path / "tie"), champion_uri=base)
+    gate, out = _run_evaluate(better_model, records, str(tmp_path / "first"), champion_uri=base)
+    assert gate is True and "champion_accuracy" not in out["metrics"].metadata, out["metrics"].metadata
+    publish_version(better_model, base)
+    gate, out = _run_evaluate(better_model, records, str(tmp_path / "tie"), champion_uri=base)
     assert gate is True and out["metrics"].metadata["champion_accuracy"] == out["metrics"].metadata["accuracy"]
-    gate, _ = _run_evaluate(trained_model, records, str(tmp_path / "min"), champion_uri=base, min_accuracy=1.01)
+    gate, _ = _run_evaluate(better_model, records, str(tmp_path / "min"), champion_uri=base, min_accuracy=1.01)
     assert gate is False
+
+
+def test_evaluate_never_publishes_a_model_no_better_than_a_constant_guess(trained_model, records, tmp_path):
+    """conftest's two-epoch model scores below always answering the TEST split's larger class."""
+    from components.evaluate.champion import majority
+
+    scored = evaluate(trained_model, records)
+    name, share = majority(scored.class_names, scored.confusion_matrix)
+    assert scored.accuracy <= share, "the fixture must be no better than a constant guess for this test"
+    gate, out = _run_evaluate(trained_model, records, str(tmp_path / "first"), champion_uri=str(tmp_path / "none"))
+    assert gate is False
+    line = summary_line(decision_from_metrics(out["metrics"].metadata), None)
+    assert line == (f'not deployed: accuracy {scored.accuracy:.3f} is no better than always answering "{name}" '
+                    f"({share:.3f}); no version is deployed")
 
 
 # -- the Model Registry ------------------------------------------------------------------------------------------
@@ -317,7 +333,8 @@ def test_registry_components_connect_to_evaluate_and_gcpcs_upload_in_a_compiled_
         champion = champion_uri(project=project, location="europe-west4", model_display_name="catsdogs")
         model = dsl.importer(artifact_uri=model_uri, artifact_class=dsl.Model)
         records = dsl.importer(artifact_uri=records_uri, artifact_class=dsl.Dataset)
-        scored = evaluate_component(model=model.output, tfrecords=records.output, champion_uri=champion.output)
+        scored = evaluate_component(model=model.output, tfrecords=records.output, champion_uri=champion.output,
+                                    min_accuracy=MIN_ACCURACY)
         serving = dsl.importer(artifact_uri=model_uri, artifact_class=artifact_types.UnmanagedContainerModel)
         uploaded = ModelUploadOp(project=project, location="europe-west4", display_name="catsdogs",
                                  unmanaged_container_model=serving.output, version_aliases=[DEFAULT_ALIAS])

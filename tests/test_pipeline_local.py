@@ -14,7 +14,9 @@ from components.sample_data import generate_sample
 from pipelines.cli import main
 
 pytestmark = pytest.mark.slow
-FAST = ["--per-class", "12", "--epochs", "1", "--image-size", "32", "--batch-size", "8"]
+# Enough images and epochs for a model that beats always answering one class (the deploy gate); a TEST
+# split of 12 per class holds one image, which no model can beat a constant guess on.
+FAST = ["--per-class", "40", "--epochs", "3", "--image-size", "32", "--batch-size", "8"]
 
 
 def test_run_deploys_a_new_version_each_time_and_predicts_from_it(tmp_path, capsys):
@@ -124,10 +126,11 @@ def test_a_worse_candidate_is_not_deployed_and_the_run_still_succeeds(tmp_path, 
            "--wandb-mode", "disabled"]
     assert main(["run", "--workdir", workdir, *bad]) == 0  # a rejection is a result, not a failure
     out = capsys.readouterr().out
-    line = re.search(r"^not deployed +(.*)$", out, re.M).group(1)
+    line = re.search(r"^not deployed: (.*)$", out, re.M).group(1)
     candidate = float(re.search(r"^held-out accuracy +([\d.]+)", out, re.M).group(1))
     assert candidate < first
-    assert f"{candidate:.4f}" in line and f"{first:.4f}" in line and "version 1 stays deployed" in line
+    assert "version 1 stays deployed" in line  # why: no better than a constant guess, or worse than version 1
+    assert "no better than always answering" in line or (f"{candidate:.4f}" in line and f"{first:.4f}" in line)
     assert sorted(os.listdir(versions)) == ["1"]
 
     assert main(["run", "--workdir", workdir, *good]) == 0

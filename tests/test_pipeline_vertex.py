@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from components.errors import InputError
+from components.evaluate.champion import MIN_ACCURACY
 from components.images import Images
 from pipelines.cli import main
 from pipelines.machines import PRESETS, machine_spec
@@ -206,7 +207,7 @@ def test_pipeline_parameters_cover_data_dataflow_training_and_deploy(compiled, d
                  "dataflow_max_workers", "dataflow_subnetwork", "service_account", "min_accuracy",
                  "endpoint_display_name", "deploy_machine_type", "deploy_min_replicas", "deploy_max_replicas"):
         assert name in parameters, name
-    assert parameters["min_accuracy"]["defaultValue"] == 0.8
+    assert parameters["min_accuracy"]["defaultValue"] == MIN_ACCURACY  # the one default (champion.py)
     convert = dag.parameters("convert to TFRecords (Dataflow)")
     assert convert["dataflow_service_account"] == {"componentInputParameter": "service_account"}
     assert convert["dataflow_max_workers"] == {"componentInputParameter": "dataflow_max_workers"}

@@ -21,7 +21,9 @@ from components.errors import InputError
 from pipelines.cli import main
 
 FAKE_KEY = "fake0123456789abcdef0123456789abcdef0123"  # 40 characters, like a real key
-FAST = ["--per-class", "12", "--epochs", "1", "--image-size", "32", "--batch-size", "8"]
+# Enough images and epochs for a model that beats always answering one class (the deploy gate); a TEST
+# split of 12 per class holds one image, which no model can beat a constant guess on.
+FAST = ["--per-class", "40", "--epochs", "3", "--image-size", "32", "--batch-size", "8"]
 BLOCK = 32768  # the .wandb file is a LevelDB-style log of protobuf records in 32 KiB blocks
 
 
@@ -130,7 +132,7 @@ def test_offline_pipeline_run_leaves_one_run_per_step_with_the_seeds_artifacts_a
     assert inputs == {"prepare": {"training_images"}, "convert": {"image_uris_csv"}, "train": {"tfrecords"},
                       "evaluate": {"model", "tfrecords"}, "deploy": {"model"}}
     assert runs["prepare"]["config"]["inputs"]["training_images"] == f"file://{workdir}/sample"
-    assert runs["train"]["config"]["epochs"] == 1 and runs["train"]["config"]["image_size"] == 32
+    assert runs["train"]["config"]["epochs"] == 3 and runs["train"]["config"]["image_size"] == 32
     assert {"epoch/accuracy", "epoch/loss"} <= runs["train"]["history"]  # WandbMetricsLogger
     assert {"test/accuracy", "confusion_matrix_table", "predictions"} <= runs["evaluate"]["history"]
 

@@ -3,8 +3,9 @@
 The champion (locally the newest usable version under the model base by the model store's rule, on Vertex the
 model's `default` version; a version that does not load or answers NaN is named in a warning and skipped) is
 scored on the same held-out split of the same records as the candidate, so the two accuracies are comparable;
-`decide` then applies the rule (TFX's Evaluator "blessing"): the candidate reaches `min_accuracy` and is not
-worse than the champion by more than `max_regression`. A rejection is a result, not a failure.
+`decide` then applies the rule (TFX's Evaluator "blessing"): the candidate beats always answering the split's
+largest class (a model that learned nothing scores exactly that), reaches `min_accuracy` and is not worse than
+the champion by more than `max_regression`. A rejection is a result, not a failure.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ log = logging.getLogger(__name__)
 # Accuracies on the same split are fractions k/n, but `champion - max_regression` is computed in floating point
 # (0.9 - 0.05 == 0.8500000000000001): a candidate exactly at the limit must not be rejected by rounding.
 TOLERANCE = 1e-9
+# The accuracy a candidate must reach on top of beating the largest class's share: the one default of the CLI's
+# --min-accuracy, the local pipeline's and the Vertex pipeline's min_accuracy. Beating a constant guess is
+# already required; a floor above it depends on the data, so none is imposed.
+MIN_ACCURACY = 0.0
 
 
 @dataclass(frozen=True)
@@ -44,11 +49,19 @@ def check_max_regression(max_regression: float) -> None:
         raise InputError(f"--max-regression must be between 0 and 1 (an accuracy difference), got {max_regression}")
 
 
+def majority(class_names: list[str], confusion_matrix: list[list[int]]) -> tuple[str, float]:
+    """The split's largest class and its share: the accuracy of always answering it (the first on a tie)."""
+    counts = [sum(row) for row in confusion_matrix]
+    largest = max(range(len(counts)), key=counts.__getitem__)
+    return class_names[largest], counts[largest] / max(sum(counts), 1)
+
+
 def decide(candidate_accuracy: float, champion_accuracy: float | None, min_accuracy: float,
-           max_regression: float = 0.0) -> Decision:
-    """Whether the candidate is published: accuracy >= min_accuracy and, when there is a champion, not worse
-    than it by more than max_regression (0: ties publish). A NaN candidate never is; a NaN champion (it could
-    not be scored) counts as no champion."""
+           max_regression: float = 0.0, majority: tuple[str, float] | None = None) -> Decision:
+    """Whether the candidate is published: accuracy above `majority`'s share (the split's largest class, see
+    majority(): a model that learned nothing scores exactly that), >= min_accuracy, and not worse than the
+    champion (when there is one) by more than max_regression (0: ties publish); the reason names the first
+    rule it fails. A NaN candidate never is; a NaN champion (it could not be scored) counts as no champion."""
     check_max_regression(max_regression)
     if champion_accuracy is not None and not math.isfinite(champion_accuracy):
         champion_accuracy = None
@@ -58,29 +71,32 @@ def decide(candidate_accuracy: float, champion_accuracy: float | None, min_accur
 
     if not math.isfinite(candidate_accuracy):
         return decision(False, f"the candidate's accuracy is {candidate_accuracy}")
+    if majority is not None and candidate_accuracy <= majority[1] + TOLERANCE:
+        name, share = majority
+        return decision(False, f'accuracy {candidate_accuracy:.3f} is no better than always answering "{name}" '
+                               f"({share:.3f})")
     if candidate_accuracy < min_accuracy:
         return decision(False, f"accuracy {candidate_accuracy:.4f} is below --min-accuracy {min_accuracy:g}")
+    if champion_accuracy is not None and candidate_accuracy + TOLERANCE < champion_accuracy - max_regression:
+        return decision(False, f"accuracy {candidate_accuracy:.4f} is worse than the champion's "
+                               f"{champion_accuracy:.4f} by more than --max-regression {max_regression:g}")
     if champion_accuracy is None:
         return decision(True, f"accuracy {candidate_accuracy:.4f} reaches --min-accuracy {min_accuracy:g} "
                               "and there is no champion to compare with")
-    if candidate_accuracy + TOLERANCE < champion_accuracy - max_regression:
-        return decision(False, f"accuracy {candidate_accuracy:.4f} is worse than the champion's "
-                               f"{champion_accuracy:.4f} by more than --max-regression {max_regression:g}")
     return decision(True, f"accuracy {candidate_accuracy:.4f} reaches --min-accuracy {min_accuracy:g} and the "
                           f"champion's {champion_accuracy:.4f} (--max-regression {max_regression:g})")
 
 
 def summary_line(decision: Decision, champion_version: str | None) -> str:
-    """The line `catsdogs run` prints about the decision. A rejected candidate's contains `not deployed`, both
-    accuracies and the version that stays."""
-    champion = ""
-    if decision.champion_accuracy is not None:
-        champion = f", champion (version {champion_version}) {decision.champion_accuracy:.4f}"
-    scores = f"candidate {decision.candidate_accuracy:.4f}{champion}"
+    """The line `catsdogs run` prints about the decision. A rejected candidate's says `not deployed:`, why (the
+    accuracies that decided it) and the version that stays."""
     if decision.publish:
-        return f"deployed: {scores}: {decision.reason}"
+        champion = ""
+        if decision.champion_accuracy is not None:
+            champion = f", champion (version {champion_version}) {decision.champion_accuracy:.4f}"
+        return f"deployed: candidate {decision.candidate_accuracy:.4f}{champion}: {decision.reason}"
     kept = f"version {champion_version} stays deployed" if champion_version else "no version is deployed"
-    return f"not deployed ({scores}): {decision.reason}; {kept}"
+    return f"not deployed: {decision.reason}; {kept}"
 
 
 def decision_from_metrics(metrics: dict) -> Decision:

@@ -15,7 +15,7 @@ def evaluate(
     confusion: Output[ClassificationMetrics],
     report: Output[HTML],
     evaluation: Output[artifact_types.ClassificationMetrics],
-    min_accuracy: float = 0.0,
+    min_accuracy: float,  # no default: KFP runs this source alone; both pipelines pass champion.MIN_ACCURACY's
     champion_uri: str = "",
     max_regression: float = 0.0,
     wandb_settings: Optional[Dict[str, str]] = None,
@@ -34,7 +34,8 @@ def evaluate(
         confusion: Confusion matrix and ROC curve.
         report: HTML report: curves, confusion matrix, the decision.
         evaluation: The metrics in Vertex's classification schema and the decision, for the Model Registry.
-        min_accuracy: Accuracy the candidate needs to be deployed.
+        min_accuracy: Accuracy the candidate needs to be deployed, besides beating always answering the
+            split's largest class.
         champion_uri: The version served now: a model base (the newest version under it), a SavedModel folder
             or a Vertex model's artifact URI (gs://). Empty: no champion, min_accuracy alone decides.
         max_regression: How much lower than the champion's the candidate's accuracy may be (0: ties deploy).
@@ -42,8 +43,8 @@ def evaluate(
             confusion matrix, sample predictions and the decision out.
 
     Returns:
-        Whether the candidate is deployed (the deploy gate): accuracy >= min_accuracy and not worse than the
-        champion by more than max_regression.
+        Whether the candidate is deployed (the deploy gate): accuracy above the largest class's share of the
+        split, >= min_accuracy, and not worse than the champion by more than max_regression.
     """
     import json
     import math
@@ -51,7 +52,7 @@ def evaluate(
 
     from components import logs, storage, tracking
     from components.deploy.registry import evaluation_file
-    from components.evaluate.champion import check_max_regression, decide, find_champion, score_champion
+    from components.evaluate.champion import check_max_regression, decide, find_champion, majority, score_champion
     from components.evaluate.core import evaluate as score
     from components.evaluate.report import html_report
     from components.model_store import training_info
@@ -66,7 +67,8 @@ def evaluate(
         run.log_evaluation(result)
         champion = find_champion(champion_uri)
         scored = score_champion(champion, tfrecords.uri, result.split, result.class_names) if champion else None
-        decision = decide(result.accuracy, scored.accuracy if scored else None, min_accuracy, max_regression)
+        decision = decide(result.accuracy, scored.accuracy if scored else None, min_accuracy, max_regression,
+                          majority(result.class_names, result.confusion_matrix))
         summary = {"accuracy": result.accuracy, "split": result.split, "examples": result.examples,
                    "champion_accuracy": decision.champion_accuracy,
                    "champion_version": champion.version if champion else None,

@@ -164,7 +164,7 @@ def _disk_cache_file(cache_dir: str, files: list[str], split: str, image_size: i
 
 def make_dataset(data_dir: str, split: str, image_size: int, batch_size: int, training: bool = False,
                  seed: int | None = None, workers: int = 1, augment_images: bool = False,
-                 cache: str = "auto") -> tf.data.Dataset:
+                 cache: str = "auto", repeat: bool = False) -> tf.data.Dataset:
     """Batches of (float32 pixels [B, S, S, 3], int64 labels [B]) from one split.
 
     Shards are read interleaved, encoded records shuffled (training), then decoded and resized in parallel
@@ -173,6 +173,8 @@ def make_dataset(data_dir: str, split: str, image_size: int, batch_size: int, tr
     never, a folder caches on disk. A second, smaller shuffle, augmentation (so it differs every epoch) and
     the cast to float32 come after the cache, and batches are prefetched. With several workers each reads its
     own files when there are enough of them, else every worker reads all and keeps its share of the records.
+    `repeat`: endless (after the cache), for a caller that counts its steps: the workers of a multi-node run
+    hold different numbers of records, and each must take the same number of full steps (see core.train).
     """
     files = record_files(data_dir, split)
     if not files:
@@ -198,10 +200,12 @@ def make_dataset(data_dir: str, split: str, image_size: int, batch_size: int, tr
         dataset = dataset.cache()
     elif mode != "none":
         dataset = dataset.cache(_disk_cache_file(mode, files, split, image_size))
+    if repeat:
+        dataset = dataset.repeat()
     if training:
         buffer = max(16, min(DECODED_SHUFFLE, SHUFFLE_BYTES // (image_size * image_size * 3)))
         dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
-    if known and workers == 1:  # lets Keras show progress and stop warning that the input "ran out of data"
+    if known and workers == 1 and not repeat:  # lets Keras show progress, stops its "ran out of data" warning
         dataset = dataset.apply(tf.data.experimental.assert_cardinality(known))
     if augment_images:
         dataset = dataset.map(lambda x, y: (augment(tf.cast(x, tf.float32)), y), num_parallel_calls=tf.data.AUTOTUNE)

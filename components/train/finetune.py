@@ -48,15 +48,18 @@ def unfreeze_top(model: keras.Model, fraction: float = TOP_FRACTION) -> int:
 
 
 def fit(model: keras.Model, strategy, train_data, validation, epochs: int, fine_tune_epochs: int,
-        learning_rate: float, head_callbacks: list, fine_tune_callbacks: list, fine_tune_backup: str) -> dict:
+        learning_rate: float, head_callbacks: list, fine_tune_callbacks: list, fine_tune_backup: str,
+        steps: dict | None = None) -> dict:
     """Both phases (the model compiled with its backbone frozen); returns the history of both, epochs numbered
-    on from the head phase's. `fine_tune_backup` is the fine-tuning phase's checkpoint folder."""
+    on from the head phase's. `fine_tune_backup` is the fine-tuning phase's checkpoint folder; `steps`: fit's
+    steps_per_epoch and validation_steps, when the data repeats endlessly (multi-node)."""
+    steps = steps or {}
     history: dict[str, list[float]] = {}
     if storage.exists(storage.join(fine_tune_backup, "training_metadata.json")):
         log.info("Resuming fine-tuning (the head phase finished before, its history is not repeated)")
     else:
         history = model.fit(train_data, validation_data=validation, epochs=epochs, verbose=2,
-                            callbacks=head_callbacks).history
+                            callbacks=head_callbacks, **steps).history
     unfrozen = unfreeze_top(model)
     rate = learning_rate * LEARNING_RATE_FACTOR
     with strategy.scope():
@@ -64,5 +67,5 @@ def fit(model: keras.Model, strategy, train_data, validation, epochs: int, fine_
     log.info("fine-tuning the top %d layers of %s for %d epochs at learning rate %g", unfrozen,
              backbone(model).name, fine_tune_epochs, rate)
     tuned = model.fit(train_data, validation_data=validation, initial_epoch=epochs, epochs=epochs + fine_tune_epochs,
-                      verbose=2, callbacks=fine_tune_callbacks).history
+                      verbose=2, callbacks=fine_tune_callbacks, **steps).history
     return {name: history.get(name, []) + values for name, values in tuned.items()}
