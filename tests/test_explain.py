@@ -80,8 +80,14 @@ def test_run_reports_calibration_label_issues_and_a_model_card(tmp_path, capsys)
     workdir = str(tmp_path / "w")
     assert main(["run", str(tmp_path / "images"), "--workdir", workdir, "--epochs", "4", "--image-size", "32",
                  "--batch-size", "8"]) == 0
-    capsys.readouterr()
+    out = capsys.readouterr().out
     [step] = glob.glob(os.path.join(workdir, "pipeline_root", "*", "evaluate"))
+    copies = os.path.join(workdir, "reports", step.split(os.sep)[-2])
+    for name in ("label_issues.csv", "model_card.md"):
+        assert open(os.path.join(copies, name)).read() == open(os.path.join(step, name)).read()
+    assert re.search(r"^calibration +ECE \d\.\d{4} ", out, re.M)
+    assert re.search(r"^label issues +\d+ in \S+label_issues\.csv$", out, re.M)
+    assert re.search(r"ECE \d\.\d{3}, \d+ label issues, saliency \d+\.\d s", out), out
 
     with open(os.path.join(step, "label_issues.csv")) as f:
         rows = list(csv.DictReader(f))
@@ -94,6 +100,7 @@ def test_run_reports_calibration_label_issues_and_a_model_card(tmp_path, capsys)
     for section in ('id="calibration"', 'id="label-issues"', 'id="label-issue-gallery"', 'id="model-card"'):
         assert section in page
     assert "Reliability on TEST" in page and page.count('<figure class="mistake"') >= 3
+    assert page.count('<img class="saliency"') == 12 and 'id="saliency"' in page
     ece = float(re.search(r"Expected calibration error \(ECE\) on TEST: <b>([\d.]+)</b>", page)[1])
 
     card = open(os.path.join(step, "model_card.md")).read()

@@ -4,8 +4,10 @@ in one Markdown page written by the evaluate step beside its report (and shown i
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
-from components.evaluate.core import Evaluation
+if TYPE_CHECKING:  # importing core would load TensorFlow into `catsdogs`, which only needs CARD_FILE from here
+    from components.evaluate.core import Evaluation
 
 CARD_FILE = "model_card.md"  # beside the evaluate step's report
 DEFAULT_INTENDED_USE = ("Telling photographs of cats from dogs (the classes below) for demonstration and "
