@@ -228,8 +228,9 @@ def evaluate(model_dir: str, data_dir: str, batch_size: int = 64, gallery_size: 
         for pixels, batch_labels in make_dataset(data_dir, split, image_size, batch_size, cache="none"):
             probabilities.append(predict(pixels=pixels)["probabilities"].numpy())
             labels.append(batch_labels.numpy())
-            gallery.add(pixels.numpy(), labels[-1], probabilities[-1])
-            suspects.add(pixels.numpy(), labels[-1], probabilities[-1])
+            batch = pixels.numpy()
+            gallery.add(batch, labels[-1], probabilities[-1])
+            suspects.add(batch, labels[-1], probabilities[-1])
     probabilities, labels = np.concatenate(probabilities), np.concatenate(labels)
     broken = int((~np.isfinite(probabilities).all(axis=1)).sum())
     if broken:  # a diverged model: its accuracy would be meaningless, and NaN must never be deployed
