@@ -271,6 +271,7 @@ def _run(args, config, console, logs_dir: str) -> int:
 
 def _summary(console, result, args) -> None:
     from components.evaluate.champion import decision_from_metrics, summary_line
+    from components.evaluate.label_issues import ISSUES_FILE
     from pipelines import progress
 
     metrics = result.metrics
@@ -284,6 +285,11 @@ def _summary(console, result, args) -> None:
         rows.append(("deployed", f"version {result.version} at "
                                  f"{progress.relative(storage.join(result.model_base, str(result.version)))}"))
     rows += [("report", progress.relative(report)) for report in result.reports]
+    if "ece" in metrics:
+        rows.append(("calibration", f"ECE {metrics['ece']:.4f} (0: probabilities mean what they say)"))
+    if "label_issues" in metrics and result.reports:
+        issues = os.path.join(os.path.dirname(result.reports[0]), ISSUES_FILE)
+        rows.append(("label issues", f"{int(metrics['label_issues'])} in {progress.relative(issues)}"))
     if result.exports:
         rows.append(("exports", f"{progress.relative(result.exports)}/ (export.json: parity and latency)"))
     rows.append(("W&B", _wandb_summary(result.wandb_runs)))

@@ -18,6 +18,8 @@ from components.deploy.component import deploy_local
 from components.errors import InputError
 from components.evaluate.champion import MIN_ACCURACY
 from components.evaluate.component import evaluate
+from components.evaluate.label_issues import ISSUES_FILE
+from components.evaluate.model_card import CARD_FILE
 from components.export.component import export
 from components.model_store import versions
 from components.prepare.component import prepare
@@ -165,7 +167,8 @@ QUIET_ENVIRONMENT = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
 
 
 def _copy_reports(steps: tuple[progress.Step, ...], folder: str) -> tuple[str, ...]:
-    """Copies each step's `report` (HTML) output to folder: report.html for evaluate, <step>-report.html else."""
+    """Copies each step's `report` (HTML) output to folder: report.html for evaluate (with its label_issues.csv
+    and model_card.md), <step>-report.html else."""
     copied = []
     for step in steps:
         uri = step.artifact("report").get("uri", "")
@@ -174,6 +177,10 @@ def _copy_reports(steps: tuple[progress.Step, ...], folder: str) -> tuple[str, .
             target = os.path.join(folder, "report.html" if step.name == "evaluate" else f"{step.name}-report.html")
             shutil.copyfile(uri, target)
             copied.append(target)
+            if step.name == "evaluate":  # its label issues and model card, written beside the report
+                for name in (ISSUES_FILE, CARD_FILE):
+                    if os.path.isfile(os.path.join(os.path.dirname(uri), name)):
+                        shutil.copyfile(os.path.join(os.path.dirname(uri), name), os.path.join(folder, name))
     return tuple(copied)
 
 

@@ -273,8 +273,13 @@ def summarize(step: Step) -> str:
             if "champion_accuracy" in scores:
                 champion = (f"; champion (version {_number(scores.get('champion_version', '?'))}) "
                             f"{scores['champion_accuracy']:.3f}")
+            insight = ""
+            if "ece" in scores:
+                insight = f"; ECE {scores['ece']:.3f}, {_number(scores.get('label_issues', 0))} label issues"
+            if "saliency_seconds" in scores:
+                insight += f", saliency {scores['saliency_seconds']:.1f} s"
             return (f"{scores.get('split', 'held-out')} accuracy {scores['accuracy']:.3f}{auc} "
-                    f"on {_number(scores.get('examples', 0))} images{champion}")
+                    f"on {_number(scores.get('examples', 0))} images{champion}{insight}")
     if kind == "export":
         files = step.artifact("exports").get("metadata", {}).get("files", {})
         if files:

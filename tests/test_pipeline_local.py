@@ -73,6 +73,7 @@ def test_run_prints_a_short_readable_account_and_keeps_every_step_log(tmp_path):
     assert done.returncode == 0, out
     lines = out.splitlines()
     assert len(lines) <= 40, out
+    assert re.search(r"^label issues +\d+ in \S+label_issues\.csv$", out, re.M), out
     assert not NOISE.search(out), NOISE.search(out).group(0) + "\n" + out
     for step in STEPS:  # one line per step, with what it did
         assert re.search(rf"^  {re.escape(step)} +\d+\.\ds  \S", out, re.M), out
@@ -81,8 +82,8 @@ def test_run_prints_a_short_readable_account_and_keeps_every_step_log(tmp_path):
 
     report = re.search(r"^report +(\S+\.html)$", out, re.M).group(1)
     page = open(os.path.join(tmp_path, report)).read()
-    thumbnails = page.count('src="data:image/jpeg;base64,')
-    assert 4 <= thumbnails <= GALLERY_SIZE
+    gallery = page.split('id="gallery">', 1)[1].split("</div>", 1)[0]  # not the saliency or label-issue images
+    assert 4 <= gallery.count("<figure") <= GALLERY_SIZE
     assert re.search(r"^serve it +catsdogs serve \S+ --port 8080$", out, re.M)
 
     logs = workdir / "logs"

@@ -30,6 +30,7 @@ window.addEventListener("load", () => {
     loaded: images.filter(i => i.complete && i.naturalWidth > 0).map(i => [i.naturalWidth, i.naturalHeight]),
     gallery: [box.left, box.top, box.right, box.bottom],
     svgs: [...document.querySelectorAll("svg")].filter(s => s.getBoundingClientRect().width > 100).length,
+    issues: [...document.querySelectorAll("#label-issue-gallery img")].filter(i => i.naturalWidth > 0).length,
   });
   document.body.appendChild(out);
 });
@@ -72,11 +73,13 @@ def test_report_renders_in_a_browser_with_its_thumbnails_loaded(report, tmp_path
     found = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S)
     assert found, f"the page's load handler did not run: {dom[-500:]}"
     seen = json.loads(html.unescape(found.group(1)))
-    assert seen["images"] == len(result.gallery)
-    assert len(seen["loaded"]) == len(result.gallery)  # every thumbnail decoded
-    sizes = [Image.open(io.BytesIO(e.thumbnail)).size for e in result.gallery]
+    pictures = [p for e in result.gallery for p in (e.thumbnail, e.saliency) if p]  # saliency under the first
+    assert seen["images"] == len(pictures) > len(result.gallery)
+    assert len(seen["loaded"]) == len(pictures)  # every thumbnail and saliency overlay decoded
+    sizes = [Image.open(io.BytesIO(p)).size for p in pictures]
     assert [tuple(s) for s in seen["loaded"]] == sizes
-    assert seen["svgs"] == 3  # ROC, per-class, training curves drawn at a readable size
+    assert seen["issues"] == len(result.issue_gallery)
+    assert seen["svgs"] == 4  # ROC, per-class, reliability, training curves drawn at a readable size
 
     shot = tmp_path / "report.png"
     _chromium(browser, f"--screenshot={shot}", path.as_uri())

@@ -135,7 +135,7 @@ def score_champion(champion: Champion, data_dir: str, candidate_split: str, clas
                     "--min-accuracy alone", champion.version, champion.class_names, class_names)
         return None
     try:
-        result = evaluate(champion.model_dir, data_dir, loaded=champion.loaded)
+        result = evaluate(champion.model_dir, data_dir, loaded=champion.loaded, saliency_images=0)
     except NonFiniteAnswers as e:
         log.warning("skipping champion version %s: %s; deciding on --min-accuracy alone", champion.version, e)
         return None

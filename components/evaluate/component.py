@@ -19,6 +19,8 @@ def evaluate(
     champion_uri: str = "",
     max_regression: float = 0.0,
     wandb_settings: Optional[Dict[str, str]] = None,
+    intended_use: str = "",
+    saliency_images: int = 12,
 ) -> bool:
     """Scores the exported SavedModel, and the champion (the version served now) on the same records, and
     decides whether the candidate may be deployed.
@@ -32,7 +34,8 @@ def evaluate(
         metrics: Accuracy, AUC, per-class scores; the champion's accuracy and the decision
             (`published` 1/0, `decision`, `champion_version`).
         confusion: Confusion matrix and ROC curve.
-        report: HTML report: curves, confusion matrix, the decision.
+        report: HTML report: curves, confusion matrix, calibration, label issues, model card, the decision;
+            label_issues.csv and model_card.md are written beside it.
         evaluation: The metrics in Vertex's classification schema and the decision, for the Model Registry.
         min_accuracy: Accuracy the candidate needs to be deployed, besides beating always answering the
             split's largest class.
@@ -41,6 +44,9 @@ def evaluate(
         max_regression: How much lower than the champion's the candidate's accuracy may be (0: ties deploy).
         wandb_settings: W&B settings (tracking.settings); makes it a W&B run: model and tfrecords in, metrics,
             confusion matrix, sample predictions and the decision out.
+        intended_use: The model card's intended use (empty: model_card.DEFAULT_INTENDED_USE).
+        saliency_images: How many of the report's images get a saliency overlay (integrated gradients; each
+            costs 16 passes through the model; 0: none).
 
     Returns:
         Whether the candidate is deployed (the deploy gate): accuracy above the largest class's share of the
@@ -51,9 +57,12 @@ def evaluate(
     from dataclasses import asdict
 
     from components import logs, storage, tracking
+    from components.convert.schema import read_summary
     from components.deploy.registry import evaluation_file
     from components.evaluate.champion import check_max_regression, decide, find_champion, majority, score_champion
     from components.evaluate.core import evaluate as score
+    from components.evaluate.label_issues import ISSUES_FILE, issues_csv
+    from components.evaluate.model_card import CARD_FILE, model_card
     from components.evaluate.report import html_report
     from components.model_store import training_info
 
@@ -63,7 +72,8 @@ def evaluate(
     with tracking.step_run("evaluate", "train", wandb_settings, config) as run:
         run.use("model", model.uri)
         run.use("tfrecords", tfrecords.uri)
-        result = score(model.uri, tfrecords.uri)
+        result = score(model.uri, tfrecords.uri, saliency_images=saliency_images)
+        wandb_run = f"{run.run.project}/{run.run.id}" if run.run is not None else None
         run.log_evaluation(result)
         champion = find_champion(champion_uri)
         scored = score_champion(champion, tfrecords.uri, result.split, result.class_names) if champion else None
@@ -79,6 +89,10 @@ def evaluate(
     if math.isfinite(result.auc):  # undefined when the split lacks a class; KFP metadata refuses NaN
         metrics.log_metric("auc", result.auc)
     metrics.log_metric("examples", result.examples)
+    metrics.log_metric("ece", result.calibration["ece"])
+    metrics.log_metric("label_issues", len(result.label_issues))
+    if "seconds" in result.saliency:
+        metrics.log_metric("saliency_seconds", result.saliency["seconds"])
     metrics.log_metric("split", result.split)
     for name, scores in result.per_class().items():
         for metric, value in scores.items():
@@ -94,6 +108,13 @@ def evaluate(
     metrics.log_metric("decision", decision.reason)
     evaluation.metadata.update({k: v for k, v in summary.items() if v is not None})
     storage.write_text(evaluation.uri, json.dumps(evaluation_file(asdict(result), summary), indent=1))
-    storage.write_text(report.uri, html_report(result, training_info(model.uri)["history"], decision=summary))
+    info = training_info(model.uri)
+    lineage = {"model": model.uri, "data": tfrecords.uri, "W&B run": wandb_run,
+               "Vertex pipeline run": tracking.vertex_run_labels().get(tracking.VERTEX_RUN_ID_LABEL)}
+    card = model_card(result, info, read_summary(tfrecords.uri), lineage, intended_use)
+    beside = report.uri.rsplit("/", 1)[0]  # the step's own output folder
+    storage.write_text(storage.join(beside, ISSUES_FILE), issues_csv(result.label_issues))
+    storage.write_text(storage.join(beside, CARD_FILE), card)
+    storage.write_text(report.uri, html_report(result, info["history"], decision=summary, model_card=card))
     # A single, unnamed bool: kfp.local 2.17 cannot resolve a dsl.If on a named (NamedTuple) output.
     return decision.publish

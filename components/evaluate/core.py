@@ -1,5 +1,6 @@
 """Scores the exported SavedModel (the artifact that gets deployed) on the TEST split, or on VALIDATION when
-the data has no TEST split: accuracy, AUC, per-class precision and recall, confusion matrix, ROC (2 classes)."""
+the data has no TEST split: accuracy, AUC, per-class precision and recall, confusion matrix, ROC (2 classes),
+calibration (ECE, reliability bins) and the images whose given label the model finds least likely."""
 
 import heapq
 import io
@@ -10,8 +11,11 @@ import numpy as np
 
 from components.convert import schema
 from components.errors import InputError
+from components.evaluate.calibration import reliability
+from components.evaluate.label_issues import find_label_issues
+from components.evaluate.saliency import SALIENCY_IMAGES
 from components.model_store import load_saved_model, training_info
-from components.train.data import make_dataset, shard_errors
+from components.train.data import make_dataset, record_files, shard_errors
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +59,7 @@ class Example:
     predicted: str
     confidence: float  # probability of the predicted class
     thumbnail: bytes  # JPEG, at most THUMBNAIL pixels a side
+    saliency: bytes = b""  # JPEG of the same size: where the model looked for its prediction (saliency.py)
 
     @property
     def mistake(self) -> bool:
@@ -82,10 +87,80 @@ class Gallery:
             item = (priority, self.seen, image.clip(0, 255).astype(np.uint8), int(label), predicted, confidence)
             (heapq.heappush if len(heap) < self.size else heapq.heapreplace)(heap, item)
 
-    def examples(self) -> list[Example]:
-        picked = sorted(self.mistakes, reverse=True) + sorted(self.correct, reverse=True)
-        return [Example(self.class_names[true], self.class_names[predicted], confidence, thumbnail(image))
-                for _, _, image, true, predicted, confidence in picked[:self.size]]
+    def examples(self, predict=None, saliency_images: int = 0) -> tuple[list[Example], dict]:
+        """The picked examples, the first `saliency_images` with a saliency overlay from `predict` (the pixel
+        signature), and what that cost: {"images", "seconds"}, or {"skipped": why}."""
+        import time
+
+        from components.evaluate.saliency import integrated_gradients, overlay
+
+        picked = (sorted(self.mistakes, reverse=True) + sorted(self.correct, reverse=True))[:self.size]
+        explained, report = [], {"images": 0, "seconds": 0.0}
+        count = min(saliency_images, len(picked))
+        if predict is not None and count:
+            started = time.monotonic()
+            images = np.stack([item[2] for item in picked[:count]]).astype(np.float32)
+            try:
+                maps = integrated_gradients(predict, images, np.array([item[4] for item in picked[:count]]))
+                explained = [overlay(image, m, THUMBNAIL) for image, m in zip(images, maps)]
+                report = {"images": count, "seconds": round(time.monotonic() - started, 2)}
+            except (ValueError, LookupError) as e:  # LookupError: TensorFlow has no gradient for an op
+                report = {"skipped": str(e)}
+                log.warning("saliency skipped: %s", e)
+        return [Example(self.class_names[true], self.class_names[predicted], confidence, thumbnail(image),
+                        explained[i] if i < len(explained) else b"")
+                for i, (_, _, image, true, predicted, confidence) in enumerate(picked)], report
+
+
+class LeastLikelyLabels:
+    """Keeps the `size` images whose given label has the lowest probability while the batches stream past: the
+    label-issue gallery's candidates (which of them are issues is known only once every image is scored)."""
+
+    def __init__(self, size: int = GALLERY_SIZE):
+        self.size, self.heap, self.seen = size, [], 0  # min-heap of (-p(given), index, pixels, label, predicted)
+
+    def add(self, pixels: np.ndarray, labels: np.ndarray, probabilities: np.ndarray) -> None:
+        for image, label, probs in zip(pixels, labels, probabilities):
+            priority = -float(probs[label])
+            self.seen += 1
+            if len(self.heap) >= self.size and priority <= self.heap[0][0]:
+                continue
+            item = (priority, self.seen - 1, image.clip(0, 255).astype(np.uint8), int(label), int(probs.argmax()))
+            (heapq.heappush if len(self.heap) < self.size else heapq.heapreplace)(self.heap, item)
+
+
+@dataclass(frozen=True)
+class LabelIssue:
+    """One row of label_issues.csv: an image whose given label the model finds unlikely."""
+    uri: str
+    given: str
+    predicted: str
+    score: float  # the model's probability of the given label
+
+
+def record_uris(data_dir: str, split: str, wanted: set[int]) -> dict[int, tuple[str, int]]:
+    """{index: (uri, label)} of the wanted records, counted in make_dataset's order (the same shards, the same
+    deterministic interleave), reading only the uri and label features: no image is decoded. TFRecorder's
+    schema has no uri: its image_name stands in."""
+    import tensorflow as tf
+
+    if not wanted:
+        return {}
+    files = record_files(data_dir, split)
+    spec = {"image_uri": tf.io.FixedLenFeature([], tf.string, default_value=""),
+            "image_name": tf.io.FixedLenFeature([], tf.string, default_value=""),
+            "label": tf.io.FixedLenFeature([], tf.int64)}
+    records = tf.data.Dataset.from_tensor_slices(files).interleave(
+        lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP" if files[0].endswith(".gz") else ""),
+        cycle_length=min(len(files), 8), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    parsed = records.map(lambda r: tf.io.parse_single_example(r, spec)).batch(1024)
+    found, index = {}, 0
+    for batch in parsed:
+        for uri, name, label in zip(batch["image_uri"].numpy(), batch["image_name"].numpy(), batch["label"].numpy()):
+            if index in wanted:
+                found[index] = ((uri or name).decode(), int(label))
+            index += 1
+    return found
 
 
 def thumbnail(pixels: np.ndarray, size: int = THUMBNAIL) -> bytes:
@@ -108,6 +183,10 @@ class Evaluation:
     confusion_matrix: list[list[int]]  # rows: true class, columns: predicted class
     roc: dict[str, list[float]] = field(default_factory=dict)  # 2 classes only: fpr, tpr, thresholds
     gallery: list[Example] = field(default_factory=list)  # a few held-out images, mistakes first
+    calibration: dict = field(default_factory=dict)  # calibration.reliability: ece, bins
+    label_issues: list[LabelIssue] = field(default_factory=list)  # least likely given label first
+    issue_gallery: list[Example] = field(default_factory=list)  # the first label issues, as the model saw them
+    saliency: dict = field(default_factory=dict)  # {"images", "seconds"} explained, or {"skipped": why}
 
     def per_class(self) -> dict[str, dict[str, float]]:
         matrix = np.array(self.confusion_matrix)
@@ -133,9 +212,10 @@ class NonFiniteAnswers(InputError):
 
 
 def evaluate(model_dir: str, data_dir: str, batch_size: int = 64, gallery_size: int = GALLERY_SIZE,
-             loaded=None) -> Evaluation:
+             loaded=None, saliency_images: int = SALIENCY_IMAGES) -> Evaluation:
     """Runs the exported model's pixel signature over the split, decoded exactly as in training, and keeps
-    `gallery_size` of the images for the report. `loaded`: the SavedModel at model_dir, when already loaded."""
+    `gallery_size` of the images for the report, the first `saliency_images` of them with a saliency overlay.
+    `loaded`: the SavedModel at model_dir, when already loaded."""
     class_names = schema.read_labels(data_dir)
     split = evaluation_split(data_dir)
     image_size = training_info(model_dir)["config"]["image_size"]
@@ -143,11 +223,14 @@ def evaluate(model_dir: str, data_dir: str, batch_size: int = 64, gallery_size: 
     predict = loaded.signatures["predict_pixels"]
     probabilities, labels = [], []
     gallery = Gallery(class_names, gallery_size)
+    suspects = LeastLikelyLabels(gallery_size)
     with shard_errors(data_dir):  # one pass: nothing to cache
         for pixels, batch_labels in make_dataset(data_dir, split, image_size, batch_size, cache="none"):
             probabilities.append(predict(pixels=pixels)["probabilities"].numpy())
             labels.append(batch_labels.numpy())
-            gallery.add(pixels.numpy(), labels[-1], probabilities[-1])
+            batch = pixels.numpy()
+            gallery.add(batch, labels[-1], probabilities[-1])
+            suspects.add(batch, labels[-1], probabilities[-1])
     probabilities, labels = np.concatenate(probabilities), np.concatenate(labels)
     broken = int((~np.isfinite(probabilities).all(axis=1)).sum())
     if broken:  # a diverged model: its accuracy would be meaningless, and NaN must never be deployed
@@ -161,10 +244,29 @@ def evaluate(model_dir: str, data_dir: str, batch_size: int = 64, gallery_size: 
     result = Evaluation(
         split, class_names, len(labels), float(np.trace(matrix) / len(labels)),
         one_vs_rest[1] if len(class_names) == 2 else float(np.nanmean(one_vs_rest)), matrix.tolist(),
-        gallery=gallery.examples(),
+        calibration=reliability(probabilities, labels),
     )
+    result.gallery, result.saliency = gallery.examples(predict, saliency_images)
+    _add_label_issues(result, data_dir, probabilities, labels, suspects)
     if len(class_names) == 2:
         fpr, tpr, thresholds = roc_curve(probabilities[:, 1], labels == 1)
         result.roc = {"fpr": fpr, "tpr": tpr, "thresholds": thresholds}
-    log.info("%s accuracy %.4f, AUC %.4f on %d examples", split, result.accuracy, result.auc, result.examples)
+    log.info("%s accuracy %.4f, AUC %.4f, ECE %.4f on %d examples; %d label issues", split, result.accuracy,
+             result.auc, result.calibration["ece"], result.examples, len(result.label_issues))
     return result
+
+
+def _add_label_issues(result: Evaluation, data_dir: str, probabilities: np.ndarray, labels: np.ndarray,
+                      suspects: LeastLikelyLabels) -> None:
+    names = result.class_names
+    issues = find_label_issues(probabilities, labels)
+    uris = record_uris(data_dir, result.split, set(issues.tolist()))
+    mismatched = [i for i in issues if uris[i][1] != labels[i]]
+    if mismatched:  # the uri pass must count records exactly as make_dataset yields them
+        raise RuntimeError(f"record {mismatched[0]}'s label differs between the two passes over {data_dir}")
+    result.label_issues = [LabelIssue(uris[i][0], names[labels[i]], names[int(probabilities[i].argmax())],
+                                      float(probabilities[i, labels[i]])) for i in issues]
+    flagged = set(issues.tolist())
+    picked = sorted((item for item in suspects.heap if item[1] in flagged), reverse=True)
+    result.issue_gallery = [Example(names[label], names[predicted], -priority, thumbnail(image))
+                            for priority, _, image, label, predicted in picked]

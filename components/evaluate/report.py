@@ -1,5 +1,6 @@
 """A self-contained HTML report of a training run and its evaluation: a gallery of held-out images (mistakes
-first), the training curves, ROC (two classes), per-class precision and recall and the confusion matrix.
+first), the training curves, ROC (two classes), per-class precision and recall, the confusion matrix, the
+reliability diagram, the label-issue gallery and the model card.
 
 One file with everything inline (thumbnails as data: URIs, charts as matplotlib SVG), so it opens anywhere:
 the Vertex UI's HTML artifact viewer, W&B, a browser, an email, with nothing to fetch."""
@@ -22,10 +23,12 @@ h1 { margin-bottom: 0.2em; } h2 { margin-top: 1.4em; border-bottom: 1px solid #d
 .gallery figure { margin: 0; width: 112px; text-align: center; font-size: 12px; }
 .gallery img { width: 96px; height: 96px; object-fit: contain; border: 3px solid; border-radius: 3px; }
 .gallery .mistake img { border-color: #c62828; } .gallery .correct img { border-color: #2e7d32; }
+.gallery img.saliency { border-color: #888; }
 .gallery .mistake figcaption b { color: #c62828; }
 .charts { display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; }
 .charts svg { height: auto; max-width: 100%; }
 table { border-collapse: collapse; margin: 0.5em 0; } td, th { border: 1px solid #ccc; padding: 4px 10px; }
+pre.model-card { white-space: pre-wrap; background: #f6f6f6; padding: 1em; }
 td { text-align: right; } caption { text-align: left; padding-bottom: 4px; } table.confusion { min-width: 20em; }
 """
 
@@ -121,6 +124,63 @@ def _precision_recall(result: Evaluation) -> str:
     return _svg(figure, "per-class")
 
 
+def _reliability(result: Evaluation) -> str:
+    """The reliability diagram: accuracy against mean confidence per bin; a calibrated model sits on the diagonal."""
+    bins = [b for b in result.calibration.get("bins", []) if b["count"]]
+    if not bins:
+        return ""
+    figure = _figure(3.6, 3.4)
+    axes = figure.subplots()
+    width = bins[0]["upper"] - bins[0]["lower"]
+    axes.bar([b["lower"] for b in bins], [b["accuracy"] for b in bins], width, align="edge", color=TRAIN_COLOUR,
+             edgecolor="white", label="accuracy")
+    axes.plot([b["confidence"] for b in bins], [b["confidence"] for b in bins], "o", color=VALIDATION_COLOUR,
+              label="mean confidence")
+    axes.plot([0, 1], [0, 1], linestyle="--", color="#999", label="calibrated")
+    axes.set_title(f"Reliability on {result.split}, ECE {result.calibration['ece']:.3f}")
+    axes.set_xlabel("confidence (predicted class's probability)")
+    axes.set_ylabel("accuracy")
+    axes.set_xlim(0, 1.02)
+    axes.set_ylim(0, 1.02)
+    axes.grid(alpha=0.3)
+    axes.legend(loc="upper left", fontsize=8)
+    return _svg(figure, "reliability")
+
+
+def _calibration(result: Evaluation) -> str:
+    if not result.calibration:
+        return ""
+    rows = "".join(f"<tr><td>{b['lower']:.1f}&ndash;{b['upper']:.1f}</td><td>{b['count']}</td>"
+                   f"<td>{b['confidence']:.3f}</td><td>{b['accuracy']:.3f}</td></tr>"
+                   for b in result.calibration["bins"] if b["count"])
+    return (f'<h2 id="calibration">Calibration</h2><p>Expected calibration error (ECE) on {result.split}: '
+            f'<b>{result.calibration["ece"]:.4f}</b>: the mean gap, weighted by images, between how sure the '
+            f'model is and how often it is right.</p><div class="charts">{_reliability(result)}'
+            f"<table><caption>Per confidence bin</caption><tr><th>confidence</th><th>images</th>"
+            f"<th>mean confidence</th><th>accuracy</th></tr>{rows}</table></div>")
+
+
+def _issue_thumbnail(example: Example) -> str:
+    given, predicted = html.escape(example.true), html.escape(example.predicted)
+    source = "data:image/jpeg;base64," + base64.b64encode(example.thumbnail).decode()
+    text = f"labelled {given}, model says {predicted}; p({given}) = {example.confidence:.3f}"
+    return (f'<figure class="mistake"><img src="{source}" alt="{text}" title="{text}">'
+            f"<figcaption>{given} &rarr; <b>{predicted}</b> {example.confidence:.2f}</figcaption></figure>")
+
+
+def _label_issues(result: Evaluation) -> str:
+    found = len(result.label_issues)
+    text = (f"{found} of the {result.examples} {result.split} images have a given label the model finds unlikely "
+            "(its probability is below that class's average while another class is above its own)")
+    if not found:
+        return f'<h2 id="label-issues">Label issues</h2><p>{text}.</p>'
+    return (f'<h2 id="label-issues">Label issues</h2><p>{text}; all are listed in <code>label_issues.csv</code> '
+            f"beside this report, least likely first; check and relabel them, then re-run. The first "
+            f"{len(result.issue_gallery)}: caption: given label &rarr; predicted, and the given label's "
+            f'probability.</p><div class="gallery" id="label-issue-gallery">'
+            f'{"".join(_issue_thumbnail(e) for e in result.issue_gallery)}</div>')
+
+
 def _confusion_matrix(result: Evaluation) -> str:
     matrix = result.confusion_matrix
     largest = max(max(row) for row in matrix) or 1
@@ -146,8 +206,23 @@ def _thumbnail(example: Example) -> str:
     true, predicted = html.escape(example.true), html.escape(example.predicted)
     source = "data:image/jpeg;base64," + base64.b64encode(example.thumbnail).decode()
     text = f"true {true}, predicted {predicted} ({example.confidence:.2f})"
-    return (f'<figure class="{kind}"><img src="{source}" alt="{text}" title="{text}">'
+    saliency = ""
+    if example.saliency:
+        heat = "data:image/jpeg;base64," + base64.b64encode(example.saliency).decode()
+        saliency = f'<img class="saliency" src="{heat}" alt="where the model looked: {text}" title="saliency">'
+    return (f'<figure class="{kind}"><img src="{source}" alt="{text}" title="{text}">{saliency}'
             f"<figcaption>{true} &rarr; <b>{predicted}</b> {example.confidence:.2f}</figcaption></figure>")
+
+
+def _saliency_note(result: Evaluation) -> str:
+    done = result.saliency
+    if done.get("skipped"):
+        return f'<p id="saliency">Saliency skipped: {html.escape(done["skipped"])}.</p>'
+    if not done.get("images"):
+        return ""
+    return (f'<p id="saliency">Below the first {done["images"]}: where the model looked for its prediction '
+            f"(integrated gradients through the exported model; red: the pixels that raised the predicted "
+            f"class's probability most), {done['seconds']:.1f} s.</p>")
 
 
 def _gallery(result: Evaluation) -> str:
@@ -161,7 +236,7 @@ def _gallery(result: Evaluation) -> str:
     else:
         order = "no mistakes among them; least sure first"
     return (f'<h2>Held-out images</h2><p>{shown} as the model saw them: {order}. Caption: true label &rarr; '
-            f'predicted label, and the predicted class\'s probability.</p>'
+            f'predicted label, and the predicted class\'s probability.</p>{_saliency_note(result)}'
             f'<div class="gallery" id="gallery">{"".join(_thumbnail(e) for e in result.gallery)}</div>')
 
 
@@ -178,7 +253,7 @@ def _decision(decision: dict | None) -> str:
 
 
 def html_report(result: Evaluation, history: dict[str, list[float]], title: str = "catsdogs model",
-                decision: dict | None = None) -> str:
+                decision: dict | None = None, model_card: str = "") -> str:
     auc = f", AUC <b>{result.auc:.4f}</b>" if math.isfinite(result.auc) else ""
     curves = _curves(history)
     return f"""<!doctype html>
@@ -192,6 +267,10 @@ def html_report(result: Evaluation, history: dict[str, list[float]], title: str 
 <h2>Evaluation on {result.split}</h2>
 <div class="charts">{_roc(result)}{_precision_recall(result)}</div>
 <div class="charts">{_confusion_matrix(result)}{_per_class_table(result)}</div>
+{_calibration(result)}
+{_label_issues(result)}
 {'<h2>Training</h2><div class="charts">' + curves + '</div>' if curves else ''}
+{'<h2 id="model-card">Model card</h2><pre class="model-card">' + html.escape(model_card) + '</pre>'
+ if model_card else ''}
 </body></html>
 """
