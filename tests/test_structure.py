@@ -168,6 +168,8 @@ ALLOWED = {
         "the TFRecord schema convert writes is what training reads: one definition, kept beside its writer",
     ("train/data.py", "components.convert.schema"): "as above: the reader parses convert's schema",
     ("evaluate/core.py", "components.convert.schema"): "as above: evaluation reads the same records",
+    ("evaluate/component.py", "components.convert.schema"):
+        "the model card states the data's counts from convert's summary.json, read by its one reader",
     ("evaluate/core.py", "components.train.data"):
         "evaluation must decode the held-out records exactly as training did: the same input pipeline",
     ("export/core.py", "components.train.data"):
