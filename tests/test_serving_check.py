@@ -171,3 +171,23 @@ def test_the_vertex_gate_needs_the_serving_check_run_in_the_serving_image(tmp_pa
     for limit in ("max_p99_ms", "min_throughput", "max_memory_mb"):
         assert limit in compiled["root"]["inputDefinitions"]["parameters"]
         assert check["inputs"]["parameters"][limit]["componentInputParameter"] == limit
+
+
+@pytest.mark.slow
+def test_catsdogs_run_does_not_publish_what_the_serving_check_refuses(tmp_path):
+    import os
+    import re
+
+    workdir = tmp_path / "w"
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "run", "--workdir", str(workdir), "--per-class", "12", "--epochs",
+         "1", "--image-size", "32", "--batch-size", "8", "--max-p99-ms", "0.001"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    out = done.stdout
+    assert done.returncode == 0, out  # a refusal is a result, not a failure
+    assert re.search(r"^  check-serving +\d+\.\ds  refused .*over max_p99_ms 0\.001", out, re.M), out
+    assert re.search(r"^serving check +refused ", out, re.M), out
+    assert re.search(r"^not deployed +the serving check refused it", out, re.M), out
+    assert not (workdir / "models" / "catsdogs").exists()
+    assert "deploy-local.log" not in os.listdir(workdir / "logs")

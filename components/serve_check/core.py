@@ -202,7 +202,11 @@ class ServerProcess:
             [sys.executable, "-m", "pipelines.cli", "serve", model_dir, "--host", "127.0.0.1", "--port", "0",
              "--poll-seconds", "0", "--model-name", MODEL_NAME],
             stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        self.host, self.port = self._wait_for_start()
+        try:
+            self.host, self.port = self._wait_for_start()
+        except BaseException:
+            self.stop()  # one that hangs in its start is not left running
+            raise
 
     def _output(self) -> str:
         with open(self.log.name) as f:
