@@ -149,7 +149,7 @@ def cmd_check_serving(args) -> None:
     output = args.output or storage.join(args.model_dir, CHECK_FILE)
     storage.write_text(output, result.to_json())
     if not result.blessed:
-        raise InputError(f"{result.summary()}; details in {output}")
+        raise InputError(f"{args.model_dir}: {result.summary()}; details in {output}")
     print(f"{result.summary()}; details in {output}")
 
 
@@ -277,7 +277,7 @@ def _summary(console, result, args) -> None:
                                   f"{metrics.get('split', '')} images{auc}")]
     if result.serving_check:
         rows.append(("serving check", result.serving_check.removeprefix("serving check ")))
-    if result.version is None and result.serving_check.startswith("serving check refused"):
+    if result.version is None and result.serving_check.startswith("serving check refused:"):
         rows.append(("not deployed", "the serving check refused it"))
     elif result.version is None:
         decision = summary_line(decision_from_metrics(metrics), metrics.get("champion_version"))

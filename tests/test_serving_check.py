@@ -101,7 +101,7 @@ def test_a_candidate_whose_serving_path_disagrees_is_refused_in_one_line(held_ou
     # one line of ours (TensorFlow's C++ start-up lines ignore TF_CPP_MIN_LOG_LEVEL: see /work/shared/README.md)
     ours = [line for line in result.stderr.splitlines() if line.startswith("catsdogs")]
     assert len(ours) == 1 and ours[0] == result.stderr.strip().splitlines()[-1]
-    assert ours[0].startswith("catsdogs check-serving: error: serving check refused")
+    assert ours[0].startswith(f"catsdogs check-serving: error: {model}: serving check refused: ")
     check = json.loads((Path(model) / "serving_check.json").read_text())
     assert not check["blessed"]
     # the server answers from predict_pixels: its encoded-image answers are not serving_default's
@@ -186,8 +186,8 @@ def test_catsdogs_run_does_not_publish_what_the_serving_check_refuses(tmp_path):
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     out = done.stdout
     assert done.returncode == 0, out  # a refusal is a result, not a failure
-    assert re.search(r"^  check-serving +\d+\.\ds  refused .*over max_p99_ms 0\.001", out, re.M), out
-    assert re.search(r"^serving check +refused ", out, re.M), out
+    assert re.search(r"^  check-serving +\d+\.\ds  refused: .*over max_p99_ms 0\.001", out, re.M), out
+    assert re.search(r"^serving check +refused: ", out, re.M), out
     assert re.search(r"^not deployed +the serving check refused it", out, re.M), out
     assert not (workdir / "models" / "catsdogs").exists()
     assert "deploy-local.log" not in os.listdir(workdir / "logs")

@@ -88,8 +88,8 @@ class ServingCheck:
                    if self.p99_ms is not None else "not measured")
         formats = f"{sum(f['labels_equal'] for f in self.formats.values())}/{len(FORMATS)} request formats agree"
         if self.blessed:
-            return f"serving check blessed {self.model_dir}: {formats} on {self.images} images; {figures}"
-        return f"serving check refused {self.model_dir}: {'; '.join(self.reasons)} ({figures})"
+            return f"serving check blessed: {formats} on {self.images} images; {figures}"
+        return f"serving check refused: {'; '.join(self.reasons)} ({figures})"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
