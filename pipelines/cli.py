@@ -145,6 +145,20 @@ def cmd_serve(args) -> None:
         server.server_close()
 
 
+def cmd_check_serving(args) -> None:
+    from components.serve_check.core import CHECK_FILE, Limits, check_serving, default_images
+
+    limits = Limits(max_p99_ms=args.max_p99_ms, min_throughput=args.min_throughput,
+                    max_memory_mb=args.max_memory_mb, concurrency=args.concurrency, seconds=args.seconds,
+                    sample=args.sample)
+    result = check_serving(args.model_dir, args.images or default_images(args.model_dir), limits)
+    output = args.output or storage.join(args.model_dir, CHECK_FILE)
+    storage.write_text(output, result.to_json())
+    if not result.blessed:
+        raise InputError(f"{args.model_dir}: {result.summary()}; details in {output}")
+    print(f"{result.summary()}; details in {output}")
+
+
 def cmd_predict(args) -> None:
     import json
 
@@ -258,7 +272,8 @@ def _run(args, config, console, logs_dir: str) -> int:
             min_accuracy=args.min_accuracy, max_regression=args.max_regression, record_format=args.format,
             console=console,
             wandb_project=args.wandb_project, wandb_mode=args.wandb_mode, wandb_group=args.wandb_group,
-            export_formats=args.export_formats, **training_arguments(config),
+            export_formats=args.export_formats, max_p99_ms=args.max_p99_ms, min_throughput=args.min_throughput,
+            max_memory_mb=args.max_memory_mb, **training_arguments(config),
         )
     except PipelineFailed as e:
         console.print(f"catsdogs run: step {e.step.name} failed, so the steps after it did not run")
@@ -278,7 +293,11 @@ def _summary(console, result, args) -> None:
     auc = f", AUC {metrics['auc']:.3f}" if "auc" in metrics else ""
     rows = [("held-out accuracy", f"{result.accuracy:.4f} on {int(metrics.get('examples', 0))} "
                                   f"{metrics.get('split', '')} images{auc}")]
-    if result.version is None:
+    if result.serving_check:
+        rows.append(("serving check", result.serving_check.removeprefix("serving check ")))
+    if result.version is None and result.serving_check.startswith("serving check refused:"):
+        rows.append(("not deployed", "the serving check refused it"))
+    elif result.version is None:
         decision = summary_line(decision_from_metrics(metrics), metrics.get("champion_version"))
         rows.append((decision, ""))
     else:
@@ -469,6 +488,16 @@ def training_arguments(config) -> dict[str, object]:
     return {name: getattr(config, name) for name in parameters()}
 
 
+def _add_serving_limits(parser: argparse.ArgumentParser) -> None:
+    """The serving check's limits (components/serve_check): `catsdogs check-serving` and `catsdogs run`."""
+    parser.add_argument("--max-p99-ms", type=float, default=0.0,
+                        help="serving check: refuse above this p99 latency at concurrency 1 (0: no limit)")
+    parser.add_argument("--min-throughput", type=float, default=0.0,
+                        help="serving check: refuse below this many images/s at concurrency 8 (0: no limit)")
+    parser.add_argument("--max-memory-mb", type=float, default=0.0,
+                        help="serving check: refuse above this peak server memory (0: no limit)")
+
+
 def _add_max_file_bytes(parser: argparse.ArgumentParser) -> None:
     from components.contracts import MAX_FILE_BYTES
 
@@ -629,6 +658,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="on SIGTERM, how long requests in flight may take to finish (default %(default)s)")
     p.set_defaults(handler=cmd_serve)
 
+    p = sub.add_parser("check-serving", help="serve a SavedModel with the real server, check its answers in every "
+                                             "request format and its latency, throughput and memory")
+    p.add_argument("model_dir", metavar="MODEL_DIR", help="the candidate SavedModel (the output of catsdogs train)")
+    p.add_argument("--images", metavar="CSV_OR_DIR", default=None,
+                   help="held-out images: a TFRecord folder, a split,image_uri,label CSV (its TEST rows) or a folder "
+                        "of images (default: the held-out split of the TFRecords the model was trained on)")
+    _add_serving_limits(p)
+    p.add_argument("--concurrency", type=int, default=8, help="clients of the throughput run (default %(default)s)")
+    p.add_argument("--seconds", type=float, default=3.0, help="how long each measurement runs (default %(default)s)")
+    p.add_argument("--sample", type=int, default=8, help="held-out images sent in each format (default %(default)s)")
+    p.add_argument("--output", default=None,
+                   help="where serving_check.json goes (default: MODEL_DIR/serving_check.json)")
+    p.set_defaults(handler=cmd_check_serving)
+
     p = sub.add_parser("predict", help="send images to a prediction server and print the labels")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--endpoint", required=True,
@@ -701,6 +744,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-regression", type=float, default=0.0,
                    help="deploy only when held-out accuracy is at most this much below the served version's, "
                         "scored on the same images (default %(default)s: a tie deploys)")
+    _add_serving_limits(p)
     p.add_argument("--verbose", "-v", action="store_true", default=argparse.SUPPRESS,
                    help="show every step's whole output here too (it always goes to WORKDIR/logs/<step>.log)")
     _add_training_flags(p)

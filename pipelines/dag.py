@@ -1,6 +1,6 @@
 """The one wiring of the training DAG, shared by the local and the Vertex pipeline:
 
-    prepare -> convert -> train -> evaluate (candidate vs champion) -> gate: `blessed` -> deploy
+    prepare -> convert -> train -> evaluate (candidate vs champion) -> check serving -> gate: `blessed` -> deploy
                                   `-> export (TFLite / ONNX, only when export_formats is not empty)
 
 What differs between the two is passed in as `Steps`: where each step runs (local components, or our images with
@@ -33,6 +33,7 @@ class Steps:
     evaluate: Any
     wandb_settings: Any
     export: Any
+    check_serving: Any  # in the serving image: it starts the real server on the candidate
     convert_options: dict = field(default_factory=dict)
     train_options: dict = field(default_factory=dict)
     convert_name: str = "convert to TFRecords"
@@ -49,6 +50,7 @@ class Wired:
     evaluate: Any
     wandb_settings: Any  # the W&B settings every step takes (the first step's output), for the deploy branch
     export: Any  # inside the `export` condition: runs only when export_formats is not empty
+    check_serving: Any  # its output is the deploy gate: evaluation's blessing and serving's
 
 
 def training_arguments(arguments: dict) -> dict:
@@ -57,13 +59,14 @@ def training_arguments(arguments: dict) -> dict:
 
 
 def wire(steps: Steps, *, images_root, record_format, training: dict, min_accuracy, champion_uri, max_regression,
-         wandb: dict, export_formats) -> Wired:
+         wandb: dict, export_formats, serving: dict) -> Wired:
     """Adds prepare -> convert -> train -> evaluate to the pipeline being defined. `training` holds every
     TrainConfig parameter (see training_arguments); `champion_uri` is the served model evaluation compares the
     candidate with ("" for none); `wandb` the W&B settings component's arguments. Their `pipeline_run` (the W&B
     group when `group` is empty) defaults to the run's name; a pipeline whose steps are cached gives "" instead,
     since every step takes these settings and an input that differs per run is a cache miss.
-    `export_formats` e.g. "onnx,tflite:int8" ("" exports nothing)."""
+    `export_formats` e.g. "onnx,tflite:int8" ("" exports nothing); `serving` the serving check's limits
+    (max_p99_ms, min_throughput, max_memory_mb)."""
     wandb_settings = steps.wandb_settings(
         **{"pipeline_run": dsl.PIPELINE_JOB_NAME_PLACEHOLDER, **wandb}).set_display_name("W&B settings").output
     prepared = steps.prepare(images_root=images_root, wandb_settings=wandb_settings).set_display_name("prepare CSV")
@@ -81,11 +84,18 @@ def wire(steps: Steps, *, images_root, record_format, training: dict, min_accura
     with dsl.If(export_formats != "", name=EXPORT):
         exported = steps.export(model=trained.outputs["model"], tfrecords=converted.outputs["tfrecords"],
                                 export_formats=export_formats).set_display_name("export (TFLite / ONNX)")
-    return Wired(prepared, converted, trained, scored, wandb_settings, exported)
+    # After evaluation, and only when it blessed the candidate (else it answers False at once).
+    checked = steps.check_serving(
+        model=trained.outputs["model"], tfrecords=converted.outputs["tfrecords"],
+        evaluation_blessed=scored.outputs["Output"], **serving,
+    ).set_display_name("check serving")
+    return Wired(prepared, converted, trained, scored, wandb_settings, exported, checked)
 
 
 def blessed(wired: Wired) -> dsl.If:
-    """The deploy gate: evaluation's single output says the candidate beats always answering the largest class,
-    reaches min_accuracy and is not worse than the champion by more than max_regression. (A single-output
-    component's Output: kfp.local 2.17 cannot resolve a dsl.If on a NamedTuple output.)"""
-    return dsl.If(wired.evaluate.outputs["Output"] == True, name=GATE)  # noqa: E712 - a KFP condition
+    """The deploy gate: the serving check's single output says evaluation blessed the candidate (it beats always
+    answering the largest class, reaches min_accuracy and is not worse than the champion by more than
+    max_regression) and so did serving (the real server answers as the SavedModel does, within the latency,
+    throughput and memory limits). (A single-output component's Output: kfp.local 2.17 cannot resolve a dsl.If on
+    a NamedTuple output.)"""
+    return dsl.If(wired.check_serving.outputs["Output"] == True, name=GATE)  # noqa: E712 - a KFP condition

@@ -23,6 +23,7 @@ from components.evaluate.model_card import CARD_FILE
 from components.export.component import export
 from components.model_store import versions
 from components.prepare.component import prepare
+from components.serve_check.component import check_serving
 from components.tracking_component import wandb_settings
 from components.train.component import train
 from components.train.config import TrainConfig
@@ -51,16 +52,20 @@ def local_pipeline(
     wandb_mode: str = "disabled",
     wandb_group: str = "",
     export_formats: str = "",
+    max_p99_ms: float = 0.0,
+    min_throughput: float = 0.0,
+    max_memory_mb: float = 0.0,
 ) -> Metrics:
     """The shared DAG (pipelines/dag.py) with every step in this environment. The champion is the newest version
     under model_base; a blessed candidate is published as the next numbered version there."""
     wired = wire(
         Steps(prepare=prepare, convert=convert, train=train, evaluate=evaluate, wandb_settings=wandb_settings,
-              export=export),
+              export=export, check_serving=check_serving),
         images_root=images_root, record_format=record_format, training=training_arguments(locals()),
         min_accuracy=min_accuracy, champion_uri=model_base, max_regression=max_regression,
         wandb=dict(project=wandb_project, mode=wandb_mode, group=wandb_group, secret="", gcp_project=""),
         export_formats=export_formats,
+        serving=dict(max_p99_ms=max_p99_ms, min_throughput=min_throughput, max_memory_mb=max_memory_mb),
     )
     with blessed(wired):
         deploy_local(model=wired.train.outputs["model"], model_base=model_base,
@@ -79,6 +84,7 @@ class LocalRun:
     logs_dir: str = ""  # workdir/logs: <step>.log per step, and progress.RUN_LOG
     steps: tuple[progress.Step, ...] = ()  # in the order they ran
     wandb_runs: tuple[str, ...] = ()  # offline run folders or online run URLs
+    serving_check: str = ""  # the serving check's one-line summary ("" when it did not run)
     exports: str = ""  # with export_formats: the TFLite / ONNX files and export.json (beside the version, if any)
 
 
@@ -145,6 +151,8 @@ def run_local(images_root: str, workdir: str, model_name: str = "catsdogs", mode
                     metrics=dict(task.output.metadata), run_name=run_name,
                     reports=_copy_reports(ran, os.path.join(workdir, "reports", run_name or "latest")),
                     logs_dir=logs_dir, steps=ran, wandb_runs=tuple(steps.wandb_runs()),
+                    serving_check=next((s.artifact("serving_check").get("metadata", {}).get("summary", "")
+                                        for s in ran if s.artifact("serving_check")), ""),
                     exports=_place_exports(ran, model_base, version))
 
 

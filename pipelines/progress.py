@@ -285,6 +285,8 @@ def summarize(step: Step) -> str:
         if files:
             return "; ".join(f"{name} {_megabytes(f['size_bytes'])}, {f['agreement']:.1%} agree, "
                              f"{f['latency_ms_p50']:.2f} ms" for name, f in files.items())
+    if kind == "check" and step.artifact("serving_check").get("metadata", {}).get("summary"):
+        return step.artifact("serving_check")["metadata"]["summary"].removeprefix("serving check ")
     if kind == "wandb" and isinstance(parameters.get("Output"), dict):
         settings = parameters["Output"]
         return f"W&B {settings.get('mode')}, project {settings.get('project')}"

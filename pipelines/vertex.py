@@ -30,6 +30,7 @@ from components.evaluate.component import evaluate
 from components.export.component import export
 from components.images import LOCAL, Images, with_image
 from components.prepare.component import prepare
+from components.serve_check.component import check_serving
 from components.tracking_component import wandb_settings
 from components.train.component import train
 from components.train.config import TrainConfig
@@ -96,6 +97,9 @@ def build_vertex_pipeline(images: Images = LOCAL, machine: str = "T4_1X", replic
         wandb_secret: str = "",  # Secret Manager secret holding the W&B API key, read by each step at run time
         wandb_group: str = "",
         export_formats: str = "",  # e.g. "onnx,tflite:int8": TFLite / ONNX files measured against the SavedModel
+        max_p99_ms: float = 0.0,  # the serving check's limits (0: none)
+        min_throughput: float = 0.0,
+        max_memory_mb: float = 0.0,
     ):
         """The shared DAG (pipelines/dag.py) with conversion on Dataflow and training as a custom job on the
         machines chosen at compile time. The candidate is scored against the model's `default` version on the same
@@ -112,6 +116,7 @@ def build_vertex_pipeline(images: Images = LOCAL, machine: str = "T4_1X", replic
             evaluate=with_image(evaluate, components_image),
             wandb_settings=with_image(wandb_settings, components_image),
             export=with_image(export, components_image),
+            check_serving=with_image(check_serving, images.serving),  # proves the image Vertex will serve with
             convert_options=dict(
                 runner="DataflowRunner", dataflow_project=project, dataflow_region=location,
                 dataflow_temp_location=dataflow_temp_location, dataflow_sdk_container_image=components_image,
@@ -143,6 +148,7 @@ def build_vertex_pipeline(images: Images = LOCAL, machine: str = "T4_1X", replic
             wandb=dict(project=wandb_project, mode=wandb_mode, group=wandb_group, secret=wandb_secret,
                        gcp_project=project, pipeline_run=""),
             export_formats=export_formats,
+            serving=dict(max_p99_ms=max_p99_ms, min_throughput=min_throughput, max_memory_mb=max_memory_mb),
         )
         model_uri = with_image(artifact_uri, components_image)(
             artifact=wired.train.outputs["model"]).set_display_name("model URI")

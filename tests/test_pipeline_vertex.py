@@ -84,8 +84,9 @@ def test_dag_runs_prepare_convert_train_evaluate_then_gated_deploy(dag):
     assert dag.depends_on("train (T4_4X x1)") == {"convert to TFRecords (Dataflow)", "W&B settings"}
     assert dag.depends_on("evaluate vs champion") == {"convert to TFRecords (Dataflow)", "train (T4_4X x1)",
                                                       "find champion (default version)", "W&B settings"}
-    assert dag.condition("blessed") == "inputs.parameter_values['pipelinechannel--evaluate-Output'] == true"
-    assert dag.condition("rejected") == "!(inputs.parameter_values['pipelinechannel--evaluate-Output'] == true)"
+    # the serving check's output is evaluation's blessing and its own (tests/test_serving_check.py)
+    assert dag.condition("blessed") == "inputs.parameter_values['pipelinechannel--check-serving-Output'] == true"
+    assert dag.condition("rejected") == "!(inputs.parameter_values['pipelinechannel--check-serving-Output'] == true)"
     assert {"upload model version", "upload model", "import evaluation (Model Registry)",
             "find or create endpoint", "traffic split (canary)", "deploy to endpoint",
             "record deployment (W&B)"} <= inside(dag, "blessed")
@@ -149,7 +150,7 @@ def test_every_step_uses_a_registry_image_and_the_model_is_served_by_ours(compil
     executors = compiled["deploymentSpec"]["executors"]
     ours = {e["container"]["image"] for e in executors.values()
             if "container" in e and "catsdogs" in e["container"]["image"]}
-    assert ours == {f"{REGISTRY}/catsdogs-components:abc123"}
+    assert ours == {f"{REGISTRY}/catsdogs-components:abc123", f"{REGISTRY}/catsdogs-serving:abc123"}
     spec = executors["exec-importer"]["importer"]["metadata"]["containerSpec"]
     assert spec["imageUri"] == f"{REGISTRY}/catsdogs-serving:abc123"
     assert (spec["healthRoute"], spec["predictRoute"]) == ("/health", "/predict")

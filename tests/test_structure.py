@@ -179,6 +179,8 @@ ALLOWED = {
     ("evaluate/component.py", "components.deploy.registry"):
         "the evaluation file is written in the Model Registry's schema, which deploy/registry.py defines",
     ("serve/client.py", "components.deploy.vertex"): "`catsdogs predict --endpoint` calls the endpoint deploy made",
+    ("serve_check/core.py", "components.train.data"):
+        "the serving check sends held-out images of the records training read, found and parsed as training does",
 }
 
 

@@ -1,0 +1,1 @@
+"""The serving check: the candidate served by the real server, its answers and figures checked before any publish."""
