@@ -1,6 +1,7 @@
 """The one wiring of the training DAG, shared by the local and the Vertex pipeline:
 
-    prepare -> convert -> train -> evaluate (candidate vs champion) -> gate: `blessed` -> deploy
+    prepare -> validate (stops on leakage) -> convert -> train -> evaluate (candidate vs champion)
+        -> gate: `blessed` -> deploy
 
 What differs between the two is passed in as `Steps`: where each step runs (local components, or our images with
 conversion on Dataflow and training as a Vertex custom job) and the runner options those need. Both pipelines
@@ -26,6 +27,7 @@ class Steps:
     the *_options are extra arguments those steps take where they run (pipeline channels or constants)."""
 
     prepare: Any
+    validate: Any
     convert: Any
     train: Any
     evaluate: Any
@@ -41,10 +43,17 @@ class Wired:
     """The tasks `wire` created, for the caller's outputs and its deploy branch."""
 
     prepare: Any
+    validate: Any
     convert: Any
     train: Any
     evaluate: Any
     wandb_settings: Any  # the W&B settings every step takes (the first step's output), for the deploy branch
+
+
+def validation_arguments(arguments: dict) -> dict:
+    """The validate step's arguments out of a pipeline function's arguments (validate_fix is the step's fix)."""
+    return {"fix": arguments["validate_fix"], "max_leakage": arguments["max_leakage"],
+            "near_duplicate_distance": arguments["near_duplicate_distance"]}
 
 
 def training_arguments(arguments: dict) -> dict:
@@ -53,15 +62,20 @@ def training_arguments(arguments: dict) -> dict:
 
 
 def wire(steps: Steps, *, images_root, record_format, training: dict, min_accuracy, champion_uri, max_regression,
-         wandb: dict) -> Wired:
-    """Adds prepare -> convert -> train -> evaluate to the pipeline being defined. `training` holds every
-    TrainConfig parameter (see training_arguments); `champion_uri` is the served model evaluation compares the
-    candidate with ("" for none); `wandb` the W&B settings component's arguments but the run's name."""
+         wandb: dict, validation: dict) -> Wired:
+    """Adds prepare -> validate -> convert -> train -> evaluate to the pipeline being defined. `training` holds
+    every TrainConfig parameter (see training_arguments); `champion_uri` is the served model evaluation compares
+    the candidate with ("" for none); `wandb` the W&B settings component's arguments but the run's name;
+    `validation` the validate step's gate arguments (fix, max_leakage, near_duplicate_distance)."""
     wandb_settings = steps.wandb_settings(
         **wandb, pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER).set_display_name("W&B settings").output
     prepared = steps.prepare(images_root=images_root, wandb_settings=wandb_settings).set_display_name("prepare CSV")
+    validated = steps.validate(
+        image_csv=prepared.outputs["image_csv"], image_size=training["image_size"], wandb_settings=wandb_settings,
+        **validation,
+    ).set_display_name("validate data")
     converted = steps.convert(
-        image_csv=prepared.outputs["image_csv"], record_format=record_format, wandb_settings=wandb_settings,
+        image_csv=validated.outputs["validated_csv"], record_format=record_format, wandb_settings=wandb_settings,
         **steps.convert_options,
     ).set_display_name(steps.convert_name)
     trained = steps.train(
@@ -71,7 +85,7 @@ def wire(steps: Steps, *, images_root, record_format, training: dict, min_accura
         model=trained.outputs["model"], tfrecords=converted.outputs["tfrecords"], min_accuracy=min_accuracy,
         champion_uri=champion_uri, max_regression=max_regression, wandb_settings=wandb_settings,
     ).set_display_name("evaluate vs champion")
-    return Wired(prepared, converted, trained, scored, wandb_settings)
+    return Wired(prepared, validated, converted, trained, scored, wandb_settings)
 
 
 def blessed(wired: Wired) -> dsl.If:

@@ -24,7 +24,9 @@ from components.prepare.component import prepare
 from components.tracking_component import wandb_settings
 from components.train.component import train
 from components.train.config import TrainConfig
-from pipelines.dag import Steps, blessed, training_arguments, wire
+from components.validate import core as validation
+from components.validate.component import validate
+from pipelines.dag import Steps, blessed, training_arguments, validation_arguments, wire
 from pipelines.machines import machine_spec
 
 TRAINING = TrainConfig()  # the training parameters' defaults, written once in TrainConfig
@@ -68,6 +70,9 @@ def build_vertex_pipeline(images: Images = LOCAL, machine: str = "T4_1X", replic
         augment: bool = TRAINING.augment,
         fine_tune_epochs: int = TRAINING.fine_tune_epochs,
         record_format: str = DEFAULT_RECORD_FORMAT,
+        validate_fix: bool = False,
+        max_leakage: int = validation.MAX_LEAKAGE,
+        near_duplicate_distance: int = validation.NEAR_DUPLICATE_DISTANCE,
         min_accuracy: float = 0.8,
         max_regression: float = 0.0,
         canary_traffic_percent: int = 100,
@@ -94,6 +99,7 @@ def build_vertex_pipeline(images: Images = LOCAL, machine: str = "T4_1X", replic
         training job (empty: the defaults)."""
         steps = Steps(
             prepare=with_image(prepare, components_image),
+            validate=with_image(validate, components_image),
             convert=with_image(convert, components_image),
             train=train_job,
             evaluate=with_image(evaluate, components_image),
@@ -116,6 +122,7 @@ def build_vertex_pipeline(images: Images = LOCAL, machine: str = "T4_1X", replic
         ).set_display_name("find champion (default version)").set_caching_options(False)  # must be current
         wired = wire(
             steps, images_root=images_root, record_format=record_format, training=training_arguments(locals()),
+        validation=validation_arguments(locals()),
             min_accuracy=min_accuracy, champion_uri=champion.output, max_regression=max_regression,
             wandb=dict(project=wandb_project, mode=wandb_mode, group=wandb_group, secret=wandb_secret,
                        gcp_project=project),
