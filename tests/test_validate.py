@@ -202,3 +202,40 @@ def test_content_split_puts_exact_copies_in_one_split(tmp_path):
             by_content.setdefault(digest, set()).add(row["split"])
         together = all(len(splits) == 1 for splits in by_content.values())
         assert together == expect_together, split_by
+
+
+@pytest.mark.slow
+def test_run_stops_before_training_on_a_cross_split_copy_and_fix_publishes(tmp_path):
+    """`catsdogs run` on a sample with one VALIDATION image copied into TRAIN: the validate step stops the run
+    with one line before convert and train; with --fix the copy is set to DISCARD and a model is published whose
+    held-out images hold no copy of a TRAIN image."""
+    import shutil
+
+    from components.sample_data import generate_sample
+
+    images = tmp_path / "images"
+    generate_sample(str(images), per_class=12, layout="split")
+    leaked = images / "train" / "cats" / "leaked.jpg"
+    shutil.copyfile(images / "validation" / "cats" / "cats.00000.jpg", leaked)
+    fast = ["--epochs", "1", "--image-size", "32", "--batch-size", "8", "--wandb-mode", "disabled"]
+
+    stopped = _cli("run", str(images), "--workdir", str(tmp_path / "w1"), *fast, cwd=tmp_path)
+    assert stopped.returncode == 1, stopped.stdout + stopped.stderr
+    gate = [line for line in stopped.stdout.splitlines() if line.startswith("catsdogs run: error: ")]
+    assert len(gate) == 1, stopped.stdout
+    assert "1 pairs across splits (1 exact, 0 near" in gate[0] and "pairs.csv" in gate[0]
+    assert not os.path.exists(tmp_path / "w1" / "logs" / "train.log"), "training ran"
+    assert not os.path.exists(tmp_path / "w1" / "models")
+
+    fixed = _cli("run", str(images), "--workdir", str(tmp_path / "w2"), "--fix", *fast, cwd=tmp_path)
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert os.path.isdir(tmp_path / "w2" / "models" / "catsdogs" / "1")
+    validated = [os.path.join(folder, name) for folder, _, names in os.walk(tmp_path / "w2" / "pipeline_root")
+                 for name in names if name == "validated_csv"]
+    assert len(validated) == 1
+    rows = _read_csv(validated[0])
+    digest = {row["image_uri"]: hashlib.sha256(open(row["image_uri"], "rb").read()).hexdigest() for row in rows}
+    train = {digest[row["image_uri"]] for row in rows if row["split"] == "TRAIN"}
+    held_out = [row for row in rows if row["split"] in ("VALIDATION", "TEST")]
+    assert held_out and not any(digest[row["image_uri"]] in train for row in held_out)
+    assert [row["split"] for row in rows if row["image_uri"].endswith("validation/cats/cats.00000.jpg")] == ["DISCARD"]
