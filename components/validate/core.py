@@ -2,7 +2,7 @@
 near-duplicates, balance and image statistics, and the gate that stops a run on leakage or conflicting labels.
 
 One streaming pass: each image is read once; what is kept per image is its index entry (an 8-byte content hash,
-an 8-byte perceptual hash, a split and a label code: INDEX_BYTES_PER_IMAGE); everything else is counters. The
+an 8-byte perceptual hash, a split and a label code, its CSV row: INDEX_BYTES_PER_IMAGE); the rest is counters. The
 pairs are found afterwards from the index alone (exact copies by sorting the content hashes, near copies by
 multi-index hashing in near.py), and a second pass over the CSV's text (no image is read again) names them.
 """
@@ -45,7 +45,7 @@ MAX_CONFLICTING = 0  # pairs of (near-)identical images with different labels
 MAX_IMBALANCE = 0.0  # largest / smallest label count in TRAIN; 0: not gated, only reported
 MIN_TRAIN_PER_LABEL = 10  # fewer TRAIN images of a label is reported as too few to train on
 
-INDEX_BYTES_PER_IMAGE = 8 + 8 + 1 + 2  # content hash, pHash, split code, label code (array.array, no objects)
+INDEX_BYTES_PER_IMAGE = 8 + 8 + 1 + 2 + 8  # content hash, pHash, split, label, CSV row (array.array, no objects)
 DRAFT_SIZE = (128, 128)  # JPEGs are decoded at the smallest DCT scale that keeps this size: pHash needs 32x32
 EXIF_ROTATIONS = {5, 6, 7, 8}  # orientations that swap width and height
 SIZE_BINS = (0, 64, 128, 224, 256, 384, 512, 768, 1024, 2048, 4096)
