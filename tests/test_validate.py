@@ -239,3 +239,14 @@ def test_run_stops_before_training_on_a_cross_split_copy_and_fix_publishes(tmp_p
     held_out = [row for row in rows if row["split"] in ("VALIDATION", "TEST")]
     assert held_out and not any(digest[row["image_uri"]] in train for row in held_out)
     assert [row["split"] for row in rows if row["image_uri"].endswith("validation/cats/cats.00000.jpg")] == ["DISCARD"]
+
+
+def test_the_component_defaults_are_the_cores():
+    from components.validate import core
+    from components.validate.component import validate
+
+    inputs = validate.component_spec.inputs
+    assert inputs["near_duplicate_distance"].default == core.NEAR_DUPLICATE_DISTANCE
+    assert inputs["max_leakage"].default == core.MAX_LEAKAGE
+    assert inputs["max_conflicting"].default == core.MAX_CONFLICTING
+    assert inputs["max_imbalance"].default == core.MAX_IMBALANCE
