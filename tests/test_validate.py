@@ -3,7 +3,8 @@ problems: an exact copy across splits, a JPEG re-encode at quality 60, a 0.5x re
 a conflicting label, a redundant copy and a class with 3 images.
 
 pHash distances measured on components/sample_data.py's images (2,000 distinct images, 120 edits each):
-distinct images are never within 9 bits (one pair at 10, the rest 12 and above); re-encodes at quality 60,
+distinct images are never within 9 bits (one pair at 10, the rest 12 and above; among 20,000, benchmarks/validate.py
+found one pair at 6 bits); re-encodes at quality 60,
 0.5x resizes and brightness +10% are within 4 bits; 5% centre crops within 8 bits for 97% (10 for the rest).
 Hence NEAR_DUPLICATE_DISTANCE = 8.
 """
