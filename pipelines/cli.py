@@ -35,7 +35,18 @@ def cmd_sample_data(args) -> None:
 def cmd_prepare(args) -> None:
     from components.prepare import prepare_csv
 
-    prepare_csv(args.images_root, args.output, args.train_fraction, args.validation_fraction)  # it logs the counts
+    # it logs the counts (once: the quiet console shows them)
+    prepare_csv(args.images_root, args.output, args.train_fraction, args.validation_fraction, args.split_by)
+
+
+def cmd_validate(args) -> None:
+    from components.validate import check_gate, summary_line, validate
+
+    report = validate(args.csv, args.output_dir, fix=args.fix, max_leakage=args.max_leakage,
+                      max_conflicting=args.max_conflicting, near_duplicate_distance=args.near_duplicate_distance,
+                      max_imbalance=args.max_imbalance, image_size=args.image_size)
+    print(f"validated {args.csv}: {summary_line(report)}; report in {args.output_dir}")
+    check_gate(report, args.output_dir)
 
 
 def key_values(pairs: list[str], flag: str) -> dict[str, str]:
@@ -270,12 +281,16 @@ def _run(args, config, console, logs_dir: str) -> int:
         result = run_local(
             images_root, args.workdir, model_name=args.model_name, model_base=args.model_base,
             min_accuracy=args.min_accuracy, max_regression=args.max_regression, record_format=args.format,
+            validate_fix=args.fix, max_leakage=args.max_leakage, near_duplicate_distance=args.near_duplicate_distance,
             console=console,
             wandb_project=args.wandb_project, wandb_mode=args.wandb_mode, wandb_group=args.wandb_group,
             export_formats=args.export_formats, max_p99_ms=args.max_p99_ms, min_throughput=args.min_throughput,
             max_memory_mb=args.max_memory_mb, **training_arguments(config),
         )
     except PipelineFailed as e:
+        gate = [line for line in e.step.tail() if "validation failed: " in line]
+        if gate:  # the data failed the gate: its one line (counts, where the pairs are listed)
+            console.print("catsdogs run: error: " + gate[-1][gate[-1].index("validation failed: "):])
         console.print(f"catsdogs run: step {e.step.name} failed, so the steps after it did not run")
         return 1
     _summary(console, result, args)
@@ -532,6 +547,26 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _add_validation_flags(parser, every_limit: bool = True) -> None:
+    """The validate step's gate; `catsdogs run` takes the ones the pipelines take (every_limit False)."""
+    from components.validate import core
+
+    parser.add_argument("--fix", action="store_true",
+                        help="set held-out copies of TRAIN images and conflicting rows to DISCARD (cleaned.csv, "
+                             "quarantine.csv says why) instead of failing")
+    parser.add_argument("--max-leakage", type=int, default=core.MAX_LEAKAGE,
+                        help="pairs across splits (exact or near) allowed (default %(default)s)")
+    parser.add_argument("--near-duplicate-distance", type=int, default=core.NEAR_DUPLICATE_DISTANCE,
+                        help="largest pHash Hamming distance (bits of 64) of near copies (default %(default)s)")
+    if not every_limit:
+        return
+    parser.add_argument("--max-conflicting", type=int, default=core.MAX_CONFLICTING,
+                        help="pairs of copies with different labels allowed (default %(default)s)")
+    parser.add_argument("--max-imbalance", type=float, default=core.MAX_IMBALANCE,
+                        help="fail when TRAIN's largest/smallest label count is over this (default %(default)s: "
+                             "reported only)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="catsdogs",
@@ -556,7 +591,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, metavar="CSV", help="where to write the CSV (local or gs://)")
     p.add_argument("--train-fraction", type=float, default=0.8, help="without split folders (default %(default)s)")
     p.add_argument("--validation-fraction", type=float, default=0.1, help="the rest is TEST (default %(default)s)")
+    p.add_argument("--split-by", choices=("path", "content"), default="path",
+                   help="without split folders, hash each image's path (files only listed) or its bytes (every file "
+                        "read; exact copies share a split) (default %(default)s)")
     p.set_defaults(handler=cmd_prepare)
+
+    p = sub.add_parser("validate", help="check the CSV's images for copies across splits, conflicting labels, "
+                                        "near-duplicates, balance and sizes; fail on leakage",
+                       description="Reads every image of the CSV once and writes validation.json and pairs.csv to "
+                                   "--output-dir. Exits 2 with one line when copies cross splits or labels conflict "
+                                   "(more than the limits); --fix writes cleaned.csv instead.")
+    p.add_argument("csv", metavar="CSV")
+    p.add_argument("--output-dir", required=True, help="folder for validation.json, pairs.csv (and cleaned.csv)")
+    _add_validation_flags(p)
+    p.add_argument("--image-size", type=int, default=150, help="images smaller than this are counted "
+                                                                 "(default %(default)s)")
+    p.set_defaults(handler=cmd_validate)
 
     p = sub.add_parser("convert", help="convert the CSV's images to TFRecords with Apache Beam",
                        description="Reads the CSV (split,image_uri,label), checks every image and writes "
@@ -747,6 +797,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serving_limits(p)
     p.add_argument("--verbose", "-v", action="store_true", default=argparse.SUPPRESS,
                    help="show every step's whole output here too (it always goes to WORKDIR/logs/<step>.log)")
+    _add_validation_flags(p.add_argument_group("data validation (the validate step stops the run on leakage)"),
+                          every_limit=False)
     _add_training_flags(p)
     p.add_argument("--export-formats", default="", metavar="FORMAT[:QUANTIZE],...",
                    help="also export the trained model, checked against it on TEST: e.g. onnx,tflite:int8 (see "

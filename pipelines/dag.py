@@ -1,7 +1,8 @@
 """The one wiring of the training DAG, shared by the local and the Vertex pipeline:
 
-    prepare -> convert -> train -> evaluate (candidate vs champion) -> check serving -> gate: `blessed` -> deploy
-                                  `-> export (TFLite / ONNX, only when export_formats is not empty)
+    prepare -> validate (stops on leakage) -> convert -> train -> evaluate (candidate vs champion)
+        -> check serving -> gate: `blessed` -> deploy
+                            `-> export (TFLite / ONNX, only when export_formats is not empty)
 
 What differs between the two is passed in as `Steps`: where each step runs (local components, or our images with
 conversion on Dataflow and training as a Vertex custom job) and the runner options those need. Both pipelines
@@ -28,6 +29,7 @@ class Steps:
     the *_options are extra arguments those steps take where they run (pipeline channels or constants)."""
 
     prepare: Any
+    validate: Any
     convert: Any
     train: Any
     evaluate: Any
@@ -45,6 +47,7 @@ class Wired:
     """The tasks `wire` created, for the caller's outputs and its deploy branch."""
 
     prepare: Any
+    validate: Any
     convert: Any
     train: Any
     evaluate: Any
@@ -53,25 +56,36 @@ class Wired:
     check_serving: Any  # its output is the deploy gate: evaluation's blessing and serving's
 
 
+def validation_arguments(arguments: dict) -> dict:
+    """The validate step's arguments out of a pipeline function's arguments (validate_fix is the step's fix)."""
+    return {"fix": arguments["validate_fix"], "max_leakage": arguments["max_leakage"],
+            "near_duplicate_distance": arguments["near_duplicate_distance"]}
+
+
 def training_arguments(arguments: dict) -> dict:
     """The training parameters (TrainConfig's, by name) out of a pipeline function's arguments."""
     return {name: arguments[name] for name in parameters()}
 
 
 def wire(steps: Steps, *, images_root, record_format, training: dict, min_accuracy, champion_uri, max_regression,
-         wandb: dict, export_formats, serving: dict) -> Wired:
-    """Adds prepare -> convert -> train -> evaluate to the pipeline being defined. `training` holds every
-    TrainConfig parameter (see training_arguments); `champion_uri` is the served model evaluation compares the
-    candidate with ("" for none); `wandb` the W&B settings component's arguments. Their `pipeline_run` (the W&B
-    group when `group` is empty) defaults to the run's name; a pipeline whose steps are cached gives "" instead,
-    since every step takes these settings and an input that differs per run is a cache miss.
+         wandb: dict, validation: dict, export_formats, serving: dict) -> Wired:
+    """Adds prepare -> validate -> convert -> train -> evaluate -> check serving (and export) to the pipeline being
+    defined. `training` holds every TrainConfig parameter (see training_arguments); `champion_uri` is the served
+    model evaluation compares the candidate with ("" for none); `wandb` the W&B settings component's arguments.
+    Their `pipeline_run` (the W&B group when `group` is empty) defaults to the run's name; a pipeline whose steps
+    are cached gives "" instead, since every step takes these settings and an input that differs per run is a
+    cache miss. `validation` the validate step's gate arguments (fix, max_leakage, near_duplicate_distance);
     `export_formats` e.g. "onnx,tflite:int8" ("" exports nothing); `serving` the serving check's limits
     (max_p99_ms, min_throughput, max_memory_mb)."""
     wandb_settings = steps.wandb_settings(
         **{"pipeline_run": dsl.PIPELINE_JOB_NAME_PLACEHOLDER, **wandb}).set_display_name("W&B settings").output
     prepared = steps.prepare(images_root=images_root, wandb_settings=wandb_settings).set_display_name("prepare CSV")
+    validated = steps.validate(
+        image_csv=prepared.outputs["image_csv"], image_size=training["image_size"], wandb_settings=wandb_settings,
+        **validation,
+    ).set_display_name("validate data")
     converted = steps.convert(
-        image_csv=prepared.outputs["image_csv"], record_format=record_format, wandb_settings=wandb_settings,
+        image_csv=validated.outputs["validated_csv"], record_format=record_format, wandb_settings=wandb_settings,
         **steps.convert_options,
     ).set_display_name(steps.convert_name)
     trained = steps.train(
@@ -89,7 +103,7 @@ def wire(steps: Steps, *, images_root, record_format, training: dict, min_accura
         model=trained.outputs["model"], tfrecords=converted.outputs["tfrecords"],
         evaluation_blessed=scored.outputs["Output"], **serving,
     ).set_display_name("check serving")
-    return Wired(prepared, converted, trained, scored, wandb_settings, exported, checked)
+    return Wired(prepared, validated, converted, trained, scored, wandb_settings, exported, checked)
 
 
 def blessed(wired: Wired) -> dsl.If:

@@ -1,4 +1,4 @@
-"""The local DAG: prepare -> convert -> train -> evaluate -> deploy (a new numbered model version), run by
+"""The local DAG: prepare -> validate -> convert -> train -> evaluate -> deploy (a new numbered model version), run by
 kfp.local's SubprocessRunner in this Python environment, with the same components the Vertex DAG uses."""
 
 
@@ -27,8 +27,10 @@ from components.serve_check.component import check_serving
 from components.tracking_component import wandb_settings
 from components.train.component import train
 from components.train.config import TrainConfig
+from components.validate import core as validation
+from components.validate.component import validate
 from pipelines import progress
-from pipelines.dag import Steps, blessed, training_arguments, wire
+from pipelines.dag import Steps, blessed, training_arguments, validation_arguments, wire
 
 TRAINING = TrainConfig()  # the training parameters' defaults, written once in TrainConfig
 
@@ -46,6 +48,9 @@ def local_pipeline(
     augment: bool = TRAINING.augment,
     fine_tune_epochs: int = TRAINING.fine_tune_epochs,
     record_format: str = DEFAULT_RECORD_FORMAT,
+    validate_fix: bool = False,
+    max_leakage: int = validation.MAX_LEAKAGE,
+    near_duplicate_distance: int = validation.NEAR_DUPLICATE_DISTANCE,
     min_accuracy: float = MIN_ACCURACY,
     max_regression: float = 0.0,
     wandb_project: str = tracking.PROJECT,
@@ -59,9 +64,10 @@ def local_pipeline(
     """The shared DAG (pipelines/dag.py) with every step in this environment. The champion is the newest version
     under model_base; a blessed candidate is published as the next numbered version there."""
     wired = wire(
-        Steps(prepare=prepare, convert=convert, train=train, evaluate=evaluate, wandb_settings=wandb_settings,
-              export=export, check_serving=check_serving),
+        Steps(prepare=prepare, validate=validate, convert=convert, train=train, evaluate=evaluate,
+              wandb_settings=wandb_settings, export=export, check_serving=check_serving),
         images_root=images_root, record_format=record_format, training=training_arguments(locals()),
+        validation=validation_arguments(locals()),
         min_accuracy=min_accuracy, champion_uri=model_base, max_regression=max_regression,
         wandb=dict(project=wandb_project, mode=wandb_mode, group=wandb_group, secret="", gcp_project=""),
         export_formats=export_formats,

@@ -34,7 +34,9 @@ from components.serve_check.component import check_serving
 from components.tracking_component import wandb_settings
 from components.train.component import train
 from components.train.config import TrainConfig
-from pipelines.dag import Steps, blessed, training_arguments, wire
+from components.validate import core as validation
+from components.validate.component import validate
+from pipelines.dag import Steps, blessed, training_arguments, validation_arguments, wire
 from pipelines.machines import machine_spec
 
 TRAINING = TrainConfig()  # the training parameters' defaults, written once in TrainConfig
@@ -78,6 +80,9 @@ def build_vertex_pipeline(images: Images = LOCAL, machine: str = "T4_1X", replic
         augment: bool = TRAINING.augment,
         fine_tune_epochs: int = TRAINING.fine_tune_epochs,
         record_format: str = DEFAULT_RECORD_FORMAT,
+        validate_fix: bool = False,
+        max_leakage: int = validation.MAX_LEAKAGE,
+        near_duplicate_distance: int = validation.NEAR_DUPLICATE_DISTANCE,
         min_accuracy: float = MIN_ACCURACY,
         max_regression: float = 0.0,
         canary_traffic_percent: int = 100,
@@ -111,6 +116,7 @@ def build_vertex_pipeline(images: Images = LOCAL, machine: str = "T4_1X", replic
         workers and the training job (empty: the defaults)."""
         steps = Steps(
             prepare=with_image(prepare, components_image),
+            validate=with_image(validate, components_image),
             convert=with_image(convert, components_image),
             train=train_job,
             evaluate=with_image(evaluate, components_image),
@@ -142,6 +148,7 @@ def build_vertex_pipeline(images: Images = LOCAL, machine: str = "T4_1X", replic
         ).after(promoted).set_display_name("find champion (default version)").set_caching_options(False)
         wired = wire(
             steps, images_root=images_root, record_format=record_format, training=training_arguments(locals()),
+            validation=validation_arguments(locals()),
             min_accuracy=min_accuracy, champion_uri=champion.output, max_regression=max_regression,
             # No run name in the settings every step takes, so that a re-run's unchanged steps hit Vertex's cache;
             # each step's W&B run finds its pipeline run's id in the environment (tracking.run_group).

@@ -59,7 +59,7 @@ def test_run_on_a_split_folder_with_an_unreachable_gate_does_not_deploy(tmp_path
 # What kfp.local, TensorFlow, CUDA, absl and W&B print when left to themselves (a run printed 826 such lines).
 NOISE = re.compile(r"absl|cuInit|cuda|oneDNN|^[IWE]0000|Executing task|executor_input|KFP Executor|wandb:|"
                    r"Traceback|Warning|WARNING|^\s*[{}\]]", re.I | re.M)
-STEPS = ("wandb-settings", "prepare", "convert", "train", "evaluate", "check-serving", "deploy-local")
+STEPS = ("wandb-settings", "prepare", "validate", "convert", "train", "evaluate", "check-serving", "deploy-local")
 
 
 def test_run_prints_a_short_readable_account_and_keeps_every_step_log(tmp_path):
@@ -79,6 +79,7 @@ def test_run_prints_a_short_readable_account_and_keeps_every_step_log(tmp_path):
         assert re.search(rf"^  {re.escape(step)} +\d+\.\ds  \S", out, re.M), out
     assert re.search(r"^  train .*epoch 2/2: loss \d\.\d{3}, accuracy \d\.\d{3}", out, re.M), out
     assert re.search(r"^  prepare .* 80 images found", out, re.M), out
+    assert re.search(r"^  validate .*80 images, 0 pairs across splits, 0 conflicting", out, re.M), out
 
     report = re.search(r"^report +(\S+\.html)$", out, re.M).group(1)
     page = open(os.path.join(tmp_path, report)).read()

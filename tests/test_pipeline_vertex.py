@@ -78,8 +78,9 @@ def inside(dag: Dag, name: str) -> set[str]:
 
 
 def test_dag_runs_prepare_convert_train_evaluate_then_gated_deploy(dag):
-    assert dag.depends_on("convert to TFRecords (Dataflow)") == {"prepare CSV", "W&B settings"}
-    for step in ("prepare CSV", "train (T4_4X x1)", "evaluate vs champion"):
+    assert dag.depends_on("validate data") == {"prepare CSV", "W&B settings"}
+    assert dag.depends_on("convert to TFRecords (Dataflow)") == {"validate data", "W&B settings"}
+    for step in ("prepare CSV", "validate data", "train (T4_4X x1)", "evaluate vs champion"):
         assert "W&B settings" in dag.depends_on(step)
     assert dag.depends_on("train (T4_4X x1)") == {"convert to TFRecords (Dataflow)", "W&B settings"}
     assert dag.depends_on("evaluate vs champion") == {"convert to TFRecords (Dataflow)", "train (T4_4X x1)",

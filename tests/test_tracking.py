@@ -105,9 +105,10 @@ def test_offline_pipeline_run_leaves_one_run_per_step_with_the_seeds_artifacts_a
                  "--wandb-project", "cats-dogs-test"]) == 0
 
     runs = offline_runs(workdir)
-    assert set(runs) == {"prepare", "convert", "train", "evaluate", "deploy"}
+    assert set(runs) == {"prepare", "validate", "convert", "train", "evaluate", "deploy"}
     assert {name: run["job_type"] for name, run in runs.items()} == {
-        "prepare": "data", "convert": "data", "train": "train", "evaluate": "train", "deploy": "deploy"}
+        "prepare": "data", "validate": "data", "convert": "data", "train": "train", "evaluate": "train",
+        "deploy": "deploy"}
     groups = {run["group"] for run in runs.values()}
     assert len(groups) == 1 and groups.pop().startswith("catsdogs-local-")  # the pipeline run
     assert {run["project"] for run in runs.values()} == {"cats-dogs-test"}
@@ -129,7 +130,8 @@ def test_offline_pipeline_run_leaves_one_run_per_step_with_the_seeds_artifacts_a
 
     # Offline, inputs are references in the config (use_artifact needs the server).
     inputs = {name: set(run["config"].get("inputs", {})) for name, run in runs.items()}
-    assert inputs == {"prepare": {"training_images"}, "convert": {"image_uris_csv"}, "train": {"tfrecords"},
+    assert inputs == {"prepare": {"training_images"}, "validate": {"image_uris_csv"}, "convert": {"image_uris_csv"},
+                      "train": {"tfrecords"},
                       "evaluate": {"model", "tfrecords"}, "deploy": {"model"}}
     assert runs["prepare"]["config"]["inputs"]["training_images"] == f"file://{workdir}/sample"
     assert runs["train"]["config"]["epochs"] == 3 and runs["train"]["config"]["image_size"] == 32
@@ -290,7 +292,8 @@ def test_vertex_pipeline_takes_wandb_parameters_and_never_the_key(tmp_path, monk
     assert settings["secret"] == {"componentInputParameter": "wandb_secret"}
     assert settings["gcp_project"] == {"componentInputParameter": "project"}
     settings_id = dag.ids["W&B settings"]
-    for step in ("prepare CSV", "convert to TFRecords (Dataflow)", "train (T4_1X x1)", "evaluate vs champion"):
+    for step in ("prepare CSV", "validate data", "convert to TFRecords (Dataflow)", "train (T4_1X x1)",
+                 "evaluate vs champion"):
         assert dag.parameters(step)["wandb_settings"]["taskOutputParameter"]["producerTask"] == settings_id, step
     deploy = dag.parameters("record deployment (W&B)")["wandb_settings"]
     assert deploy["componentInputParameter"].startswith(f"pipelinechannel--{settings_id}-")

@@ -12,18 +12,21 @@ def prepare(
     image_csv: Output[Dataset],
     train_fraction: float = 0.8,
     validation_fraction: float = 0.1,
+    split_by: str = "path",
     wandb_settings: Optional[Dict[str, str]] = None,
 ):
     """Scans labelled images into the CSV that convert reads (columns split,image_uri,label).
 
-    Without split folders each image's split is a stable hash of its path, so adding images never moves
-    old ones to another split.
+    Without split folders each image's split is a stable hash of its path (or with split_by "content" of its
+    bytes, so exact copies share a split), so adding images never moves old ones to another split.
 
     Args:
         images_root: Folder of images, local or gs://, laid out as <label>/<file> or <split>/<label>/<file>.
         image_csv: The CSV written, one row per image (split, image_uri, label), with a header.
         train_fraction: Share of images hashed into TRAIN when there are no split folders (0 to 1).
         validation_fraction: Share hashed into VALIDATION when there are no split folders; the rest is TEST.
+        split_by: "path" hashes the relative path (files are only listed); "content" the image's bytes (every file
+            is read once).
         wandb_settings: W&B settings (tracking.settings); when given the step is a W&B run
             (training_images in, image_uris_csv out).
     """
@@ -31,9 +34,10 @@ def prepare(
     from components.prepare.core import prepare_csv
 
     logs.setup()
-    config = {"images_root": images_root, "train_fraction": train_fraction, "validation_fraction": validation_fraction}
+    config = {"images_root": images_root, "train_fraction": train_fraction, "validation_fraction": validation_fraction,
+              "split_by": split_by}
     with tracking.step_run("prepare", "data", wandb_settings, config) as run:
-        counts = prepare_csv(images_root, image_csv.uri, train_fraction, validation_fraction)
+        counts = prepare_csv(images_root, image_csv.uri, train_fraction, validation_fraction, split_by)
         image_csv.metadata.update(counts)
         run.use("training_images", images_root)
         run.log_output("image_uris_csv", image_csv.uri, counts)

@@ -1,7 +1,10 @@
 """Scans `<label>/<file>` or `<split>/<label>/<file>` into rows of `split,image_uri,label`.
 
-Without split folders each image's split comes from a hash of its path relative to the root, so adding
-images never moves old ones to another split, and the same tree always gives the same CSV.
+Without split folders each image's split comes from a hash: of its path relative to the root (`path`, the
+default), or of its bytes (`content`), so adding images never moves old ones to another split, and the same tree
+always gives the same CSV. `content` also puts every exact copy of a photo in one split, at the price of reading
+every image here; `path` only lists the files (a million objects on GCS in a minute, where reading them would take
+hours in this one process), and the validate step finds the copies that cross splits, exact or near, either way.
 """
 
 from __future__ import annotations
@@ -33,9 +36,14 @@ class Row:
     label: str
 
 
-def hash_split(relative_path: str, train_fraction: float, validation_fraction: float) -> str:
-    """TRAIN, VALIDATION or TEST, fixed by the path alone (sha256 -> a number in [0, 1))."""
-    digest = hashlib.sha256(relative_path.encode("utf-8")).digest()
+SPLIT_BY = ("path", "content")
+DEFAULT_SPLIT_BY = "path"
+
+
+def hash_split(key: str | bytes, train_fraction: float, validation_fraction: float) -> str:
+    """TRAIN, VALIDATION or TEST, fixed by the key alone (a relative path, or the image's bytes; sha256 -> a
+    number in [0, 1))."""
+    digest = hashlib.sha256(key.encode("utf-8") if isinstance(key, str) else key).digest()
     position = int.from_bytes(digest[:8], "big") / 2**64
     if position < train_fraction:
         return "TRAIN"
@@ -55,7 +63,8 @@ def _check_fractions(train_fraction: float, validation_fraction: float) -> None:
 
 
 def scan_images(
-    images_root: str, train_fraction: float = 0.8, validation_fraction: float = 0.1
+    images_root: str, train_fraction: float = 0.8, validation_fraction: float = 0.1,
+    split_by: str = DEFAULT_SPLIT_BY,
 ) -> list[Row]:
     """Lists the labelled images under images_root as CSV rows, sorted by URI.
 
@@ -63,6 +72,8 @@ def scan_images(
     test, ...), files are `<split>/<label>/<file>`; otherwise `<label>/<file>` and the split is hashed.
     """
     _check_fractions(train_fraction, validation_fraction)
+    if split_by not in SPLIT_BY:
+        raise InputError(f"--split-by must be one of {', '.join(SPLIT_BY)}, got {split_by!r}")
     images_root = images_root.rstrip("/") or "/"
     if not storage.exists(images_root):
         raise InputError(f"images root {images_root} does not exist")
@@ -92,7 +103,8 @@ def scan_images(
         split = (
             SPLIT_FOLDERS[parts[0].lower()]
             if split_layout
-            else hash_split(relative, train_fraction, validation_fraction)
+            else hash_split(relative if split_by == "path" else storage.read_bytes(storage.join(images_root, relative)),
+                            train_fraction, validation_fraction)
         )
         rows.append(Row(split, storage.join(images_root, relative), label))
 
@@ -111,10 +123,11 @@ def rows_to_csv(rows: list[Row]) -> str:
 
 
 def prepare_csv(
-    images_root: str, output_csv: str, train_fraction: float = 0.8, validation_fraction: float = 0.1
+    images_root: str, output_csv: str, train_fraction: float = 0.8, validation_fraction: float = 0.1,
+    split_by: str = DEFAULT_SPLIT_BY,
 ) -> dict[str, int]:
     """Writes the CSV for images_root to output_csv (local or gs://) and returns the row count per split."""
-    rows = scan_images(images_root, train_fraction, validation_fraction)
+    rows = scan_images(images_root, train_fraction, validation_fraction, split_by)
     storage.write_text(output_csv, rows_to_csv(rows))
     counts = {split: sum(r.split == split for r in rows) for split in SPLITS}
     log.info("wrote %d rows to %s: %s", len(rows), output_csv, ", ".join(f"{k} {v}" for k, v in counts.items()))
