@@ -378,11 +378,12 @@ def _base_with_bad_newest_versions(trained_model, diverged_model, base: str) -> 
     return base
 
 
-def test_a_champion_answering_nan_is_skipped_not_blamed_on_the_candidate(trained_model, diverged_model, records,
+def test_a_champion_answering_nan_is_skipped_not_blamed_on_the_candidate(better_model, diverged_model, records,
                                                                          tmp_path, capsys):
+    """(The candidate is one that beats a constant guess, so the gate is decided by the champion's absence.)"""
     base = str(tmp_path / "models")
     publish_version(diverged_model, base)
-    gate, out = _run_evaluate(trained_model, records, str(tmp_path / "out"), champion_uri=base)
+    gate, out = _run_evaluate(better_model, records, str(tmp_path / "out"), champion_uri=base)
     assert gate is True and "champion_accuracy" not in out["metrics"].metadata  # decided on min_accuracy alone
     log = capsys.readouterr().err  # the component sets up logging to stderr, as in its container
     skipped = [line for line in log.splitlines() if "WARNING" in line and "version 1" in line]
