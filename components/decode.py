@@ -110,7 +110,10 @@ def apply_orientation(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
     return tf.reverse(image, tf.boolean_mask(tf.constant([0, 1]), tf.stack([flip_rows, flip_columns])))
 
 
-_BYTE = tf.constant([bytes([i]) for i in range(256)])  # byte value -> one-byte string, for writing headers
+# Byte value -> one-byte string, for writing headers. A list, made a tensor where it is used: a tensor made at
+# import would start TensorFlow's runtime, after which MultiWorkerMirroredStrategy cannot be set up ("Collective
+# ops must be configured at program startup"; tests/test_structure.py checks the decoder starts nothing).
+_BYTES = [bytes([i]) for i in range(256)]
 GIF_MAX_BLOCKS = 64  # extensions before a GIF's first image (files have a few: loop count, timing, comments)
 
 
@@ -118,7 +121,7 @@ def _le(values: tf.Tensor, size: int) -> tf.Tensor:
     """The integer values (int32) as size-byte little-endian strings, joined."""
     shifts = tf.range(size) * 8
     digits = tf.bitwise.bitwise_and(tf.bitwise.right_shift(tf.reshape(values, [-1, 1]), shifts), 255)
-    return tf.strings.reduce_join(tf.gather(_BYTE, tf.reshape(digits, [-1])))
+    return tf.strings.reduce_join(tf.gather(tf.constant(_BYTES), tf.reshape(digits, [-1])))
 
 
 def _le_at(image_bytes: tf.Tensor, offset: tf.Tensor, size: int) -> tf.Tensor:

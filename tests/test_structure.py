@@ -339,3 +339,28 @@ def test_a_citation_of_a_missing_module_or_name_is_found(tmp_path):
                     'tracking.settings\n    """\n    return tracking.pipeline_settings  # code is not prose\n')
     assert missing_references(str(code)) == [f"{os.path.relpath(code, REPOSITORY)}:3: "
                                              "components.tracking.pipeline_settings"]
+
+
+# -- importing our code starts nothing ------------------------------------------------------------------------------
+
+def test_importing_any_module_leaves_tensorflows_runtime_unstarted():
+    """A tensor made at import time starts TensorFlow's eager runtime, after which MultiWorkerMirroredStrategy
+    cannot be configured ("Collective ops must be configured at program startup"): multi-node `catsdogs train`
+    broke that way once, through the decoder. Every module is imported in a fresh process; none may start it."""
+    import subprocess
+    import sys
+
+    modules = sorted(
+        ".".join(os.path.relpath(os.path.join(folder, name), REPOSITORY)[:-3].split(os.sep))
+        for top in ("components", "pipelines")
+        for folder, _, names in os.walk(os.path.join(REPOSITORY, top))
+        for name in names if name.endswith(".py") and name != "__init__.py")
+    script = ("import importlib, sys\n"
+              "for m in sys.argv[1:]:\n"
+              "    importlib.import_module(m)\n"
+              "from tensorflow.python.eager import context\n"
+              "print('started' if context.context()._context_handle is not None else 'not started')\n")
+    done = subprocess.run([sys.executable, "-c", script, *modules], capture_output=True, text=True, cwd=REPOSITORY,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[-2:] == ["not", "started"], (modules, done.stdout[-500:])
