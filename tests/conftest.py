@@ -48,6 +48,16 @@ def trained_model(records, tmp_path_factory) -> str:
     return model_dir
 
 
+@pytest.fixture(scope="module")
+def model_base(trained_model, tmp_path_factory) -> str:
+    """A model base holding the session's trained model as version 1, one per test module."""
+    from components.model_store import publish_version
+
+    base = str(tmp_path_factory.mktemp("models") / "catsdogs")
+    assert publish_version(trained_model, base) == 1
+    return base
+
+
 @pytest.fixture(scope="session")
 def gcs_emulator(tmp_path_factory):
     """fake-gcs-server and its proxy (tests/gcs_harness.py), started once for the session."""

@@ -33,13 +33,6 @@ VERTEX_ENDPOINT = "projects/p/locations/europe-west4/endpoints/123"
 
 
 @pytest.fixture(scope="module")
-def model_base(trained_model, tmp_path_factory) -> str:
-    base = str(tmp_path_factory.mktemp("models") / "catsdogs")
-    publish_version(trained_model, base)
-    return base
-
-
-@pytest.fixture(scope="module")
 def server(model_base):
     server = make_server(model_base, "127.0.0.1", 0, poll_seconds=0)
     serve_in_background(server)

@@ -32,13 +32,6 @@ WAIT_S = 120  # upper bound for a background change to show; a hang guard, never
 
 
 @pytest.fixture(scope="module")
-def model_base(trained_model, tmp_path_factory) -> str:
-    base = str(tmp_path_factory.mktemp("models") / "catsdogs")
-    assert publish_version(trained_model, base) == 1
-    return base
-
-
-@pytest.fixture(scope="module")
 def server(model_base):
     server = make_server(model_base, "127.0.0.1", 0)
     serve_in_background(server)

@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components.model_store import publish_version
 from components.serve.limits import MAX_HEAD_BYTES, MAX_INSTANCES
 from tests.test_decode import gif_bomb
 
@@ -59,13 +58,6 @@ class Served:
         self.process.kill()
         self.process.wait()
         self.log.close()
-
-
-@pytest.fixture(scope="module")
-def model_base(trained_model, tmp_path_factory) -> str:
-    base = str(tmp_path_factory.mktemp("models") / "catsdogs")
-    publish_version(trained_model, base)
-    return base
 
 
 @pytest.fixture(scope="module")
