@@ -33,7 +33,6 @@ FAILURE_TAIL = 20  # log lines shown when a step fails
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 EXECUTING = re.compile(r" - INFO - Executing task '([^']+)'")
 FINISHED = re.compile(r" - \w+ - Task '([^']+)' finished with status (\w+)")
-SKIPPED = re.compile(r"Skipping conditional task (\S+) \(condition evaluated to False\)")
 EXECUTOR_OUTPUT = re.compile(r"Wrote executor output file to (.+?)\.?$")
 EPOCH = re.compile(r"^\s*Epoch (\d+)/(\d+)")
 KERAS_METRICS = re.compile(r" - (\w+): ([0-9.e+-]+)")
@@ -352,7 +351,6 @@ class StepLogs(io.TextIOBase):
         started = EXECUTING.search(line)
         if started:
             step = self._start(started.group(1))
-        skipped = SKIPPED.search(line)
         with self.lock:
             if step is None:
                 self._file(RUN_LOG, os.path.join(self.logs_dir, RUN_LOG)).write(line + "\n")
@@ -360,8 +358,6 @@ class StepLogs(io.TextIOBase):
                 self._file(step.name, step.log_path).write(line + "\n")
         if self.console.verbose:
             self.console.print(raw)
-        if skipped and step is None:
-            self.console.print(step_line(skipped.group(1), None, "skipped: its condition is false"))
         if step is not None:
             self._read(step, line)
 

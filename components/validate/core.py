@@ -269,7 +269,7 @@ def validate(csv_path: str, output_dir: str, *, fix: bool = False, max_leakage: 
     storage.write_text(storage.join(output_dir, REPORT_FILE),
                        json.dumps({**asdict(report), "leakage": report.leakage, "conflicting": report.conflicting,
                                    "index_bytes_per_image": INDEX_BYTES_PER_IMAGE}, indent=1))
-    log.info("validated %d images: %s", report.images, summary_line(report))
+    log.info("validated: %s", summary_line(report))
     return report
 
 
