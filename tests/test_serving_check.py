@@ -175,13 +175,15 @@ def test_the_vertex_gate_needs_the_serving_check_run_in_the_serving_image(tmp_pa
 
 @pytest.mark.slow
 def test_catsdogs_run_does_not_publish_what_the_serving_check_refuses(tmp_path):
+    """(40 per class, 3 epochs: evaluation blesses the candidate, which a no-skill model it would not, so the
+    serving check is what refuses it.)"""
     import os
     import re
 
     workdir = tmp_path / "w"
     done = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "run", "--workdir", str(workdir), "--per-class", "12", "--epochs",
-         "1", "--image-size", "32", "--batch-size", "8", "--max-p99-ms", "0.001"],
+        [sys.executable, "-m", "pipelines.cli", "run", "--workdir", str(workdir), "--per-class", "40", "--epochs",
+         "3", "--image-size", "32", "--batch-size", "8", "--max-p99-ms", "0.001"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     out = done.stdout
