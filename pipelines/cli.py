@@ -221,6 +221,16 @@ def cmd_canary(args) -> None:
     """promote / rollback: the canary version's lifecycle on Vertex AI (components/deploy/vertex.py)."""
     from components.deploy.vertex import promote, rollback
 
+    where = (f"model {args.model_display_name!r} on endpoint {args.endpoint_display_name!r} in "
+             f"projects/{args.project}/locations/{args.location}")
+    if args.dry_run:  # says what would change; reads nothing from Vertex (no credentials needed)
+        if args.command == "promote":
+            print(f"dry run: would give the canary version of {where} the default alias and all the endpoint's "
+                  f"traffic, then undeploy the model's other deployments there (keeping {args.keep_previous})")
+        else:
+            print(f"dry run: would undeploy the canary version of {where}, give its traffic back to the other "
+                  f"deployments and remove its canary alias")
+        return
     if args.command == "promote":
         version = promote(args.project, args.location, args.model_display_name, args.endpoint_display_name,
                           args.keep_previous)
@@ -772,6 +782,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "promote":
             p.add_argument("--keep-previous", type=int, default=0,
                            help="earlier deployments to leave deployed for rollback (default %(default)s)")
+        p.add_argument("--dry-run", action="store_true", help="say what would change, without calling Vertex AI")
         p.set_defaults(handler=cmd_canary)
 
     p = sub.add_parser("run", help="the whole pipeline locally through kfp.local, ending in predictions",
