@@ -215,10 +215,10 @@ def test_run_stops_before_training_on_a_cross_split_copy_and_fix_publishes(tmp_p
     from components.sample_data import generate_sample
 
     images = tmp_path / "images"
-    generate_sample(str(images), per_class=12, layout="split")
+    generate_sample(str(images), per_class=40, layout="split")  # enough for a model that beats a constant guess
     leaked = images / "train" / "cats" / "leaked.jpg"
     shutil.copyfile(images / "validation" / "cats" / "cats.00000.jpg", leaked)
-    fast = ["--epochs", "1", "--image-size", "32", "--batch-size", "8", "--wandb-mode", "disabled"]
+    fast = ["--epochs", "3", "--image-size", "32", "--batch-size", "8", "--wandb-mode", "disabled"]
 
     stopped = _cli("run", str(images), "--workdir", str(tmp_path / "w1"), *fast, cwd=tmp_path)
     assert stopped.returncode == 1, stopped.stdout + stopped.stderr
