@@ -27,12 +27,12 @@ FENCE = re.compile(r"^```(\S*)\s*$")
 # TensorFlow's C++ logging and start-up lines (issue 29): a command must never show them.
 TF_LOG_LINE = re.compile(r"^[IWEF]0000 |absl::InitializeLog|cuInit|oneDNN", re.MULTILINE)
 # Sized down: argparse takes the last of a repeated flag, so these appended flags win over the README's.
-# Small, but enough for a model that beats always answering one class (no other model is published): with 12
-# images a class TEST held one image, and one epoch at 32 px often scored no better than a guess.
+# Smaller than the README's sizes, but enough for a model that reliably beats always answering one class (no
+# other model is published): 40 images a class at 32 px for 3 epochs once scored 0.556 on 9 TEST images.
 SMALL = {
-    "run": "--per-class 40 --epochs 3 --image-size 32",
-    "sample-data": "--per-class 40",
-    "train": "--epochs 3 --image-size 32",
+    "run": "--per-class 100 --epochs 5 --image-size 64",
+    "sample-data": "--per-class 100",
+    "train": "--epochs 5 --image-size 64",
 }
 
 
