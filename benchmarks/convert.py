@@ -22,7 +22,8 @@ import time
 
 from components.convert import schema
 from components.convert.images import to_rgb_jpeg, to_rgb_pixels
-from components.convert.pipeline import ShardFile, convert
+from components.convert.pipeline import convert
+from components.convert.writer import ShardFile
 from components.prepare import prepare_csv
 from components.sample_data import generate_sample
 

@@ -19,7 +19,8 @@ import pandas as pd
 
 from components import storage
 from components.beam_runner import dataflow_args
-from components.convert.pipeline import REQUIRED_COLUMNS, convert
+from components.convert.csv_scan import REQUIRED_COLUMNS
+from components.convert.pipeline import convert
 from components.errors import InputError
 
 # TFRecorder arguments that mean nothing here, and why.

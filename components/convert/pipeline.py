@@ -16,49 +16,38 @@ Bad rows (unreadable files, non-images, unknown split, empty label, conflicting 
 with a reason; every good row is written. The run fails when more than --max-error-fraction of the rows are bad.
 Output is staged beside --output-dir and moved into place only on success, one run per folder at a time
 (components/outputs.py). A run whose good rows leave a label out of TRAIN or out of a held-out split fails.
+
+Modules: csv_scan (the pre-pass and the row check), transforms (rows), writer (shards); this one puts them together,
+runs the job and keeps the output folder's transaction.
 """
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import io
 import json
 import logging
 import math
-import os
-import posixpath
-import struct
-import zlib
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.tfrecordio import _TFRecordUtil
-from apache_beam.metrics.metric import Metrics, MetricsFilter
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from components import outputs, storage
 from components.beam_runner import describe, pipeline_options, runner_for
-from components.contracts import CSV_COLUMNS, CSV_SPLITS, DISCARD, MAX_FILE_BYTES, SPLITS, TRAIN
+from components.contracts import CSV_COLUMNS, MAX_FILE_BYTES, TRAIN
 from components.convert import output, schema
-from components.convert.images import to_rgb_jpeg, to_rgb_pixels
+from components.convert.csv_scan import KNOWN_SPLITS, CsvScan, scan_csv
+from components.convert.transforms import BAD, COUNTER_NAMESPACE, ERROR_COLUMNS, CheckRows, Deduplicate, WriteErrors
+from components.convert.writer import WriteShards, finish_shards, shard_of
 from components.errors import InputError
-from components.image_files import BadImage
+
+__all__ = ["CheckRows", "ConversionSummary", "Deduplicate", "WriteShards", "build_pipeline", "convert",
+           "missing_labels", "shard_of"]  # the transforms and shard_of: tests build them from here
 
 log = logging.getLogger(__name__)
 
-REQUIRED_COLUMNS = CSV_COLUMNS
-KNOWN_SPLITS = SPLITS
-ERROR_COLUMNS = "image_uri,label,split,reason"
-COUNTER_NAMESPACE = "catsdogs.convert"
 RECORDS_PER_SHARD = 1000
-# Threads per shard writer: reads (GCS latency) and decodes overlap, and Pillow and zlib release the GIL. Locally
-# on 2 busy cores 8 threads vs 1: 1522 vs 1435 img/s (jpeg, 2000 images); TFRecorder's format is bound by deflate
-# (~15-30 ms per record), which only threads spread over the cores.
-IMAGE_THREADS = 8
 
 
 @dataclass
@@ -74,360 +63,6 @@ class ConversionSummary:
     labels: list[str] = field(default_factory=list)
     format: str = "jpeg"
 
-
-def _bad(row: dict, reason: str) -> dict:
-    return {"image_uri": row.get("image_uri", ""), "label": row.get("label", ""),
-            "split": row.get("split", ""), "reason": reason}
-
-
-def normalise_uri(uri: str) -> str:
-    """One spelling per file: `a//b`, `./a/b`, `a/./b` and the absolute path are one local file; `//` and `/./`
-    are collapsed in gs:// (and other scheme://) names too (GCS could hold both `a//b` and `a/b`; no image set
-    does). Relative local paths are resolved against the working folder, as reading them would."""
-    scheme, sep, rest = uri.partition("://")
-    if sep:
-        return f"{scheme}://{posixpath.normpath(rest)}"
-    return os.path.abspath(uri)
-
-
-def check_row(values: list[str], columns: dict[str, int], width: int,
-              normalise: bool = True) -> tuple[dict, str | None]:
-    """(row, problem): problem is None for a row to convert, DISCARD for a DISCARD row, else the reason."""
-    row = {c: values[i].strip() if i < len(values) else "" for c, i in columns.items()}
-    row["split"] = row["split"].upper()
-    if len(values) < width:
-        return row, f"{len(values)} fields, header has {width}"
-    if row["split"] == DISCARD:
-        return row, DISCARD
-    if row["split"] not in KNOWN_SPLITS:
-        return row, f"unknown split {row['split']!r}, expected one of {', '.join(CSV_SPLITS)}"
-    if not row["image_uri"]:
-        return row, "empty image_uri"
-    if not row["label"]:
-        return row, "empty label"
-    if normalise:
-        row["image_uri"] = normalise_uri(row["image_uri"])
-    return row, None
-
-
-@dataclass
-class CsvScan:
-    """What the launcher keeps of the CSV: its header and counts, never its rows."""
-
-    columns: dict[str, int]
-    width: int
-    rows: int = 0
-    per_split: dict[str, int] = field(default_factory=dict)
-    labels: list[str] = field(default_factory=list)
-    pairs: set[tuple[str, str]] = field(default_factory=set)  # (split, label) of the rows to convert
-    first_problem: str = ""
-
-
-def _text_lines(csv_path: str):
-    """The CSV's lines as text, decoded one line at a time so an encoding error names its line. utf-8-sig:
-    Excel's "CSV UTF-8" starts with a byte-order mark, which would otherwise end up in the name "split"."""
-    with FileSystems.open(csv_path, compression_type=CompressionTypes.UNCOMPRESSED) as raw:
-        for number, line in enumerate(raw, start=1):
-            try:
-                yield line.decode("utf-8-sig" if number == 1 else "utf-8")
-            except UnicodeDecodeError as e:
-                raise InputError(f"CSV {csv_path} line {number} is not UTF-8 text ({e.reason} at byte {e.start} "
-                                 f"of the line); save it as UTF-8 (Excel: CSV UTF-8)") from None
-
-
-def scan_csv(csv_path: str) -> CsvScan:
-    """A streaming pass over the CSV that refuses structural problems (missing file, not UTF-8, no header,
-    missing columns, no usable rows, a quoted field spanning lines) before any Beam work."""
-    if not storage.is_gcs(csv_path) and os.path.isdir(csv_path):
-        raise InputError(f"CSV {csv_path} is a folder, expected a CSV file")
-    if not FileSystems.exists(csv_path):
-        raise InputError(f"CSV {csv_path} does not exist")
-    labels: set[str] = set()
-    reader = None
-    try:
-        reader = csv.reader(_text_lines(csv_path))
-        header = next(reader, None)
-        if header is None:
-            raise InputError(f"CSV {csv_path} is empty: expected a header {','.join(REQUIRED_COLUMNS)} and rows")
-        names = [name.strip().lower() for name in header]
-        missing = [c for c in REQUIRED_COLUMNS if c not in names]
-        if missing:
-            looks_like_data = header and header[0].strip().upper() in CSV_SPLITS
-            hint = " (the first line looks like data: the CSV needs a header)" if looks_like_data else ""
-            raise InputError(
-                f"CSV {csv_path} line 1: missing column(s) {', '.join(missing)}{hint}; "
-                f"header is {','.join(header)!r}, expected at least {','.join(REQUIRED_COLUMNS)}")
-        scan = CsvScan(columns={c: names.index(c) for c in REQUIRED_COLUMNS}, width=len(header))
-        last_line = reader.line_num
-        for values in reader:
-            if reader.line_num != last_line + 1:
-                raise InputError(f"CSV {csv_path} line {last_line + 1}: a quoted field spans lines; "
-                                 f"convert reads one row per line (remove the line break from the field)")
-            last_line = reader.line_num
-            if not any(v.strip() for v in values):
-                continue
-            scan.rows += 1
-            row, problem = check_row(values, scan.columns, scan.width, normalise=False)
-            if problem is None:
-                labels.add(row["label"])
-                scan.pairs.add((row["split"], row["label"]))
-                scan.per_split[row["split"]] = scan.per_split.get(row["split"], 0) + 1
-            elif problem != DISCARD and not scan.first_problem:
-                scan.first_problem = f"line {reader.line_num}: {problem}"
-    except csv.Error as e:
-        raise InputError(f"CSV {csv_path} line {reader.line_num}: {e}") from e
-    if scan.rows == 0:
-        raise InputError(f"CSV {csv_path} has a header but no rows")
-    if not scan.per_split:
-        first = scan.first_problem or "all rows are DISCARD"
-        raise InputError(f"CSV {csv_path}: no usable rows; first problem: {first}")
-    scan.labels = sorted(labels)
-    if len(scan.labels) < 2:
-        raise InputError(f"CSV {csv_path}: only the label {scan.labels} among the rows to convert; "
-                         f"a classifier needs at least two")
-    return scan
-
-
-def _count(name: str) -> None:
-    Metrics.counter(COUNTER_NAMESPACE, name).inc()
-
-
-class CheckRow(beam.DoFn):
-    """One CSV line -> a row dict, or a bad row with the reason on the "bad" output. DISCARD rows are counted."""
-
-    BAD = "bad"
-
-    def __init__(self, columns: dict[str, int], width: int):
-        self.columns, self.width = columns, width
-
-    def process(self, line: str):
-        if not line.strip():
-            return
-        values = next(csv.reader([line]), [])
-        row, problem = check_row(values, self.columns, self.width)
-        if problem == DISCARD:
-            _count("discarded")
-        elif problem:
-            yield beam.pvalue.TaggedOutput(self.BAD, _bad(row, problem))
-        else:
-            yield row
-
-
-class CheckRows(beam.PTransform):
-    """PCollection of CSV lines (header excluded) -> outputs "good" (row dicts) and "bad" (rows with a reason)."""
-
-    def __init__(self, columns: dict[str, int], width: int):
-        super().__init__()
-        self.columns, self.width = columns, width
-
-    def expand(self, lines):
-        return lines | "Check" >> beam.ParDo(CheckRow(self.columns, self.width)).with_outputs(CheckRow.BAD,
-                                                                                              main="good")
-
-
-def _resolve(keyed):
-    """All rows of one (normalised) image_uri -> the row once, or every row as bad when they disagree."""
-    uri, rows = keyed
-    rows = list(rows)
-    distinct = {(r["split"], r["label"]) for r in rows}
-    if len(distinct) == 1:
-        Metrics.counter(COUNTER_NAMESPACE, "duplicates").inc(len(rows) - 1)
-        yield rows[0]
-        return
-    seen = ", ".join(f"{split}/{label}" for split, label in sorted(distinct))
-    for row in rows:
-        yield beam.pvalue.TaggedOutput(CheckRow.BAD, _bad(row, f"the same image is listed {len(rows)} times with "
-                                                               f"different split or label ({seen})"))
-
-
-class Deduplicate(beam.PTransform):
-    """Rows -> "good": one row per image (by normalised URI); "bad": every row of an image listed with
-    conflicting splits or labels (which one is right cannot be known). Exact repeats are counted."""
-
-    def expand(self, rows):
-        return (
-            rows
-            | "ByUri" >> beam.Map(lambda row: (row["image_uri"], row))
-            | "GroupByUri" >> beam.GroupByKey()
-            | "Resolve" >> beam.FlatMap(_resolve).with_outputs(CheckRow.BAD, main="good")
-        )
-
-
-def shard_of(uri: str, shards: int) -> int:
-    """A stable shard for an image: the same CSV gives the same shards on every runner."""
-    return int.from_bytes(hashlib.blake2b(uri.encode("utf-8"), digest_size=8).digest(), "big") % shards
-
-
-def shard_name(split: str, index: int, shards: int, gzip: bool) -> str:
-    return f"{schema.SPLIT_PREFIX[split]}-{index:05d}-of-{shards:05d}.tfrecord" + (".gz" if gzip else "")
-
-
-class ShardFile:
-    """A TFRecord file written record by record, optionally as gzip. Records are framed and deflated by
-    `encode` in the image threads (zlib releases the GIL): each is an independent deflate chunk ending in a
-    sync flush, and the chunks concatenate into one gzip member (pigz's method). Deflating one TFRecorder
-    record (360 KB of base64 pixels) takes ~14 ms, so a single compressing thread capped that format at ~70 img/s.
-    """
-
-    GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no name, no mtime, unknown OS
-    FINAL_BLOCK = b"\x03\x00"  # an empty final fixed-Huffman block ends the deflate stream
-
-    def __init__(self, path: str, gzip: bool):
-        self.gzip, self.crc, self.size = gzip, 0, 0
-        self.file = FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED)
-        if gzip:
-            self.file.write(self.GZIP_HEADER)
-
-    @staticmethod
-    def encode(record: bytes, gzip: bool) -> tuple[bytes, bytes]:
-        """(the TFRecord-framed record, what goes into the file)."""
-        framed = io.BytesIO()
-        _TFRecordUtil.write_record(framed, record)  # length, masked CRC32C of it, data, masked CRC32C of data
-        framed = framed.getvalue()
-        if not gzip:
-            return framed, framed
-        deflate = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)  # level 6: what Beam's gzip writer uses
-        return framed, deflate.compress(framed) + deflate.flush(zlib.Z_SYNC_FLUSH)
-
-    def write(self, encoded: tuple[bytes, bytes]) -> None:
-        framed, data = encoded
-        if self.gzip:
-            self.crc, self.size = zlib.crc32(framed, self.crc), self.size + len(framed)
-        self.file.write(data)
-
-    def close(self) -> None:
-        if self.gzip:
-            self.file.write(self.FINAL_BLOCK + struct.pack("<II", self.crc, self.size & 0xFFFFFFFF))
-        self.file.close()
-
-
-class WriteShard(beam.DoFn):
-    """((split, shard index), rows) -> one TFRecord shard file. Reads, checks and encodes each row's image
-    (threads overlap reads and decodes) and writes the record at once: image bytes never enter a PCollection.
-    Emits the shard's path, and each row whose image cannot be used on the "bad" output."""
-
-    BAD = "bad"
-
-    def __init__(self, folder: str, shards: dict[str, int], labels: list[str], record_format: str, gzip: bool,
-                 max_file_bytes: int = MAX_FILE_BYTES):
-        self.folder, self.shards, self.record_format, self.gzip = folder, shards, record_format, gzip
-        self.label_index = {label: i for i, label in enumerate(labels)}
-        self.max_file_bytes = max_file_bytes
-
-    def setup(self):
-        self.pool = ThreadPoolExecutor(IMAGE_THREADS)
-
-    def teardown(self):
-        self.pool.shutdown()
-
-    def process(self, keyed):
-        (split, index), rows = keyed
-        path = storage.join(self.folder, shard_name(split, index, self.shards[split], self.gzip))
-        shard = ShardFile(path, self.gzip)
-        try:
-            for row, encoded, reason in _bounded_map(self.pool, self._encode, rows, 4 * IMAGE_THREADS):
-                if reason:
-                    yield beam.pvalue.TaggedOutput(self.BAD, _bad(row, reason))
-                    continue
-                shard.write(encoded)
-                _count(f"good/{row['split']}/{row['label']}")
-        finally:
-            shard.close()
-        yield path
-
-    def _encode(self, row: dict) -> tuple[dict, tuple[bytes, bytes] | None, str | None]:
-        try:
-            data = storage.read_at_most(row["image_uri"], self.max_file_bytes)
-        except storage.FileTooLarge as e:
-            return row, None, str(e)
-        except Exception as e:  # noqa: BLE001 - any filesystem failure is this row's reason
-            return row, None, f"cannot read file: {type(e).__name__}: {e}"
-        try:
-            index = self.label_index[row["label"]]
-            if self.record_format == "tfrecorder":
-                pixels, height, width = to_rgb_pixels(data)
-                example = schema.tfrecorder_example(pixels, height, width, row["image_uri"], index, row["split"])
-            else:
-                jpeg, height, width = to_rgb_jpeg(data)
-                example = schema.jpeg_example(jpeg, height, width, row["image_uri"], index, row["label"], row["split"])
-            return row, ShardFile.encode(example, self.gzip), None
-        except BadImage as e:
-            return row, None, str(e)
-        except Exception as e:  # a decoder bug on one odd file must not stop the other rows
-            log.exception("unexpected failure on %s", row["image_uri"])
-            return row, None, f"unexpected {type(e).__name__}: {e}"
-
-
-def _bounded_map(pool: ThreadPoolExecutor, fn, items, window: int):
-    """pool.map in input order with at most `window` results in flight (memory stays bounded)."""
-    pending = []
-    for item in items:
-        pending.append(pool.submit(fn, item))
-        if len(pending) >= window:
-            yield pending.pop(0).result()
-    for future in pending:
-        yield future.result()
-
-
-class WriteShards(beam.PTransform):
-    """Unique rows -> `<split>-SSSSS-of-NNNNN.tfrecord[.gz]` in `folder` ("written": shard paths; "bad": rows
-    whose image cannot be used). Shards no row fell into are created empty by `finish_shards`."""
-
-    def __init__(self, folder: str, shards: dict[str, int], labels: list[str], record_format: str, gzip: bool,
-                 max_file_bytes: int = MAX_FILE_BYTES):
-        super().__init__()
-        self.folder, self.shards, self.labels = folder, shards, labels
-        self.record_format, self.gzip, self.max_file_bytes = record_format, gzip, max_file_bytes
-
-    def expand(self, rows):
-        shards = self.shards
-        return (
-            rows
-            | "ByShard" >> beam.Map(lambda row: ((row["split"], shard_of(row["image_uri"], shards[row["split"]])), row))
-            | "GroupByShard" >> beam.GroupByKey()
-            | "Write" >> beam.ParDo(WriteShard(self.folder, shards, self.labels, self.record_format, self.gzip,
-                                               self.max_file_bytes))
-            .with_outputs(WriteShard.BAD, main="written")
-        )
-
-
-def finish_shards(folder: str, shards: dict[str, int], gzip: bool) -> None:
-    """Creates the empty shards (a valid, empty TFRecord file), so every split has its full set of names."""
-    for split, count in shards.items():
-        for index in range(count):
-            path = storage.join(folder, shard_name(split, index, count, gzip))
-            if not FileSystems.exists(path):
-                ShardFile(path, gzip).close()
-
-
-class WriteErrors(beam.PTransform):
-    """Bad rows -> errors-00000-of-00001.csv (image_uri,label,split,reason), counted."""
-
-    def __init__(self, output_dir: str):
-        super().__init__()
-        self.output_dir = output_dir
-
-    def expand(self, bad_rows):
-        return (
-            bad_rows
-            | "AllBad" >> beam.Flatten()
-            | "CountBad" >> beam.Map(_count_bad)
-            | "ErrorLines" >> beam.Map(_error_line)
-            | "WriteErrors" >> beam.io.WriteToText(
-                storage.join(self.output_dir, "errors"), file_name_suffix=".csv", num_shards=1, header=ERROR_COLUMNS
-            )
-        )
-
-
-def _error_line(row: dict) -> str:
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="").writerow([row[c] for c in ERROR_COLUMNS.split(",")])
-    return buffer.getvalue()
-
-
-def _count_bad(row: dict) -> dict:
-    _count("bad")
-    return row
 
 
 def shard_counts(scan: CsvScan, num_shards: int) -> dict[str, int]:
@@ -445,7 +80,7 @@ def build_pipeline(pipeline: beam.Pipeline, csv_path: str, scan: CsvScan, folder
     unique = checked.good | "Deduplicate" >> Deduplicate()
     written = unique.good | "WriteShards" >> WriteShards(
         folder, shard_counts(scan, num_shards), scan.labels, record_format, compression == "gzip", max_file_bytes)
-    _ = (checked.bad, unique[CheckRow.BAD], written[WriteShard.BAD]) | "WriteErrors" >> WriteErrors(folder)
+    _ = (checked.bad, unique[BAD], written[BAD]) | "WriteErrors" >> WriteErrors(folder)
 
 
 def _check_arguments(record_format: str, compression: str, num_shards: int, max_error_fraction: float,
