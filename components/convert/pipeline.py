@@ -5,20 +5,17 @@
                               bad + bad + bad ------------------------------------------> errors-*.csv
 
 The CSV is read inside the pipeline (Dataflow workers read it from gs:), so neither the launcher's memory nor
-the job graph grows with the number of rows. A streaming pre-pass in the launcher (`scan_csv`) keeps only the
-header, the label set and per-split counts: the label vocabulary and shard counts are fixed before the job is
-built, structural problems are refused before anything is written; it takes ~1 s per 100k rows here and its
-memory does not grow with them (a side input would need the labels before the shard writers start anyway).
-Images are read, checked and encoded inside the shard writer, so no PCollection ever holds image bytes (a runner
-buffers PCollections between stages: the local FnApiRunner in memory).
+the job graph grows with the number of rows. A streaming pre-pass in the launcher (csv_scan.py) fixes the label
+vocabulary and shard counts before the job is built and refuses structural problems before anything is written.
+Images are read, checked and encoded inside the shard writer (writer.py), so no PCollection ever holds image bytes.
 
 Bad rows (unreadable files, non-images, unknown split, empty label, conflicting duplicates ...) go to errors-*.csv
 with a reason; every good row is written. The run fails when more than --max-error-fraction of the rows are bad.
 Output is staged beside --output-dir and moved into place only on success, one run per folder at a time
 (components/outputs.py). A run whose good rows leave a label out of TRAIN or out of a held-out split fails.
 
-Modules: csv_scan (the pre-pass and the row check), transforms (rows), writer (shards); this one puts them together,
-runs the job and keeps the output folder's transaction.
+Modules: csv_scan (the pre-pass and the row check), transforms (rows), writer (shards); this one puts them
+together, runs the job and keeps the output folder's transaction.
 """
 
 from __future__ import annotations
@@ -62,7 +59,6 @@ class ConversionSummary:
     per_split_label: dict[str, dict[str, int]] = field(default_factory=dict)
     labels: list[str] = field(default_factory=list)
     format: str = "jpeg"
-
 
 
 def shard_counts(scan: CsvScan, num_shards: int) -> dict[str, int]:
