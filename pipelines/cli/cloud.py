@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import os
 
+from components.deploy.config import DeployConfig
 from components.errors import InputError
-from pipelines.cli.flags import add_vertex_build_flags, key_values
+from pipelines.cli.flags import add_config_flags, add_region, add_vertex_build_flags, key_values, required_region
 
 
 def register(sub) -> None:
@@ -23,8 +24,9 @@ def cmd_deploy(args) -> None:
     from components.deploy.vertex import VertexDeployment, deploy, dry_run
     from components.images import Images
 
+    required_region(args)
     deployment = VertexDeployment(
-        project=args.project, location=args.location, model_dir=args.model_dir,
+        project=args.project, location=args.region, model_dir=args.model_dir,
         serving_image=Images.from_registry(args.images_registry, args.images_tag).serving,
         model_display_name=args.model_display_name, endpoint_display_name=args.endpoint_display_name,
         machine_type=args.machine_type, min_replicas=args.min_replicas, max_replicas=args.max_replicas,
@@ -45,22 +47,11 @@ def add_deploy(sub) -> None:
                                    "to the endpoint named --endpoint-display-name (reused, or created).")
     p.add_argument("model_dir", metavar="MODEL_DIR", help="gs:// folder holding the SavedModel")
     p.add_argument("--project", required=True)
-    p.add_argument("--location", required=True, help="e.g. us-central1")
+    add_region(p)
     p.add_argument("--images-registry", required=True, help="where the serving image is, e.g. "
                    "us-central1-docker.pkg.dev/PROJECT/catsdogs")
     p.add_argument("--images-tag", default="latest", help="(default %(default)s)")
-    p.add_argument("--model-display-name", default="catsdogs", help="(default %(default)s)")
-    p.add_argument("--endpoint-display-name", default="catsdogs", help="(default %(default)s)")
-    p.add_argument("--version-aliases", default="",
-                   help="comma-separated aliases for the new version, e.g. v2,candidate")
-    p.add_argument("--machine-type", default="n1-standard-2", help="(default %(default)s)")
-    p.add_argument("--min-replicas", type=int, default=1, help="autoscaling lower bound (default %(default)s)")
-    p.add_argument("--max-replicas", type=int, default=1, help="autoscaling upper bound (default %(default)s)")
-    p.add_argument("--traffic-percent", type=int, default=100,
-                   help="share of the endpoint's traffic for the new version (default %(default)s)")
-    p.add_argument("--keep-previous", type=int, default=0,
-                   help="earlier deployments of the model that take no traffic to leave deployed for rollback; "
-                        "the others are undeployed, as they bill their nodes (default %(default)s)")
+    add_config_flags(p, DeployConfig)
     p.add_argument("--dry-run", action="store_true", help="print the requests instead of sending them")
     p.set_defaults(handler=cmd_deploy)
 
@@ -69,8 +60,9 @@ def cmd_canary(args) -> None:
     """promote / rollback: the canary version's lifecycle on Vertex AI (components/deploy/vertex.py)."""
     from components.deploy.vertex import promote, rollback
 
+    required_region(args)
     where = (f"model {args.model_display_name!r} on endpoint {args.endpoint_display_name!r} in "
-             f"projects/{args.project}/locations/{args.location}")
+             f"projects/{args.project}/locations/{args.region}")
     if args.dry_run:  # says what would change; reads nothing from Vertex (no credentials needed)
         if args.command == "promote":
             print(f"dry run: would give the canary version of {where} the default alias and all the endpoint's "
@@ -80,12 +72,12 @@ def cmd_canary(args) -> None:
                   f"deployments and remove its canary alias")
         return
     if args.command == "promote":
-        version = promote(args.project, args.location, args.model_display_name, args.endpoint_display_name,
+        version = promote(args.project, args.region, args.model_display_name, args.endpoint_display_name,
                           args.keep_previous)
         print(f"promoted {version}: it is the default version and takes all the traffic of endpoint "
               f"{args.endpoint_display_name!r}")
     else:
-        version = rollback(args.project, args.location, args.model_display_name, args.endpoint_display_name)
+        version = rollback(args.project, args.region, args.model_display_name, args.endpoint_display_name)
         print(f"rolled back {version}: undeployed from endpoint {args.endpoint_display_name!r}, alias canary removed")
 
 
@@ -95,12 +87,9 @@ def add_canary(sub) -> None:
                        ("rollback", "undeploy the canary version and drop its alias; the others get its traffic")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--project", required=True)
-        p.add_argument("--location", required=True, help="e.g. us-central1")
-        p.add_argument("--model-display-name", default="catsdogs", help="(default %(default)s)")
-        p.add_argument("--endpoint-display-name", default="catsdogs", help="(default %(default)s)")
-        if name == "promote":
-            p.add_argument("--keep-previous", type=int, default=0,
-                           help="earlier deployments to leave deployed for rollback (default %(default)s)")
+        add_region(p)
+        add_config_flags(p, DeployConfig, "model_display_name", "endpoint_display_name",
+                         *(("keep_previous",) if name == "promote" else ()))
         p.add_argument("--dry-run", action="store_true", help="say what would change, without calling Vertex AI")
         p.set_defaults(handler=cmd_canary)
 

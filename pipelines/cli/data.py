@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from components.contracts import DEFAULT_RECORD_FORMAT, RECORD_FORMATS
+from components.beam_config import RUNNERS
+from components.convert.config import ConvertConfig
+from components.prepare.config import PrepareConfig
+from components.validate.config import ValidateConfig
 from pipelines.cli.flags import (
+    add_config_flags,
     add_dataflow_flags,
     add_max_file_bytes,
     add_validation_flags,
@@ -49,11 +53,7 @@ def add_prepare(sub) -> None:
     p = sub.add_parser("prepare", help="scan <label>/<file> or <split>/<label>/<file> into a split,image_uri,label CSV")
     p.add_argument("images_root", metavar="IMAGES_ROOT", help="local folder or gs://bucket/prefix")
     p.add_argument("--output", required=True, metavar="CSV", help="where to write the CSV (local or gs://)")
-    p.add_argument("--train-fraction", type=float, default=0.8, help="without split folders (default %(default)s)")
-    p.add_argument("--validation-fraction", type=float, default=0.1, help="the rest is TEST (default %(default)s)")
-    p.add_argument("--split-by", choices=("path", "content"), default="path",
-                   help="without split folders, hash each image's path (files only listed) or its bytes (every file "
-                        "read; exact copies share a split) (default %(default)s)")
+    add_config_flags(p, PrepareConfig)
     p.set_defaults(handler=cmd_prepare)
 
 
@@ -62,7 +62,7 @@ def cmd_validate(args) -> None:
 
     report = validate(args.csv, args.output_dir, fix=args.fix, max_leakage=args.max_leakage,
                       max_conflicting=args.max_conflicting, near_duplicate_distance=args.near_duplicate_distance,
-                      max_imbalance=args.max_imbalance, image_size=args.image_size)
+                      max_imbalance=args.max_imbalance, image_size=args.min_image_size)
     print(f"validated {args.csv}: {summary_line(report)}; report in {args.output_dir}")
     check_gate(report, args.output_dir)
 
@@ -76,8 +76,7 @@ def add_validate(sub) -> None:
     p.add_argument("csv", metavar="CSV")
     p.add_argument("--output-dir", required=True, help="folder for validation.json, pairs.csv (and cleaned.csv)")
     add_validation_flags(p)
-    p.add_argument("--image-size", type=int, default=150, help="images smaller than this are counted "
-                                                                 "(default %(default)s)")
+    add_config_flags(p, ValidateConfig, "min_image_size")
     p.set_defaults(handler=cmd_validate)
 
 
@@ -86,7 +85,7 @@ def cmd_convert(args, beam_args: list[str]) -> None:
 
     if args.runner == "DataflowRunner":
         beam_args = dataflow_beam_args(args) + beam_args
-    summary = convert(args.csv, args.output_dir, args.format, args.compression, args.num_shards,
+    summary = convert(args.csv, args.output_dir, args.record_format, args.compression, args.num_shards,
                       args.max_error_fraction, args.runner, beam_args, args.workers, args.dry_run,
                       args.max_file_bytes)
     if args.dry_run:
@@ -103,18 +102,10 @@ def add_convert(sub) -> None:
                                    "errors-*.csv (bad rows with the reason). Arguments after -- go to Beam.")
     p.add_argument("csv", metavar="CSV")
     p.add_argument("--output-dir", required=True, help="folder for the shards, labels.json, summary.json, errors")
-    p.add_argument("--format", choices=RECORD_FORMATS, default=DEFAULT_RECORD_FORMAT,
-                   help="jpeg: JPEG bytes (default); tfrecorder: TFRecorder's base64 raw pixels")
-    p.add_argument("--compression", choices=("gzip", "none"), default=None,
-                   help="default: none for jpeg (JPEGs do not compress), gzip for tfrecorder")
-    p.add_argument("--num-shards", type=int, default=0, help="shards per split; 0: one per 1000 records")
-    p.add_argument("--max-error-fraction", type=float, default=0.05,
-                   help="fail when more rows than this are bad (default %(default)s)")
+    add_config_flags(p, ConvertConfig, "record_format", "compression", "num_shards", "max_error_fraction")
     add_max_file_bytes(p)
-    p.add_argument("--runner", choices=("DirectRunner", "DataflowRunner"), default="DirectRunner",
-                   help="(default %(default)s)")
-    p.add_argument("--workers", type=int, default=1,
-                   help="DirectRunner processes (default 1: one process, threads per shard use the cores)")
+    p.add_argument("--runner", choices=RUNNERS, default="DirectRunner", help="(default %(default)s)")
+    add_config_flags(p, ConvertConfig, "workers")
     p.add_argument("--dry-run", action="store_true",
                    help="print the pipeline options, steps and job graph size; run nothing")
     add_dataflow_flags(p)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
+from components.beam_config import DataflowConfig
 from components.errors import InputError
 
 
@@ -98,15 +100,7 @@ def add_max_file_bytes(parser: argparse.ArgumentParser) -> None:
 
 def add_dataflow_flags(parser: argparse.ArgumentParser) -> None:
     dataflow = parser.add_argument_group("Dataflow (with --runner DataflowRunner)")
-    dataflow.add_argument("--project", default="")
-    dataflow.add_argument("--region", default="")
-    dataflow.add_argument("--temp-location", default="", help="gs:// folder for Dataflow's staging")
-    dataflow.add_argument("--sdk-container-image", default="", help="worker image (the catsdogs components image)")
-    dataflow.add_argument("--service-account", default="", help="worker service account email")
-    dataflow.add_argument("--machine-type", default="", help="worker machine type, e.g. n1-standard-4")
-    dataflow.add_argument("--max-workers", type=int, default=0, help="autoscaling limit")
-    dataflow.add_argument("--job-name", default="")
-    dataflow.add_argument("--subnetwork", default="", help="workers' subnetwork (regions/R/subnetworks/S or a URL)")
+    add_config_flags(dataflow, DataflowConfig)
     dataflow.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="job label (repeatable)")
 
 
@@ -123,19 +117,37 @@ def dataflow_beam_args(args) -> list[str]:
 
 def add_validation_flags(parser, every_limit: bool = True) -> None:
     """The validate step's gate; `catsdogs run` takes the ones the pipelines take (every_limit False)."""
-    from components.validate import core
+    from components.validate.config import ValidateConfig
 
-    parser.add_argument("--fix", action="store_true",
-                        help="set held-out copies of TRAIN images and conflicting rows to DISCARD (cleaned.csv, "
-                             "quarantine.csv says why) instead of failing")
-    parser.add_argument("--max-leakage", type=int, default=core.MAX_LEAKAGE,
-                        help="pairs across splits (exact or near) allowed (default %(default)s)")
-    parser.add_argument("--near-duplicate-distance", type=int, default=core.NEAR_DUPLICATE_DISTANCE,
-                        help="largest pHash Hamming distance (bits of 64) of near copies (default %(default)s)")
-    if not every_limit:
-        return
-    parser.add_argument("--max-conflicting", type=int, default=core.MAX_CONFLICTING,
-                        help="pairs of copies with different labels allowed (default %(default)s)")
-    parser.add_argument("--max-imbalance", type=float, default=core.MAX_IMBALANCE,
-                        help="fail when TRAIN's largest/smallest label count is over this (default %(default)s: "
-                             "reported only)")
+    add_config_flags(parser, ValidateConfig, "fix", "max_leakage", "near_duplicate_distance")
+    if every_limit:
+        add_config_flags(parser, ValidateConfig, "max_conflicting", "max_imbalance")
+
+
+def add_config_flags(parser, config_class, *names: str) -> None:
+    """A flag per field of a stage config (components/options.py): --NAME-WITH-DASHES, the config's default and
+    help; `names` picks fields, in that order (default: all). A field's metadata may rename its flag (`flag`)."""
+    chosen = {f.name: f for f in dataclasses.fields(config_class)}
+    for name in names or tuple(chosen):
+        field = chosen[name]
+        keywords = dict(field.metadata["flag"])
+        flag = keywords.pop("flag", "--" + name.replace("_", "-"))
+        if isinstance(field.default, bool):
+            keywords.setdefault("action", "store_true")
+        elif field.default is not None and "choices" not in keywords:
+            keywords.setdefault("type", type(field.default))
+        parser.add_argument(flag, dest=name, default=field.default, help=field.metadata["help"], **keywords)
+
+
+def add_region(parser) -> None:
+    """--region, required: the one spelling of a Google Cloud region on every command. deploy, promote and rollback
+    spelled it --location in earlier READMEs; that still works, unlisted. argparse cannot require one of two
+    spellings, so required_region checks it."""
+    parser.add_argument("--region", default=None, help="e.g. us-central1 (required)")
+    parser.add_argument("--location", dest="region", default=None, help=argparse.SUPPRESS)
+
+
+def required_region(args) -> str:
+    if not args.region:
+        raise InputError("the following arguments are required: --region")
+    return args.region

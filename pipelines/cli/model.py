@@ -5,8 +5,11 @@ from __future__ import annotations
 import dataclasses
 
 from components import storage
-from components.evaluate.champion import MIN_ACCURACY
+from components.batch_predict.config import BatchConfig
+from components.beam_config import RUNNERS
+from components.evaluate.config import GateConfig
 from pipelines.cli.flags import (
+    add_config_flags,
     add_dataflow_flags,
     add_max_file_bytes,
     add_training_flags,
@@ -49,9 +52,7 @@ def add_train(sub) -> None:
                                    "an interrupted command resumes from its last finished epoch.")
     p.add_argument("--data", required=True, metavar="TFRECORD_DIR", help="output folder of `catsdogs convert`")
     p.add_argument("--model-dir", required=True, help="where the SavedModel goes (local or gs://)")
-    p.add_argument("--min-accuracy", type=float, default=MIN_ACCURACY,
-                   help="deployable only when held-out accuracy reaches this, besides beating always answering the "
-                        "largest class (default %(default)s)")
+    add_config_flags(p, GateConfig, "min_accuracy")
     p.add_argument("--cache", default="auto", metavar="auto|memory|none|DIR",
                    help="decoded images: auto keeps them in memory when they fit 1 GiB, else re-reads them each "
                         "epoch; DIR caches on disk (default %(default)s)")
@@ -117,10 +118,9 @@ def add_batch_predict(sub) -> None:
                         "CSV with an image_uri column")
     p.add_argument("--model", required=True, help="model base (its newest numbered version) or a SavedModel folder")
     p.add_argument("--output-dir", required=True, help="folder for the predictions and errors (local or gs://)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per model call (default %(default)s)")
+    add_config_flags(p, BatchConfig)
     add_max_file_bytes(p)
-    p.add_argument("--runner", choices=("DirectRunner", "DataflowRunner"), default="DirectRunner",
-                   help="(default %(default)s)")
+    p.add_argument("--runner", choices=RUNNERS, default="DirectRunner", help="(default %(default)s)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the pipeline options, steps and job graph size, run nothing")
     add_dataflow_flags(p)

@@ -9,9 +9,10 @@ import shutil
 import sys
 
 from components import logs, storage, tracking
-from components.contracts import DEFAULT_RECORD_FORMAT, RECORD_FORMATS
-from components.evaluate.champion import MIN_ACCURACY
+from components.convert.config import ConvertConfig
+from components.evaluate.config import GateConfig
 from pipelines.cli.flags import (
+    add_config_flags,
     add_serving_limits,
     add_training_flags,
     add_validation_flags,
@@ -32,16 +33,10 @@ def register(sub) -> None:
     p.add_argument("--classes", type=classes, default=("cats", "dogs"), help="sample classes (default cats,dogs)")
     p.add_argument("--seed", type=int, default=0, help="sample seed (default %(default)s)")
     p.add_argument("--model-name", default="catsdogs", help="deployed model name (default %(default)s)")
-    p.add_argument("--format", choices=RECORD_FORMATS, default=DEFAULT_RECORD_FORMAT,
-                   help="TFRecord schema of the conversion (default %(default)s)")
+    add_config_flags(p, ConvertConfig, "record_format")
     p.add_argument("--model-base", default=None,
                    help="where model versions are published, local or gs:// (default WORKDIR/models/MODEL_NAME)")
-    p.add_argument("--min-accuracy", type=float, default=MIN_ACCURACY,
-                   help="deploy only when held-out accuracy reaches this, besides beating always answering the "
-                        "largest class (default %(default)s)")
-    p.add_argument("--max-regression", type=float, default=0.0,
-                   help="deploy only when held-out accuracy is at most this much below the served version's, "
-                        "scored on the same images (default %(default)s: a tie deploys)")
+    add_config_flags(p, GateConfig)
     add_serving_limits(p)
     p.add_argument("--verbose", "-v", action="store_true", default=argparse.SUPPRESS,
                    help="show every step's whole output here too (it always goes to WORKDIR/logs/<step>.log)")
@@ -96,7 +91,7 @@ def _run(args, config, console, logs_dir: str) -> int:
     try:
         result = run_local(
             images_root, args.workdir, model_name=args.model_name, model_base=args.model_base,
-            min_accuracy=args.min_accuracy, max_regression=args.max_regression, record_format=args.format,
+            min_accuracy=args.min_accuracy, max_regression=args.max_regression, record_format=args.record_format,
             validate_fix=args.fix, max_leakage=args.max_leakage, near_duplicate_distance=args.near_duplicate_distance,
             console=console,
             wandb_project=args.wandb_project, wandb_mode=args.wandb_mode, wandb_group=args.wandb_group,
