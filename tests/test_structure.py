@@ -16,6 +16,7 @@ from kfp import compiler
 
 from components.convert.component import convert
 from components.evaluate.component import evaluate
+from components.options import defaults
 from components.prepare.component import prepare
 from components.train import models
 from components.train.component import train
@@ -486,6 +487,11 @@ def test_components_and_pipelines_defaults_are_their_configs():
     assert component(validate, "image_size") == VALIDATE.min_image_size
     assert inspect.signature(validate_core).parameters["image_size"].default == VALIDATE.min_image_size
     assert component(batch_predict, "batch_size") == BATCH.batch_size
+    from components.beam_config import DataflowConfig
+
+    for name, default in defaults(DataflowConfig).items():  # empty: Dataflow's own default, as on the CLI
+        for step in (convert, batch_predict):
+            assert component(step, f"dataflow_{name}") == default, (step.name, name)
     assert component(evaluate, "max_regression") == GATE.max_regression
     assert component(canary_traffic_split, "canary_traffic_percent") == DEPLOY.traffic_percent
     vertex = build_vertex_pipeline().component_spec.inputs
