@@ -10,6 +10,8 @@ job the same way: `--pipeline batch-predict --images gs://... [--param model=cat
 from kfp import compiler, dsl
 
 from components.batch_predict.component import batch_predict
+from components.batch_predict.config import BATCH
+from components.beam_config import PIPELINE_DATAFLOW
 from components.deploy.registry_components import resolve_model
 from components.errors import InputError
 from components.images import LOCAL, Images, with_image
@@ -31,9 +33,9 @@ def build_batch_pipeline(images: Images = LOCAL):
         dataflow_temp_location: str,
         model: str = "catsdogs",
         location: str = "us-central1",
-        batch_size: int = 32,
-        dataflow_machine_type: str = "n1-standard-4",
-        dataflow_max_workers: int = 10,
+        batch_size: int = BATCH.batch_size,
+        dataflow_machine_type: str = PIPELINE_DATAFLOW.machine_type,
+        dataflow_max_workers: int = PIPELINE_DATAFLOW.max_workers,
         dataflow_subnetwork: str = "",
         service_account: str = "",
     ):

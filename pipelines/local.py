@@ -16,8 +16,8 @@ from components.contracts import DEFAULT_RECORD_FORMAT
 from components.convert.component import convert
 from components.deploy.component import deploy_local
 from components.errors import InputError
-from components.evaluate.champion import MIN_ACCURACY
 from components.evaluate.component import evaluate
+from components.evaluate.config import GATE
 from components.evaluate.label_issues import ISSUES_FILE
 from components.evaluate.model_card import CARD_FILE
 from components.export.component import export
@@ -27,8 +27,8 @@ from components.serve_check.component import check_serving
 from components.tracking_component import wandb_settings
 from components.train.component import train
 from components.train.config import TrainConfig
-from components.validate import core as validation
 from components.validate.component import validate
+from components.validate.config import VALIDATE
 from pipelines import progress
 from pipelines.dag import Steps, blessed, training_arguments, validation_arguments, wire
 
@@ -48,11 +48,11 @@ def local_pipeline(
     augment: bool = TRAINING.augment,
     fine_tune_epochs: int = TRAINING.fine_tune_epochs,
     record_format: str = DEFAULT_RECORD_FORMAT,
-    validate_fix: bool = False,
-    max_leakage: int = validation.MAX_LEAKAGE,
-    near_duplicate_distance: int = validation.NEAR_DUPLICATE_DISTANCE,
-    min_accuracy: float = MIN_ACCURACY,
-    max_regression: float = 0.0,
+    validate_fix: bool = VALIDATE.fix,
+    max_leakage: int = VALIDATE.max_leakage,
+    near_duplicate_distance: int = VALIDATE.near_duplicate_distance,
+    min_accuracy: float = GATE.min_accuracy,
+    max_regression: float = GATE.max_regression,
     wandb_project: str = tracking.PROJECT,
     wandb_mode: str = "disabled",
     wandb_group: str = "",

@@ -11,9 +11,11 @@ from kfp import compiler, dsl
 from kfp.dsl import Artifact, Input
 
 from components import tracking
+from components.beam_config import PIPELINE_DATAFLOW
 from components.contracts import DEFAULT_RECORD_FORMAT
 from components.convert.component import convert
 from components.deploy.component import find_model, find_or_create_endpoint, record_deployment, undeploy_previous
+from components.deploy.config import DEPLOY
 from components.deploy.registry import CHALLENGER_ALIAS
 from components.deploy.registry_components import (
     canary_traffic_split,
@@ -25,8 +27,8 @@ from components.deploy.registry_components import (
 from components.deploy.registry_components import promote_canary as promote_canary_step
 from components.deploy.vertex import HEALTH_ROUTE, PREDICT_ROUTE, SERVING_PORT
 from components.errors import InputError
-from components.evaluate.champion import MIN_ACCURACY
 from components.evaluate.component import evaluate
+from components.evaluate.config import GATE
 from components.export.component import export
 from components.images import LOCAL, Images, with_image
 from components.prepare.component import prepare
@@ -34,8 +36,8 @@ from components.serve_check.component import check_serving
 from components.tracking_component import wandb_settings
 from components.train.component import train
 from components.train.config import TrainConfig
-from components.validate import core as validation
 from components.validate.component import validate
+from components.validate.config import VALIDATE
 from pipelines.dag import Steps, blessed, training_arguments, validation_arguments, wire
 from pipelines.machines import machine_spec
 
@@ -80,21 +82,21 @@ def build_vertex_pipeline(images: Images = LOCAL, machine: str = "T4_1X", replic
         augment: bool = TRAINING.augment,
         fine_tune_epochs: int = TRAINING.fine_tune_epochs,
         record_format: str = DEFAULT_RECORD_FORMAT,
-        validate_fix: bool = False,
-        max_leakage: int = validation.MAX_LEAKAGE,
-        near_duplicate_distance: int = validation.NEAR_DUPLICATE_DISTANCE,
-        min_accuracy: float = MIN_ACCURACY,
-        max_regression: float = 0.0,
-        canary_traffic_percent: int = 100,
+        validate_fix: bool = VALIDATE.fix,
+        max_leakage: int = VALIDATE.max_leakage,
+        near_duplicate_distance: int = VALIDATE.near_duplicate_distance,
+        min_accuracy: float = GATE.min_accuracy,
+        max_regression: float = GATE.max_regression,
+        canary_traffic_percent: int = DEPLOY.traffic_percent,
         promote_canary: bool = False,
-        model_display_name: str = "catsdogs",
-        endpoint_display_name: str = "catsdogs",
-        deploy_machine_type: str = "n1-standard-2",
-        deploy_min_replicas: int = 1,
-        deploy_max_replicas: int = 1,
-        deploy_keep_previous: int = 0,
-        dataflow_machine_type: str = "n1-standard-4",
-        dataflow_max_workers: int = 10,
+        model_display_name: str = DEPLOY.model_display_name,
+        endpoint_display_name: str = DEPLOY.endpoint_display_name,
+        deploy_machine_type: str = DEPLOY.machine_type,
+        deploy_min_replicas: int = DEPLOY.min_replicas,
+        deploy_max_replicas: int = DEPLOY.max_replicas,
+        deploy_keep_previous: int = DEPLOY.keep_previous,
+        dataflow_machine_type: str = PIPELINE_DATAFLOW.machine_type,
+        dataflow_max_workers: int = PIPELINE_DATAFLOW.max_workers,
         dataflow_subnetwork: str = "",
         service_account: str = "",
         wandb_project: str = tracking.PROJECT,

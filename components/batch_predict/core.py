@@ -32,6 +32,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInf
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from components import model_store, outputs, storage
+from components.batch_predict.config import BATCH
 from components.beam_runner import describe, runner_for
 from components.contracts import MAX_FILE_BYTES, SAVED_MODEL_FILE, is_version_name
 from components.errors import InputError
@@ -47,7 +48,7 @@ OUTPUT_NAMES = re.compile(rf"^({PREDICTIONS_PREFIX}-\d{{5}}-of-\d{{5}}\.jsonl|"
                           rf"{ERRORS_PREFIX}-\d{{5}}-of-\d{{5}}\.csv)$")
 KIND = outputs.Kind(tool="catsdogs batch-predict", ours=OUTPUT_NAMES, claimed=OUTPUT_NAMES)
 COUNTER_NAMESPACE = "catsdogs.batch_predict"
-DEFAULT_BATCH_SIZE = 32
+DEFAULT_BATCH_SIZE = BATCH.batch_size  # components/batch_predict/config.py
 
 
 @dataclass

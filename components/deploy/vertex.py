@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from google.cloud import aiplatform_v1
 from google.protobuf import json_format
 
+from components.deploy.config import DEPLOY
 from components.deploy.registry import CANARY_ALIAS, DEFAULT_ALIAS
 from components.errors import InputError
 
@@ -47,14 +48,14 @@ class VertexDeployment:
     location: str
     model_dir: str  # gs:// folder holding saved_model.pb
     serving_image: str
-    model_display_name: str = "catsdogs"
-    endpoint_display_name: str = "catsdogs"
-    machine_type: str = "n1-standard-2"
-    min_replicas: int = 1
-    max_replicas: int = 1
-    traffic_percent: int = 100
+    model_display_name: str = DEPLOY.model_display_name  # defaults: components/deploy/config.py
+    endpoint_display_name: str = DEPLOY.endpoint_display_name
+    machine_type: str = DEPLOY.machine_type
+    min_replicas: int = DEPLOY.min_replicas
+    max_replicas: int = DEPLOY.max_replicas
+    traffic_percent: int = DEPLOY.traffic_percent
     version_aliases: tuple[str, ...] = ()
-    keep_previous: int = 0  # earlier idle deployments of the model left deployed (undeploy_previous)
+    keep_previous: int = DEPLOY.keep_previous  # earlier idle deployments of the model left deployed (undeploy_previous)
 
     def __post_init__(self):
         if not self.project or not self.location:

@@ -16,16 +16,14 @@ from dataclasses import dataclass
 
 from components import model_store
 from components.errors import InputError
+from components.evaluate.config import GATE
 
 log = logging.getLogger(__name__)
 
 # Accuracies on the same split are fractions k/n, but `champion - max_regression` is computed in floating point
 # (0.9 - 0.05 == 0.8500000000000001): a candidate exactly at the limit must not be rejected by rounding.
 TOLERANCE = 1e-9
-# The accuracy a candidate must reach on top of beating the largest class's share: the one default of the CLI's
-# --min-accuracy, the local pipeline's and the Vertex pipeline's min_accuracy. Beating a constant guess is
-# already required; a floor above it depends on the data, so none is imposed.
-MIN_ACCURACY = 0.0
+MIN_ACCURACY = GATE.min_accuracy  # components/evaluate/config.py
 
 
 @dataclass(frozen=True)
@@ -57,7 +55,7 @@ def majority(class_names: list[str], confusion_matrix: list[list[int]]) -> tuple
 
 
 def decide(candidate_accuracy: float, champion_accuracy: float | None, min_accuracy: float,
-           max_regression: float = 0.0, majority: tuple[str, float] | None = None) -> Decision:
+           max_regression: float = GATE.max_regression, majority: tuple[str, float] | None = None) -> Decision:
     """Whether the candidate is published: accuracy above `majority`'s share (the split's largest class, see
     majority(): a model that learned nothing scores exactly that), >= min_accuracy, and not worse than the
     champion (when there is one) by more than max_regression (0: ties publish); the reason names the first

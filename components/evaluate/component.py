@@ -15,7 +15,7 @@ def evaluate(
     confusion: Output[ClassificationMetrics],
     report: Output[HTML],
     evaluation: Output[artifact_types.ClassificationMetrics],
-    min_accuracy: float,  # no default: KFP runs this source alone; both pipelines pass champion.MIN_ACCURACY's
+    min_accuracy: float,  # no default: KFP runs this source alone; both pipelines pass GATE.min_accuracy's
     champion_uri: str = "",
     max_regression: float = 0.0,
     wandb_settings: Optional[Dict[str, str]] = None,

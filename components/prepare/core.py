@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from components import storage
 from components.contracts import CSV_COLUMNS, SPLITS
 from components.errors import InputError
+from components.prepare.config import PREPARE, SPLIT_BY
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,7 @@ class Row:
     label: str
 
 
-SPLIT_BY = ("path", "content")
-DEFAULT_SPLIT_BY = "path"
+DEFAULT_SPLIT_BY = PREPARE.split_by
 
 
 def hash_split(key: str | bytes, train_fraction: float, validation_fraction: float) -> str:
@@ -63,7 +63,8 @@ def _check_fractions(train_fraction: float, validation_fraction: float) -> None:
 
 
 def scan_images(
-    images_root: str, train_fraction: float = 0.8, validation_fraction: float = 0.1,
+    images_root: str, train_fraction: float = PREPARE.train_fraction,
+    validation_fraction: float = PREPARE.validation_fraction,
     split_by: str = DEFAULT_SPLIT_BY,
 ) -> list[Row]:
     """Lists the labelled images under images_root as CSV rows, sorted by URI.
@@ -123,7 +124,8 @@ def rows_to_csv(rows: list[Row]) -> str:
 
 
 def prepare_csv(
-    images_root: str, output_csv: str, train_fraction: float = 0.8, validation_fraction: float = 0.1,
+    images_root: str, output_csv: str, train_fraction: float = PREPARE.train_fraction,
+    validation_fraction: float = PREPARE.validation_fraction,
     split_by: str = DEFAULT_SPLIT_BY,
 ) -> dict[str, int]:
     """Writes the CSV for images_root to output_csv (local or gs://) and returns the row count per split."""

@@ -23,6 +23,9 @@ Starlette's request and response objects. The event loop only moves bytes: JSON 
 in decode threads (in parallel: TensorFlow's decoders release the GIL), heavy requests wait for the pixel budget
 (budget.py), and one model call at a time runs on everything decoded so far (batching.py). SIGTERM stops
 accepting connections, answers every request already received and exits within `grace_seconds`.
+
+Long: a quarter of it is this reference of the protocol, kept beside the routes that answer it; the rest is one
+app and the server that runs it (its parts with a life of their own are budget.py, batching.py, protocol.py).
 """
 
 from __future__ import annotations

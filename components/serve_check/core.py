@@ -12,6 +12,9 @@ TFX's InfraValidator does this for TF Serving and does not run on Vertex AI; her
    probability be within `TOLERANCE` of them.
 4. p50/p99 latency of one-image requests at concurrency 1, throughput (images/s) at concurrency N, each for a
    fixed time, and the server process's peak resident memory (VmHWM); each is held against its limit (0: none).
+
+Long: the four steps above, read top to bottom in that order; each part (the sample, the server process, the
+load) serves only this check.
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from components import storage
 from components.contracts import CSV_COLUMNS, DISCARD, SPLITS, TRAIN
 from components.errors import InputError
 from components.image_files import BadImage, open_header, upright_rgb
+from components.validate.config import VALIDATE
 from components.validate.near import near_pairs
 
 log = logging.getLogger(__name__)
@@ -38,11 +39,11 @@ QUARANTINE_FILE = "quarantine.csv"  # with --fix: the rows set to DISCARD, with 
 PAIR_COLUMNS = ("kind", "scope", "distance", "split_a", "label_a", "image_a", "split_b", "label_b", "image_b")
 QUARANTINE_COLUMNS = ("split", "image_uri", "label", "reason")
 
-# Defaults of the gate, written once (CLI, component and pipelines import them).
-NEAR_DUPLICATE_DISTANCE = 8  # pHash bits of 64: see the measured distances in tests/test_validate.py
-MAX_LEAKAGE = 0  # pairs across splits, exact or near
-MAX_CONFLICTING = 0  # pairs of (near-)identical images with different labels
-MAX_IMBALANCE = 0.0  # largest / smallest label count in TRAIN; 0: not gated, only reported
+# Defaults of the gate: components/validate/config.py
+NEAR_DUPLICATE_DISTANCE = VALIDATE.near_duplicate_distance
+MAX_LEAKAGE = VALIDATE.max_leakage  # pairs across splits, exact or near
+MAX_CONFLICTING = VALIDATE.max_conflicting  # pairs of (near-)identical images with different labels
+MAX_IMBALANCE = VALIDATE.max_imbalance
 MIN_TRAIN_PER_LABEL = 10  # fewer TRAIN images of a label is reported as too few to train on
 
 INDEX_BYTES_PER_IMAGE = 8 + 8 + 1 + 2 + 8  # content hash, pHash, split, label, CSV row (array.array, no objects)
@@ -198,7 +199,7 @@ def _problem_free(split: str, uri: str, label: str) -> bool:
 
 def validate(csv_path: str, output_dir: str, *, fix: bool = False, max_leakage: int = MAX_LEAKAGE,
              max_conflicting: int = MAX_CONFLICTING, near_duplicate_distance: int = NEAR_DUPLICATE_DISTANCE,
-             max_imbalance: float = MAX_IMBALANCE, image_size: int = 150) -> Report:
+             max_imbalance: float = MAX_IMBALANCE, image_size: int = VALIDATE.min_image_size) -> Report:
     """Validates the CSV's images and writes validation.json and pairs.csv to output_dir (with fix also
     cleaned.csv and quarantine.csv). Returns the report; its `problems` say why the gate fails (the caller
     decides what a failure does: an error line, a failed step)."""
