@@ -17,6 +17,7 @@ from components.contracts import DEFAULT_RECORD_FORMAT, RECORD_FORMATS
 from components.errors import InputError
 from components.evaluate.champion import MIN_ACCURACY
 from components.serve.limits import GRACE_SECONDS
+from components.serve.request_log import MAX_QUEUED
 
 log = logging.getLogger("catsdogs")
 
@@ -141,7 +142,9 @@ def cmd_serve(args) -> None:
     from components.serve.server import make_server
 
     server = make_server(args.model_base, args.host, args.port, model_name=args.model_name,
-                         poll_seconds=args.poll_seconds, max_batch=args.max_batch, grace_seconds=args.grace_seconds)
+                         poll_seconds=args.poll_seconds, max_batch=args.max_batch, grace_seconds=args.grace_seconds,
+                         log_requests=args.log_requests, log_sample_rate=args.log_sample_rate,
+                         log_buffer=args.log_buffer)
     # As a container's PID 1 Python ignores SIGTERM unless it handles it; Vertex and podman stop with it.
     # While serving, uvicorn handles it (stop accepting, answer what is in flight) and then re-raises it here.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
@@ -153,7 +156,10 @@ def cmd_serve(args) -> None:
     except KeyboardInterrupt:
         pass
     finally:
-        server.server_close()
+        logged = server.server_close()
+        if logged is not None:
+            print(f"request log: {logged['written']} records in {logged['files']} files under {logged['folder']}, "
+                  f"{logged['dropped']} dropped (buffer full), {logged['lost']} lost (write failed)", flush=True)
 
 
 def cmd_check_serving(args) -> None:
@@ -716,6 +722,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="most images in one model call when requests are batched (default %(default)s)")
     p.add_argument("--grace-seconds", type=float, default=GRACE_SECONDS,
                    help="on SIGTERM, how long requests in flight may take to finish (default %(default)s)")
+    p.add_argument("--log-requests", metavar="DIR", default=None,
+                   help="log a sample of the answered images (label, probabilities, the model's profile) as JSON "
+                        "lines under DIR or gs://... for `catsdogs monitor` "
+                        "(default: $CATSDOGS_LOG_REQUESTS, else off)")
+    p.add_argument("--log-sample-rate", type=float, default=None,
+                   help="share of images logged, in (0, 1] (default $CATSDOGS_LOG_SAMPLE_RATE, else 1)")
+    p.add_argument("--log-buffer", type=int, default=MAX_QUEUED,
+                   help="records waiting for the log writer; more are dropped and counted, never waited for "
+                        "(default %(default)s)")
     p.set_defaults(handler=cmd_serve)
 
     p = sub.add_parser("check-serving", help="serve a SavedModel with the real server, check its answers in every "
