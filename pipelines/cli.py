@@ -214,7 +214,7 @@ def cmd_deploy(args) -> None:
         model_display_name=args.model_display_name, endpoint_display_name=args.endpoint_display_name,
         machine_type=args.machine_type, min_replicas=args.min_replicas, max_replicas=args.max_replicas,
         traffic_percent=args.traffic_percent, version_aliases=tuple(a for a in args.version_aliases.split(",") if a),
-        keep_previous=args.keep_previous,
+        keep_previous=args.keep_previous, log_requests=args.log_requests, log_sample_rate=args.log_sample_rate,
     )
     if args.dry_run:
         print(json.dumps(dry_run(deployment), indent=1))
@@ -783,6 +783,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-previous", type=int, default=0,
                    help="earlier deployments of the model that take no traffic to leave deployed for rollback; "
                         "the others are undeployed, as they bill their nodes (default %(default)s)")
+    p.add_argument("--log-requests", default="", metavar="GS_FOLDER",
+                   help="the serving container logs a sample of its requests there for `catsdogs monitor` "
+                        "(default: off)")
+    p.add_argument("--log-sample-rate", type=float, default=1.0,
+                   help="share of images logged with --log-requests, in (0, 1] (default %(default)s)")
     p.add_argument("--dry-run", action="store_true", help="print the requests instead of sending them")
     p.set_defaults(handler=cmd_deploy)
 

@@ -30,6 +30,7 @@ from components.evaluate.component import evaluate
 from components.export.component import export
 from components.images import LOCAL, Images, with_image
 from components.prepare.component import prepare
+from components.serve.request_log import LOG_REQUESTS_ENV, LOG_SAMPLE_RATE_ENV
 from components.serve_check.component import check_serving
 from components.tracking_component import wandb_settings
 from components.train.component import train
@@ -93,6 +94,8 @@ def build_vertex_pipeline(images: Images = LOCAL, machine: str = "T4_1X", replic
         deploy_min_replicas: int = 1,
         deploy_max_replicas: int = 1,
         deploy_keep_previous: int = 0,
+        log_requests: str = "",  # gs:// folder the endpoint's serving container logs sampled requests to ("": off)
+        log_sample_rate: float = 1.0,
         dataflow_machine_type: str = "n1-standard-4",
         dataflow_max_workers: int = 10,
         dataflow_subnetwork: str = "",
@@ -167,6 +170,9 @@ def build_vertex_pipeline(images: Images = LOCAL, machine: str = "T4_1X", replic
                 "healthRoute": HEALTH_ROUTE,
                 "predictRoute": PREDICT_ROUTE,
                 "ports": [{"containerPort": SERVING_PORT}],
+                # components/serve/server.py reads these; an empty folder leaves logging off.
+                "env": [{"name": LOG_REQUESTS_ENV, "value": log_requests},
+                        {"name": LOG_SAMPLE_RATE_ENV, "value": f"{log_sample_rate}"}],
             }},
         ).set_display_name("serving model")
         # Each run adds a version to the model of this name rather than a new model.

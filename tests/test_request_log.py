@@ -243,3 +243,42 @@ def test_bad_logging_flags_are_one_line_errors(profiled_base, tmp_path, flags, m
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == f"catsdogs serve: error: {message}"
     assert not Path(tmp_path / "logs").exists()
+
+
+# --- on Vertex AI: the deployment sets the serving container's settings ---
+
+DEPLOY = ["deploy", "gs://bucket/runs/7/model", "--project", "p", "--location", "europe-west4",
+          "--images-registry", "europe-west4-docker.pkg.dev/p/catsdogs", "--dry-run"]
+
+
+def _container_spec(capsys) -> dict:
+    calls = json.loads(capsys.readouterr().out)["calls"]
+    [upload] = [c for c in calls if c["method"] == "ModelService.UploadModel"]
+    return upload["request"]["model"]["containerSpec"]
+
+
+def test_deploy_passes_the_log_folder_and_rate_to_the_serving_container(capsys):
+    from pipelines.cli import main
+
+    assert main([*DEPLOY, "--log-requests", "gs://bucket/request-logs", "--log-sample-rate", "0.1"]) == 0
+    assert _container_spec(capsys)["env"] == [{"name": "CATSDOGS_LOG_REQUESTS", "value": "gs://bucket/request-logs"},
+                                              {"name": "CATSDOGS_LOG_SAMPLE_RATE", "value": "0.1"}]
+    assert main(DEPLOY) == 0
+    assert "env" not in _container_spec(capsys)  # off by default
+    assert main([*DEPLOY, "--log-requests", "logs/"]) == 2
+    assert "--log-requests must be gs://" in capsys.readouterr().err
+
+
+def test_the_vertex_pipeline_passes_its_log_parameters_to_the_serving_container(tmp_path):
+    import yaml
+
+    from pipelines.cli import main
+
+    path = tmp_path / "pipeline.yaml"
+    assert main(["compile", "--output", str(path), "--images-registry", "europe-west4-docker.pkg.dev/p/catsdogs"]) == 0
+    compiled = yaml.safe_load(path.read_text())
+    env = compiled["deploymentSpec"]["executors"]["exec-importer"]["importer"]["metadata"]["containerSpec"]["env"]
+    assert [e["name"] for e in env] == ["CATSDOGS_LOG_REQUESTS", "CATSDOGS_LOG_SAMPLE_RATE"]
+    assert all("{{$.inputs.parameters[" in e["value"] for e in env), env
+    inputs = compiled["root"]["inputDefinitions"]["parameters"]
+    assert inputs["log_requests"]["defaultValue"] == "" and inputs["log_sample_rate"]["defaultValue"] == 1.0
