@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import math
 import os
 import queue
 import random
@@ -161,7 +162,6 @@ def _line(row: tuple) -> str:
 
 
 def _floats(values) -> list[float | None]:
-    """Rounded to 6 digits (float32 holds about 7); NaN and infinity, which JSON lacks, as null."""
-    import numpy as np  # here: the CLI imports this module for its defaults
-
-    return [round(float(v), 6) if np.isfinite(v) else None for v in np.asarray(values, np.float64)]
+    """Rounded to 6 digits (float32 holds about 7); NaN and infinity, which JSON lacks, as null. `values` is a
+    row of a model output (numpy): tolist() first, as per-element numpy scalars cost several times more."""
+    return [round(v, 6) if math.isfinite(v) else None for v in values.tolist()]
