@@ -457,10 +457,10 @@ def make_server(model_base: str | None = None, host: str = "127.0.0.1", port: in
     if grace_seconds < 0:
         raise InputError(f"the grace period must be 0 or more seconds, got {grace_seconds}")
     log_requests = log_requests or os.environ.get(LOG_REQUESTS_ENV) or None
-    if log_sample_rate is None:
-        log_sample_rate = parse_sample_rate(os.environ.get(LOG_SAMPLE_RATE_ENV, "1"), LOG_SAMPLE_RATE_ENV)
-    else:
+    if log_sample_rate is not None:
         log_sample_rate = parse_sample_rate(log_sample_rate)
+    elif log_requests:
+        log_sample_rate = parse_sample_rate(os.environ.get(LOG_SAMPLE_RATE_ENV, "1"), LOG_SAMPLE_RATE_ENV)
     if log_buffer < 1:
         raise InputError(f"--log-buffer must be at least 1 record, got {log_buffer}")
     sock = _listen(host, _port(port))
