@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/serving_logging.py [--duration 60] [--concurrency 16] [--rounds 3]
 
 The seed CNN (150x150, untrained: speed does not depend on the weights) is exported with a profile signature
-(components/serve/model.py PROFILE_SIGNATURE: the penultimate layer projected to 16 dimensions and 5 image
+(components/contracts.py PROFILE_SIGNATURE: the penultimate layer projected to 16 dimensions and 5 image
 statistics), so the logged server makes the profiled model call and writes every image's record. Both servers run
 at once and are driven in turn by benchmarks/serving.py's load generator (one 300x400 JPEG per request),
 --rounds times in alternating order; figures are medians over the rounds. Memory is each server's peak resident
@@ -33,7 +33,7 @@ def export_profiled(folder: str) -> str:
     import numpy as np
     import tensorflow as tf
 
-    from components.serve.model import PROFILE_SIGNATURE
+    from components.contracts import PROFILE_SIGNATURE
     from components.train.export import class_probabilities
     from components.train.models import seed_cnn
 

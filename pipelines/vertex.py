@@ -11,7 +11,7 @@ from kfp import compiler, dsl
 from kfp.dsl import Artifact, Input
 
 from components import tracking
-from components.contracts import DEFAULT_RECORD_FORMAT
+from components.contracts import DEFAULT_RECORD_FORMAT, LOG_REQUESTS_ENV, LOG_SAMPLE_RATE_ENV
 from components.convert.component import convert
 from components.deploy.component import find_model, find_or_create_endpoint, record_deployment, undeploy_previous
 from components.deploy.registry import CHALLENGER_ALIAS
@@ -30,7 +30,6 @@ from components.evaluate.component import evaluate
 from components.export.component import export
 from components.images import LOCAL, Images, with_image
 from components.prepare.component import prepare
-from components.serve.request_log import LOG_REQUESTS_ENV, LOG_SAMPLE_RATE_ENV
 from components.serve_check.component import check_serving
 from components.tracking_component import wandb_settings
 from components.train.component import train

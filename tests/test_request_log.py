@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from components import storage
-from components.serve.request_log import FILE_PREFIX
+from components.contracts import REQUEST_LOG_PREFIX
 
 WAIT_S = 120  # a hang guard, never a speed check
 SIZE = 8
@@ -119,7 +119,7 @@ class Served:
 
 def _records(folder: str) -> list[dict]:
     names = sorted(storage.walk_files(folder))
-    assert all(n.startswith(FILE_PREFIX) and n.endswith(".jsonl") for n in names), names  # no leftovers
+    assert all(n.startswith(REQUEST_LOG_PREFIX) and n.endswith(".jsonl") for n in names), names  # no leftovers
     return [json.loads(line) for n in names for line in storage.read_text(storage.join(folder, n)).splitlines()]
 
 

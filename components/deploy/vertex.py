@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from google.cloud import aiplatform_v1
 from google.protobuf import json_format
 
+from components.contracts import LOG_REQUESTS_ENV, LOG_SAMPLE_RATE_ENV
 from components.deploy.registry import CANARY_ALIAS, DEFAULT_ALIAS
 from components.errors import InputError
-from components.serve.request_log import LOG_REQUESTS_ENV, LOG_SAMPLE_RATE_ENV, parse_sample_rate
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +73,8 @@ class VertexDeployment:
         if self.log_requests and not self.log_requests.startswith("gs://"):
             raise InputError(f"the serving container logs requests to GCS: --log-requests must be gs://..., "
                              f"got {self.log_requests!r}")
-        if self.log_requests:
-            parse_sample_rate(self.log_sample_rate)
+        if self.log_requests and not 0 < self.log_sample_rate <= 1:
+            raise InputError(f"--log-sample-rate must be in (0, 1], got {self.log_sample_rate}")
         if self.keep_previous < 0:
             raise InputError(f"keep previous must be 0 or more deployments, got {self.keep_previous}")
         bad = [a for a in self.version_aliases if not ALIAS.fullmatch(a) or a in (DEFAULT_ALIAS, CANARY_ALIAS)]

@@ -17,16 +17,13 @@ from http import HTTPStatus
 import numpy as np
 import tensorflow as tf
 
+from components.contracts import PROFILE_SIGNATURE
 from components.decode import decode_and_resize
 from components.image_files import BadImage, open_header
 from components.model_store import check_answers, input_size, load_saved_model, probe_pixels
 
 log = logging.getLogger(__name__)
 
-# A version's optional signature for request logging: predict_pixels' input and outputs plus "embedding" [N, D]
-# and "image_stats" [N, 5] (the drift monitor's per-image profile). With --log-requests the server calls it
-# instead of predict_pixels: one model call gives the answer and the record.
-PROFILE_SIGNATURE = "profile_pixels"
 
 
 class RequestError(Exception):
@@ -74,6 +71,8 @@ class LoadedModel:
         self.name, self.version, self.path = name, version, path
         loaded = load_saved_model(path)
         self._loaded = loaded  # the signatures' variables live as long as this object
+        # With --log-requests a version's profile signature (components/contracts.py) replaces predict_pixels: one
+        # model call gives both the answer and the logged record.
         self.profiled = profile and PROFILE_SIGNATURE in loaded.signatures
         self._predict = loaded.signatures[PROFILE_SIGNATURE if self.profiled else "predict_pixels"]
         size = self.size = input_size(loaded)

@@ -3,7 +3,7 @@
     {"time": "2026-12-04T23:50:01.123456Z", "version": "3", "label": "cats", "probabilities": [0.9, 0.1],
      "embedding": [16 floats], "image_stats": [5 floats]}
 
-(embedding and image_stats only when the served version has the profile signature, model.PROFILE_SIGNATURE.)
+(embedding and image_stats only when the served version has the profile signature, contracts.PROFILE_SIGNATURE.)
 Files are `requests-<start time>-<pid>-<n>.jsonl` under a local folder or gs:// prefix (components/storage.py);
 each file is written whole, once, when it holds `rotate_records` lines or is `rotate_seconds` old, so a reader
 never sees half a file (on GCS an object cannot be appended to anyway).
@@ -27,6 +27,7 @@ import threading
 import time
 
 from components import storage
+from components.contracts import REQUEST_LOG_PREFIX
 from components.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -34,11 +35,6 @@ log = logging.getLogger(__name__)
 MAX_QUEUED = 10_000  # records waiting for the writer; beyond this they are dropped (and counted)
 ROTATE_RECORDS = 10_000  # lines per file
 ROTATE_SECONDS = 60.0  # a file is written at least this often while records arrive
-FILE_PREFIX = "requests-"
-
-# Deployment settings for the serving container (components/deploy/vertex.py sets them on Vertex AI).
-LOG_REQUESTS_ENV = "CATSDOGS_LOG_REQUESTS"
-LOG_SAMPLE_RATE_ENV = "CATSDOGS_LOG_SAMPLE_RATE"
 
 
 def parse_sample_rate(value: float | str, source: str = "--log-sample-rate") -> float:
@@ -131,7 +127,7 @@ class RequestLog:
             self._write(lines)
 
     def _write(self, lines: list[str]) -> None:
-        name = f"{FILE_PREFIX}{self._started}-{os.getpid()}-{self.files + self.failed_writes:05d}.jsonl"
+        name = f"{REQUEST_LOG_PREFIX}{self._started}-{os.getpid()}-{self.files + self.failed_writes:05d}.jsonl"
         path = storage.join(self.folder, name)
         data = "".join(lines).encode()
         try:

@@ -47,27 +47,14 @@ import uvicorn
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
+from components.contracts import LOG_REQUESTS_ENV, LOG_SAMPLE_RATE_ENV, PROFILE_SIGNATURE
 from components.errors import InputError
 from components.serve.batching import MicroBatcher
 from components.serve.budget import DecodeLimits, PixelBudget
 from components.serve.limits import GRACE_SECONDS, MAX_BODY_BYTES, MAX_IN_FLIGHT, MAX_INSTANCES
-from components.serve.model import (
-    PROFILE_SIGNATURE,
-    Instance,
-    LoadedModel,
-    Predictions,
-    RequestError,
-    bad_request,
-    read_instance,
-)
+from components.serve.model import Instance, LoadedModel, Predictions, RequestError, bad_request, read_instance
 from components.serve.protocol import ConnectionLimits, LimitedHttpToolsProtocol, connection_limit
-from components.serve.request_log import (
-    LOG_REQUESTS_ENV,
-    LOG_SAMPLE_RATE_ENV,
-    MAX_QUEUED,
-    RequestLog,
-    parse_sample_rate,
-)
+from components.serve.request_log import MAX_QUEUED, RequestLog, parse_sample_rate
 from components.serve.versions import VersionManager
 
 log = logging.getLogger(__name__)
