@@ -282,3 +282,42 @@ def test_the_vertex_pipeline_passes_its_log_parameters_to_the_serving_container(
     assert all("{{$.inputs.parameters[" in e["value"] for e in env), env
     inputs = compiled["root"]["inputDefinitions"]["parameters"]
     assert inputs["log_requests"]["defaultValue"] == "" and inputs["log_sample_rate"]["defaultValue"] == 1.0
+
+
+# --- the writer beneath: rotation by count and by age ---
+
+def _predictions(n: int):
+    import numpy as np
+
+    from components.serve.model import Predictions
+
+    probabilities = np.linspace(0, 1, 2 * n, dtype=np.float32).reshape(n, 2)
+    return Predictions(["cats", "dogs"], ["dogs"] * n, probabilities)
+
+
+def test_files_rotate_every_n_records_and_each_is_written_whole(tmp_path):
+    from components.serve.request_log import RequestLog
+
+    log = RequestLog(str(tmp_path), rotate_records=3, rotate_seconds=3600)
+    log.add(4, _predictions(7))
+    stats = log.close()
+    names = sorted(os.listdir(tmp_path))
+    assert [len((tmp_path / n).read_text().splitlines()) for n in names] == [3, 3, 1]
+    assert all(n.startswith(REQUEST_LOG_PREFIX) and n.endswith(f"-{os.getpid()}-{i:05d}.jsonl")
+               for i, n in enumerate(names))
+    assert (stats["written"], stats["files"], stats["dropped"]) == (7, 3, 0)
+    assert json.loads((tmp_path / names[0]).read_text().splitlines()[0])["version"] == "4"
+
+
+def test_a_file_is_written_when_it_is_old_enough_without_more_records(tmp_path):
+    import time
+
+    from components.serve.request_log import RequestLog
+
+    log = RequestLog(str(tmp_path), rotate_records=1000, rotate_seconds=0.01)
+    log.add(1, _predictions(2))
+    deadline = time.monotonic() + WAIT_S  # a hang guard, not a speed check
+    while not os.listdir(tmp_path):
+        assert time.monotonic() < deadline, "the writer never wrote the aged file"
+        time.sleep(0.01)
+    assert log.close()["files"] == 1
