@@ -42,3 +42,13 @@ def is_version_name(name: str) -> bool:
 # The largest input file convert and batch-predict read (--max-file-bytes): far above any photo (a 60-megapixel
 # JPEG is ~30 MB), so a 1.5 GB non-image or /dev/zero listed in a CSV is an error row, not the worker's memory.
 MAX_FILE_BYTES = 64 * 1024 * 1024
+
+# Request logs for drift monitoring: the server writes, `catsdogs monitor` reads. One JSON line per logged image
+# ({"time", "version", "label", "probabilities"[, "embedding", "image_stats"]}) in files named
+# <REQUEST_LOG_PREFIX><start time>-<pid>-<n>.jsonl; the embedding and image statistics come from a version's
+# PROFILE_SIGNATURE: predict_pixels' input and outputs plus "embedding" [N, D] and "image_stats" [N, 5].
+REQUEST_LOG_PREFIX = "requests-"
+PROFILE_SIGNATURE = "profile_pixels"
+# The serving container's request-logging settings (`catsdogs deploy --log-requests` sets them on Vertex AI).
+LOG_REQUESTS_ENV = "CATSDOGS_LOG_REQUESTS"
+LOG_SAMPLE_RATE_ENV = "CATSDOGS_LOG_SAMPLE_RATE"

@@ -12,7 +12,7 @@ from kfp.dsl import Artifact, Input
 
 from components import tracking
 from components.beam_config import PIPELINE_DATAFLOW
-from components.contracts import DEFAULT_RECORD_FORMAT
+from components.contracts import DEFAULT_RECORD_FORMAT, LOG_REQUESTS_ENV, LOG_SAMPLE_RATE_ENV
 from components.convert.component import convert
 from components.deploy.component import find_model, find_or_create_endpoint, record_deployment, undeploy_previous
 from components.deploy.config import DEPLOY
@@ -95,6 +95,8 @@ def build_vertex_pipeline(images: Images = LOCAL, machine: str = "T4_1X", replic
         deploy_min_replicas: int = DEPLOY.min_replicas,
         deploy_max_replicas: int = DEPLOY.max_replicas,
         deploy_keep_previous: int = DEPLOY.keep_previous,
+        log_requests: str = DEPLOY.log_requests,  # the endpoint's serving container logs sampled requests there
+        log_sample_rate: float = DEPLOY.log_sample_rate,
         dataflow_machine_type: str = PIPELINE_DATAFLOW.machine_type,
         dataflow_max_workers: int = PIPELINE_DATAFLOW.max_workers,
         dataflow_subnetwork: str = "",
@@ -169,6 +171,9 @@ def build_vertex_pipeline(images: Images = LOCAL, machine: str = "T4_1X", replic
                 "healthRoute": HEALTH_ROUTE,
                 "predictRoute": PREDICT_ROUTE,
                 "ports": [{"containerPort": SERVING_PORT}],
+                # components/serve/server.py reads these; an empty folder leaves logging off.
+                "env": [{"name": LOG_REQUESTS_ENV, "value": log_requests},
+                        {"name": LOG_SAMPLE_RATE_ENV, "value": f"{log_sample_rate}"}],
             }},
         ).set_display_name("serving model")
         # Each run adds a version to the model of this name rather than a new model.

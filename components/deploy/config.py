@@ -20,6 +20,9 @@ class DeployConfig:
     keep_previous: int = option(0, "earlier deployments of the model that take no traffic to leave deployed for "
                                    "rollback; the others are undeployed, as they bill their nodes "
                                    "(default %(default)s)")
+    log_requests: str = option("", "gs:// folder the serving container logs a sample of its requests to, for "
+                                   "`catsdogs monitor` (default: off)", metavar="GS_FOLDER")
+    log_sample_rate: float = option(1.0, "share of images logged with --log-requests, in (0, 1] (default %(default)s)")
 
 
 DEPLOY = DeployConfig()

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from google.cloud import aiplatform_v1
 from google.protobuf import json_format
 
+from components.contracts import LOG_REQUESTS_ENV, LOG_SAMPLE_RATE_ENV
 from components.deploy.config import DEPLOY
 from components.deploy.registry import CANARY_ALIAS, DEFAULT_ALIAS
 from components.errors import InputError
@@ -56,6 +57,8 @@ class VertexDeployment:
     traffic_percent: int = DEPLOY.traffic_percent
     version_aliases: tuple[str, ...] = ()
     keep_previous: int = DEPLOY.keep_previous  # earlier idle deployments of the model left deployed (undeploy_previous)
+    log_requests: str = DEPLOY.log_requests  # gs:// folder the serving container logs sampled requests to
+    log_sample_rate: float = DEPLOY.log_sample_rate
 
     def __post_init__(self):
         if not self.project or not self.location:
@@ -68,6 +71,11 @@ class VertexDeployment:
         if not 1 <= self.min_replicas <= self.max_replicas:
             raise InputError(f"replicas: need 1 <= min ({self.min_replicas}) <= max ({self.max_replicas})")
         check_traffic_percent(self.traffic_percent)
+        if self.log_requests and not self.log_requests.startswith("gs://"):
+            raise InputError(f"the serving container logs requests to GCS: --log-requests must be gs://..., "
+                             f"got {self.log_requests!r}")
+        if self.log_requests and not 0 < self.log_sample_rate <= 1:
+            raise InputError(f"--log-sample-rate must be in (0, 1], got {self.log_sample_rate}")
         if self.keep_previous < 0:
             raise InputError(f"keep previous must be 0 or more deployments, got {self.keep_previous}")
         bad = [a for a in self.version_aliases if not ALIAS.fullmatch(a) or a in (DEFAULT_ALIAS, CANARY_ALIAS)]
@@ -98,10 +106,19 @@ def list_models_request(project: str, location: str, display_name: str) -> aipla
                                            filter=_named(display_name), order_by="create_time desc", page_size=1)
 
 
+def serving_env(log_requests: str, log_sample_rate: float) -> list[aiplatform_v1.EnvVar]:
+    """The serving container's settings (components/serve/server.py reads them): request logging."""
+    if not log_requests:
+        return []
+    return [aiplatform_v1.EnvVar(name=LOG_REQUESTS_ENV, value=log_requests),
+            aiplatform_v1.EnvVar(name=LOG_SAMPLE_RATE_ENV, value=str(log_sample_rate))]
+
+
 def upload_request(d: VertexDeployment, parent_model: str) -> aiplatform_v1.UploadModelRequest:
     container = aiplatform_v1.ModelContainerSpec(
         image_uri=d.serving_image, health_route=HEALTH_ROUTE, predict_route=PREDICT_ROUTE,
         ports=[aiplatform_v1.Port(container_port=SERVING_PORT)],
+        env=serving_env(d.log_requests, d.log_sample_rate),
     )
     model = aiplatform_v1.Model(
         display_name=d.model_display_name, artifact_uri=d.model_dir, container_spec=container,

@@ -122,6 +122,5 @@ def _split(predictions: Predictions, jobs: list[_Job]) -> None:
     start = 0
     for job in jobs:
         end = start + len(job.pixels)
-        job.result.set_result(Predictions(predictions.classes, predictions.labels[start:end],
-                                          predictions.probabilities[start:end]))
+        job.result.set_result(predictions.rows_between(start, end))
         start = end

@@ -17,11 +17,13 @@ from http import HTTPStatus
 import numpy as np
 import tensorflow as tf
 
+from components.contracts import PROFILE_SIGNATURE
 from components.decode import decode_and_resize
 from components.image_files import BadImage, open_header
 from components.model_store import check_answers, input_size, load_saved_model, probe_pixels
 
 log = logging.getLogger(__name__)
+
 
 
 class RequestError(Exception):
@@ -43,6 +45,14 @@ class Predictions:
     classes: list[str]
     labels: list[str]
     probabilities: np.ndarray  # [N, K]
+    embedding: np.ndarray | None = None  # [N, D], from PROFILE_SIGNATURE only
+    image_stats: np.ndarray | None = None  # [N, 5], from PROFILE_SIGNATURE only
+
+    def rows_between(self, start: int, end: int) -> Predictions:
+        """The predictions of instances start..end-1 (one request's share of a batch)."""
+        return Predictions(self.classes, self.labels[start:end], self.probabilities[start:end],
+                           None if self.embedding is None else self.embedding[start:end],
+                           None if self.image_stats is None else self.image_stats[start:end])
 
     def check_finite(self) -> None:
         """RequestError 500 when the model produced NaN or infinity (a diverged model): JSON has no NaN."""
@@ -57,11 +67,14 @@ class Predictions:
 
 
 class LoadedModel:
-    def __init__(self, name: str, version: int, path: str):
+    def __init__(self, name: str, version: int, path: str, profile: bool = False):
         self.name, self.version, self.path = name, version, path
         loaded = load_saved_model(path)
         self._loaded = loaded  # the signatures' variables live as long as this object
-        self._predict = loaded.signatures["predict_pixels"]
+        # With --log-requests a version's profile signature (components/contracts.py) replaces predict_pixels: one
+        # model call gives both the answer and the logged record.
+        self.profiled = profile and PROFILE_SIGNATURE in loaded.signatures
+        self._predict = loaded.signatures[PROFILE_SIGNATURE if self.profiled else "predict_pixels"]
         size = self.size = input_size(loaded)
         # The same preprocessing as the SavedModel's own signatures (and training), one image at a time.
         self._decode = tf.function(lambda image_bytes: decode_and_resize(image_bytes, size),
@@ -92,6 +105,8 @@ class LoadedModel:
             classes=[c.decode() for c in outputs["classes"].numpy()[0]],
             labels=[label.decode() for label in outputs["labels"].numpy()],
             probabilities=outputs["probabilities"].numpy(),
+            embedding=outputs["embedding"].numpy() if "embedding" in outputs else None,
+            image_stats=outputs["image_stats"].numpy() if "image_stats" in outputs else None,
         )
 
     def warm_up(self, max_batch: int) -> None:

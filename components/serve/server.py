@@ -18,6 +18,9 @@ Every client error is a 4xx with {"error": "<what is wrong>"}; a model that answ
 Vertex's contract: listen on AIP_HTTP_PORT, health on AIP_HEALTH_ROUTE, predictions on AIP_PREDICT_ROUTE,
 the model from AIP_STORAGE_URI (gs:// too).
 
+With --log-requests (or $CATSDOGS_LOG_REQUESTS, how Vertex deployments set it) a sample of the answered images is
+logged for drift monitoring by a background writer (request_log.py); /health then also reports its counters.
+
 HTTP is uvicorn's (httptools' parser: framing, keep-alive, pipelining and malformed requests are its job) with
 Starlette's request and response objects. The event loop only moves bytes: JSON parsing and image decoding run
 in decode threads (in parallel: TensorFlow's decoders release the GIL), heavy requests wait for the pixel budget
@@ -47,12 +50,14 @@ import uvicorn
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
+from components.contracts import LOG_REQUESTS_ENV, LOG_SAMPLE_RATE_ENV, PROFILE_SIGNATURE
 from components.errors import InputError
 from components.serve.batching import MicroBatcher
 from components.serve.budget import DecodeLimits, PixelBudget
 from components.serve.limits import GRACE_SECONDS, MAX_BODY_BYTES, MAX_IN_FLIGHT, MAX_INSTANCES
 from components.serve.model import Instance, LoadedModel, Predictions, RequestError, bad_request, read_instance
 from components.serve.protocol import ConnectionLimits, LimitedHttpToolsProtocol, connection_limit
+from components.serve.request_log import MAX_QUEUED, RequestLog, parse_sample_rate
 from components.serve.versions import VersionManager
 
 log = logging.getLogger(__name__)
@@ -118,8 +123,10 @@ class PredictionApp:
     """The ASGI application: routes, request checks, decoding and the batched model call."""
 
     def __init__(self, versions: VersionManager, batcher: MicroBatcher, limits: DecodeLimits,
-                 health_route: str, predict_route: str, max_in_flight: int = MAX_IN_FLIGHT):
+                 health_route: str, predict_route: str, max_in_flight: int = MAX_IN_FLIGHT,
+                 request_log: RequestLog | None = None):
         self.versions = versions
+        self.request_log = request_log
         self.max_in_flight = max_in_flight
         self.in_flight = 0  # prediction requests being read, decoded or predicted now
         self.shed = 0  # prediction requests answered 503 because max_in_flight were in the server
@@ -163,7 +170,10 @@ class PredictionApp:
         if method == "GET":
             if path == self.health_route:
                 model = self.versions.current
-                return _json(HTTPStatus.OK, {"status": "ok", "model": model.name, "version": model.version}, model)
+                health = {"status": "ok", "model": model.name, "version": model.version}
+                if self.request_log is not None:
+                    health["request_log"] = self.request_log.stats()
+                return _json(HTTPStatus.OK, health, model)
             model = self._route_model(path, verb="")
             if model is None:
                 raise RequestError(HTTPStatus.NOT_FOUND, f"no route GET {_shown(path)}")
@@ -257,7 +267,9 @@ class PredictionApp:
             finally:
                 self.budget.release(pixels)
             _still_there(gone)
-            answer = self._answer(model, columnar, await asyncio.wrap_future(self.batcher.submit(model, decoded)))
+            predictions = await asyncio.wrap_future(self.batcher.submit(model, decoded))
+            answer = self._answer(model, columnar, predictions)
+            self._log(model, predictions)
         return Response(answer, HTTPStatus.OK, {"X-Model-Name": model.name, "X-Model-Version": str(model.version)},
                         media_type="application/json")
 
@@ -274,7 +286,14 @@ class PredictionApp:
             decoded = self._decode(model, items, gone)
         _still_there(gone)
         predictions = self.batcher.predict(model, decoded)
-        return self._answer(model, columnar, predictions), None
+        answer = self._answer(model, columnar, predictions)
+        self._log(model, predictions)
+        return answer, None
+
+    def _log(self, model: LoadedModel, predictions: Predictions) -> None:
+        """Queues the answered request's sampled images for the request log (never waits)."""
+        if self.request_log is not None:
+            self.request_log.add(model.version, predictions)
 
     @staticmethod
     def _answer(model: LoadedModel, columnar: bool, predictions: Predictions) -> bytes:
@@ -397,19 +416,25 @@ class PredictionServer:
         if self._serving:
             self._stopped.wait()
 
-    def server_close(self) -> None:
+    def server_close(self) -> dict | None:
+        """Releases everything; with request logging, writes what is queued and returns its final counters."""
         self.socket.close()
         self.app.versions.close()
         self.app.batcher.close()
         self.app.close()
+        if self.app.request_log is not None:
+            return self.app.request_log.close()
+        return None
 
 
 def make_server(model_base: str | None = None, host: str = "127.0.0.1", port: int | None = None, *,
                 model_name: str | None = None, poll_seconds: float = POLL_SECONDS, max_batch: int = MAX_BATCH,
                 limits: DecodeLimits | None = None, grace_seconds: float = GRACE_SECONDS,
                 connection_limits: ConnectionLimits | None = None,
-                max_in_flight: int = MAX_IN_FLIGHT) -> PredictionServer:
-    """A server (not yet serving) for model_base, with Vertex's AIP_* variables filling what is not given.
+                max_in_flight: int = MAX_IN_FLIGHT, log_requests: str | None = None,
+                log_sample_rate: float | None = None, log_buffer: int = MAX_QUEUED) -> PredictionServer:
+    """A server (not yet serving) for model_base, with Vertex's AIP_* variables (and the request log's
+    CATSDOGS_LOG_* ones) filling what is not given.
 
     The port is bound first (a busy port is an InputError), then the newest loadable version is loaded and
     warmed up before this returns; a poller then follows new versions.
@@ -421,15 +446,28 @@ def make_server(model_base: str | None = None, host: str = "127.0.0.1", port: in
         raise InputError(f"--max-batch must be at least 1, got {max_batch}")
     if grace_seconds < 0:
         raise InputError(f"the grace period must be 0 or more seconds, got {grace_seconds}")
+    log_requests = log_requests or os.environ.get(LOG_REQUESTS_ENV) or None
+    if log_sample_rate is not None:
+        log_sample_rate = parse_sample_rate(log_sample_rate)
+    elif log_requests:
+        log_sample_rate = parse_sample_rate(os.environ.get(LOG_SAMPLE_RATE_ENV, "1"), LOG_SAMPLE_RATE_ENV)
+    if log_buffer < 1:
+        raise InputError(f"--log-buffer must be at least 1 record, got {log_buffer}")
     sock = _listen(host, _port(port))
     try:
-        versions = VersionManager(model_base, model_name or model_base.rsplit("/", 1)[-1], max_batch, poll_seconds)
+        versions = VersionManager(model_base, model_name or model_base.rsplit("/", 1)[-1], max_batch, poll_seconds,
+                                  profile=bool(log_requests))
+        request_log = RequestLog(log_requests, log_sample_rate, max_queued=log_buffer) if log_requests else None
     except BaseException:
         sock.close()
         raise
+    if request_log is not None and not versions.current.profiled:
+        log.warning("version %d has no %s signature: requests are logged without embedding and image_stats",
+                    versions.current.version, PROFILE_SIGNATURE)
     app = PredictionApp(versions, MicroBatcher(max_batch).start(), limits or DecodeLimits(),
                         health_route=os.environ.get("AIP_HEALTH_ROUTE", "/health"),
-                        predict_route=os.environ.get("AIP_PREDICT_ROUTE", "/predict"), max_in_flight=max_in_flight)
+                        predict_route=os.environ.get("AIP_PREDICT_ROUTE", "/predict"), max_in_flight=max_in_flight,
+                        request_log=request_log)
     connection_limits = connection_limits or ConnectionLimits()
     if not connection_limits.max_connections:
         connection_limits = dataclasses.replace(connection_limits, max_connections=connection_limit())

@@ -45,8 +45,9 @@ def files_signature(path: str) -> tuple:
 
 
 class VersionManager:
-    def __init__(self, model_base: str, name: str, max_batch: int, poll_seconds: float):
+    def __init__(self, model_base: str, name: str, max_batch: int, poll_seconds: float, profile: bool = False):
         self.model_base = model_base
+        self._profile = profile  # load each version's profile signature when it has one (request logging)
         self.name = name
         self._max_batch = max_batch
         self._failed: dict[int, tuple] = {}  # version -> signature of its files when loading failed
@@ -74,7 +75,7 @@ class VersionManager:
     def _load(self, version: int, path: str) -> LoadedModel:
         log.info("loading %s version %d from %s", self.name, version, path)
         self.load_attempts[version] += 1
-        model = LoadedModel(self.name, version, path)
+        model = LoadedModel(self.name, version, path, profile=self._profile)
         model.warm_up(self._max_batch)
         return model
 

@@ -31,7 +31,7 @@ def cmd_deploy(args) -> None:
         model_display_name=args.model_display_name, endpoint_display_name=args.endpoint_display_name,
         machine_type=args.machine_type, min_replicas=args.min_replicas, max_replicas=args.max_replicas,
         traffic_percent=args.traffic_percent, version_aliases=tuple(a for a in args.version_aliases.split(",") if a),
-        keep_previous=args.keep_previous,
+        keep_previous=args.keep_previous, log_requests=args.log_requests, log_sample_rate=args.log_sample_rate,
     )
     if args.dry_run:
         print(json.dumps(dry_run(deployment), indent=1))

@@ -7,6 +7,7 @@ import signal
 from components import storage
 from components.errors import InputError
 from components.serve.limits import GRACE_SECONDS
+from components.serve.request_log import MAX_QUEUED
 from pipelines.cli.flags import add_serving_limits
 
 
@@ -24,7 +25,9 @@ def cmd_serve(args) -> None:
     from components.serve.server import make_server
 
     server = make_server(args.model_base, args.host, args.port, model_name=args.model_name,
-                         poll_seconds=args.poll_seconds, max_batch=args.max_batch, grace_seconds=args.grace_seconds)
+                         poll_seconds=args.poll_seconds, max_batch=args.max_batch, grace_seconds=args.grace_seconds,
+                         log_requests=args.log_requests, log_sample_rate=args.log_sample_rate,
+                         log_buffer=args.log_buffer)
     # As a container's PID 1 Python ignores SIGTERM unless it handles it; Vertex and podman stop with it.
     # While serving, uvicorn handles it (stop accepting, answer what is in flight) and then re-raises it here.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
@@ -36,7 +39,10 @@ def cmd_serve(args) -> None:
     except KeyboardInterrupt:
         pass
     finally:
-        server.server_close()
+        logged = server.server_close()
+        if logged is not None:
+            print(f"request log: {logged['written']} records in {logged['files']} files under {logged['folder']}, "
+                  f"{logged['dropped']} dropped (buffer full), {logged['lost']} lost (write failed)", flush=True)
 
 
 def add_serve(sub) -> None:
@@ -52,6 +58,15 @@ def add_serve(sub) -> None:
                    help="most images in one model call when requests are batched (default %(default)s)")
     p.add_argument("--grace-seconds", type=float, default=GRACE_SECONDS,
                    help="on SIGTERM, how long requests in flight may take to finish (default %(default)s)")
+    p.add_argument("--log-requests", metavar="DIR", default=None,
+                   help="log a sample of the answered images (label, probabilities, the model's profile) as JSON "
+                        "lines under DIR or gs://... for `catsdogs monitor` "
+                        "(default: $CATSDOGS_LOG_REQUESTS, else off)")
+    p.add_argument("--log-sample-rate", type=float, default=None,
+                   help="share of images logged, in (0, 1] (default $CATSDOGS_LOG_SAMPLE_RATE, else 1)")
+    p.add_argument("--log-buffer", type=int, default=MAX_QUEUED,
+                   help="records waiting for the log writer; more are dropped and counted, never waited for "
+                        "(default %(default)s)")
     p.set_defaults(handler=cmd_serve)
 
 
