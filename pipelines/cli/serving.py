@@ -26,7 +26,7 @@ def cmd_serve(args) -> None:
 
     server = make_server(args.model_base, args.host, args.port, model_name=args.model_name,
                          poll_seconds=args.poll_seconds, max_batch=args.max_batch, grace_seconds=args.grace_seconds,
-                         log_requests=args.log_requests, log_sample_rate=args.log_sample_rate,
+                         log_requests=args.request_log_folder, log_sample_rate=args.request_log_sample_rate,
                          log_buffer=args.log_buffer)
     # As a container's PID 1 Python ignores SIGTERM unless it handles it; Vertex and podman stop with it.
     # While serving, uvicorn handles it (stop accepting, answer what is in flight) and then re-raises it here.
@@ -58,11 +58,11 @@ def add_serve(sub) -> None:
                    help="most images in one model call when requests are batched (default %(default)s)")
     p.add_argument("--grace-seconds", type=float, default=GRACE_SECONDS,
                    help="on SIGTERM, how long requests in flight may take to finish (default %(default)s)")
-    p.add_argument("--log-requests", metavar="DIR", default=None,
+    p.add_argument("--log-requests", metavar="DIR", default=None, dest="request_log_folder",  # None: the env var
                    help="log a sample of the answered images (label, probabilities, the model's profile) as JSON "
                         "lines under DIR or gs://... for `catsdogs monitor` "
                         "(default: $CATSDOGS_LOG_REQUESTS, else off)")
-    p.add_argument("--log-sample-rate", type=float, default=None,
+    p.add_argument("--log-sample-rate", type=float, default=None, dest="request_log_sample_rate",
                    help="share of images logged, in (0, 1] (default $CATSDOGS_LOG_SAMPLE_RATE, else 1)")
     p.add_argument("--log-buffer", type=int, default=MAX_QUEUED,
                    help="records waiting for the log writer; more are dropped and counted, never waited for "
