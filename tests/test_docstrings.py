@@ -99,7 +99,7 @@ def test_the_check_finds_an_undocumented_parameter_and_a_missing_returns():
     from kfp import dsl
 
     @dsl.component
-    def step(images: str, size: int, stale_docs: bool = False) -> int:
+    def step(images: str, size: int, stale_docs: bool = False) -> int:  # noqa: D417 - what the check must find
         """Does a thing.
 
         Args:
