@@ -24,7 +24,7 @@ def wandb_settings(project: str, mode: str, group: str, secret: str, gcp_project
         The settings (tracking.settings): project, mode, group, secret, gcp_project, pipeline_run.
     """
     from components import tracking
-    from components.summary import write_summary
+    from components.step_summary import write_summary
 
     tracking.check_mode(mode)
     settings = tracking.settings(project, mode, group, secret, gcp_project, pipeline_run)

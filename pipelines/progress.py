@@ -6,7 +6,7 @@ child's merged stdout/stderr line by line, with its own lines about each task th
 `StepLogs` stands in for sys.stdout (and the root logger's handler) while the pipeline runs, so it sees every line
 in the thread that ran the task and writes it to that task's log. What those lines mean (a task started,
 finished, wrote its outputs) only pipelines/kfp_local_log.py knows. What a step did is the one-line summary the
-step wrote into its outputs (components/summary.py); its training progress the lines its epoch callback prints.
+step wrote into its outputs (components/step_summary.py); its training progress the lines its epoch callback prints.
 
 `quiet_process`, which the CLI's main() applies to every command unless --verbose, sends this process's own file
 descriptors 1 and 2 to a log (`process_log`): TensorFlow's C++ start-up lines ("failed call to cuInit",
@@ -28,7 +28,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 
-from components import summary as step_summary
+from components import step_summary
 from pipelines import kfp_local_log
 
 RUN_LOG = "run.log"  # this process's own output and kfp.local's pipeline-level lines

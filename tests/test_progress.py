@@ -1,6 +1,6 @@
 """What `catsdogs run` shows and keeps, fed the lines kfp.local writes (its exact formats: colours, indents,
-one thread per task) and the summaries steps write into their outputs (components/summary.py), without running a
-pipeline; tests/test_pipeline_local.py runs the real one."""
+one thread per task) and the summaries steps write into their outputs (components/step_summary.py), without
+running a pipeline; tests/test_pipeline_local.py runs the real one."""
 
 import contextlib
 import io
@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from components import summary
+from components import step_summary as summary
 from pipelines import kfp_local_log, progress
 
 CYAN, GREEN, RED, RESET = "\033[96m", "\033[92m", "\033[91m", "\033[0m"

@@ -61,7 +61,7 @@ def batch_predict(
     from components.batch_predict.core import batch_predict as run_batch_prediction
     from components.beam_runner import dataflow_args
     from components.contracts import MAX_FILE_BYTES
-    from components.summary import write_summary
+    from components.step_summary import write_summary
 
     logs.setup()
     args = []

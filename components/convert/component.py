@@ -67,7 +67,7 @@ def convert(
     from components.beam_runner import dataflow_args
     from components.contracts import MAX_FILE_BYTES
     from components.convert.pipeline import convert as run_conversion
-    from components.summary import write_summary
+    from components.step_summary import write_summary
 
     logs.setup()
     args = []

@@ -23,7 +23,7 @@ def deploy_local(model: Input[Model], model_base: str, wandb_settings: Optional[
     """
     from components import logs, tracking
     from components.model_store import publish_version
-    from components.summary import write_summary
+    from components.step_summary import write_summary
 
     logs.setup()
     with tracking.step_run("deploy", "deploy", wandb_settings, {"model_base": model_base}) as run:

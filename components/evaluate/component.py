@@ -65,7 +65,7 @@ def evaluate(
     from components.evaluate.model_card import CARD_FILE, model_card
     from components.evaluate.report import html_report, step_summary
     from components.model_store import training_info
-    from components.summary import write_summary
+    from components.step_summary import write_summary
 
     logs.setup()
     check_max_regression(max_regression)

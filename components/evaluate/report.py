@@ -277,7 +277,7 @@ def html_report(result: Evaluation, history: dict[str, list[float]], title: str 
 
 
 def step_summary(scores: dict) -> str:
-    """The evaluate step's one line (components/summary.py), from its Metrics: the held-out accuracy and AUC, the
+    """The evaluate step's one line (components/step_summary.py), from its Metrics: the held-out accuracy and AUC, the
     champion's, calibration, label issues and the saliency maps' time."""
     auc = f", AUC {scores['auc']:.3f}" if "auc" in scores else ""
     champion = ""

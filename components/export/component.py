@@ -21,7 +21,7 @@ def export(model: Input[Model], tfrecords: Input[Dataset], export_formats: str, 
     """
     from components import logs
     from components.export.core import SavedModel, export_model, parse_formats, table
-    from components.summary import write_summary
+    from components.step_summary import write_summary
 
     logs.setup()
     pairs = parse_formats(export_formats)

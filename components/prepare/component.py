@@ -32,7 +32,7 @@ def prepare(
     """
     from components import logs, tracking
     from components.prepare.core import prepare_csv
-    from components.summary import write_summary
+    from components.step_summary import write_summary
 
     logs.setup()
     config = {"images_root": images_root, "train_fraction": train_fraction, "validation_fraction": validation_fraction,

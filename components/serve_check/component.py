@@ -34,7 +34,7 @@ def check_serving(
     """
     from components import logs, storage
     from components.serve_check.core import Limits, check_serving
-    from components.summary import write_summary
+    from components.step_summary import write_summary
 
     logs.setup()
     if not evaluation_blessed:

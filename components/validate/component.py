@@ -43,7 +43,7 @@ def validate(
     import logging
 
     from components import logs, storage, tracking
-    from components.summary import write_summary
+    from components.step_summary import write_summary
     from components.validate.core import CLEANED_FILE, check_gate, summary_line
     from components.validate.core import validate as run_validation
 
