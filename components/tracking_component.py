@@ -19,8 +19,14 @@ def wandb_settings(project: str, mode: str, group: str, secret: str, gcp_project
         gcp_project: The Google Cloud project of that secret.
         pipeline_run: The pipeline run's name (dsl.PIPELINE_JOB_NAME_PLACEHOLDER) locally; empty on Vertex, whose
             cached steps must not take a per-run input (each step's run reads its run's id: tracking.run_group).
+
+    Returns:
+        The settings (tracking.settings): project, mode, group, secret, gcp_project, pipeline_run.
     """
     from components import tracking
+    from components.step_summary import write_summary
 
     tracking.check_mode(mode)
-    return tracking.settings(project, mode, group, secret, gcp_project, pipeline_run)
+    settings = tracking.settings(project, mode, group, secret, gcp_project, pipeline_run)
+    write_summary(None, f"W&B {settings['mode']}, project {settings['project']}")
+    return settings

@@ -90,7 +90,7 @@ class LocalRun:
     logs_dir: str = ""  # workdir/logs: <step>.log per step, and progress.RUN_LOG
     steps: tuple[progress.Step, ...] = ()  # in the order they ran
     wandb_runs: tuple[str, ...] = ()  # offline run folders or online run URLs
-    serving_check: str = ""  # the serving check's one-line summary ("" when it did not run)
+    serving_check: str = ""  # the serving check's one-line summary, "blessed: ..." or "refused: ..." ("" if none)
     exports: str = ""  # with export_formats: the TFLite / ONNX files and export.json (beside the version, if any)
 
 

@@ -2,11 +2,11 @@
 each step's whole output goes to WORKDIR/logs/<step>.log.
 
 kfp.local's SubprocessRunner runs every task as a child process in a thread of this process and print()s the
-child's merged stdout/stderr line by line; it logs "Executing task 'NAME'" before and "Task 'NAME' finished with
-status S" after, through the root logger, to sys.stdout. `StepLogs` stands in for sys.stdout (and the root
-logger's handler) while the pipeline runs, so it sees every line in the thread that ran the task, writes it to
-that task's log and reads the counts off it: the executor output file (KFP's ExecutorOutput JSON, whose path the
-KFP executor logs) for the step's outputs, Keras's epoch lines for training progress.
+child's merged stdout/stderr line by line, with its own lines about each task through the root logger.
+`StepLogs` stands in for sys.stdout (and the root logger's handler) while the pipeline runs, so it sees every line
+in the thread that ran the task and writes it to that task's log. What those lines mean (a task started,
+finished, wrote its outputs) only pipelines/kfp_local_log.py knows. What a step did is the one-line summary the
+step wrote into its outputs (components/step_summary.py); its training progress the lines its epoch callback prints.
 
 `quiet_process`, which the CLI's main() applies to every command unless --verbose, sends this process's own file
 descriptors 1 and 2 to a log (`process_log`): TensorFlow's C++ start-up lines ("failed call to cuInit",
@@ -28,14 +28,12 @@ import time
 import warnings
 from dataclasses import dataclass, field
 
+from components import step_summary
+from pipelines import kfp_local_log
+
 RUN_LOG = "run.log"  # this process's own output and kfp.local's pipeline-level lines
 FAILURE_TAIL = 20  # log lines shown when a step fails
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
-EXECUTING = re.compile(r" - INFO - Executing task '([^']+)'")
-FINISHED = re.compile(r" - \w+ - Task '([^']+)' finished with status (\w+)")
-EXECUTOR_OUTPUT = re.compile(r"Wrote executor output file to (.+?)\.?$")
-EPOCH = re.compile(r"^\s*Epoch (\d+)/(\d+)")
-KERAS_METRICS = re.compile(r" - (\w+): ([0-9.e+-]+)")
+# Our components' own log lines (components/logs.py's format): the live line shows the latest.
 COMPONENT_LOG = re.compile(r"^\s*\S+ \S+ INFO (components\.\S+|pipelines\.\S+): (.*)$")
 WANDB_OFFLINE = re.compile(r"wandb: Run data is saved locally in (\S+)")
 WANDB_ONLINE = re.compile(r"wandb: .*View run at (https?://\S+)")
@@ -200,8 +198,8 @@ class Step:
     seconds: float = 0.0
     status: str = "RUNNING"  # SUCCESS, FAILURE, SKIPPED
     executor_output: str = ""
-    epoch: tuple[int, int] | None = None
-    epoch_metrics: dict[str, float] = field(default_factory=dict)
+    progress: str = ""  # the latest epoch training reported, for the live line
+    said: str = ""  # the summary a step without output artifacts printed
     activity: str = ""  # the latest thing the step said it did
     shown: str = ""  # the activity on the live line
     wandb_runs: list[str] = field(default_factory=list)  # offline run folders or online run URLs
@@ -234,76 +232,13 @@ class Step:
         return kept[-lines:]
 
 
-def _number(value) -> str:
-    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
-
-
-def _megabytes(size: float) -> str:
-    return f"{size / 1e6:.1f} MB"
-
-
 def summarize(step: Step) -> str:
-    """What the step did, in counts, from its outputs and its log."""
-    outputs = step.outputs()
-    parameters = outputs.get("parameterValues", {})
-    kind = step.name.split("-")[0]
-    if kind == "prepare":
-        per_split = step.artifact("image_csv").get("metadata", {})
-        if per_split:
-            total = sum(per_split.values())
-            return f"{_number(total)} images found: " + ", ".join(
-                f"{split} {_number(count)}" for split, count in per_split.items())
-    if kind == "convert":
-        counts = step.artifact("metrics").get("metadata", {})
-        labels = step.artifact("tfrecords").get("metadata", {}).get("labels", [])
-        if counts:
-            return (f"{_number(counts.get('good', 0))} of {_number(counts.get('rows', 0))} records written, "
-                    f"{len(labels)} labels; {_number(counts.get('bad', 0))} bad, "
-                    f"{_number(counts.get('duplicates', 0))} duplicates")
-    if kind == "train" and step.epoch:
-        metrics = ", ".join(f"{k} {step.epoch_metrics[k]:.3f}" for k in ("loss", "accuracy", "val_loss", "val_accuracy")
-                            if k in step.epoch_metrics)
-        return f"epoch {step.epoch[0]}/{step.epoch[1]}" + (f": {metrics}" if metrics else "")
-    if kind == "evaluate":
-        scores = step.artifact("metrics").get("metadata", {})
-        if "accuracy" in scores:
-            auc = f", AUC {scores['auc']:.3f}" if "auc" in scores else ""
-            champion = ""
-            if "champion_accuracy" in scores:
-                champion = (f"; champion (version {_number(scores.get('champion_version', '?'))}) "
-                            f"{scores['champion_accuracy']:.3f}")
-            insight = ""
-            if "ece" in scores:
-                insight = f"; ECE {scores['ece']:.3f}, {_number(scores.get('label_issues', 0))} label issues"
-            if "saliency_seconds" in scores:
-                insight += f", saliency {scores['saliency_seconds']:.1f} s"
-            return (f"{scores.get('split', 'held-out')} accuracy {scores['accuracy']:.3f}{auc} "
-                    f"on {_number(scores.get('examples', 0))} images{champion}{insight}")
-    if kind == "export":
-        files = step.artifact("exports").get("metadata", {}).get("files", {})
-        if files:
-            return "; ".join(f"{name} {_megabytes(f['size_bytes'])}, {f['agreement']:.1%} agree, "
-                             f"{f['latency_ms_p50']:.2f} ms" for name, f in files.items())
-    if kind == "check" and step.artifact("serving_check").get("metadata", {}).get("summary"):
-        return step.artifact("serving_check")["metadata"]["summary"].removeprefix("serving check ")
-    if kind == "wandb" and isinstance(parameters.get("Output"), dict):
-        settings = parameters["Output"]
-        return f"W&B {settings.get('mode')}, project {settings.get('project')}"
-    if kind == "deploy" and "Output" in parameters:
-        return f"published version {parameters['Output']}"
-    if parameters:
-        return ", ".join(f"{k} {v}" for k, v in parameters.items())
-    return step.activity or "done"
+    """What the step did: the summary it wrote into its outputs (or printed), else its last word."""
+    return step_summary.from_outputs(step.outputs()) or step.said or step.progress or step.activity or "done"
 
 
 def live_activity(step: Step) -> str:
-    if step.epoch:
-        text = f"epoch {step.epoch[0]}/{step.epoch[1]}"
-        if step.epoch_metrics:
-            text += ": " + ", ".join(f"{k} {step.epoch_metrics[k]:.3f}" for k in ("loss", "accuracy")
-                                     if k in step.epoch_metrics)
-        return text
-    return step.activity or "running"
+    return step.progress or step.activity or "running"
 
 
 class StepLogs(io.TextIOBase):
@@ -346,11 +281,11 @@ class StepLogs(io.TextIOBase):
         return self.files[name]
 
     def _line(self, raw: str) -> None:
-        line = ANSI.sub("", raw)
+        line = kfp_local_log.plain(raw)
+        event = kfp_local_log.read(line)
         step: Step | None = getattr(self.local, "step", None)
-        started = EXECUTING.search(line)
-        if started:
-            step = self._start(started.group(1))
+        if event and event.kind == "started":
+            step = self._start(event.task)
         with self.lock:
             if step is None:
                 self._file(RUN_LOG, os.path.join(self.logs_dir, RUN_LOG)).write(line + "\n")
@@ -359,7 +294,7 @@ class StepLogs(io.TextIOBase):
         if self.console.verbose:
             self.console.print(raw)
         if step is not None:
-            self._read(step, line)
+            self._read(step, line, event)
 
     def _start(self, name: str) -> Step:
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
@@ -370,12 +305,11 @@ class StepLogs(io.TextIOBase):
         self._tick_start()
         return step
 
-    def _read(self, step: Step, line: str) -> None:
+    def _read(self, step: Step, line: str, event: kfp_local_log.Event | None) -> None:
         """Updates the step from one of its lines: its progress, its outputs' file, its end."""
-        finished = FINISHED.search(line)
-        if finished and finished.group(1) == step.name:
+        if event and event.kind == "finished" and event.task == step.name:
             step.seconds = time.monotonic() - step.started
-            step.status = finished.group(2)
+            step.status = event.value
             ok = step.status == "SUCCESS"
             step.summary = summarize(step) if ok else f"see {relative(step.log_path)}"
             self.console.step(step.name, step.seconds, step.summary, ok)
@@ -386,17 +320,17 @@ class StepLogs(io.TextIOBase):
             step.closing = True  # kfp lists the outputs next, then draws a line: both still belong to the step
             return
         if step.closing:
-            if line.startswith("-----") and not line.strip("-"):
+            if event and event.kind == "end":
                 self.local.step = None
             return
-        if match := EXECUTOR_OUTPUT.search(line):
-            step.executor_output = match.group(1)
-        elif match := EPOCH.search(line):
-            step.epoch = (int(match.group(1)), int(match.group(2)))
-            step.epoch_metrics = {}
-        elif " - loss: " in line and KERAS_METRICS.search(line):
-            step.epoch = step.epoch or (1, 1)  # Keras prints no "Epoch 1/1" for a single epoch
-            step.epoch_metrics = {k: float(v) for k, v in KERAS_METRICS.findall(line)}
+        if event and event.kind == "outputs":
+            step.executor_output = event.value
+        elif (said := step_summary.parse(line)) is not None:
+            if "summary" in said:
+                step.said = str(said["summary"])
+            elif "epoch" in said:
+                step.progress = step_summary.epoch_line(said["epoch"], said.get("epochs", said["epoch"]),
+                                                        said.get("metrics", {}), names=("loss", "accuracy"))
         elif match := COMPONENT_LOG.search(line):
             step.activity = match.group(2)
         elif match := WANDB_OFFLINE.search(line) or WANDB_ONLINE.search(line):

@@ -50,6 +50,9 @@ def artifact_uri(artifact: Input[Artifact]) -> str:
 
     Args:
         artifact: Any artifact; its URI (gs://...) is returned.
+
+    Returns:
+        The artifact's URI.
     """
     return artifact.uri
 

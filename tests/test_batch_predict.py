@@ -206,6 +206,7 @@ def test_component_registers_the_predictions_as_a_dataset(trained_model, mixed_i
     assert (len(found), len(errors)) == (31, 4)
     assert {k: predictions.metadata[k] for k in ("predictions", "errors", "model", "version")} == \
         {"predictions": 31, "errors": 4, "model": "saved_model", "version": 1}
+    assert predictions.metadata["summary"] == "31 predictions by version 1, 4 errors"  # components/step_summary.py
     assert metrics.metadata == {"predictions": 31, "errors": 4}
 
 

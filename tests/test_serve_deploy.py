@@ -248,7 +248,8 @@ def test_the_batcher_runs_queued_requests_in_one_call_and_gives_each_its_rows(tr
                for i in range(len(images))]
     for thread in threads:
         thread.start()
-    while batcher._queue.qsize() < len(images):  # every request waits in the queue before the batcher starts
+    # every request waits in the queue before the batcher starts (what only the batcher's own queue can tell)
+    while batcher._queue.qsize() < len(images):  # noqa: SLF001
         time.sleep(0.01)
     batcher.start()
     for thread in threads:

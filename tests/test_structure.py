@@ -407,9 +407,11 @@ def _command_flags():
 
     from pipelines.cli import build_parser
 
-    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    # argparse has no public way to list a parser's flags: its _actions are what --help itself walks.
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices  # noqa: SLF001
     for command, parser in commands.items():
-        for action in parser._actions:
+        for action in parser._actions:  # noqa: SLF001
             for flag in action.option_strings:
                 yield command, flag, action.dest, action.default
 

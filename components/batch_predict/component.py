@@ -61,6 +61,7 @@ def batch_predict(
     from components.batch_predict.core import batch_predict as run_batch_prediction
     from components.beam_runner import dataflow_args
     from components.contracts import MAX_FILE_BYTES
+    from components.step_summary import write_summary
 
     logs.setup()
     args = []
@@ -79,3 +80,5 @@ def batch_predict(
     metrics.log_metric("errors", summary.errors)
     predictions.metadata.update({"source": source, "model": summary.model, "version": summary.version,
                                  "predictions": summary.predictions, "errors": summary.errors})
+    write_summary(predictions, f"{summary.predictions} predictions by version {summary.version}, "
+                               f"{summary.errors} errors")

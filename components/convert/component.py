@@ -67,6 +67,7 @@ def convert(
     from components.beam_runner import dataflow_args
     from components.contracts import MAX_FILE_BYTES
     from components.convert.pipeline import convert as run_conversion
+    from components.step_summary import write_summary
 
     logs.setup()
     args = []
@@ -91,4 +92,6 @@ def convert(
         for name, value in counts.items():
             metrics.log_metric(name, value)
         tfrecords.metadata.update({"labels": summary.labels, "per_split": summary.per_split, "format": summary.format})
+        write_summary(tfrecords, f"{summary.good} of {summary.rows} records written, {len(summary.labels)} labels; "
+                                 f"{summary.bad} bad, {summary.duplicates} duplicates")
         run.log_output("tfrecords", tfrecords.uri, {**tfrecords.metadata, **counts})

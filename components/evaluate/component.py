@@ -63,8 +63,9 @@ def evaluate(
     from components.evaluate.core import evaluate as score
     from components.evaluate.label_issues import ISSUES_FILE, issues_csv
     from components.evaluate.model_card import CARD_FILE, model_card
-    from components.evaluate.report import html_report
+    from components.evaluate.report import html_report, step_summary
     from components.model_store import training_info
+    from components.step_summary import write_summary
 
     logs.setup()
     check_max_regression(max_regression)
@@ -106,6 +107,7 @@ def evaluate(
         metrics.log_metric("champion_version", champion.version)
     metrics.log_metric("published", float(decision.publish))
     metrics.log_metric("decision", decision.reason)
+    write_summary(metrics, step_summary(metrics.metadata))
     evaluation.metadata.update({k: v for k, v in summary.items() if v is not None})
     storage.write_text(evaluation.uri, json.dumps(evaluation_file(asdict(result), summary), indent=1))
     info = training_info(model.uri)

@@ -274,3 +274,25 @@ def html_report(result: Evaluation, history: dict[str, list[float]], title: str 
  if model_card else ''}
 </body></html>
 """
+
+
+def step_summary(scores: dict) -> str:
+    """The evaluate step's one line (components/step_summary.py), from its Metrics: the held-out accuracy and AUC, the
+    champion's, calibration, label issues and the saliency maps' time."""
+    auc = f", AUC {scores['auc']:.3f}" if "auc" in scores else ""
+    champion = ""
+    if "champion_accuracy" in scores:
+        version = _count(scores.get("champion_version", "?"))
+        champion = f"; champion (version {version}) {scores['champion_accuracy']:.3f}"
+    insight = ""
+    if "ece" in scores:
+        insight = f"; ECE {scores['ece']:.3f}, {_count(scores.get('label_issues', 0))} label issues"
+    if "saliency_seconds" in scores:
+        insight += f", saliency {scores['saliency_seconds']:.1f} s"
+    return (f"{scores.get('split', 'held-out')} accuracy {scores['accuracy']:.3f}{auc} "
+            f"on {_count(scores.get('examples', 0))} images{champion}{insight}")
+
+
+def _count(value) -> str:
+    """A count logged as a KFP metric (a float): 12.0 -> "12"."""
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)

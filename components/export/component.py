@@ -21,6 +21,7 @@ def export(model: Input[Model], tfrecords: Input[Dataset], export_formats: str, 
     """
     from components import logs
     from components.export.core import SavedModel, export_model, parse_formats, table
+    from components.step_summary import write_summary
 
     logs.setup()
     pairs = parse_formats(export_formats)
@@ -37,5 +38,7 @@ def export(model: Input[Model], tfrecords: Input[Dataset], export_formats: str, 
         metrics.log_metric("savedmodel_size_bytes", float(rows[0].savedmodel_size_bytes))
         metrics.log_metric("split", rows[0].split)
         metrics.log_metric("examples", rows[0].examples)
+    write_summary(exports, "; ".join(f"{r.file} {r.size_bytes / 1e6:.1f} MB, {r.agreement:.1%} agree, "
+                                     f"{r.latency_ms_p50:.2f} ms" for r in rows))
     exports.metadata.update({"files": {row.file: {"agreement": row.agreement, "size_bytes": row.size_bytes,
                                                   "latency_ms_p50": row.latency_ms_p50} for row in rows}})

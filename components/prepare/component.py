@@ -32,6 +32,7 @@ def prepare(
     """
     from components import logs, tracking
     from components.prepare.core import prepare_csv
+    from components.step_summary import write_summary
 
     logs.setup()
     config = {"images_root": images_root, "train_fraction": train_fraction, "validation_fraction": validation_fraction,
@@ -39,5 +40,7 @@ def prepare(
     with tracking.step_run("prepare", "data", wandb_settings, config) as run:
         counts = prepare_csv(images_root, image_csv.uri, train_fraction, validation_fraction, split_by)
         image_csv.metadata.update(counts)
+        write_summary(image_csv, f"{sum(counts.values())} images found: "
+                                 + ", ".join(f"{split} {n}" for split, n in counts.items()))
         run.use("training_images", images_root)
         run.log_output("image_uris_csv", image_csv.uri, counts)

@@ -34,6 +34,7 @@ def check_serving(
     """
     from components import logs, storage
     from components.serve_check.core import Limits, check_serving
+    from components.step_summary import write_summary
 
     logs.setup()
     if not evaluation_blessed:
@@ -41,6 +42,7 @@ def check_serving(
         metrics.log_metric("blessed", 0.0)
         metrics.log_metric("decision", "not run: evaluation did not bless the candidate")
         serving_check.metadata["blessed"] = False
+        write_summary(serving_check, "not run: evaluation did not bless the candidate")
         storage.write_text(serving_check.uri, '{"blessed": false, "reasons": ["evaluation did not bless it"]}')
         return False
     result = check_serving(model.uri, tfrecords.uri, Limits(max_p99_ms, min_throughput, max_memory_mb))
@@ -51,7 +53,8 @@ def check_serving(
     metrics.log_metric("formats_agreeing", sum(f["labels_equal"] for f in result.formats.values()))
     metrics.log_metric("blessed", float(result.blessed))
     metrics.log_metric("decision", "; ".join(result.reasons) or "blessed")
-    serving_check.metadata.update({"blessed": result.blessed, "summary": result.summary()})
+    serving_check.metadata["blessed"] = result.blessed
+    write_summary(serving_check, result.summary().removeprefix("serving check "))
     storage.write_text(serving_check.uri, result.to_json())
     # A single, unnamed bool: kfp.local 2.17 cannot resolve a dsl.If on a named (NamedTuple) output.
     return result.blessed

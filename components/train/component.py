@@ -45,6 +45,7 @@ def train(
     from dataclasses import asdict
 
     from components import logs, tracking
+    from components.step_summary import epoch_callback, epoch_line, write_summary
     from components.train import distribute
     from components.train.core import TrainConfig
     from components.train.core import train as fit
@@ -56,7 +57,9 @@ def train(
     chief = distribute.is_chief(distribute.cluster_config())
     with tracking.step_run("train", "train", wandb_settings, asdict(config), primary=chief) as run:
         run.use("tfrecords", tfrecords.uri)
-        result = fit(tfrecords.uri, model.uri, config, callbacks=run.keras_callbacks())
+        result = fit(tfrecords.uri, model.uri, config, callbacks=[*run.keras_callbacks(), epoch_callback()])
         model.metadata.update({"framework": "tensorflow", "image_size": image_size, "architecture": architecture,
                                "train_accuracy": result.history["accuracy"][-1]})
+        total, last = epochs + fine_tune_epochs, {k: v[-1] for k, v in result.history.items() if v}
+        write_summary(model, epoch_line(total, total, last))
         run.log_output("model", model.uri, model.metadata)

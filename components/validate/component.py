@@ -43,6 +43,7 @@ def validate(
     import logging
 
     from components import logs, storage, tracking
+    from components.step_summary import write_summary
     from components.validate.core import CLEANED_FILE, check_gate, summary_line
     from components.validate.core import validate as run_validation
 
@@ -62,6 +63,7 @@ def validate(
         source = storage.join(validation.uri, CLEANED_FILE) if fix else image_csv.uri
         storage.write_bytes(validated_csv.uri, storage.read_bytes(source))
         validated_csv.metadata.update(report.counts)
+        write_summary(validated_csv, "validated: " + summary_line(report))
         try:
             check_gate(report, validation.uri)
         except ValueError as e:

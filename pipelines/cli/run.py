@@ -121,7 +121,7 @@ def _summary(console, result, args) -> None:
                                   f"{metrics.get('split', '')} images{auc}")]
     if result.serving_check:
         rows.append(("serving check", result.serving_check.removeprefix("serving check ")))
-    if result.version is None and result.serving_check.startswith("serving check refused:"):
+    if result.version is None and result.serving_check.startswith("refused:"):
         rows.append(("not deployed", "the serving check refused it"))
     elif result.version is None:
         decision = summary_line(decision_from_metrics(metrics), metrics.get("champion_version"))
