@@ -453,7 +453,7 @@ def cmd_schedule(args) -> None:
         print(f"deleted {schedule.delete_schedule(args.delete, args.project, args.region)}")
         return
     missing = [flag for flag, value in (("--cron", args.cron), ("--pipeline-root", args.pipeline_root),
-                                        ("--images", args.images)) if not value]
+                                        ("--images", args.images or args.pipeline == "monitor")) if not value]
     if missing:
         raise InputError(f"creating a schedule needs {', '.join(missing)} (or use --list / --delete NAME)")
     settings = schedule.schedule_settings(args.cron, args.max_concurrent_runs, args.service_account)
@@ -466,8 +466,38 @@ def cmd_schedule(args) -> None:
     print(f"created {name}: {args.pipeline} at {settings['cron']!r}")
 
 
+def add_monitor(sub) -> None:
+    """`catsdogs monitor`: a window of the server's request log against the served version's baseline."""
+    from components.monitor.profile import DEFAULT_ALPHA, DEFAULT_MIN_REQUESTS
+
+    def cmd_monitor(args) -> int:
+        from components.monitor.core import monitor, summary_line, write_outputs
+        from components.monitor.profile import EXIT_STATUS
+
+        result = monitor(args.model_base, args.logs, args.since, args.until, args.min_requests, args.alpha,
+                         args.version)
+        json_path, html_path = write_outputs(result, args.out)
+        print(f"{summary_line(result)}; report {html_path}, {json_path}", flush=True)
+        return EXIT_STATUS[result["verdict"]]
+
+    p = sub.add_parser("monitor", help="compare the requests a server logged with the served version's baseline "
+                                       "(drift); exit 0 no drift, 1 drift, 3 too few requests")
+    p.add_argument("--model-base", required=True, help="the model base the server serves (local or gs://)")
+    p.add_argument("--logs", required=True, help="the server's --log-requests folder (requests-*.jsonl)")
+    p.add_argument("--out", default="monitor", help="folder for monitor.json and monitor.html (default: monitor)")
+    p.add_argument("--since", default="", help="window start: ISO 8601 time or a duration back from now "
+                                              "(30m, 24h, 7d); default: every logged request")
+    p.add_argument("--until", default="", help="window end, as --since; default: now")
+    p.add_argument("--version", type=int, default=None, help="the version to judge (default: the newest)")
+    p.add_argument("--min-requests", type=int, default=DEFAULT_MIN_REQUESTS,
+                   help=f"fewer requests give 'too few requests' and exit 3 (default {DEFAULT_MIN_REQUESTS})")
+    p.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
+                   help=f"false-alarm rate of a run, all signals together (Holm; default {DEFAULT_ALPHA})")
+    p.set_defaults(handler=cmd_monitor)
+
+
 def _add_vertex_build_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--pipeline", choices=("training", "batch-predict"), default="training",
+    parser.add_argument("--pipeline", choices=("training", "batch-predict", "monitor"), default="training",
                         help="training: images to a deployed model; batch-predict: score images with a model "
                              "(default %(default)s)")
     parser.add_argument("--images-registry", default="",
@@ -865,6 +895,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the request, send nothing")
     _add_vertex_build_flags(p)
     p.set_defaults(handler=cmd_schedule)
+    add_monitor(sub)
     return parser
 
 
