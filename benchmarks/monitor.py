@@ -3,8 +3,8 @@
     python benchmarks/monitor.py [--requests 100000] [--workdir DIR]
 
 Writes a model base whose version 1 holds only a baseline.json (2,000 synthetic rows; `monitor` reads no
-SavedModel), and N synthetic request records as the server logs them, in files of 10,000 lines, a tenth of them
-shifted (darker, another embedding mean). Generation is not timed. Then runs `catsdogs monitor` in a fresh
+SavedModel), and N synthetic request records of the same distribution as the server logs them, in files of 10,000
+lines. Generation is not timed. Then runs `catsdogs monitor` in a fresh
 process and prints its wall time (start-up included), its verdict and its peak RSS.
 """
 
@@ -54,7 +54,7 @@ def main() -> None:
     start = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
     for part in range(0, args.requests, 10_000):
         n = min(10_000, args.requests - part)
-        batch = rows(n - n // 10, rng) + rows(n // 10, rng, shift=0.5)
+        batch = rows(n, rng)
         with open(os.path.join(logs, f"requests-{part // 10_000:05d}.jsonl"), "w") as f:
             for i, row in enumerate(batch):
                 time_ = (start + dt.timedelta(seconds=part + i)).isoformat()

@@ -221,3 +221,34 @@ def test_bad_input_is_one_line_naming_it(served, tmp_path, problem, flags, messa
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("catsdogs monitor: error: ") and message in lines[0], lines
     assert not (tmp_path / "out").exists()
+
+
+def test_component_reports_the_verdict_in_metrics_and_html(served, pool, tmp_path):
+    """The KFP component run by kfp.local (a subprocess, as its container runs it), on greyscale traffic."""
+    from kfp import local
+
+    from components.monitor.component import monitor_drift
+
+    model_base, loaded = served
+    logs = write_log(tmp_path / "logs", profile(loaded, [jpeg(image.convert("L")) for _, image in pool[:100]]))
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "pipeline_root"))
+    task = monitor_drift(model_base=model_base, logs=str(logs), since="")
+    assert task.outputs["Output"] == DRIFT
+    metrics = task.outputs["metrics"].metadata
+    assert metrics["verdict"] == DRIFT and metrics["requests"] == 100
+    assert metrics["p_image_stat_greyscale"] < 0.01 and 0 < metrics["effect_image_stat_greyscale"] <= 1
+    assert "image stat: greyscale &mdash; drift" in Path(task.outputs["report"].path).read_text()
+
+
+def test_schedule_runs_the_monitor_pipeline(tmp_path):
+    """`catsdogs schedule --pipeline monitor`: the request it would send (no --images needed), with the
+    pipeline's parameters."""
+    done = subprocess.run([*CATSDOGS, "schedule", "--pipeline", "monitor", "--project", "my-project", "--region",
+                           "us-central1", "--cron", "0 6 * * *", "--pipeline-root", "gs://b/root",
+                           "--param", "model_base=gs://b/models/catsdogs", "--param", "logs=gs://b/request-logs",
+                           "--dry-run"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    job = json.loads(done.stdout)["schedule"]["createPipelineJobRequest"]["pipelineJob"]
+    assert job["templateName"] == "catsdogs-monitor"
+    assert job["runtimeConfig"]["parameterValues"] == {"model_base": "gs://b/models/catsdogs",
+                                                       "logs": "gs://b/request-logs"}
