@@ -252,3 +252,64 @@ def test_schedule_runs_the_monitor_pipeline(tmp_path):
     assert job["templateName"] == "catsdogs-monitor"
     assert job["runtimeConfig"]["parameterValues"] == {"model_base": "gs://b/models/catsdogs",
                                                        "logs": "gs://b/request-logs"}
+
+
+def test_drift_report_renders_in_a_browser(served, pool, tmp_path):
+    """monitor.html as a person sees it (headless Chromium, skipped without it): the verdict in red, both series
+    of the plots drawn. MONITOR_SCREENSHOT=docs/monitor.png keeps the screenshot (the README's)."""
+    import shutil
+
+    from PIL import Image
+
+    browser = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)),
+                   None)
+    if browser is None:
+        pytest.skip("no chromium: `make test` installs it (images/install-browser.sh)")
+    model_base, loaded = served
+    darker = [image.point(lambda v: v * 2 // 3) for _, image in pool[:150]]
+    logs = write_log(tmp_path / "logs", profile(loaded, [jpeg(image) for image in darker]))
+    assert run_monitor(model_base, logs, tmp_path / "out").returncode == 1
+    shot = tmp_path / "monitor.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    "--window-size=1100,900", f"--screenshot={shot}", (tmp_path / "out" / "monitor.html").as_uri()],
+                   capture_output=True, text=True, timeout=120, check=True)
+    pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=np.int32)
+    assert pixels.shape == (900, 1100, 3) and pixels.std() > 20
+
+    def share(rgb: str) -> float:
+        colour = np.array([int(rgb[i:i + 2], 16) for i in (1, 3, 5)])
+        return float((np.abs(pixels - colour).sum(axis=2) < 30).mean())
+
+    assert share("#b00020") > 0.0005  # the verdict and the drifted plots' frames
+    assert share("#4c78a8") > 0.001 and share("#e45756") > 0.001  # baseline and requests drawn
+    if os.environ.get("MONITOR_SCREENSHOT"):
+        Image.open(shot).convert("RGB").quantize(128).save(os.environ["MONITOR_SCREENSHOT"], optimize=True)
+
+
+def _synthetic(n: int, rng, embedding_shift: float = 0.0) -> list[dict]:
+    q = rng.beta(2, 2, n)
+    stats = np.stack([rng.integers(340, 461, n), rng.integers(260, 341, n), rng.uniform(0.3, 0.6, n),
+                      rng.gamma(4, 8, n), np.zeros(n)], axis=1)
+    return [{"label": CLASSES[int(p > 0.5)], "probabilities": [1 - p, p],
+             "embedding": rng.normal(embedding_shift, 1.0, EMBEDDING_DIM).tolist(), "image_stats": s.tolist()}
+            for p, s in zip(q.tolist(), stats)]
+
+
+def test_an_embedding_shift_alone_raises_drift_naming_only_the_embedding():
+    """MMD's permutation p-value must be able to get below alpha after Holm over all 8 signals on its own."""
+    from components.monitor.core import Window, compare
+
+    rng = np.random.default_rng(0)
+    baseline = build_baseline(_synthetic(2000, rng), list(CLASSES))
+    for shift, drifted in ((0.0, []), (0.6, ["embedding"])):
+        rows = _synthetic(300, rng, shift)
+        counts = {c: sum(r["label"] == c for r in rows) for c in CLASSES}
+        window = Window(requests=len(rows), class_counts=counts,
+                        rows=[{**r, "confidence": max(r["probabilities"])} for r in rows])
+        assert [s.name for s in compare(baseline, window) if s.drifted] == drifted
+
+
+def test_holm_adjusts_as_by_hand():
+    from components.monitor.core import holm
+
+    assert holm([0.01, 0.04, 0.03, 0.5]) == pytest.approx([0.04, 0.09, 0.09, 0.5])
