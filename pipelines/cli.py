@@ -474,11 +474,11 @@ def add_monitor(sub) -> None:
         from components.monitor.core import monitor, summary_line, write_outputs
         from components.monitor.profile import EXIT_STATUS
 
-        result = monitor(args.model_base, args.logs, args.since, args.until, args.min_requests, args.alpha,
-                         args.version)
-        json_path, html_path = write_outputs(result, args.out)
-        print(f"{summary_line(result)}; report {html_path}, {json_path}", flush=True)
-        return EXIT_STATUS[result["verdict"]]
+        done = monitor(args.model_base, args.logs, args.since, args.until, args.min_requests, args.alpha,
+                       args.version)
+        json_path, html_path = write_outputs(done, args.out)
+        print(f"{summary_line(done.result)}; report {html_path}, {json_path}", flush=True)
+        return EXIT_STATUS[done.result["verdict"]]
 
     p = sub.add_parser("monitor", help="compare the requests a server logged with the served version's baseline "
                                        "(drift); exit 0 no drift, 1 drift, 3 too few requests")

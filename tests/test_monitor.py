@@ -132,7 +132,7 @@ def test_unshifted_windows_stay_quiet(served, pool, tmp_path):
     verdicts = []
     for w in range(20):
         logs = write_log(tmp_path / f"w{w}", rows[w * 60:(w + 1) * 60])
-        result = monitor(model_base, str(logs), min_requests=50)
+        result = monitor(model_base, str(logs), min_requests=50).result
         verdicts.append((result["verdict"], result["drifted"]))
     assert sum(v == NO_DRIFT for v, _ in verdicts) >= 19, verdicts
     assert all(v in (NO_DRIFT, DRIFT) for v, _ in verdicts)
@@ -313,3 +313,23 @@ def test_holm_adjusts_as_by_hand():
     from components.monitor.core import holm
 
     assert holm([0.01, 0.04, 0.03, 0.5]) == pytest.approx([0.04, 0.09, 0.09, 0.5])
+
+
+@pytest.mark.slow
+def test_a_version_deployed_by_catsdogs_run_carries_its_baseline_and_can_be_monitored(tmp_path):
+    """The whole path: `catsdogs run` evaluates (writing baseline.json beside the model) and publishes the version
+    with it; requests profiled by that version, darkened, are then caught by `catsdogs monitor`."""
+    import tensorflow as tf
+
+    workdir = tmp_path / "w"
+    done = subprocess.run([*CATSDOGS, "run", "--workdir", str(workdir), "--per-class", "40", "--epochs", "3",
+                           "--image-size", "32", "--batch-size", "8"], capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    version = workdir / "models" / "catsdogs" / "1"
+    baseline = json.loads((version / BASELINE_FILE).read_text())
+    assert baseline["split"] == "TEST" and baseline["images"] == sum(baseline["class_counts"]) > 0
+    loaded = tf.saved_model.load(str(version))
+    dark = [jpeg(image.point(lambda v: v // 2)) for _, image in images(seed=303, per_class=60)]
+    logs = write_log(tmp_path / "logs", profile(loaded, dark))
+    done = run_monitor(str(workdir / "models" / "catsdogs"), logs, tmp_path / "out")
+    assert done.returncode == 1 and "image stat: brightness" in done.stdout, done.stdout + done.stderr

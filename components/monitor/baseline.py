@@ -16,7 +16,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from components import storage
-from components.monitor.profile import BASELINE_FILE, BASELINE_SAMPLE, IMAGE_STATS, PROFILE_SIGNATURE
+from components.monitor.profile import BASELINE_FILE, BASELINE_SAMPLE, DECIMALS, IMAGE_STATS, PROFILE_SIGNATURE
 
 log = logging.getLogger(__name__)
 FORMAT = 1
@@ -65,7 +65,7 @@ def build_baseline(rows: Iterable[dict], classes: list[str], split: str = "", sa
     picked = reservoir.rows
 
     def rounded(values):
-        return np.round(np.asarray(values, np.float64), 5).tolist()
+        return np.round(np.asarray(values, np.float64), DECIMALS).tolist()
 
     return {"format": FORMAT, "split": split, "images": reservoir.seen, "classes": classes,
             "class_counts": [counts[c] for c in classes], "image_stats_names": list(IMAGE_STATS),

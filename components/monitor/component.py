@@ -39,9 +39,10 @@ def monitor_drift(
     from components.monitor.core import DRIFT, MONITOR_JSON, monitor, summary_line, write_outputs
 
     logging_setup.setup()
-    result = monitor(model_base, logs, since, until, min_requests, alpha)
+    done = monitor(model_base, logs, since, until, min_requests, alpha)
+    result = done.result
     out_dir = report.uri.rsplit("/", 1)[0]
-    json_path, html_path = write_outputs(result, out_dir)
+    json_path, html_path = write_outputs(done, out_dir)
     storage.write_text(report.uri, storage.read_text(html_path))
     metrics.log_metric("verdict", result["verdict"])
     metrics.log_metric("requests", result["requests"])

@@ -32,6 +32,7 @@ from components.errors import InputError
 from components.monitor.baseline import Reservoir
 from components.monitor.profile import (
     BASELINE_FILE,
+    DECIMALS,
     DEFAULT_ALPHA,
     DEFAULT_MIN_REQUESTS,
     DRIFT,
@@ -203,17 +204,19 @@ def compare(baseline: dict, window: Window, alpha: float = DEFAULT_ALPHA) -> lis
                       detail={"classes": classes, "baseline": base_shares.round(4).tolist(),
                               "window": window_shares.round(4).tolist(), "chi2": float(chi2)})]
     rows = baseline["rows"]
-    base_conf = np.asarray(rows["confidence"], float)
-    conf = np.array([r["confidence"] for r in window.rows], float)
+
+    def column(name: str, side) -> np.ndarray:  # both sides at the same precision
+        values = side[name] if isinstance(side, dict) else [r[name] for r in side]
+        return np.round(np.asarray(values, float), DECIMALS)
+
+    base_conf, conf = column("confidence", rows), column("confidence", window.rows)
     ks = stats.ks_2samp(base_conf, conf)
     signals.append(Signal("confidence", "Kolmogorov-Smirnov", float(ks.statistic), float(ks.pvalue), detail={
         "baseline_median": float(np.median(base_conf)), "window_median": float(np.median(conf))}))
-    base_emb = np.asarray(rows["embedding"], float)
-    emb = np.array([r["embedding"] for r in window.rows], float)
+    base_emb, emb = column("embedding", rows), column("embedding", window.rows)
     mmd, p = mmd_test(_sample(base_emb, MMD_SAMPLE, 2), _sample(emb, MMD_SAMPLE, 3))
     signals.append(Signal("embedding", "MMD permutation", mmd, p))
-    base_stats = np.asarray(rows["image_stats"], float)
-    window_stats = np.array([r["image_stats"] for r in window.rows], float)
+    base_stats, window_stats = column("image_stats", rows), column("image_stats", window.rows)
     for i, name in enumerate(baseline.get("image_stats_names", IMAGE_STATS)):
         ks = stats.ks_2samp(base_stats[:, i], window_stats[:, i])
         signals.append(Signal(f"image stat: {name}", "Kolmogorov-Smirnov", float(ks.statistic), float(ks.pvalue),
@@ -247,9 +250,16 @@ def served_version(model_base: str, version: int | None = None) -> tuple[int, st
     return newest
 
 
+@dataclass
+class Monitoring:
+    result: dict  # what monitor.json holds: verdict, window, every signal
+    baseline: dict
+    window: Window
+
+
 def monitor(model_base: str, logs: str, since: str = "", until: str = "", min_requests: int = DEFAULT_MIN_REQUESTS,
-            alpha: float = DEFAULT_ALPHA, version: int | None = None) -> dict:
-    """The monitoring result (what monitor.json holds): verdict, window, every signal."""
+            alpha: float = DEFAULT_ALPHA, version: int | None = None) -> Monitoring:
+    """The served version's baseline against the window of its logged requests."""
     if min_requests < 1:
         raise InputError(f"--min-requests {min_requests}: give 1 or more")
     if not 0 < alpha < 1:
@@ -265,21 +275,20 @@ def monitor(model_base: str, logs: str, since: str = "", until: str = "", min_re
               "baseline_images": baseline["images"], "signals": [], "drifted": []}
     if window.requests < min_requests:
         log.info("%d requests for version %d (min %d): too few to judge", window.requests, number, min_requests)
-        return {**result, "_window": window, "_baseline": baseline}
+        return Monitoring(result, baseline, window)
     signals = compare(baseline, window, alpha)
     drifted = [s.name for s in signals if s.drifted]
     result.update(verdict=DRIFT if drifted else NO_DRIFT, signals=[asdict(s) for s in signals], drifted=drifted)
-    return {**result, "_window": window, "_baseline": baseline}
+    return Monitoring(result, baseline, window)
 
 
-def write_outputs(result: dict, out_dir: str) -> tuple[str, str]:
+def write_outputs(done: Monitoring, out_dir: str) -> tuple[str, str]:
     """monitor.json and monitor.html under out_dir; returns their paths."""
     from components.monitor.report import html_report
 
-    public = {k: v for k, v in result.items() if not k.startswith("_")}
     json_path, html_path = storage.join(out_dir, MONITOR_JSON), storage.join(out_dir, MONITOR_HTML)
-    storage.write_text(json_path, json.dumps(public, indent=1))
-    storage.write_text(html_path, html_report(public, result["_baseline"], result["_window"]))
+    storage.write_text(json_path, json.dumps(done.result, indent=1))
+    storage.write_text(html_path, html_report(done.result, done.baseline, done.window))
     return json_path, html_path
 
 
