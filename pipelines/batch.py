@@ -16,8 +16,8 @@ from components.deploy.registry_components import resolve_model
 from components.errors import InputError
 from components.images import LOCAL, Images, with_image
 
-TRAINING, BATCH_PREDICT = "training", "batch-predict"
-PIPELINES = (TRAINING, BATCH_PREDICT)
+TRAINING, BATCH_PREDICT, MONITOR = "training", "batch-predict", "monitor"
+PIPELINES = (TRAINING, BATCH_PREDICT, MONITOR)
 
 
 def build_batch_pipeline(images: Images = LOCAL):
@@ -62,12 +62,16 @@ def compile_batch_pipeline(output: str, images: Images = LOCAL) -> None:
 def compile_pipeline(pipeline: str, output: str, images: Images = LOCAL, machine: str = "T4_1X",
                      replicas: int = 1) -> None:
     """Compiles the named pipeline: `training` (pipelines/vertex.py; machine and replicas are its training
-    machines) or `batch-predict` (this module)."""
+    machines), `batch-predict` (this module) or `monitor` (pipelines/monitor.py)."""
     if pipeline == TRAINING:
         from pipelines.vertex import compile_vertex_pipeline
 
         compile_vertex_pipeline(output, images, machine, replicas)
     elif pipeline == BATCH_PREDICT:
         compile_batch_pipeline(output, images)
+    elif pipeline == MONITOR:
+        from pipelines.monitor import compile_monitor_pipeline
+
+        compile_monitor_pipeline(output, images)
     else:
         raise InputError(f"--pipeline must be one of {', '.join(PIPELINES)}, got {pipeline!r}")

@@ -83,14 +83,16 @@ def build_job(template_path: str, project: str, region: str, pipeline_root: str,
     would run as the Compute Engine default account and training as Vertex's Custom Code service agent."""
     from google.cloud import aiplatform
 
-    for name, value in (("--pipeline-root", pipeline_root), ("--images", images_root)):
+    declared = pipeline_parameters(template_path)
+    paths = [("--pipeline-root", pipeline_root)] + [("--images", images_root)] * ("images_root" in declared)
+    for name, value in paths:  # the monitor pipeline reads no images
         if not value.startswith("gs://"):
             raise InputError(f"{name} must be a gs:// path, got {value!r}")
     if not re.fullmatch(r"[a-z][a-z0-9-]{4,28}[a-z0-9]", project):
         raise InputError(f"--project {project!r} is not a Google Cloud project ID")
-    declared = pipeline_parameters(template_path)
     values = {"project": project, "location": region, "images_root": images_root,
               "dataflow_temp_location": pipeline_root.rstrip("/") + "/dataflow-tmp"}
+    values = {name: value for name, value in values.items() if name in declared}  # the monitor's has none of them
     given = parse_params(params, declared)
     if service_account and "service_account" in declared:
         if given.get("service_account", service_account) != service_account:

@@ -183,6 +183,13 @@ ALLOWED = {
     ("serve/client.py", "components.deploy.vertex"): "`catsdogs predict --endpoint` calls the endpoint deploy made",
     ("serve_check/core.py", "components.train.data"):
         "the serving check sends held-out images of the records training read, found and parsed as training does",
+    ("train/export.py", "components.monitor.profile"):
+        "the export adds the serving_profile signature, whose outputs are the contract drift monitoring defines",
+    ("evaluate/component.py", "components.monitor.baseline"):
+        "the evaluate step stores the held-out images' drift baseline with the model it scores",
+    ("monitor/baseline.py", "components.train.data"):
+        "the baseline reads the held-out records as training does (record_files, detect_format, FEATURES)",
+    ("monitor/baseline.py", "components.convert.schema"): "the class names, from convert's labels.json",
 }
 
 

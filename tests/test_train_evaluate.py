@@ -21,7 +21,7 @@ def test_dataset_yields_resized_float_batches_with_labels(records):
 
 def test_export_has_bytes_and_pixel_signatures_that_agree(trained_model, sample_images):
     loaded = tf.saved_model.load(trained_model)
-    assert set(loaded.signatures) == {"serving_default", "predict_pixels", "model_info"}
+    assert set(loaded.signatures) == {"serving_default", "predict_pixels", "model_info", "serving_profile"}
     info = loaded.signatures["model_info"]()
     assert int(info["image_size"]) == IMAGE_SIZE and [c.decode() for c in info["classes"].numpy()] == ["cats", "dogs"]
     paths = [os.path.join(sample_images, label, f"{label}.00003.jpg") for label in ("cats", "dogs")]

@@ -29,7 +29,8 @@ def evaluate(
     precision/recall, confusion matrix and ROC (2 classes), and an HTML report with the training curves.
 
     Args:
-        model: The candidate SavedModel (the train step's output).
+        model: The candidate SavedModel (the train step's output); its drift baseline (baseline.json, see
+            components/monitor) is written beside it, so publishing carries it along.
         tfrecords: The records to score on (the convert step's output).
         metrics: Accuracy, AUC, per-class scores; the champion's accuracy and the decision
             (`published` 1/0, `decision`, `champion_version`).
@@ -65,6 +66,7 @@ def evaluate(
     from components.evaluate.model_card import CARD_FILE, model_card
     from components.evaluate.report import html_report, step_summary
     from components.model_store import training_info
+    from components.monitor.baseline import write_baseline
     from components.step_summary import write_summary
 
     logs.setup()
@@ -74,6 +76,7 @@ def evaluate(
         run.use("model", model.uri)
         run.use("tfrecords", tfrecords.uri)
         result = score(model.uri, tfrecords.uri, saliency_images=saliency_images)
+        write_baseline(model.uri, tfrecords.uri, result.split)  # drift monitoring's baseline, beside the model
         wandb_run = f"{run.run.project}/{run.run.id}" if run.run is not None else None
         run.log_evaluation(result)
         champion = find_champion(champion_uri)

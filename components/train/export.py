@@ -5,6 +5,7 @@ serving_default:  image_bytes  tf.string [N] (encoded JPEG/PNG/WebP/GIF/BMP, wha
                   transparency flattened onto white, as conversion does
 predict_pixels:   pixels       float32 [N, H, W, 3] in 0..255, any H and W (resized inside)
 both return       probabilities float32 [N, K], labels string [N] (the likeliest class), classes string [N, K]
+serving_profile:  serving_default plus the per-image profile drift monitoring compares (components/monitor/profile.py)
 model_info:       no input -> image_size int32 (the side images are resized to), classes string [K]
 """
 
@@ -14,6 +15,7 @@ import keras
 import tensorflow as tf
 
 from components.decode import decode_and_resize
+from components.monitor.profile import profile_endpoint
 
 
 def class_probabilities(outputs: tf.Tensor) -> tf.Tensor:
@@ -54,6 +56,7 @@ def export_saved_model(model: keras.Model, class_names: list[str], image_size: i
         "predict_pixels", from_pixels,
         input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="pixels")],
     )
+    profile_endpoint(archive, model, predict, image_size)
     archive.add_endpoint(
         "model_info", lambda: {"image_size": tf.constant(image_size, tf.int32), "classes": names}, input_signature=[]
     )

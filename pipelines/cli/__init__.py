@@ -14,7 +14,7 @@ import sys
 
 from components import logs, storage
 from components.errors import InputError
-from pipelines.cli import cloud, data, model, run, serving
+from pipelines.cli import cloud, data, model, monitor, run, serving
 from pipelines.cli.flags import Parser
 
 # Names the tests import from here.
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="show everything libraries print (TensorFlow's C++ lines included) and debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (data, model, serving, run, cloud):
+    for group in (data, model, serving, run, cloud, monitor):
         group.register(sub)
     return parser
 

@@ -198,7 +198,7 @@ def cmd_schedule(args) -> None:
         print(f"deleted {schedule.delete_schedule(args.delete, args.project, args.region)}")
         return
     missing = [flag for flag, value in (("--cron", args.cron), ("--pipeline-root", args.pipeline_root),
-                                        ("--images", args.images)) if not value]
+                                        ("--images", args.images or args.pipeline == "monitor")) if not value]
     if missing:
         raise InputError(f"creating a schedule needs {', '.join(missing)} (or use --list / --delete NAME)")
     settings = schedule.schedule_settings(args.cron, args.max_concurrent_runs, args.service_account)

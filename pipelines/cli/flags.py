@@ -35,7 +35,7 @@ def key_values(pairs: list[str], flag: str) -> dict[str, str]:
 
 
 def add_vertex_build_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--pipeline", choices=("training", "batch-predict"), default="training",
+    parser.add_argument("--pipeline", choices=("training", "batch-predict", "monitor"), default="training",
                         help="training: images to a deployed model; batch-predict: score images with a model "
                              "(default %(default)s)")
     parser.add_argument("--images-registry", default="",
