@@ -45,10 +45,14 @@ MAX_FILE_BYTES = 64 * 1024 * 1024
 
 # Request logs for drift monitoring: the server writes, `catsdogs monitor` reads. One JSON line per logged image
 # ({"time", "version", "label", "probabilities"[, "embedding", "image_stats"]}) in files named
-# <REQUEST_LOG_PREFIX><start time>-<pid>-<n>.jsonl; the embedding and image statistics come from a version's
-# PROFILE_SIGNATURE: predict_pixels' input and outputs plus "embedding" [N, D] and "image_stats" [N, 5].
+# <REQUEST_LOG_PREFIX><start time>-<pid>-<n>.jsonl. The profile's definition is components/monitor/profile.py:
+# PROFILE_SIGNATURE takes encoded images (serving_default's input) and returns its outputs plus "embedding" [N, D]
+# and "image_stats" [N, 5] (the evaluate step's baseline uses it); PROFILE_PIXELS_SIGNATURE takes predict_pixels'
+# input and returns its outputs plus "embedding" (the server decodes, so it computes image_stats while decoding,
+# with the same function).
 REQUEST_LOG_PREFIX = "requests-"
-PROFILE_SIGNATURE = "profile_pixels"
+PROFILE_SIGNATURE = "serving_profile"
+PROFILE_PIXELS_SIGNATURE = "profile_pixels"
 # The serving container's request-logging settings (`catsdogs deploy --log-requests` sets them on Vertex AI).
 LOG_REQUESTS_ENV = "CATSDOGS_LOG_REQUESTS"
 LOG_SAMPLE_RATE_ENV = "CATSDOGS_LOG_SAMPLE_RATE"

@@ -27,9 +27,9 @@ EMBEDDING_DIM, STATS = 16, 5
 
 
 def build_profiled_model(model_dir: str) -> str:
-    """A SavedModel with predict_pixels, model_info and the profile signature (predict_pixels' outputs plus
-    embedding [N, 16] and image_stats [N, 5]), as `catsdogs train` exports them: the dogs probability rises with
-    the red channel's mean; image_stats starts with the channels' means, so a test can check what was logged."""
+    """A SavedModel with predict_pixels, model_info and the profile_pixels signature (predict_pixels' outputs plus
+    embedding [N, 16]), as `catsdogs train` exports them: the dogs probability rises with the red channel's mean.
+    The server adds image_stats while it decodes."""
     import tensorflow as tf
 
     names = tf.constant(["cats", "dogs"])
@@ -45,7 +45,6 @@ def build_profiled_model(model_dir: str) -> str:
     def profile(pixels):
         outputs, means = predict(pixels)
         outputs["embedding"] = tf.tile(means / 255.0, [1, 6])[:, :EMBEDDING_DIM]
-        outputs["image_stats"] = tf.concat([means, tf.zeros([tf.shape(means)[0], STATS - 3])], axis=-1)
         return outputs
 
     pixels = tf.TensorSpec([None, None, None, 3], tf.float32, name="pixels")
@@ -158,10 +157,12 @@ def test_every_answered_image_is_logged_with_the_answer_and_the_profile_and_sigt
         assert r["version"] == "1" and r["time"].endswith("Z")
         assert started <= datetime.datetime.fromisoformat(r["time"]) <= ended
         assert len(r["embedding"]) == EMBEDDING_DIM and len(r["image_stats"]) == STATS
-        # the model's red-channel mean drives both its answer and image_stats[0]
-        assert (r["image_stats"][0] > 128) == (r["label"] == "dogs")
-    reddest = max(records, key=lambda r: r["image_stats"][0])
-    assert reddest["image_stats"][0] > 240 and reddest["image_stats"][1] < 30
+    # image_stats (width, height, brightness, colourfulness, greyscale) of what was sent: the 20x16 JPEGs and the
+    # 4x4 array; one grey image, whose brightness is its grey level
+    assert sorted(tuple(r["image_stats"][:2]) for r in records) == [(4.0, 4.0)] + [(20.0, 16.0)] * 6
+    grey = [r for r in records if r["image_stats"][4] == 1.0]
+    assert len(grey) == 1 and abs(grey[0]["image_stats"][2] - 100 / 255) < 0.02 and grey[0]["label"] == "cats"
+    assert all(r["image_stats"][3] > 50 for r in records if r["image_stats"][4] == 0.0)  # vivid: colourful
 
 
 def test_a_version_without_the_profile_signature_is_logged_without_embedding(plain_base, tmp_path):

@@ -183,6 +183,9 @@ ALLOWED = {
     ("serve/client.py", "components.deploy.vertex"): "`catsdogs predict --endpoint` calls the endpoint deploy made",
     ("serve_check/core.py", "components.train.data"):
         "the serving check sends held-out images of the records training read, found and parsed as training does",
+    ("serve/model.py", "components.monitor.profile"):
+        "with request logging the server computes each image's statistics while decoding, with the function the "
+        "baseline's signature uses, so both sides of the drift tests are measured alike",
     ("train/export.py", "components.monitor.profile"):
         "the export adds the serving_profile signature, whose outputs are the contract drift monitoring defines",
     ("evaluate/component.py", "components.monitor.baseline"):

@@ -14,8 +14,9 @@ folder; `baseline.json` (BASELINE_FILE) beside the SavedModel holds the same fie
 
 from __future__ import annotations
 
+from components.contracts import PROFILE_PIXELS_SIGNATURE, PROFILE_SIGNATURE  # noqa: F401 (the names, here too)
+
 # Nothing heavy at import: `catsdogs --help` reads the defaults below.
-PROFILE_SIGNATURE = "serving_profile"
 EMBEDDING_DIM = 16
 PROJECTION_SEED = 0
 IMAGE_STATS = ("width", "height", "brightness", "colourfulness", "greyscale")
@@ -61,12 +62,6 @@ def decode_with_stats(image_bytes, image_size: int):
 
     decoded = decode_upright_uint8(image_bytes, image_size)
     pixels = tf.round(tf.image.resize(decoded, [image_size, image_size]))  # decode_and_resize's last step
-    image = tf.cast(decoded, tf.float32)
-    r, g, b = image[..., 0], image[..., 1], image[..., 2]
-    rg, yb = r - g, 0.5 * (r + g) - b
-    colourfulness = (tf.sqrt(tf.math.reduce_variance(rg) + tf.math.reduce_variance(yb))
-                     + 0.3 * tf.sqrt(tf.reduce_mean(rg) ** 2 + tf.reduce_mean(yb) ** 2))
-    spread = tf.reduce_mean(tf.reduce_max(image, axis=-1) - tf.reduce_min(image, axis=-1))
     height, width = tf.shape(decoded)[0], tf.shape(decoded)[1]
     # A JPEG decoded at a DCT scale: its stored size, turned as the EXIF orientation turned the pixels.
     jpeg = tf.equal(tf.strings.substr(image_bytes, 0, 2), b"\xff\xd8")
@@ -75,9 +70,21 @@ def decode_with_stats(image_bytes, image_size: int):
                       tf.stack([height, width]))
     turned = tf.not_equal(stored[0] >= stored[1], height >= width)
     height, width = tf.where(turned, stored[1], stored[0]), tf.where(turned, stored[0], stored[1])
-    stats = tf.stack([tf.cast(width, tf.float32), tf.cast(height, tf.float32), tf.reduce_mean(image) / 255.0,
-                      colourfulness, tf.cast(spread < GREY_CHANNEL_SPREAD, tf.float32)])
-    return pixels, stats
+    return pixels, image_stats(decoded, height, width)
+
+
+def image_stats(image, height, width):
+    """float32 [5] IMAGE_STATS of one [H, W, 3] image (0..255, any dtype) whose original size is height x width."""
+    import tensorflow as tf
+
+    image = tf.cast(image, tf.float32)
+    r, g, b = image[..., 0], image[..., 1], image[..., 2]
+    rg, yb = r - g, 0.5 * (r + g) - b
+    colourfulness = (tf.sqrt(tf.math.reduce_variance(rg) + tf.math.reduce_variance(yb))
+                     + 0.3 * tf.sqrt(tf.reduce_mean(rg) ** 2 + tf.reduce_mean(yb) ** 2))
+    spread = tf.reduce_mean(tf.reduce_max(image, axis=-1) - tf.reduce_min(image, axis=-1))
+    return tf.stack([tf.cast(width, tf.float32), tf.cast(height, tf.float32), tf.reduce_mean(image) / 255.0,
+                     colourfulness, tf.cast(spread < GREY_CHANNEL_SPREAD, tf.float32)])
 
 
 def penultimate_model(model):

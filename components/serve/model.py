@@ -17,7 +17,7 @@ from http import HTTPStatus
 import numpy as np
 import tensorflow as tf
 
-from components.contracts import PROFILE_SIGNATURE
+from components.contracts import PROFILE_PIXELS_SIGNATURE
 from components.decode import decode_and_resize
 from components.image_files import BadImage, open_header
 from components.model_store import check_answers, input_size, load_saved_model, probe_pixels
@@ -45,8 +45,8 @@ class Predictions:
     classes: list[str]
     labels: list[str]
     probabilities: np.ndarray  # [N, K]
-    embedding: np.ndarray | None = None  # [N, D], from PROFILE_SIGNATURE only
-    image_stats: np.ndarray | None = None  # [N, 5], from PROFILE_SIGNATURE only
+    embedding: np.ndarray | None = None  # [N, D], from PROFILE_PIXELS_SIGNATURE only
+    image_stats: np.ndarray | None = None  # [N, 5], from LoadedModel.decode_with_stats (set by the server)
 
     def rows_between(self, start: int, end: int) -> Predictions:
         """The predictions of instances start..end-1 (one request's share of a batch)."""
@@ -73,14 +73,21 @@ class LoadedModel:
         self._loaded = loaded  # the signatures' variables live as long as this object
         # With --log-requests a version's profile signature (components/contracts.py) replaces predict_pixels: one
         # model call gives both the answer and the logged record.
-        self.profiled = profile and PROFILE_SIGNATURE in loaded.signatures
-        self._predict = loaded.signatures[PROFILE_SIGNATURE if self.profiled else "predict_pixels"]
+        self.profiled = profile and PROFILE_PIXELS_SIGNATURE in loaded.signatures
+        self._predict = loaded.signatures[PROFILE_PIXELS_SIGNATURE if self.profiled else "predict_pixels"]
         size = self.size = input_size(loaded)
         # The same preprocessing as the SavedModel's own signatures (and training), one image at a time.
         self._decode = tf.function(lambda image_bytes: decode_and_resize(image_bytes, size),
                                    input_signature=[tf.TensorSpec([], tf.string)])
         self._resize = tf.function(lambda pixels: tf.image.resize(pixels, [size, size]),
                                    input_signature=[tf.TensorSpec([None, None, 3], tf.float32)])
+        if self.profiled:  # the image statistics drift monitoring compares, from the same decode
+            from components.monitor.profile import decode_with_stats, image_stats
+
+            self._decode_stats = tf.function(lambda image_bytes: decode_with_stats(image_bytes, size),
+                                             input_signature=[tf.TensorSpec([], tf.string)])
+            self._pixel_stats = tf.function(lambda p: image_stats(p, tf.shape(p)[0], tf.shape(p)[1]),
+                                            input_signature=[tf.TensorSpec([None, None, 3], tf.float32)])
 
     def __repr__(self) -> str:
         return f"{self.name} version {self.version} ({self.path})"
@@ -98,6 +105,17 @@ class LoadedModel:
         except tf.errors.InvalidArgumentError as e:
             raise bad_request(f"instance {item.index}: cannot decode the image: {e.message}") from e
 
+    def decode_with_stats(self, item: Instance) -> tuple[np.ndarray, np.ndarray]:
+        """decode()'s pixels and the image's float32 [5] statistics (components/monitor/profile.py IMAGE_STATS,
+        the baseline's function), from one decode; for a profiled version only."""
+        if item.pixels is not None:
+            return self._resize(item.pixels).numpy(), self._pixel_stats(item.pixels).numpy()
+        try:
+            pixels, stats = self._decode_stats(tf.constant(item.image))
+        except tf.errors.InvalidArgumentError as e:
+            raise bad_request(f"instance {item.index}: cannot decode the image: {e.message}") from e
+        return pixels.numpy(), stats.numpy()
+
     def predict(self, pixels: np.ndarray) -> Predictions:
         """Predictions for float32 pixels [N, S, S, 3] in one model call."""
         outputs = self._predict(pixels=tf.constant(pixels))
@@ -106,7 +124,6 @@ class LoadedModel:
             labels=[label.decode() for label in outputs["labels"].numpy()],
             probabilities=outputs["probabilities"].numpy(),
             embedding=outputs["embedding"].numpy() if "embedding" in outputs else None,
-            image_stats=outputs["image_stats"].numpy() if "image_stats" in outputs else None,
         )
 
     def warm_up(self, max_batch: int) -> None:

@@ -50,7 +50,7 @@ import uvicorn
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from components.contracts import LOG_REQUESTS_ENV, LOG_SAMPLE_RATE_ENV, PROFILE_SIGNATURE
+from components.contracts import LOG_REQUESTS_ENV, LOG_SAMPLE_RATE_ENV, PROFILE_PIXELS_SIGNATURE
 from components.errors import InputError
 from components.serve.batching import MicroBatcher
 from components.serve.budget import DecodeLimits, PixelBudget
@@ -263,13 +263,13 @@ class PredictionApp:
                 raise ClientDisconnect()
             waiting.result()  # 429 when the queue is full
             try:
-                decoded = await loop.run_in_executor(self._heavy, self._decode, model, items, gone)
+                decoded, stats = await loop.run_in_executor(self._heavy, self._decode, model, items, gone)
             finally:
                 self.budget.release(pixels)
             _still_there(gone)
             predictions = await asyncio.wrap_future(self.batcher.submit(model, decoded))
             answer = self._answer(model, columnar, predictions)
-            self._log(model, predictions)
+            self._log(model, predictions, stats)
         return Response(answer, HTTPStatus.OK, {"X-Model-Name": model.name, "X-Model-Version": str(model.version)},
                         media_type="application/json")
 
@@ -283,16 +283,17 @@ class PredictionApp:
         if self.budget.check(pixels):
             return None, (columnar, items)
         with self.budget.light(pixels):
-            decoded = self._decode(model, items, gone)
+            decoded, stats = self._decode(model, items, gone)
         _still_there(gone)
         predictions = self.batcher.predict(model, decoded)
         answer = self._answer(model, columnar, predictions)
-        self._log(model, predictions)
+        self._log(model, predictions, stats)
         return answer, None
 
-    def _log(self, model: LoadedModel, predictions: Predictions) -> None:
+    def _log(self, model: LoadedModel, predictions: Predictions, stats: np.ndarray | None) -> None:
         """Queues the answered request's sampled images for the request log (never waits)."""
         if self.request_log is not None:
+            predictions.image_stats = stats
             self.request_log.add(model.version, predictions)
 
     @staticmethod
@@ -307,12 +308,20 @@ class PredictionApp:
         return json.dumps({**result, "model": model.name, "version": model.version}, allow_nan=False).encode()
 
     @staticmethod
-    def _decode(model: LoadedModel, items: list[Instance], gone: threading.Event) -> np.ndarray:
-        decoded = []
+    def _decode(model: LoadedModel, items: list[Instance], gone: threading.Event
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The request's pixels [N, S, S, 3], and with a profiled version (request logging) their image
+        statistics [N, 5] from the same decode."""
+        decoded, stats = [], []
         for item in items:
             _still_there(gone)
-            decoded.append(model.decode(item))
-        return np.stack(decoded)
+            if model.profiled:
+                pixels, image_stats = model.decode_with_stats(item)
+                decoded.append(pixels)
+                stats.append(image_stats)
+            else:
+                decoded.append(model.decode(item))
+        return np.stack(decoded), np.stack(stats) if stats else None
 
 
 def _still_there(gone: threading.Event) -> None:
@@ -463,7 +472,7 @@ def make_server(model_base: str | None = None, host: str = "127.0.0.1", port: in
         raise
     if request_log is not None and not versions.current.profiled:
         log.warning("version %d has no %s signature: requests are logged without embedding and image_stats",
-                    versions.current.version, PROFILE_SIGNATURE)
+                    versions.current.version, PROFILE_PIXELS_SIGNATURE)
     app = PredictionApp(versions, MicroBatcher(max_batch).start(), limits or DecodeLimits(),
                         health_route=os.environ.get("AIP_HEALTH_ROUTE", "/health"),
                         predict_route=os.environ.get("AIP_PREDICT_ROUTE", "/predict"), max_in_flight=max_in_flight,
