@@ -119,6 +119,12 @@ def cmd_train(args) -> int:
     print(f"{scored.split} accuracy {scored.accuracy:.4f}, AUC {scored.auc:.4f} on {scored.examples} images; "
           f"SavedModel in {args.model_dir}")
     print(f"{'deployable' if decision.publish else 'not deployable'}: {decision.reason}")
+    before = f"{scored.uncalibrated['ece']:.4f} -> " if scored.uncalibrated else ""
+    point = scored.operating_point
+    print(f"calibration: temperature {scored.temperature:.4f}, {scored.split} ECE {before}"
+          f"{scored.calibration['ece']:.4f}" + (f"; threshold {point['threshold'] or 0.5:.4f}: {scored.split} "
+                                                 f"precision {point['precision']:.4f}, recall {point['recall']:.4f} "
+                                                 f"of {point['positive']}" if point else ""))
     return 0
 
 
@@ -262,6 +268,7 @@ def cmd_run(args) -> int:
     from components.export.core import parse_formats
 
     parse_formats(args.export_formats)  # so does a bad --export-formats
+    explain_arguments(args)  # and a bad --saliency-images
     logs_dir = os.path.join(workdir, "logs")
     progress.clear_logs(logs_dir, keep=(progress.RUN_LOG,))  # main() writes this process's own output there
     # The console is what a person reads; this process's log lines go where its fd 2 goes (run.log unless -v).
@@ -295,7 +302,7 @@ def _run(args, config, console, logs_dir: str) -> int:
             console=console,
             wandb_project=args.wandb_project, wandb_mode=args.wandb_mode, wandb_group=args.wandb_group,
             export_formats=args.export_formats, max_p99_ms=args.max_p99_ms, min_throughput=args.min_throughput,
-            max_memory_mb=args.max_memory_mb, **training_arguments(config),
+            max_memory_mb=args.max_memory_mb, **training_arguments(config), **explain_arguments(args),
         )
     except PipelineFailed as e:
         gate = [line for line in e.step.tail() if "validation failed: " in line]
@@ -383,6 +390,7 @@ def cmd_compile(args) -> None:
         raise InputError(f"--output {args.output}: expected a .yaml file to write the pipeline to")
     images = Images.from_registry(args.images_registry, args.images_tag)
     compile_pipeline(args.pipeline, args.output, images, args.machine, args.replicas)
+    set_explain_defaults(args, args.output)
     if args.pipeline == BATCH_PREDICT:
         print(f"compiled the Vertex batch-prediction pipeline (Dataflow with {images.components}) to {args.output}")
         return
@@ -421,6 +429,7 @@ def _pipeline_job(args, credentials):
     with tempfile.TemporaryDirectory(prefix=f"catsdogs-{args.command}-") as folder:
         template = f"{folder}/pipeline.yaml"
         compile_pipeline(args.pipeline, template, images, args.machine, args.replicas)
+        set_explain_defaults(args, template)
         yield build_job(template, args.project, args.region, args.pipeline_root, args.images, args.param,
                         enable_caching=not args.no_cache, labels=key_values(args.label, "--label"),
                         credentials=credentials, service_account=args.service_account)
@@ -488,8 +497,9 @@ def _add_training_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("training")
     for name, default in parameters().items():
         flag = "--" + name.replace("_", "-")
-        if isinstance(default, bool):
-            group.add_argument(flag, action="store_true", help=HELP[name])
+        if isinstance(default, bool):  # on by default: --no-<name> turns it off
+            group.add_argument(flag, action=argparse.BooleanOptionalAction if default else "store_true",
+                               default=default, help=HELP[name])
         elif name == "architecture":
             group.add_argument(flag, default=default, metavar="NAME",
                                help=f"{HELP[name]}: {', '.join(ARCHITECTURES)} (default %(default)s)")
@@ -521,6 +531,40 @@ def _add_serving_limits(parser: argparse.ArgumentParser) -> None:
                         help="serving check: refuse below this many images/s at concurrency 8 (0: no limit)")
     parser.add_argument("--max-memory-mb", type=float, default=0.0,
                         help="serving check: refuse above this peak server memory (0: no limit)")
+
+
+def add_explain_flags(parser: argparse.ArgumentParser) -> None:
+    """The evaluate step's model card and saliency settings, on `run` (pipeline arguments), `compile` and `submit`
+    (the compiled training pipeline's defaults: set_explain_defaults)."""
+    from components.evaluate.saliency import SALIENCY_IMAGES
+
+    group = parser.add_argument_group("explanations (the evaluate step's report and model card)")
+    group.add_argument("--intended-use", default="", metavar="TEXT",
+                       help="the model card's intended use (default: a demonstration classifier's)")
+    group.add_argument("--saliency-images", type=int, default=SALIENCY_IMAGES, metavar="N",
+                       help="report images with a saliency overlay (integrated gradients; 0: none) "
+                            "(default %(default)s)")
+
+
+def explain_arguments(args) -> dict:
+    """The pipeline arguments of add_explain_flags' flags, checked."""
+    if args.saliency_images < 0:
+        raise InputError(f"--saliency-images must be 0 or more, got {args.saliency_images}")
+    return {"intended_use": args.intended_use, "saliency_images": args.saliency_images}
+
+
+def set_explain_defaults(args, template_path: str) -> None:
+    """Writes add_explain_flags' values as the compiled training pipeline's parameter defaults."""
+    import yaml
+
+    if args.pipeline != "training" or not hasattr(args, "intended_use"):
+        return
+    with open(template_path) as f:
+        spec = yaml.safe_load(f)
+    for name, value in explain_arguments(args).items():
+        spec["root"]["inputDefinitions"]["parameters"][name]["defaultValue"] = value
+    with open(template_path, "w") as f:
+        yaml.safe_dump(spec, f, sort_keys=False)
 
 
 def _add_max_file_bytes(parser: argparse.ArgumentParser) -> None:
@@ -811,6 +855,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_validation_flags(p.add_argument_group("data validation (the validate step stops the run on leakage)"),
                           every_limit=False)
     _add_training_flags(p)
+    add_explain_flags(p)
     p.add_argument("--export-formats", default="", metavar="FORMAT[:QUANTIZE],...",
                    help="also export the trained model, checked against it on TEST: e.g. onnx,tflite:int8 (see "
                         "`catsdogs export`; default: none)")
@@ -824,6 +869,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compile", help="compile the Vertex AI pipeline to YAML")
     p.add_argument("--output", default="pipeline.yaml", help="(default %(default)s)")
     _add_vertex_build_flags(p)
+    add_explain_flags(p)
     p.set_defaults(handler=cmd_compile)
 
     p = sub.add_parser("submit", help="compile and submit the pipeline to Vertex AI Pipelines",
@@ -841,6 +887,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="wait for the run to finish")
     p.add_argument("--dry-run", action="store_true", help="print the job request, submit nothing")
     _add_vertex_build_flags(p)
+    add_explain_flags(p)
     p.set_defaults(handler=cmd_submit)
     p = sub.add_parser("schedule", help="create, list or delete Vertex AI pipeline schedules (e.g. weekly retraining)",
                        description="Creates a Vertex AI Pipelines schedule that runs the training (or batch-"

@@ -31,6 +31,9 @@ window.addEventListener("load", () => {
     gallery: [box.left, box.top, box.right, box.bottom],
     svgs: [...document.querySelectorAll("svg")].filter(s => s.getBoundingClientRect().width > 100).length,
     issues: [...document.querySelectorAll("#label-issue-gallery img")].filter(i => i.naturalWidth > 0).length,
+    sections: ["calibration", "temperature-scaling", "threshold", "label-issues"].filter(
+      id => document.getElementById(id) && document.getElementById(id).getBoundingClientRect().height > 0),
+    pr: !!document.querySelector("#threshold ~ .charts svg"),
   });
   document.body.appendChild(out);
 });
@@ -79,7 +82,9 @@ def test_report_renders_in_a_browser_with_its_thumbnails_loaded(report, tmp_path
     sizes = [Image.open(io.BytesIO(p)).size for p in pictures]
     assert [tuple(s) for s in seen["loaded"]] == sizes
     assert seen["issues"] == len(result.issue_gallery)
-    assert seen["svgs"] == 4  # ROC, per-class, reliability, training curves drawn at a readable size
+    assert seen["svgs"] == 5  # ROC, per-class, reliability, precision-recall, training curves at a readable size
+    # Temperature scaling (the session's model is trained with --calibrate, the default) and the threshold.
+    assert seen["sections"] == ["calibration", "temperature-scaling", "threshold", "label-issues"] and seen["pr"]
 
     shot = tmp_path / "report.png"
     _chromium(browser, f"--screenshot={shot}", path.as_uri())
