@@ -561,8 +561,12 @@ def set_explain_defaults(args, template_path: str) -> None:
         return
     with open(template_path) as f:
         spec = yaml.safe_load(f)
-    for name, value in explain_arguments(args).items():
-        spec["root"]["inputDefinitions"]["parameters"][name]["defaultValue"] = value
+    declared = spec["root"]["inputDefinitions"]["parameters"]
+    values = explain_arguments(args)
+    if all(declared[name].get("defaultValue") == value for name, value in values.items()):
+        return  # KFP's own file, untouched
+    for name, value in values.items():
+        declared[name]["defaultValue"] = value
     with open(template_path, "w") as f:
         yaml.safe_dump(spec, f, sort_keys=False)
 
