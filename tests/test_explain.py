@@ -369,3 +369,30 @@ def test_serve_returns_the_calibrated_probabilities_and_threshold_that_training_
     served_labels, _, labels, _ = answers["VALIDATION"]
     dogs = np.array(served_labels) == "dogs"
     assert dogs.any() and (labels[dogs] == 1).mean() >= 0.95
+
+
+def test_batch_prediction_answers_the_models_thresholded_labels_not_argmax(tmp_path):
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from components.train.export import export_saved_model
+
+    model_dir = str(tmp_path / "m")
+    # Threshold 0.9 at temperature 1: dogs only when (r - 128) / 2 >= log 9, i.e. r >= 132.4; argmax says r > 128.
+    export_saved_model(_over_confident_model(), ["cats", "dogs"], 8, model_dir, {"threshold": 0.9})
+    with open(os.path.join(model_dir, "training.json"), "w") as f:
+        json.dump({"config": {"image_size": 8}, "class_names": ["cats", "dogs"], "history": {}}, f)
+    reds = [100, 129, 131, 140, 200]
+    os.makedirs(tmp_path / "images")
+    for red in reds:
+        Image.new("RGB", (8, 8), (red, 0, 0)).save(tmp_path / "images" / f"{red}.png")
+    done = subprocess.run([sys.executable, "-m", "pipelines.cli", "batch-predict", str(tmp_path / "images"),
+                           "--model", model_dir, "--output-dir", str(tmp_path / "out")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [json.loads(line) for path in glob.glob(str(tmp_path / "out" / "predictions-*.jsonl"))
+            for line in open(path)]
+    labels = {os.path.basename(r["image_uri"]): r["label"] for r in rows}
+    assert labels == {"100.png": "cats", "129.png": "cats", "131.png": "cats", "140.png": "dogs", "200.png": "dogs"}
+    assert all(r["probabilities"]["dogs"] > 0.5 for r in rows if r["image_uri"].endswith(("129.png", "131.png")))
