@@ -337,7 +337,12 @@ def _summary(console, result, args) -> None:
                                  f"{progress.relative(storage.join(result.model_base, str(result.version)))}"))
     rows += [("report", progress.relative(report)) for report in result.reports]
     if "ece" in metrics:
-        rows.append(("calibration", f"ECE {metrics['ece']:.4f} (0: probabilities mean what they say)"))
+        scaled = (f"; {metrics['ece_uncalibrated']:.4f} before temperature scaling (T {metrics['temperature']:.3f})"
+                  if "temperature" in metrics else "")
+        rows.append(("calibration", f"ECE {metrics['ece']:.4f} (0: probabilities mean what they say){scaled}"))
+    if "threshold" in metrics:
+        at = f"precision {metrics['precision_at_threshold']:.4f}, recall {metrics['recall_at_threshold']:.4f}"
+        rows.append(("threshold", f"{metrics['threshold'] or 0.5:.4f}: {metrics.get('split', '')} {at}"))
     if "label_issues" in metrics and result.reports:
         issues = os.path.join(os.path.dirname(result.reports[0]), ISSUES_FILE)
         rows.append(("label issues", f"{int(metrics['label_issues'])} in {progress.relative(issues)}"))

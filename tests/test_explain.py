@@ -88,6 +88,9 @@ def test_run_reports_calibration_label_issues_and_a_model_card(tmp_path, capsys)
     for name in ("label_issues.csv", "model_card.md"):
         assert open(os.path.join(copies, name)).read() == open(os.path.join(step, name)).read()
     assert re.search(r"^calibration +ECE \d\.\d{4} ", out, re.M)
+    assert re.search(r"^calibration +ECE \d\.\d{4} .*; \d\.\d{4} before temperature scaling \(T \d+\.\d{3}\)$",
+                     out, re.M), out
+    assert re.search(r"^threshold +0\.\d{4}: TEST precision \d\.\d{4}, recall \d\.\d{4}$", out, re.M), out
     assert re.search(r"^label issues +\d+ in \S+label_issues\.csv$", out, re.M)
     assert re.search(r"ECE \d\.\d{3}, \d+ label issues, saliency \d+\.\d s", out), out
 

@@ -31,8 +31,9 @@ def evaluate(
     Args:
         model: The candidate SavedModel (the train step's output).
         tfrecords: The records to score on (the convert step's output).
-        metrics: Accuracy, AUC, per-class scores; the champion's accuracy and the decision
-            (`published` 1/0, `decision`, `champion_version`).
+        metrics: Accuracy, AUC, per-class scores, ECE (and with temperature scaling `temperature` and
+            `ece_uncalibrated`; 2 classes: `threshold`, `precision_at_threshold`, `recall_at_threshold`); the
+            champion's accuracy and the decision (`published` 1/0, `decision`, `champion_version`).
         confusion: Confusion matrix and ROC curve.
         report: HTML report: curves, confusion matrix, calibration, label issues, model card, the decision;
             label_issues.csv and model_card.md are written beside it (model_card.md also beside the SavedModel).
