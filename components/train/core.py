@@ -70,8 +70,10 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
 
 
 def _resumable_settings(config: TrainConfig, class_names: list[str]) -> dict:
-    """What must not change for a backup to be resumed: everything but the numbers of epochs and the cache."""
-    settings = {k: v for k, v in asdict(config).items() if k not in ("epochs", "fine_tune_epochs", "cache")}
+    """What must not change for a backup to be resumed: everything but the numbers of epochs, the cache and what
+    is fitted after training (calibration and threshold: they do not touch the weights)."""
+    after = ("epochs", "fine_tune_epochs", "cache", "calibrate", "threshold", "target_precision", "target_recall")
+    settings = {k: v for k, v in asdict(config).items() if k not in after}
     return {**settings, "class_names": class_names}
 
 
@@ -226,13 +228,12 @@ def train(data_dir: str, model_dir: str, config: TrainConfig = TrainConfig(),
                          f"--learning-rate (now {config.learning_rate})")
     # Every worker exports (saving a model of distributed variables is collective), the others to a temporary
     # folder made only now (a worker killed while training leaves none) and removed at once.
-    # The chief fits the temperature and the threshold on VALIDATION (the others' export is thrown away).
-    fitted = {}
-    if chief:
-        with shard_errors(data_dir):
-            held = (calibrate.validation_probabilities(model, data_dir, config.image_size, config.batch_size)
-                    if validation is not None else (None, None))
-        fitted = calibrate.fit(config, *held)
+    # The temperature and the threshold, fitted on VALIDATION. Every worker does the same pass, as with export:
+    # nothing then waits on a worker that skipped a step the model's distributed variables might share.
+    with shard_errors(data_dir):
+        held = (calibrate.validation_probabilities(model, data_dir, config.image_size, config.batch_size)
+                if validation is not None else (None, None))
+    fitted = calibrate.fit(config, *held)
     output_dir = model_dir if chief else tempfile.mkdtemp(prefix="catsdogs-worker-")
     try:
         export_saved_model(model, class_names, config.image_size, output_dir, fitted)
