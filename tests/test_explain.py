@@ -399,3 +399,17 @@ def test_batch_prediction_answers_the_models_thresholded_labels_not_argmax(tmp_p
     labels = {os.path.basename(r["image_uri"]): r["label"] for r in rows}
     assert labels == {"100.png": "cats", "129.png": "cats", "131.png": "cats", "140.png": "dogs", "200.png": "dogs"}
     assert all(r["probabilities"]["dogs"] > 0.5 for r in rows if r["image_uri"].endswith(("129.png", "131.png")))
+
+
+def test_an_unreachable_target_precision_takes_the_best_precision_and_says_so():
+    from components.calibration import choose_threshold, precision_recall_curve
+
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.2])
+    positives = np.array([False, True, True, False, True])  # the top score is a negative: precision <= 2/3
+    curve = precision_recall_curve(scores, positives)
+    assert curve["thresholds"] == [0.9, 0.8, 0.7, 0.6, 0.2]
+    assert curve["precision"] == pytest.approx([0, 1 / 2, 2 / 3, 2 / 4, 3 / 5])
+    assert curve["recall"] == pytest.approx([0, 1 / 3, 2 / 3, 2 / 3, 1])
+    assert choose_threshold(scores, positives, target_precision=0.95) == (0.7, False)
+    assert choose_threshold(scores, positives, target_precision=0.6) == (0.2, True)  # the most recall at 0.6
+    assert choose_threshold(scores, positives, target_recall=0.6) == (0.7, True)  # the most precision at 0.6
