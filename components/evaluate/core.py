@@ -191,7 +191,7 @@ class Evaluation:
     # calibrated; `uncalibrated` is calibration.reliability of the probabilities before it (the temperature undone)
     # and the accuracy they give (the same: scaling never changes the likeliest class).
     temperature: float = 1.0
-    uncalibrated: dict = field(default_factory=dict)  # {"ece", "bins", "accuracy"}; empty when temperature is 1
+    uncalibrated: dict = field(default_factory=dict)  # {"ece", "bins", "accuracy", "note": why T is 1, if it is}
     # 2 classes: the model's operating threshold (its `labels` output) and the positive (second) class's precision
     # and recall at it on this split; the precision-recall curve ("thresholds", "precision", "recall").
     operating_point: dict = field(default_factory=dict)
@@ -259,9 +259,9 @@ def evaluate(model_dir: str, data_dir: str, batch_size: int = 64, gallery_size: 
         one_vs_rest[1] if len(class_names) == 2 else float(np.nanmean(one_vs_rest)), matrix.tolist(),
         calibration=reliability(probabilities, labels), temperature=temperature,
     )
-    if temperature != 1.0:
-        raw = scale(probabilities, 1.0 / temperature)
-        result.uncalibrated = {**reliability(raw, labels), "accuracy": float((raw.argmax(axis=1) == labels).mean())}
+    raw = scale(probabilities, 1.0 / temperature)  # T = 1: the same probabilities (to the clipping's 1e-7)
+    result.uncalibrated = {**reliability(raw, labels), "accuracy": float((raw.argmax(axis=1) == labels).mean()),
+                           "note": info.get("calibration", {}).get("note", "")}
     result.gallery, result.saliency = gallery.examples(predict, saliency_images)
     _add_label_issues(result, data_dir, probabilities, labels, suspects)
     if len(class_names) == 2:

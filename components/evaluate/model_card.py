@@ -31,7 +31,8 @@ def _number(value, digits: int = 4) -> str:
 def _calibration_lines(result: Evaluation, fitted: dict) -> list[str]:
     """Temperature scaling (fitted on VALIDATION in training, in the SavedModel) and the operating threshold."""
     temperature = fitted.get("temperature", result.temperature)
-    lines = [f"- Temperature T = {temperature:.4f} (applied inside the SavedModel; 1: not scaled).",
+    lines = [f"- Temperature T = {temperature:.4f} (applied inside the SavedModel; 1: not scaled"
+             + (f": {fitted['note']}" if fitted.get("note") else "") + ").",
              f"- ECE on VALIDATION: {_number(fitted.get('validation_ece_before'))} before, "
              f"{_number(fitted.get('validation_ece_after'))} after temperature scaling.",
              f"- ECE on {result.split}: {_number(result.uncalibrated.get('ece', result.calibration.get('ece')))} "

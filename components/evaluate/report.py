@@ -151,10 +151,11 @@ def _temperature(result: Evaluation) -> str:
     """Temperature scaling's effect on this split: ECE before and after, accuracy unchanged."""
     before = result.uncalibrated
     if not before:
-        return ("<p>The probabilities are not temperature-scaled (trained with --no-calibrate, or without "
-                "VALIDATION records to fit on).</p>")
-    return (f'<p id="temperature-scaling">Temperature scaling (T = <b>{result.temperature:.3f}</b>, fitted on '
-            f'VALIDATION, applied inside the SavedModel): ECE on {result.split} <b>{before["ece"]:.4f}</b> before, '
+        return ""
+    fitted = (f"T = 1, {html.escape(before['note'])}" if result.temperature == 1 and before.get("note") else
+              "fitted on VALIDATION, applied inside the SavedModel")
+    return (f'<p id="temperature-scaling">Temperature scaling (T = <b>{result.temperature:.3f}</b>, {fitted}): '
+            f'ECE on {result.split} <b>{before["ece"]:.4f}</b> before, '
             f'<b>{result.calibration["ece"]:.4f}</b> after; accuracy {before["accuracy"]:.4f} before, '
             f'{result.accuracy:.4f} after (scaling never changes the likeliest class).</p>')
 

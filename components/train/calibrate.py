@@ -50,8 +50,21 @@ def fit(config: TrainConfig, probabilities: np.ndarray | None, labels: np.ndarra
         return result
     before = calibration.reliability(probabilities, labels)["ece"]
     if config.calibrate:
-        result["temperature"] = calibration.fit_temperature(probabilities, labels)
-        probabilities = calibration.scale(probabilities, result["temperature"])
+        temperature = calibration.fit_temperature(probabilities, labels)
+        scaled = calibration.scale(probabilities, temperature)
+        if temperature in (calibration.TEMPERATURES[0], calibration.TEMPERATURES[-1]):
+            # Measured: a model that separates VALIDATION perfectly (val_loss 0.000) has its likelihood rise as
+            # T falls to the search's edge (0.05): sharpening that made TEST ECE worse. VALIDATION cannot bound T.
+            result["note"] = (f"not scaled: the best temperature on VALIDATION lies at the search's edge "
+                              f"({temperature:.3g}; VALIDATION is separated too cleanly to bound it)")
+        elif calibration.reliability(scaled, labels)["ece"] > before:
+            result["note"] = f"not scaled: temperature {temperature:.3g} would raise the ECE on VALIDATION"
+        else:
+            result["temperature"], probabilities = temperature, scaled
+        if "note" in result:
+            log.warning("calibration %s", result["note"])
+    else:
+        result["note"] = "not scaled: trained with --no-calibrate"
     result["validation_ece_before"] = before
     result["validation_ece_after"] = calibration.reliability(probabilities, labels)["ece"]
     if probabilities.shape[1] != 2:
