@@ -125,7 +125,8 @@ def test_evaluation_has_auc_roc_and_an_html_report_with_pictures(trained_model, 
     assert 0.0 <= result.auc <= 1.0
     assert len(result.roc["fpr"]) == len(result.roc["tpr"]) == len(result.roc["thresholds"]) >= 1
     page = html_report(result, training_info(trained_model)["history"])
-    assert page.count("<svg") == 4  # training curves, ROC, per-class precision/recall, reliability (matplotlib)
+    # training curves, ROC, per-class precision/recall, reliability, precision-recall at the threshold (matplotlib)
+    assert page.count("<svg") == 5
     assert len(result.gallery) == min(result.examples, 24)
     overlays = sum(bool(e.saliency) for e in result.gallery)  # saliency of the first few, label-issue gallery
     assert page.count('src="data:image/jpeg;base64,') == len(result.gallery) + overlays + len(result.issue_gallery)
