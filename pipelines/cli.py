@@ -434,8 +434,8 @@ def _pipeline_job(args, credentials):
     with tempfile.TemporaryDirectory(prefix=f"catsdogs-{args.command}-") as folder:
         template = f"{folder}/pipeline.yaml"
         compile_pipeline(args.pipeline, template, images, args.machine, args.replicas)
-        set_explain_defaults(args, template)
-        yield build_job(template, args.project, args.region, args.pipeline_root, args.images, args.param,
+        yield build_job(template, args.project, args.region, args.pipeline_root, args.images,
+                        explain_params(args) + args.param,
                         enable_caching=not args.no_cache, labels=key_values(args.label, "--label"),
                         credentials=credentials, service_account=args.service_account)
 
@@ -556,6 +556,17 @@ def explain_arguments(args) -> dict:
     if args.saliency_images < 0:
         raise InputError(f"--saliency-images must be 0 or more, got {args.saliency_images}")
     return {"intended_use": args.intended_use, "saliency_images": args.saliency_images}
+
+
+def explain_params(args) -> list[str]:
+    """`submit`: add_explain_flags' values that differ from their defaults, as --param KEY=VALUE pairs (a --param
+    given too comes later and wins)."""
+    from components.evaluate.saliency import SALIENCY_IMAGES
+
+    if args.pipeline != "training" or not hasattr(args, "intended_use"):
+        return []
+    defaults = {"intended_use": "", "saliency_images": SALIENCY_IMAGES}
+    return [f"{name}={value}" for name, value in explain_arguments(args).items() if value != defaults[name]]
 
 
 def set_explain_defaults(args, template_path: str) -> None:

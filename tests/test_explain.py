@@ -306,6 +306,14 @@ def test_explanation_and_threshold_flags_reach_the_compiled_pipeline(tmp_path):
     train_task = next(t for name, t in tasks.items() if name.startswith("train"))
     assert "target_precision" in json.dumps(train_task["inputs"])
 
+    done = subprocess.run([sys.executable, "-m", "pipelines.cli", "submit", "--project", "my-project-123", "--region",
+                           "europe-west4", "--pipeline-root", "gs://b/root", "--images", "gs://b/img", "--dry-run",
+                           "--intended-use", "Pet sorting", "--saliency-images", "2",
+                           "--param", "target_precision=0.9"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    values = json.loads(done.stdout)["runtimeConfig"]["parameterValues"]
+    assert (values["intended_use"], values["saliency_images"], values["target_precision"]) == ("Pet sorting", 2, 0.9)
+
 
 def _served(url: str, pixels: np.ndarray) -> tuple[list[str], np.ndarray]:
     """(labels, [N, 2] probabilities) `catsdogs serve` answers for raw pixel instances."""
