@@ -68,7 +68,7 @@ def training_arguments(arguments: dict) -> dict:
 
 
 def wire(steps: Steps, *, images_root, record_format, training: dict, min_accuracy, champion_uri, max_regression,
-         wandb: dict, validation: dict, export_formats, serving: dict) -> Wired:
+         wandb: dict, validation: dict, export_formats, serving: dict, explain: dict | None = None) -> Wired:
     """Adds prepare -> validate -> convert -> train -> evaluate -> check serving (and export) to the pipeline being
     defined. `training` holds every TrainConfig parameter (see training_arguments); `champion_uri` is the served
     model evaluation compares the candidate with ("" for none); `wandb` the W&B settings component's arguments.
@@ -76,7 +76,8 @@ def wire(steps: Steps, *, images_root, record_format, training: dict, min_accura
     are cached gives "" instead, since every step takes these settings and an input that differs per run is a
     cache miss. `validation` the validate step's gate arguments (fix, max_leakage, near_duplicate_distance);
     `export_formats` e.g. "onnx,tflite:int8" ("" exports nothing); `serving` the serving check's limits
-    (max_p99_ms, min_throughput, max_memory_mb)."""
+    (max_p99_ms, min_throughput, max_memory_mb); `explain` the evaluate step's intended_use (the model card's) and
+    saliency_images."""
     wandb_settings = steps.wandb_settings(
         **{"pipeline_run": dsl.PIPELINE_JOB_NAME_PLACEHOLDER, **wandb}).set_display_name("W&B settings").output
     prepared = steps.prepare(images_root=images_root, wandb_settings=wandb_settings).set_display_name("prepare CSV")
@@ -93,7 +94,7 @@ def wire(steps: Steps, *, images_root, record_format, training: dict, min_accura
     ).set_display_name(steps.train_name)
     scored = steps.evaluate(
         model=trained.outputs["model"], tfrecords=converted.outputs["tfrecords"], min_accuracy=min_accuracy,
-        champion_uri=champion_uri, max_regression=max_regression, wandb_settings=wandb_settings,
+        champion_uri=champion_uri, max_regression=max_regression, wandb_settings=wandb_settings, **(explain or {}),
     ).set_display_name("evaluate vs champion")
     with dsl.If(export_formats != "", name=EXPORT):
         exported = steps.export(model=trained.outputs["model"], tfrecords=converted.outputs["tfrecords"],

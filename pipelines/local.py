@@ -20,6 +20,7 @@ from components.evaluate.component import evaluate
 from components.evaluate.config import GATE
 from components.evaluate.label_issues import ISSUES_FILE
 from components.evaluate.model_card import CARD_FILE
+from components.evaluate.saliency import SALIENCY_IMAGES
 from components.export.component import export
 from components.model_store import versions
 from components.prepare.component import prepare
@@ -47,6 +48,10 @@ def local_pipeline(
     weights: str = TRAINING.weights,
     augment: bool = TRAINING.augment,
     fine_tune_epochs: int = TRAINING.fine_tune_epochs,
+    calibrate: bool = TRAINING.calibrate,
+    threshold: float = TRAINING.threshold,
+    target_precision: float = TRAINING.target_precision,
+    target_recall: float = TRAINING.target_recall,
     record_format: str = DEFAULT_RECORD_FORMAT,
     validate_fix: bool = VALIDATE.fix,
     max_leakage: int = VALIDATE.max_leakage,
@@ -60,6 +65,8 @@ def local_pipeline(
     max_p99_ms: float = 0.0,
     min_throughput: float = 0.0,
     max_memory_mb: float = 0.0,
+    intended_use: str = "",  # the model card's (empty: model_card.DEFAULT_INTENDED_USE)
+    saliency_images: int = SALIENCY_IMAGES,  # report images with a saliency overlay
 ) -> Metrics:
     """The shared DAG (pipelines/dag.py) with every step in this environment. The champion is the newest version
     under model_base; a blessed candidate is published as the next numbered version there."""
@@ -72,6 +79,7 @@ def local_pipeline(
         wandb=dict(project=wandb_project, mode=wandb_mode, group=wandb_group, secret="", gcp_project=""),
         export_formats=export_formats,
         serving=dict(max_p99_ms=max_p99_ms, min_throughput=min_throughput, max_memory_mb=max_memory_mb),
+        explain=dict(intended_use=intended_use, saliency_images=saliency_images),
     )
     with blessed(wired):
         deploy_local(model=wired.train.outputs["model"], model_base=model_base,

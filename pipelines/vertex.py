@@ -29,6 +29,7 @@ from components.deploy.vertex import HEALTH_ROUTE, PREDICT_ROUTE, SERVING_PORT
 from components.errors import InputError
 from components.evaluate.component import evaluate
 from components.evaluate.config import GATE
+from components.evaluate.saliency import SALIENCY_IMAGES
 from components.export.component import export
 from components.images import LOCAL, Images, with_image
 from components.prepare.component import prepare
@@ -84,6 +85,10 @@ def build_vertex_pipeline(images: Images = LOCAL, machine: str = "T4_1X", replic
         weights: str = TRAINING.weights,
         augment: bool = TRAINING.augment,
         fine_tune_epochs: int = TRAINING.fine_tune_epochs,
+        calibrate: bool = TRAINING.calibrate,
+        threshold: float = TRAINING.threshold,
+        target_precision: float = TRAINING.target_precision,
+        target_recall: float = TRAINING.target_recall,
         record_format: str = DEFAULT_RECORD_FORMAT,
         validate_fix: bool = VALIDATE.fix,
         max_leakage: int = VALIDATE.max_leakage,
@@ -112,6 +117,8 @@ def build_vertex_pipeline(images: Images = LOCAL, machine: str = "T4_1X", replic
         max_p99_ms: float = 0.0,  # the serving check's limits (0: none)
         min_throughput: float = 0.0,
         max_memory_mb: float = 0.0,
+        intended_use: str = "",  # the model card's (empty: model_card.DEFAULT_INTENDED_USE)
+        saliency_images: int = SALIENCY_IMAGES,  # report images with a saliency overlay
     ):
         """The shared DAG (pipelines/dag.py) with conversion on Dataflow and training as a custom job on the
         machines chosen at compile time. The candidate is scored against the model's `default` version on the same
@@ -163,6 +170,7 @@ def build_vertex_pipeline(images: Images = LOCAL, machine: str = "T4_1X", replic
                        gcp_project=project, pipeline_run=""),
             export_formats=export_formats,
             serving=dict(max_p99_ms=max_p99_ms, min_throughput=min_throughput, max_memory_mb=max_memory_mb),
+            explain=dict(intended_use=intended_use, saliency_images=saliency_images),
         )
         model_uri = with_image(artifact_uri, components_image)(
             artifact=wired.train.outputs["model"]).set_display_name("model URI")

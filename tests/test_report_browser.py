@@ -31,6 +31,9 @@ window.addEventListener("load", () => {
     gallery: [box.left, box.top, box.right, box.bottom],
     svgs: [...document.querySelectorAll("svg")].filter(s => s.getBoundingClientRect().width > 100).length,
     issues: [...document.querySelectorAll("#label-issue-gallery img")].filter(i => i.naturalWidth > 0).length,
+    sections: ["calibration", "temperature-scaling", "threshold", "label-issues"].filter(
+      id => document.getElementById(id) && document.getElementById(id).getBoundingClientRect().height > 0),
+    pr: !!document.querySelector("#threshold ~ .charts svg"),
   });
   document.body.appendChild(out);
 });
@@ -79,7 +82,9 @@ def test_report_renders_in_a_browser_with_its_thumbnails_loaded(report, tmp_path
     sizes = [Image.open(io.BytesIO(p)).size for p in pictures]
     assert [tuple(s) for s in seen["loaded"]] == sizes
     assert seen["issues"] == len(result.issue_gallery)
-    assert seen["svgs"] == 4  # ROC, per-class, reliability, training curves drawn at a readable size
+    assert seen["svgs"] == 5  # ROC, per-class, reliability, precision-recall, training curves at a readable size
+    # Temperature scaling (the session's model is trained with --calibrate, the default) and the threshold.
+    assert seen["sections"] == ["calibration", "temperature-scaling", "threshold", "label-issues"] and seen["pr"]
 
     shot = tmp_path / "report.png"
     _chromium(browser, f"--screenshot={shot}", path.as_uri())
@@ -94,3 +99,35 @@ def test_report_renders_in_a_browser_with_its_thumbnails_loaded(report, tmp_path
     colourful = (gallery.max(axis=2) - gallery.min(axis=2)) > 40
     assert colourful.mean() > 0.1, colourful.mean()
     assert len(np.unique(gallery.reshape(-1, 3).astype(np.uint8), axis=0)) > 500
+
+
+# The README's screenshot (docs/report.png) is this run's report, as its caption says.
+README_RUN = ["--per-class", "100", "--epochs", "3", "--image-size", "64"]
+
+
+@pytest.mark.slow
+def test_the_report_of_a_readme_sized_run_renders_every_section_and_retakes_the_screenshot(tmp_path):
+    """CATSDOGS_UPDATE_SCREENSHOT=1 copies the screenshot to docs/report.png (else it stays in tmp_path)."""
+    import glob
+    import os
+    import sys
+    from pathlib import Path
+
+    from PIL import Image
+
+    browser = _browser()
+    workdir = tmp_path / "work"
+    done = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", "--workdir", str(workdir), *README_RUN],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:]
+    [page] = glob.glob(str(workdir / "reports" / "*" / "report.html"))
+    text = Path(page).read_text()
+    for section in ('id="gallery"', 'id="saliency"', 'id="calibration"', 'id="temperature-scaling"',
+                    'id="threshold"', 'id="label-issues"', 'id="model-card"'):
+        assert section in text, section
+    shot = tmp_path / "report.png"
+    _chromium(browser, f"--screenshot={shot}", Path(page).as_uri())
+    pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=np.float32)
+    assert pixels.shape == (HEIGHT, WIDTH, 3) and pixels.std() > 20
+    if os.environ.get("CATSDOGS_UPDATE_SCREENSHOT") == "1":
+        shutil.copy(shot, Path(__file__).resolve().parent.parent / "docs" / "report.png")

@@ -21,7 +21,8 @@ def test_dataset_yields_resized_float_batches_with_labels(records):
 
 def test_export_has_bytes_and_pixel_signatures_that_agree(trained_model, sample_images):
     loaded = tf.saved_model.load(trained_model)
-    assert set(loaded.signatures) == {"serving_default", "predict_pixels", "model_info", "serving_profile"}
+    assert set(loaded.signatures) == {"serving_default", "predict_pixels", "model_info", "serving_profile",
+                                      "profile_pixels"}
     info = loaded.signatures["model_info"]()
     assert int(info["image_size"]) == IMAGE_SIZE and [c.decode() for c in info["classes"].numpy()] == ["cats", "dogs"]
     paths = [os.path.join(sample_images, label, f"{label}.00003.jpg") for label in ("cats", "dogs")]
@@ -125,7 +126,8 @@ def test_evaluation_has_auc_roc_and_an_html_report_with_pictures(trained_model, 
     assert 0.0 <= result.auc <= 1.0
     assert len(result.roc["fpr"]) == len(result.roc["tpr"]) == len(result.roc["thresholds"]) >= 1
     page = html_report(result, training_info(trained_model)["history"])
-    assert page.count("<svg") == 4  # training curves, ROC, per-class precision/recall, reliability (matplotlib)
+    # training curves, ROC, per-class precision/recall, reliability, precision-recall at the threshold (matplotlib)
+    assert page.count("<svg") == 5
     assert len(result.gallery) == min(result.examples, 24)
     overlays = sum(bool(e.saliency) for e in result.gallery)  # saliency of the first few, label-issue gallery
     assert page.count('src="data:image/jpeg;base64,') == len(result.gallery) + overlays + len(result.issue_gallery)

@@ -222,10 +222,12 @@ class ImageModelHandler(ModelHandler):
             except BadImage as e:
                 results[i] = PredictionResult(uri, {"error": str(e)}, self.model.name)
         if pixels:
-            probabilities = model.predict(pixels=np.stack(pixels))["probabilities"].numpy()
-            for i, probs in zip(decoded, probabilities):
+            # The model's own `labels`: its operating threshold (training's --threshold / --target-*), not argmax.
+            outputs = model.predict(pixels=np.stack(pixels))
+            probabilities, labels = outputs["probabilities"].numpy(), outputs["labels"].numpy()
+            for i, probs, label in zip(decoded, probabilities, labels):
                 by_class = {c: float(p) for c, p in zip(model.classes, probs)}
-                label = model.classes[int(np.argmax(probs))]
+                label = label.decode()
                 results[i] = PredictionResult(batch[i][0], {"label": label, "probabilities": by_class}, self.model.name)
         return results
 

@@ -32,11 +32,12 @@ def evaluate(
         model: The candidate SavedModel (the train step's output); its drift baseline (baseline.json, see
             components/monitor) is written beside it, so publishing carries it along.
         tfrecords: The records to score on (the convert step's output).
-        metrics: Accuracy, AUC, per-class scores; the champion's accuracy and the decision
-            (`published` 1/0, `decision`, `champion_version`).
+        metrics: Accuracy, AUC, per-class scores, ECE (and with temperature scaling `temperature` and
+            `ece_uncalibrated`; 2 classes: `threshold`, `precision_at_threshold`, `recall_at_threshold`); the
+            champion's accuracy and the decision (`published` 1/0, `decision`, `champion_version`).
         confusion: Confusion matrix and ROC curve.
         report: HTML report: curves, confusion matrix, calibration, label issues, model card, the decision;
-            label_issues.csv and model_card.md are written beside it.
+            label_issues.csv and model_card.md are written beside it (model_card.md also beside the SavedModel).
         evaluation: The metrics in Vertex's classification schema and the decision, for the Model Registry.
         min_accuracy: Accuracy the candidate needs to be deployed, besides beating always answering the
             split's largest class.
@@ -94,6 +95,13 @@ def evaluate(
         metrics.log_metric("auc", result.auc)
     metrics.log_metric("examples", result.examples)
     metrics.log_metric("ece", result.calibration["ece"])
+    if result.uncalibrated:
+        metrics.log_metric("temperature", result.temperature)
+        metrics.log_metric("ece_uncalibrated", result.uncalibrated["ece"])
+    if result.operating_point:
+        metrics.log_metric("threshold", result.operating_point["threshold"])
+        metrics.log_metric("precision_at_threshold", result.operating_point["precision"])
+        metrics.log_metric("recall_at_threshold", result.operating_point["recall"])
     metrics.log_metric("label_issues", len(result.label_issues))
     if "seconds" in result.saliency:
         metrics.log_metric("saliency_seconds", result.saliency["seconds"])
@@ -120,6 +128,9 @@ def evaluate(
     beside = report.uri.rsplit("/", 1)[0]  # the step's own output folder
     storage.write_text(storage.join(beside, ISSUES_FILE), issues_csv(result.label_issues))
     storage.write_text(storage.join(beside, CARD_FILE), card)
+    # Also beside the SavedModel, so the card travels with it: publishing copies the folder as a version, and
+    # Vertex uploads it as the model's artifacts.
+    storage.write_text(storage.join(model.uri, CARD_FILE), card)
     storage.write_text(report.uri, html_report(result, info["history"], decision=summary, model_card=card))
     # A single, unnamed bool: kfp.local 2.17 cannot resolve a dsl.If on a named (NamedTuple) output.
     return decision.publish

@@ -11,7 +11,7 @@ import numpy as np
 
 from components.convert import schema
 from components.errors import InputError
-from components.evaluate.calibration import reliability
+from components.evaluate.calibration import at_threshold, precision_recall_curve, reliability, scale
 from components.evaluate.label_issues import find_label_issues
 from components.evaluate.saliency import SALIENCY_IMAGES
 from components.model_store import load_saved_model, training_info
@@ -187,6 +187,15 @@ class Evaluation:
     label_issues: list[LabelIssue] = field(default_factory=list)  # least likely given label first
     issue_gallery: list[Example] = field(default_factory=list)  # the first label issues, as the model saw them
     saliency: dict = field(default_factory=dict)  # {"images", "seconds"} explained, or {"skipped": why}
+    # Temperature scaling inside the SavedModel (training fitted it on VALIDATION): the probabilities above are
+    # calibrated; `uncalibrated` is calibration.reliability of the probabilities before it (the temperature undone)
+    # and the accuracy they give (the same: scaling never changes the likeliest class).
+    temperature: float = 1.0
+    uncalibrated: dict = field(default_factory=dict)  # {"ece", "bins", "accuracy", "note": why T is 1, if it is}
+    # 2 classes: the model's operating threshold (its `labels` output) and the positive (second) class's precision
+    # and recall at it on this split; the precision-recall curve ("thresholds", "precision", "recall").
+    operating_point: dict = field(default_factory=dict)
+    pr: dict = field(default_factory=dict)
 
     def per_class(self) -> dict[str, dict[str, float]]:
         matrix = np.array(self.confusion_matrix)
@@ -218,9 +227,13 @@ def evaluate(model_dir: str, data_dir: str, batch_size: int = 64, gallery_size: 
     `loaded`: the SavedModel at model_dir, when already loaded."""
     class_names = schema.read_labels(data_dir)
     split = evaluation_split(data_dir)
-    image_size = training_info(model_dir)["config"]["image_size"]
+    info = training_info(model_dir)
+    image_size = info["config"]["image_size"]
     loaded = loaded or load_saved_model(model_dir)
     predict = loaded.signatures["predict_pixels"]
+    model_info = {k: v.numpy() for k, v in loaded.signatures["model_info"]().items()}
+    temperature = float(model_info.get("temperature", 1.0))  # a SavedModel exported before calibration has none
+    threshold = float(model_info.get("threshold", 0.0))
     probabilities, labels = [], []
     gallery = Gallery(class_names, gallery_size)
     suspects = LeastLikelyLabels(gallery_size)
@@ -244,13 +257,20 @@ def evaluate(model_dir: str, data_dir: str, batch_size: int = 64, gallery_size: 
     result = Evaluation(
         split, class_names, len(labels), float(np.trace(matrix) / len(labels)),
         one_vs_rest[1] if len(class_names) == 2 else float(np.nanmean(one_vs_rest)), matrix.tolist(),
-        calibration=reliability(probabilities, labels),
+        calibration=reliability(probabilities, labels), temperature=temperature,
     )
+    raw = scale(probabilities, 1.0 / temperature)  # T = 1: the same probabilities (to the clipping's 1e-7)
+    result.uncalibrated = {**reliability(raw, labels), "accuracy": float((raw.argmax(axis=1) == labels).mean()),
+                           "note": info.get("calibration", {}).get("note", "")}
     result.gallery, result.saliency = gallery.examples(predict, saliency_images)
     _add_label_issues(result, data_dir, probabilities, labels, suspects)
     if len(class_names) == 2:
         fpr, tpr, thresholds = roc_curve(probabilities[:, 1], labels == 1)
         result.roc = {"fpr": fpr, "tpr": tpr, "thresholds": thresholds}
+        result.pr = precision_recall_curve(probabilities[:, 1], labels == 1)
+        result.operating_point = {"threshold": threshold, "positive": class_names[1],
+                                  "chosen_by": info.get("calibration", {}).get("operating_point", ""),
+                                  **at_threshold(probabilities[:, 1], labels == 1, threshold or 0.5)}
     log.info("%s accuracy %.4f, AUC %.4f, ECE %.4f on %d examples; %d label issues", split, result.accuracy,
              result.auc, result.calibration["ece"], result.examples, len(result.label_issues))
     return result

@@ -147,6 +147,50 @@ def _reliability(result: Evaluation) -> str:
     return _svg(figure, "reliability")
 
 
+def _temperature(result: Evaluation) -> str:
+    """Temperature scaling's effect on this split: ECE before and after, accuracy unchanged."""
+    before = result.uncalibrated
+    if not before:
+        return ""
+    fitted = (f"T = 1, {html.escape(before['note'])}" if result.temperature == 1 and before.get("note") else
+              "fitted on VALIDATION, applied inside the SavedModel")
+    return (f'<p id="temperature-scaling">Temperature scaling (T = <b>{result.temperature:.3f}</b>, {fitted}): '
+            f'ECE on {result.split} <b>{before["ece"]:.4f}</b> before, '
+            f'<b>{result.calibration["ece"]:.4f}</b> after; accuracy {before["accuracy"]:.4f} before, '
+            f'{result.accuracy:.4f} after (scaling never changes the likeliest class).</p>')
+
+
+def _pr_curve(result: Evaluation) -> str:
+    point = result.operating_point
+    figure = _figure(3.6, 3.4)
+    axes = figure.subplots()
+    axes.plot(result.pr["recall"], result.pr["precision"], color=TRAIN_COLOUR, label="precision-recall")
+    axes.plot([point["recall"]], [point["precision"]], "o", color=VALIDATION_COLOUR,
+              label=f"threshold {point['threshold'] or 0.5:.3f}")
+    axes.set_title(f"Precision-recall of {point['positive']} on {result.split}")
+    axes.set_xlabel("recall")
+    axes.set_ylabel("precision")
+    axes.set_xlim(-0.02, 1.02)
+    axes.set_ylim(-0.02, 1.02)
+    axes.grid(alpha=0.3)
+    axes.legend(loc="lower left", fontsize=8)
+    return _svg(figure, "pr")
+
+
+def _threshold(result: Evaluation) -> str:
+    point = result.operating_point
+    if not point:
+        return ""
+    chosen = (f"chosen on VALIDATION for {html.escape(point['chosen_by'].replace('_', ' '))}"
+              if point.get("chosen_by", "").startswith("target") else
+              "given" if point["threshold"] else "none: the likelier class, i.e. 0.5")
+    value = f"{point['threshold']:.4f}" if point["threshold"] else "0.5"
+    return (f'<h2 id="threshold">Operating threshold</h2><p>The model answers {html.escape(point["positive"])} '
+            f'when its probability is at least <b>{value}</b> ({chosen}). At it on {result.split}: precision '
+            f'<b>{point["precision"]:.4f}</b>, recall <b>{point["recall"]:.4f}</b> of '
+            f'{html.escape(point["positive"])}.</p><div class="charts">{_pr_curve(result)}</div>')
+
+
 def _calibration(result: Evaluation) -> str:
     if not result.calibration:
         return ""
@@ -155,7 +199,7 @@ def _calibration(result: Evaluation) -> str:
                    for b in result.calibration["bins"] if b["count"])
     return (f'<h2 id="calibration">Calibration</h2><p>Expected calibration error (ECE) on {result.split}: '
             f'<b>{result.calibration["ece"]:.4f}</b>: the mean gap, weighted by images, between how sure the '
-            f'model is and how often it is right.</p><div class="charts">{_reliability(result)}'
+            f'model is and how often it is right.</p>{_temperature(result)}<div class="charts">{_reliability(result)}'
             f"<table><caption>Per confidence bin</caption><tr><th>confidence</th><th>images</th>"
             f"<th>mean confidence</th><th>accuracy</th></tr>{rows}</table></div>")
 
@@ -268,6 +312,7 @@ def html_report(result: Evaluation, history: dict[str, list[float]], title: str 
 <div class="charts">{_roc(result)}{_precision_recall(result)}</div>
 <div class="charts">{_confusion_matrix(result)}{_per_class_table(result)}</div>
 {_calibration(result)}
+{_threshold(result)}
 {_label_issues(result)}
 {'<h2>Training</h2><div class="charts">' + curves + '</div>' if curves else ''}
 {'<h2 id="model-card">Model card</h2><pre class="model-card">' + html.escape(model_card) + '</pre>'

@@ -14,7 +14,7 @@ folder; `baseline.json` (BASELINE_FILE) beside the SavedModel holds the same fie
 
 from __future__ import annotations
 
-from components.contracts import PROFILE_PIXELS_SIGNATURE, PROFILE_SIGNATURE  # noqa: F401 (the names, here too)
+from components.contracts import PROFILE_PIXELS_SIGNATURE, PROFILE_SIGNATURE
 
 # Nothing heavy at import: `catsdogs --help` reads the defaults below.
 EMBEDDING_DIM = 16
@@ -101,26 +101,42 @@ def penultimate_model(model):
         return None
 
 
-def profile_endpoint(archive, model, predict, image_size: int) -> bool:
-    """Adds the serving_profile signature to a keras.export.ExportArchive; `predict` is the export's
-    pixels -> {probabilities, labels, classes} function, so the profile's answers are serving_default's.
-    False (no signature) when the model's penultimate layer cannot be found."""
+def profile_endpoint(archive, model, answer, image_size: int) -> bool:
+    """Adds the PROFILE_SIGNATURE (encoded images) and PROFILE_PIXELS_SIGNATURE (pixels) signatures to a
+    keras.export.ExportArchive; `answer` is the export's head output -> {probabilities, labels, classes} function,
+    so the profile's answers are serving_default's. The embedding and the answer come from one pass through the
+    model when its last layer makes its output (the penultimate output goes on through that layer).
+    False (no signatures) when the model's penultimate layer cannot be found."""
     import tensorflow as tf
 
     features = penultimate_model(model)
     if features is None:
         return False
     archive.track(features)
+    head = model.layers[-1]
+    try:
+        one_pass = head.output is model.outputs[0] and len(model.outputs) == 1
+    except (AttributeError, ValueError):
+        one_pass = False
     matrix = tf.constant(projection(int(features.output.shape[-1])))
 
-    def profile(image_bytes):
+    def profiled(pixels):
+        penultimate = features(pixels, training=False)
+        outputs = head(penultimate, training=False) if one_pass else model(pixels, training=False)
+        return {**answer(outputs), "embedding": tf.matmul(tf.cast(penultimate, tf.float32), matrix)}
+
+    def from_bytes(image_bytes):
         pixels, stats = tf.map_fn(
             lambda b: decode_with_stats(b, image_size), image_bytes,
             fn_output_signature=(tf.TensorSpec([image_size, image_size, 3], tf.float32),
                                  tf.TensorSpec([len(IMAGE_STATS)], tf.float32)))
-        embedding = tf.matmul(tf.cast(features(pixels, training=False), tf.float32), matrix)
-        return {**predict(pixels), "embedding": embedding, "image_stats": stats}
+        return {**profiled(pixels), "image_stats": stats}
 
-    archive.add_endpoint(PROFILE_SIGNATURE, profile,
+    def from_pixels(pixels):
+        return profiled(tf.image.resize(tf.cast(pixels, tf.float32), [image_size, image_size]))
+
+    archive.add_endpoint(PROFILE_SIGNATURE, from_bytes,
                          input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    archive.add_endpoint(PROFILE_PIXELS_SIGNATURE, from_pixels,
+                         input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="pixels")])
     return True

@@ -20,6 +20,10 @@ def train(
     weights: str,
     augment: bool,
     fine_tune_epochs: int,
+    calibrate: bool,
+    threshold: float,
+    target_precision: float,
+    target_recall: float,
     wandb_settings: Optional[Dict[str, str]] = None,
 ):
     """Trains a Keras image classifier from TFRecords with tf.data and exports a SavedModel whose serving
@@ -40,6 +44,10 @@ def train(
         augment: Random flips and crops while training.
         fine_tune_epochs: After `epochs` with the backbone frozen, this many more with its top layers unfrozen at
             a lower learning rate (0: no fine-tuning; needs an architecture with a pretrained backbone).
+        calibrate: Fit temperature scaling on VALIDATION and apply it inside the SavedModel.
+        threshold: 2 classes: the second class is predicted at probability >= threshold (0: the likelier class).
+        target_precision: 2 classes: choose the threshold reaching this precision on VALIDATION (0: none).
+        target_recall: 2 classes: choose the threshold reaching this recall on VALIDATION (0: none).
         wandb_settings: W&B tracking (tracking.settings); the chief's run logs per-epoch metrics.
     """
     from dataclasses import asdict
@@ -53,7 +61,8 @@ def train(
     logs.setup()
     config = TrainConfig(epochs=epochs, batch_size=batch_size, image_size=image_size, learning_rate=learning_rate,
                          architecture=architecture, weights=weights, augment=augment,
-                         fine_tune_epochs=fine_tune_epochs)
+                         fine_tune_epochs=fine_tune_epochs, calibrate=calibrate, threshold=threshold,
+                         target_precision=target_precision, target_recall=target_recall)
     chief = distribute.is_chief(distribute.cluster_config())
     with tracking.step_run("train", "train", wandb_settings, asdict(config), primary=chief) as run:
         run.use("tfrecords", tfrecords.uri)

@@ -27,10 +27,26 @@ class TrainConfig:
     weights: str = ""  # "", "imagenet" (Keras' download or cache) or a weights file, local or gs:// (weights.py)
     augment: bool = False
     fine_tune_epochs: int = 0  # > 0: head first with the backbone frozen, then fine-tuning (finetune.py)
+    # Temperature scaling fitted on VALIDATION, applied inside the SavedModel: the probabilities every prediction
+    # path returns mean what they say; the predicted class never changes (components/calibration.py).
+    calibrate: bool = True
+    # 2 classes: the second class is predicted at probability >= threshold (0: the likelier class), or at the
+    # threshold that reaches target_precision (target_recall) on VALIDATION; at most one of the three.
+    threshold: float = 0.0
+    target_precision: float = 0.0
+    target_recall: float = 0.0
     seed: int = 0
     # Decoded training pixels (data.make_dataset): auto (in memory when they fit 1 GiB, else streamed), memory,
     # none, or a folder for a disk cache. A property of the machine, not of the model: not a pipeline parameter.
     cache: str = "auto"
+
+    @property
+    def operating_point(self) -> str:
+        """How the threshold is chosen, e.g. "target_precision 0.95" ("" for the likelier class)."""
+        for name in ("threshold", "target_precision", "target_recall"):
+            if getattr(self, name):
+                return f"{name} {getattr(self, name)}"
+        return ""
 
     def check(self) -> None:
         for name in ("epochs", "batch_size", "image_size"):
@@ -42,6 +58,13 @@ class TrainConfig:
             raise InputError(f"--learning-rate must be a positive number, got {self.learning_rate}")
         if not self.cache or (self.cache not in ("auto", "memory", "none") and os.path.isfile(self.cache)):
             raise InputError(f"--cache must be auto, memory, none or a folder, got {self.cache!r}")
+        for name in ("threshold", "target_precision", "target_recall"):
+            if not 0 <= getattr(self, name) <= 1 or (name == "threshold" and getattr(self, name) == 1):
+                raise InputError(f"--{name.replace('_', '-')} must be between 0 and 1, got {getattr(self, name)}")
+        chosen = [name for name in ("threshold", "target_precision", "target_recall") if getattr(self, name)]
+        if len(chosen) > 1:
+            raise InputError(f"--{chosen[0].replace('_', '-')} and --{chosen[1].replace('_', '-')} cannot be "
+                             "combined: give the threshold, or the precision or recall it must reach on VALIDATION")
         models.resolve(self.architecture)  # InputError naming the value when it is neither registered nor importable
         weights.check(self.weights, self.architecture)
         weights.check_fine_tune(self.fine_tune_epochs, self.architecture, self.weights)
@@ -57,6 +80,10 @@ HELP = {
                "local or gs://",
     "augment": "random flips and crops while training",
     "fine_tune_epochs": "after --epochs with the backbone frozen, this many more with its top layers unfrozen",
+    "calibrate": "fit temperature scaling on VALIDATION and apply it inside the SavedModel",
+    "threshold": "2 classes: predict the second class at probability >= this (0: the likelier class)",
+    "target_precision": "2 classes: the threshold that reaches this precision on VALIDATION (0: none)",
+    "target_recall": "2 classes: the threshold that reaches this recall on VALIDATION (0: none)",
 }
 
 

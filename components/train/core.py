@@ -21,7 +21,7 @@ from components import model_store, storage
 from components.contracts import HELD_OUT_SPLITS
 from components.convert import schema
 from components.errors import InputError
-from components.train import distribute, finetune, models
+from components.train import calibrate, distribute, finetune, models
 from components.train.config import TrainConfig
 from components.train.data import make_dataset, shard_errors
 from components.train.export import export_saved_model
@@ -70,8 +70,10 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
 
 
 def _resumable_settings(config: TrainConfig, class_names: list[str]) -> dict:
-    """What must not change for a backup to be resumed: everything but the numbers of epochs and the cache."""
-    settings = {k: v for k, v in asdict(config).items() if k not in ("epochs", "fine_tune_epochs", "cache")}
+    """What must not change for a backup to be resumed: everything but the numbers of epochs, the cache and what
+    is fitted after training (calibration and threshold: they do not touch the weights)."""
+    after = ("epochs", "fine_tune_epochs", "cache", "calibrate", "threshold", "target_precision", "target_recall")
+    settings = {k: v for k, v in asdict(config).items() if k not in after}
     return {**settings, "class_names": class_names}
 
 
@@ -169,6 +171,7 @@ def train(data_dir: str, model_dir: str, config: TrainConfig = TrainConfig(),
     if not schema.split_size(data_dir, "TRAIN"):
         raise InputError(f"{data_dir} has no TRAIN records ({schema.shard_pattern(data_dir, 'TRAIN')})")
     check_held_out(data_dir)
+    calibrate.check(config, len(class_names), bool(schema.split_size(data_dir, "VALIDATION")))
     keras.utils.set_random_seed(config.seed)
     cluster = distribute.cluster_config()
     strategy = strategy or distribute.choose_strategy(cluster)
@@ -225,9 +228,15 @@ def train(data_dir: str, model_dir: str, config: TrainConfig = TrainConfig(),
                          f"--learning-rate (now {config.learning_rate})")
     # Every worker exports (saving a model of distributed variables is collective), the others to a temporary
     # folder made only now (a worker killed while training leaves none) and removed at once.
+    # The temperature and the threshold, fitted on VALIDATION. Every worker does the same pass, as with export:
+    # nothing then waits on a worker that skipped a step the model's distributed variables might share.
+    with shard_errors(data_dir):
+        held = (calibrate.validation_probabilities(model, data_dir, config.image_size, config.batch_size)
+                if validation is not None else (None, None))
+    fitted = calibrate.fit(config, *held)
     output_dir = model_dir if chief else tempfile.mkdtemp(prefix="catsdogs-worker-")
     try:
-        export_saved_model(model, class_names, config.image_size, output_dir)
+        export_saved_model(model, class_names, config.image_size, output_dir, fitted)
     finally:
         if not chief:
             tf.io.gfile.rmtree(output_dir)
@@ -237,7 +246,7 @@ def train(data_dir: str, model_dir: str, config: TrainConfig = TrainConfig(),
         return TrainResult(history, "", digest)
     info = {"config": asdict(config), "class_names": class_names, "history": history,
             "precision": policy, "replicas": strategy.num_replicas_in_sync, "workers": workers,
-            "resumed_from_epoch": backup.resumed_from, "weights_sha256": digest,
+            "resumed_from_epoch": backup.resumed_from, "weights_sha256": digest, "calibration": fitted,
             "data": data_dir if storage.is_gcs(data_dir) else os.path.abspath(data_dir)}  # `catsdogs export`'s default
     model_store.write_training_info(output_dir, info)
     log.info("exported SavedModel to %s", output_dir)

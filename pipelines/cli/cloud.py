@@ -7,7 +7,16 @@ import os
 
 from components.deploy.config import DeployConfig
 from components.errors import InputError
-from pipelines.cli.flags import add_config_flags, add_region, add_vertex_build_flags, key_values, required_region
+from pipelines.cli.flags import (
+    add_config_flags,
+    add_explain_flags,
+    add_region,
+    add_vertex_build_flags,
+    explain_params,
+    key_values,
+    required_region,
+    set_explain_defaults,
+)
 
 
 def register(sub) -> None:
@@ -102,6 +111,7 @@ def cmd_compile(args) -> None:
         raise InputError(f"--output {args.output}: expected a .yaml file to write the pipeline to")
     images = Images.from_registry(args.images_registry, args.images_tag)
     compile_pipeline(args.pipeline, args.output, images, args.machine, args.replicas)
+    set_explain_defaults(args, args.output)
     if args.pipeline == BATCH_PREDICT:
         print(f"compiled the Vertex batch-prediction pipeline (Dataflow with {images.components}) to {args.output}")
         return
@@ -113,6 +123,7 @@ def add_compile(sub) -> None:
     p = sub.add_parser("compile", help="compile the Vertex AI pipeline to YAML")
     p.add_argument("--output", default="pipeline.yaml", help="(default %(default)s)")
     add_vertex_build_flags(p)
+    add_explain_flags(p)
     p.set_defaults(handler=cmd_compile)
 
 
@@ -149,6 +160,7 @@ def add_submit(sub) -> None:
     p.add_argument("--wait", action="store_true", help="wait for the run to finish")
     p.add_argument("--dry-run", action="store_true", help="print the job request, submit nothing")
     add_vertex_build_flags(p)
+    add_explain_flags(p)
     p.set_defaults(handler=cmd_submit)
 
 
@@ -166,7 +178,8 @@ def _pipeline_job(args, credentials):
     with tempfile.TemporaryDirectory(prefix=f"catsdogs-{args.command}-") as folder:
         template = f"{folder}/pipeline.yaml"
         compile_pipeline(args.pipeline, template, images, args.machine, args.replicas)
-        yield build_job(template, args.project, args.region, args.pipeline_root, args.images, args.param,
+        yield build_job(template, args.project, args.region, args.pipeline_root, args.images,
+                        explain_params(args) + args.param,
                         enable_caching=not args.no_cache, labels=key_values(args.label, "--label"),
                         credentials=credentials, service_account=args.service_account)
 

@@ -56,8 +56,9 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("training")
     for name, default in parameters().items():
         flag = "--" + name.replace("_", "-")
-        if isinstance(default, bool):
-            group.add_argument(flag, action="store_true", help=HELP[name])
+        if isinstance(default, bool):  # on by default: --no-<name> turns it off
+            group.add_argument(flag, action=argparse.BooleanOptionalAction if default else "store_true",
+                               default=default, help=HELP[name])
         elif name == "architecture":
             group.add_argument(flag, default=default, metavar="NAME",
                                help=f"{HELP[name]}: {', '.join(ARCHITECTURES)} (default %(default)s)")
@@ -151,3 +152,52 @@ def required_region(args) -> str:
     if not args.region:
         raise InputError("the following arguments are required: --region")
     return args.region
+
+
+def add_explain_flags(parser: argparse.ArgumentParser) -> None:
+    """The evaluate step's model card and saliency settings, on `run` (pipeline arguments), `compile` and `submit`
+    (the compiled training pipeline's defaults: set_explain_defaults)."""
+    from components.evaluate.saliency import SALIENCY_IMAGES
+
+    group = parser.add_argument_group("explanations (the evaluate step's report and model card)")
+    group.add_argument("--intended-use", default="", metavar="TEXT",
+                       help="the model card's intended use (default: a demonstration classifier's)")
+    group.add_argument("--saliency-images", type=int, default=SALIENCY_IMAGES, metavar="N",
+                       help="report images with a saliency overlay (integrated gradients; 0: none) "
+                            "(default %(default)s)")
+
+
+def explain_arguments(args) -> dict:
+    """The pipeline arguments of add_explain_flags' flags, checked."""
+    if args.saliency_images < 0:
+        raise InputError(f"--saliency-images must be 0 or more, got {args.saliency_images}")
+    return {"intended_use": args.intended_use, "saliency_images": args.saliency_images}
+
+
+def explain_params(args) -> list[str]:
+    """`submit`: add_explain_flags' values that differ from their defaults, as --param KEY=VALUE pairs (a --param
+    given too comes later and wins)."""
+    from components.evaluate.saliency import SALIENCY_IMAGES
+
+    if args.pipeline != "training" or not hasattr(args, "intended_use"):
+        return []
+    defaults = {"intended_use": "", "saliency_images": SALIENCY_IMAGES}
+    return [f"{name}={value}" for name, value in explain_arguments(args).items() if value != defaults[name]]
+
+
+def set_explain_defaults(args, template_path: str) -> None:
+    """Writes add_explain_flags' values as the compiled training pipeline's parameter defaults."""
+    import yaml
+
+    if args.pipeline != "training" or not hasattr(args, "intended_use"):
+        return
+    with open(template_path) as f:
+        spec = yaml.safe_load(f)
+    declared = spec["root"]["inputDefinitions"]["parameters"]
+    values = explain_arguments(args)
+    if all(declared[name].get("defaultValue") == value for name, value in values.items()):
+        return  # KFP's own file, untouched
+    for name, value in values.items():
+        declared[name]["defaultValue"] = value
+    with open(template_path, "w") as f:
+        yaml.safe_dump(spec, f, sort_keys=False)

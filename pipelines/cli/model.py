@@ -41,6 +41,12 @@ def cmd_train(args) -> int:
     print(f"{scored.split} accuracy {scored.accuracy:.4f}, AUC {scored.auc:.4f} on {scored.examples} images; "
           f"SavedModel in {args.model_dir}")
     print(f"{'deployable' if decision.publish else 'not deployable'}: {decision.reason}")
+    before = f"{scored.uncalibrated['ece']:.4f} -> " if scored.uncalibrated else ""
+    point = scored.operating_point
+    print(f"calibration: temperature {scored.temperature:.4f}, {scored.split} ECE {before}"
+          f"{scored.calibration['ece']:.4f}" + (f"; threshold {point['threshold'] or 0.5:.4f}: {scored.split} "
+                                                 f"precision {point['precision']:.4f}, recall {point['recall']:.4f} "
+                                                 f"of {point['positive']}" if point else ""))
     return 0
 
 

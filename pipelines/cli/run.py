@@ -13,10 +13,12 @@ from components.convert.config import ConvertConfig
 from components.evaluate.config import GateConfig
 from pipelines.cli.flags import (
     add_config_flags,
+    add_explain_flags,
     add_serving_limits,
     add_training_flags,
     add_validation_flags,
     classes,
+    explain_arguments,
     training_arguments,
     training_config,
 )
@@ -43,6 +45,7 @@ def register(sub) -> None:
     add_validation_flags(p.add_argument_group("data validation (the validate step stops the run on leakage)"),
                           every_limit=False)
     add_training_flags(p)
+    add_explain_flags(p)
     p.add_argument("--export-formats", default="", metavar="FORMAT[:QUANTIZE],...",
                    help="also export the trained model, checked against it on TEST: e.g. onnx,tflite:int8 (see "
                         "`catsdogs export`; default: none)")
@@ -63,6 +66,7 @@ def cmd_run(args) -> int:
     from components.export.core import parse_formats
 
     parse_formats(args.export_formats)  # so does a bad --export-formats
+    explain_arguments(args)  # and a bad --saliency-images
     logs_dir = os.path.join(workdir, "logs")
     progress.clear_logs(logs_dir, keep=(progress.RUN_LOG,))  # main() writes this process's own output there
     # The console is what a person reads; this process's log lines go where its fd 2 goes (run.log unless -v).
@@ -96,7 +100,7 @@ def _run(args, config, console, logs_dir: str) -> int:
             console=console,
             wandb_project=args.wandb_project, wandb_mode=args.wandb_mode, wandb_group=args.wandb_group,
             export_formats=args.export_formats, max_p99_ms=args.max_p99_ms, min_throughput=args.min_throughput,
-            max_memory_mb=args.max_memory_mb, **training_arguments(config),
+            max_memory_mb=args.max_memory_mb, **training_arguments(config), **explain_arguments(args),
         )
     except PipelineFailed as e:
         gate = [line for line in e.step.tail() if "validation failed: " in line]
@@ -131,7 +135,12 @@ def _summary(console, result, args) -> None:
                                  f"{progress.relative(storage.join(result.model_base, str(result.version)))}"))
     rows += [("report", progress.relative(report)) for report in result.reports]
     if "ece" in metrics:
-        rows.append(("calibration", f"ECE {metrics['ece']:.4f} (0: probabilities mean what they say)"))
+        scaled = (f"; {metrics['ece_uncalibrated']:.4f} before temperature scaling (T {metrics['temperature']:.3f})"
+                  if "temperature" in metrics else "")
+        rows.append(("calibration", f"ECE {metrics['ece']:.4f} (0: probabilities mean what they say){scaled}"))
+    if "threshold" in metrics:
+        at = f"precision {metrics['precision_at_threshold']:.4f}, recall {metrics['recall_at_threshold']:.4f}"
+        rows.append(("threshold", f"{metrics['threshold'] or 0.5:.4f}: {metrics.get('split', '')} {at}"))
     if "label_issues" in metrics and result.reports:
         issues = os.path.join(os.path.dirname(result.reports[0]), ISSUES_FILE)
         rows.append(("label issues", f"{int(metrics['label_issues'])} in {progress.relative(issues)}"))
