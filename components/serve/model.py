@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import logging
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -61,6 +62,7 @@ class LoadedModel:
     def __init__(self, name: str, version: int, path: str):
         self.name, self.version, self.path = name, version, path
         self.warmup_replayed = 0  # warm-up records replayed when it loaded
+        self.warmup_bodies: list[bytes] = []  # the same as request bodies, for the server's own path (server.py)
         loaded = load_saved_model(path)
         self._loaded = loaded  # the signatures' variables live as long as this object
         self._predict = loaded.signatures["predict_pixels"]
@@ -105,6 +107,7 @@ class LoadedModel:
         if pixels is None:
             image = tf.io.encode_jpeg(tf.zeros([32, 32, 3], tf.uint8)).numpy()
             pixels = self.instance_pixels({"b64": base64.b64encode(image).decode()}, 0)
+            self.warmup_bodies = [json.dumps({"instances": [{"b64": base64.b64encode(image).decode()}]}).encode()]
         self.instance_pixels([[[0, 0, 0]]], 0)
         for size in sorted({1, max_batch}):
             self.predict(np.repeat(pixels[np.newaxis], size, axis=0))
@@ -124,12 +127,16 @@ class LoadedModel:
             if request.signature_name != warmup.SIGNATURE or not images:
                 continue
             try:
-                batch = np.stack([self.decode(Instance(i, image=image)) for i, image in enumerate(images)])
+                # As a request's {"b64": ...}: header check (PIL's first open loads its plugins), decoding, model.
+                batch = np.stack([self.instance_pixels({"b64": base64.b64encode(image).decode()}, i)
+                                  for i, image in enumerate(images)])
             except RequestError as e:
                 log.warning("%r: skipping a warm-up record: %s", self, e)
                 continue
             self.predict(batch)
             pixels, replayed = batch[-1], replayed + 1
+            self.warmup_bodies.append(json.dumps(
+                {"instances": [{"b64": base64.b64encode(image).decode()} for image in images]}).encode())
         self.warmup_replayed = replayed
         if requests:
             log.info("%r: %d warm-up records replayed from %s", self, replayed, warmup.WARMUP_FILE)
