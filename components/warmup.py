@@ -165,28 +165,3 @@ def read_warmup(model_dir: str) -> list[WarmupRequest]:
         return []
     return [read_prediction_log(record.numpy()) for record in tf.data.TFRecordDataset(path)]
 
-
-def held_out_images(data_dir: str, count: int) -> list[bytes]:
-    """Up to `count` encoded images of a TFRecord folder's held-out split (TEST, else VALIDATION): `jpeg`
-    records' own JPEGs, `tfrecorder` records' pixels as PNG (lossless)."""
-    import tensorflow as tf
-
-    from components.contracts import HELD_OUT_SPLITS
-    from components.train.data import FEATURES, detect_format, record_files, tfrecorder_pixels
-
-    record_format = detect_format(data_dir)
-    for split in HELD_OUT_SPLITS:
-        files = record_files(data_dir, split)
-        if not files:
-            continue
-        compression = "GZIP" if files[0].endswith(".gz") else ""
-        images = []
-        for record in tf.data.TFRecordDataset(files, compression_type=compression).take(count):
-            features = tf.io.parse_single_example(record, FEATURES[record_format])
-            if record_format == "jpeg":
-                images.append(features["image_jpeg"].numpy())
-            else:
-                images.append(tf.io.encode_png(tfrecorder_pixels(features)).numpy())
-        if images:  # a split with no records still has its (empty) shard: take the next held-out split
-            return images
-    return []

@@ -69,7 +69,9 @@ def test_a_record_that_is_not_a_prediction_log_is_refused():
 def test_training_writes_held_out_images_as_warmup_records(trained_model, records):
     requests = warmup.read_warmup(trained_model)
     assert len(requests) == warmup.RECORDS
-    held_out = warmup.held_out_images(records, warmup.RECORDS)
+    from components.train.data import held_out_images
+
+    held_out = held_out_images(records, warmup.RECORDS)
     assert [r.inputs["image_bytes"] for r in requests] == [[image] for image in held_out]
     assert all(r.signature_name == "serving_default" for r in requests)
 

@@ -36,7 +36,6 @@ from components import storage
 from components.contracts import CSV_COLUMNS, HELD_OUT_SPLITS, SAVED_MODEL_FILE
 from components.errors import InputError
 from components.model_store import one_line, training_info
-from components.warmup import held_out_images
 
 CHECK_FILE = "serving_check.json"
 TOLERANCE = 1e-5  # the largest difference between a served probability and the SavedModel's own
@@ -105,6 +104,8 @@ def sample_images(source: str, count: int) -> list[bytes]:
     from components.image_files import BadImage, open_header
 
     if storage.exists(storage.join(source, "labels.json")):
+        from components.train.data import held_out_images
+
         images = held_out_images(source, count)
     elif source.lower().endswith(".csv"):
         images = [storage.read_bytes(uri) for uri in _csv_uris(source)[:count]]

@@ -23,7 +23,7 @@ from components.convert import schema
 from components.errors import InputError
 from components.train import distribute, finetune, models
 from components.train.config import TrainConfig
-from components.train.data import make_dataset, shard_errors
+from components.train.data import held_out_images, make_dataset, shard_errors
 from components.train.export import export_saved_model
 
 log = logging.getLogger(__name__)
@@ -241,7 +241,7 @@ def train(data_dir: str, model_dir: str, config: TrainConfig = TrainConfig(),
             "data": data_dir if storage.is_gcs(data_dir) else os.path.abspath(data_dir)}  # `catsdogs export`'s default
     model_store.write_training_info(output_dir, info)
     # Real held-out images as TF Serving warm-up records: servers replay them before serving (components/warmup.py).
-    warmup.write_warmup(output_dir, warmup.held_out_images(data_dir, warmup.RECORDS))
+    warmup.write_warmup(output_dir, held_out_images(data_dir, warmup.RECORDS))
     log.info("exported SavedModel to %s", output_dir)
     return TrainResult(history, output_dir, digest)
 
