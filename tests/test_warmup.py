@@ -107,3 +107,20 @@ def test_serve_replays_the_records_at_start_and_on_a_hot_swap(tmp_path):
     finally:
         process.terminate()
         process.wait()
+
+
+def test_a_damaged_warmup_file_falls_back_to_the_blank_image_and_the_version_is_served(tmp_path, caplog):
+    from components.serve.server import make_server
+
+    base = tmp_path / "catsdogs"
+    model = export_tiny_model(str(base / "1"), [0.02, -0.01, 0.005])
+    os.makedirs(os.path.join(model, "assets.extra"))
+    with open(warmup.warmup_path(model), "wb") as f:
+        f.write(b"not a TFRecord file")
+    server = make_server(str(base), "127.0.0.1", 0, poll_seconds=0)
+    try:
+        assert server.model.version == 1 and server.model.warmup_replayed == 0
+        assert len(server.model.warmup_bodies) == 1  # the blank image, sent through the request path
+        assert "cannot read its warm-up records" in caplog.text
+    finally:
+        server.server_close()
