@@ -172,7 +172,7 @@ def test_the_vertex_gate_needs_the_serving_check_run_in_the_serving_image(tmp_pa
     challenger = {"upload challenger version (not deployed)", "import challenger evaluation (Model Registry)"}
     assert challenger <= inside(dag, "evaluation-refused") and "evaluation-refused" in inside(dag, "rejected")
     assert dag.condition("evaluation-refused") == \
-        "inputs.parameter_values['pipelinechannel--evaluate-vs-champion-Output'] == false"
+        "inputs.parameter_values['pipelinechannel--evaluate-Output'] == false"  # the evaluate task's
     for limit in ("max_p99_ms", "min_throughput", "max_memory_mb"):
         assert limit in compiled["root"]["inputDefinitions"]["parameters"]
         assert check["inputs"]["parameters"][limit]["componentInputParameter"] == limit
