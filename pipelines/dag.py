@@ -20,6 +20,7 @@ from kfp import dsl
 from components.train.config import parameters
 
 GATE = "blessed"  # the deploy condition's name in the compiled DAG
+EVALUATION_REFUSED = "evaluation-refused"  # inside the gate's else: evaluation, not serving, refused it
 EXPORT = "export-formats"  # the export condition's
 
 
@@ -114,3 +115,10 @@ def blessed(wired: Wired) -> dsl.If:
     throughput and memory limits). (A single-output component's Output: kfp.local 2.17 cannot resolve a dsl.If on
     a NamedTuple output.)"""
     return dsl.If(wired.check_serving.outputs["Output"] == True, name=GATE)  # noqa: E712 - a KFP condition
+
+
+def refused_by_evaluation(wired: Wired) -> dsl.If:
+    """Inside the gate's `dsl.Else`: evaluation refused the candidate (the serving check then did not run). Where
+    it is false, the serving check refused a candidate evaluation blessed: it may not even load in the serving
+    image, so nothing may publish it, not even as a challenger."""
+    return dsl.If(wired.evaluate.outputs["Output"] == False, name=EVALUATION_REFUSED)  # noqa: E712

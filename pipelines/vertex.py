@@ -39,7 +39,7 @@ from components.train.component import train
 from components.train.config import TrainConfig
 from components.validate.component import validate
 from components.validate.config import VALIDATE
-from pipelines.dag import Steps, blessed, training_arguments, validation_arguments, wire
+from pipelines.dag import Steps, blessed, refused_by_evaluation, training_arguments, validation_arguments, wire
 from pipelines.machines import machine_spec
 
 TRAINING = TrainConfig()  # the training parameters' defaults, written once in TrainConfig
@@ -246,10 +246,11 @@ def build_vertex_pipeline(images: Images = LOCAL, machine: str = "T4_1X", replic
                 model_display_name=model_display_name, keep=deploy_keep_previous,
             ).after(deployed).set_display_name("undeploy previous").set_caching_options(False)
         with dsl.Else(name="rejected"):
-            # A rejected candidate is kept in the registry as the `challenger`, never deployed. A first run can
+            # A candidate evaluation rejected is kept in the registry as the `challenger`, never deployed; one the
+            # serving check refused is not uploaded at all (it may not load in the serving image). A first run can
             # only be rejected by its own accuracy (no better than a constant guess, or below min_accuracy), and
             # then there is no model to add a version to: nothing uploads.
-            with dsl.If(parent.output != "", name="rejected-model-exists"):
+            with refused_by_evaluation(wired), dsl.If(parent.output != "", name="rejected-model-exists"):
                 challenger = upload_version([CHALLENGER_ALIAS], "parent model (challenger)",
                                             "upload challenger version (not deployed)")
                 with_image(import_evaluation, components_image)(

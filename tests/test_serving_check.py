@@ -168,6 +168,11 @@ def test_the_vertex_gate_needs_the_serving_check_run_in_the_serving_image(tmp_pa
     assert dag.condition("blessed") == "inputs.parameter_values['pipelinechannel--check-serving-Output'] == true"
     assert {"upload model version", "upload model", "deploy to endpoint"} <= inside(dag, "blessed")
     assert not {"upload model version", "upload model", "deploy to endpoint"} & inside(dag, "rejected")
+    # A candidate the serving check refused is not uploaded even as a challenger: only one evaluation refused.
+    challenger = {"upload challenger version (not deployed)", "import challenger evaluation (Model Registry)"}
+    assert challenger <= inside(dag, "evaluation-refused") and "evaluation-refused" in inside(dag, "rejected")
+    assert dag.condition("evaluation-refused") == \
+        "inputs.parameter_values['pipelinechannel--evaluate-Output'] == false"  # the evaluate task's
     for limit in ("max_p99_ms", "min_throughput", "max_memory_mb"):
         assert limit in compiled["root"]["inputDefinitions"]["parameters"]
         assert check["inputs"]["parameters"][limit]["componentInputParameter"] == limit
@@ -193,3 +198,30 @@ def test_catsdogs_run_does_not_publish_what_the_serving_check_refuses(tmp_path):
     assert re.search(r"^not deployed +the serving check refused it", out, re.M), out
     assert not (workdir / "models" / "catsdogs").exists()
     assert "deploy-local.log" not in os.listdir(workdir / "logs")
+
+
+@pytest.mark.images
+def test_check_serving_runs_in_the_serving_image(image, candidate, held_out, tmp_path):
+    """`catsdogs check-serving` inside the serving image (as the DAG's step runs): a good candidate is blessed and
+    the broken one refused, by the image's own server."""
+    from tests.test_images import engine
+
+    broken = broken_model(str(tmp_path / "broken"))
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o777)  # the image runs as uid 1000
+    for path in (candidate, held_out, broken):
+        Path(path).chmod(0o755)
+    mounts = ["-v", f"{candidate}:/m/good:ro", "-v", f"{broken}:/m/broken:ro", "-v", f"{held_out}:/images:ro",
+              "-v", f"{out}:/out"]
+    blessed = engine("run", "--rm", *mounts, "--entrypoint", "catsdogs", image("serving"), "check-serving",
+                     "/m/good", "--images", "/images", "--output", "/out/good.json", *SHORT, check=False)
+    assert blessed.returncode == 0, blessed.stderr[-3000:]
+    assert blessed.stdout.startswith("serving check blessed"), blessed.stdout
+    check = json.loads((out / "good.json").read_text())
+    assert check["blessed"] and all(f["labels_equal"] for f in check["formats"].values())
+    refused = engine("run", "--rm", *mounts, "--entrypoint", "catsdogs", image("serving"), "check-serving",
+                     "/m/broken", "--images", "/images", "--output", "/out/broken.json", *SHORT, check=False)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert "catsdogs check-serving: error: /m/broken: serving check refused: " in refused.stderr
+    assert not json.loads((out / "broken.json").read_text())["blessed"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import logging
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -17,6 +18,7 @@ from http import HTTPStatus
 import numpy as np
 import tensorflow as tf
 
+from components import warmup
 from components.contracts import PROFILE_PIXELS_SIGNATURE
 from components.decode import decode_and_resize
 from components.image_files import BadImage, open_header
@@ -69,6 +71,8 @@ class Predictions:
 class LoadedModel:
     def __init__(self, name: str, version: int, path: str, profile: bool = False):
         self.name, self.version, self.path = name, version, path
+        self.warmup_replayed = 0  # warm-up records replayed when it loaded
+        self.warmup_bodies: list[bytes] = []  # the same as request bodies, for the server's own path (server.py)
         loaded = load_saved_model(path)
         self._loaded = loaded  # the signatures' variables live as long as this object
         # With --log-requests a version's profile signature (components/contracts.py) replaces predict_pixels: one
@@ -127,14 +131,48 @@ class LoadedModel:
         )
 
     def warm_up(self, max_batch: int) -> None:
-        """Runs every path once so the first requests do not pay for graph and kernel set-up; UnusableVersion
-        when the model answers the model store's probe with NaN or infinity (it is then not served)."""
-        image = tf.io.encode_jpeg(tf.zeros([32, 32, 3], tf.uint8)).numpy()
-        pixels = self.instance_pixels({"b64": base64.b64encode(image).decode()}, 0)
+        """Runs every path once so the first requests do not pay for graph and kernel set-up: the SavedModel's
+        warm-up records (real held-out images, components/warmup.py) when it has them, else a blank image;
+        UnusableVersion when the model answers the model store's probe with NaN or infinity (it is then not
+        served)."""
+        pixels = self._replay_warmup()
+        if pixels is None:
+            image = tf.io.encode_jpeg(tf.zeros([32, 32, 3], tf.uint8)).numpy()
+            pixels = self.instance_pixels({"b64": base64.b64encode(image).decode()}, 0)
+            self.warmup_bodies = [json.dumps({"instances": [{"b64": base64.b64encode(image).decode()}]}).encode()]
         self.instance_pixels([[[0, 0, 0]]], 0)
         for size in sorted({1, max_batch}):
             self.predict(np.repeat(pixels[np.newaxis], size, axis=0))
         check_answers(self.predict(probe_pixels(self.size)).probabilities)
+
+    def _replay_warmup(self) -> np.ndarray | None:
+        """Sends each warm-up record's images through decoding and the model as a request would; the last image's
+        pixels, or None when the SavedModel has no usable records (a broken file is logged, not fatal)."""
+        try:
+            requests = warmup.read_warmup(self.path)
+        except Exception as e:  # noqa: BLE001 - a damaged warm-up file must not stop a good model being served
+            log.warning("%r: cannot read its warm-up records (%s); warming up with a blank image", self, e)
+            return None
+        pixels, replayed = None, 0
+        for request in requests:
+            images = request.inputs.get(warmup.INPUT)
+            if request.signature_name != warmup.SIGNATURE or not images:
+                continue
+            try:
+                # As a request's {"b64": ...}: header check (PIL's first open loads its plugins), decoding, model.
+                batch = np.stack([self.instance_pixels({"b64": base64.b64encode(image).decode()}, i)
+                                  for i, image in enumerate(images)])
+            except RequestError as e:
+                log.warning("%r: skipping a warm-up record: %s", self, e)
+                continue
+            self.predict(batch)
+            pixels, replayed = batch[-1], replayed + 1
+            self.warmup_bodies.append(json.dumps(
+                {"instances": [{"b64": base64.b64encode(image).decode()} for image in images]}).encode())
+        self.warmup_replayed = replayed
+        if requests:
+            log.info("%r: %d warm-up records replayed from %s", self, replayed, warmup.WARMUP_FILE)
+        return pixels
 
 
 @dataclass

@@ -16,6 +16,7 @@ import collections
 import logging
 import os
 import threading
+from collections.abc import Callable
 
 from components import storage
 from components.errors import InputError
@@ -60,6 +61,8 @@ class VersionManager:
             raise InputError(f"{model_base} holds no saved_model.pb and no numbered versions <base>/N/ "
                              "(N without leading zeros)")
         self.current: LoadedModel | None = None
+        # Called with a loaded, warmed version before it is swapped in (the server sends it its warm-up requests).
+        self.before_swap: Callable[[LoadedModel], None] | None = None
         self._load_newest(candidates)
         if self.current is None:
             tried = ", ".join(str(v) for v, _ in candidates)
@@ -96,6 +99,8 @@ class VersionManager:
                           self.name, version, serving, e)
                 continue
             self._failed.pop(version, None)
+            if self.before_swap is not None:
+                self.before_swap(model)
             previous, self.current = self.current, model
             if previous is not None:
                 log.info("now serving %s version %d (was %d)", self.name, version, previous.version)

@@ -107,7 +107,9 @@ def sample_images(source: str, count: int) -> list[bytes]:
     from components.image_files import BadImage, open_header
 
     if storage.exists(storage.join(source, "labels.json")):
-        images = _record_images(source, count)
+        from components.train.data import held_out_images
+
+        images = held_out_images(source, count)
     elif source.lower().endswith(".csv"):
         images = [storage.read_bytes(uri) for uri in _csv_uris(source)[:count]]
     else:
@@ -135,29 +137,6 @@ def _csv_uris(path: str) -> list[str]:
         if held_out:
             return held_out
     return [r["image_uri"] for r in rows]
-
-
-def _record_images(data_dir: str, count: int) -> list[bytes]:
-    import tensorflow as tf
-
-    from components.train.data import FEATURES, detect_format, record_files, tfrecorder_pixels
-
-    record_format = detect_format(data_dir)
-    for split in HELD_OUT_SPLITS:
-        files = record_files(data_dir, split)
-        if not files:
-            continue
-        compression = "GZIP" if files[0].endswith(".gz") else ""
-        images = []
-        for record in tf.data.TFRecordDataset(files, compression_type=compression).take(count):
-            features = tf.io.parse_single_example(record, FEATURES[record_format])
-            if record_format == "jpeg":
-                images.append(features["image_jpeg"].numpy())
-            else:  # raw pixels: sent as PNG (lossless), so every format carries the same pixels
-                images.append(tf.io.encode_png(tfrecorder_pixels(features)).numpy())
-        if images:  # a split with no records still has its (empty) shard: take the next held-out split
-            return images
-    return []
 
 
 # --- what the SavedModel itself answers --------------------------------------------------------------------------

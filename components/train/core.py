@@ -17,13 +17,13 @@ from dataclasses import asdict, dataclass
 import keras
 import tensorflow as tf
 
-from components import model_store, storage
+from components import model_store, storage, warmup
 from components.contracts import HELD_OUT_SPLITS
 from components.convert import schema
 from components.errors import InputError
 from components.train import calibrate, distribute, finetune, models
 from components.train.config import TrainConfig
-from components.train.data import make_dataset, shard_errors
+from components.train.data import held_out_images, make_dataset, shard_errors
 from components.train.export import export_saved_model
 
 log = logging.getLogger(__name__)
@@ -249,6 +249,8 @@ def train(data_dir: str, model_dir: str, config: TrainConfig = TrainConfig(),
             "resumed_from_epoch": backup.resumed_from, "weights_sha256": digest, "calibration": fitted,
             "data": data_dir if storage.is_gcs(data_dir) else os.path.abspath(data_dir)}  # `catsdogs export`'s default
     model_store.write_training_info(output_dir, info)
+    # Real held-out images as TF Serving warm-up records: servers replay them before serving (components/warmup.py).
+    warmup.write_warmup(output_dir, held_out_images(data_dir, warmup.RECORDS))
     log.info("exported SavedModel to %s", output_dir)
     return TrainResult(history, output_dir, digest)
 

@@ -8,6 +8,7 @@ import re
 
 import tensorflow as tf
 
+from components.contracts import HELD_OUT_SPLITS
 from components.convert import schema
 from components.decode import decode_and_resize
 from components.errors import InputError
@@ -221,3 +222,24 @@ def make_dataset(data_dir: str, split: str, image_size: int, batch_size: int, tr
 def _as_uint8(pixels: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """decode_and_resize's whole-number float pixels as uint8 (4x less to cache and shuffle, same values)."""
     return tf.cast(tf.clip_by_value(tf.round(pixels), 0.0, 255.0), tf.uint8), label
+
+
+def held_out_images(data_dir: str, count: int) -> list[bytes]:
+    """Up to `count` encoded images of a TFRecord folder's held-out split (TEST, else VALIDATION): `jpeg`
+    records' own JPEGs, `tfrecorder` records' pixels as PNG (lossless). The serving check sends them, and training
+    writes them into the SavedModel as warm-up records (components/warmup.py)."""
+    record_format = detect_format(data_dir)
+    for split in HELD_OUT_SPLITS:
+        files = record_files(data_dir, split)
+        if not files:
+            continue
+        images = []
+        for record in tf.data.TFRecordDataset(files, compression_type=_compression(files)).take(count):
+            features = tf.io.parse_single_example(record, FEATURES[record_format])
+            if record_format == "jpeg":
+                images.append(features["image_jpeg"].numpy())
+            else:
+                images.append(tf.io.encode_png(tfrecorder_pixels(features)).numpy())
+        if images:  # a split with no records still has its (empty) shard: take the next held-out split
+            return images
+    return []
