@@ -178,6 +178,8 @@ ALLOWED = {
         "`catsdogs inspect` finds and identifies the shards as training does (record_files, detect_format)",
     ("evaluate/component.py", "components.deploy.registry"):
         "the evaluation file is written in the Model Registry's schema, which deploy/registry.py defines",
+    ("evaluate/component.py", "components.validate.report"):
+        "the evaluation report shows the data validation's findings drawn as validation.html draws them: one renderer",
     ("serve/client.py", "components.deploy.vertex"): "`catsdogs predict --endpoint` calls the endpoint deploy made",
     ("serve_check/core.py", "components.train.data"):
         "the serving check sends held-out images of the records training read, found and parsed as training does",
