@@ -193,6 +193,26 @@ def test_near_pairs_match_brute_force():
         assert (d == distance[i, j]).all()
 
 
+def test_near_pairs_in_crowded_bands_are_verified_a_bounded_run_at_a_time(monkeypatch):
+    """Perceptual hashes crowd into few band values: the candidates are verified MAX_CANDIDATES at a time (memory
+    bounded), and still every pair is found."""
+    from components.validate import near
+
+    rng = np.random.default_rng(1)
+    # 1,500 hashes sharing their top 40 bits, so most bands hold one value: ~n^2 candidates
+    hashes = (np.uint64(0xABCDEF1234) << np.uint64(24)) | rng.integers(0, 2**24, size=1500, dtype=np.uint64)
+    distance = np.bitwise_count(hashes[:, None] ^ hashes[None, :])
+    expected = np.nonzero(np.triu(distance <= 6, 1))
+    steps = []
+    real = near._close
+    monkeypatch.setattr(near, "MAX_CANDIDATES", 5000)
+    monkeypatch.setattr(near, "_close", lambda *a: steps.append(int(a[4].sum())) or real(*a))
+    i, j, d = near.near_pairs(hashes, 6)
+    assert set(zip(i.tolist(), j.tolist(), strict=True)) == set(zip(*(e.tolist() for e in expected), strict=True))
+    assert len(expected[0]) > 1000 and len(steps) > 100
+    assert max(steps) <= 5000 + 1500  # the bound, or one query's candidates where a single query has more
+
+
 def test_content_split_puts_exact_copies_in_one_split(tmp_path):
     """`catsdogs prepare --split-by content`: a photo stored under two names lands in one split."""
     for label in ("cats", "dogs"):
