@@ -182,9 +182,13 @@ QUIET_ENVIRONMENT = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
 
 def _copy_reports(steps: tuple[progress.Step, ...], folder: str) -> tuple[str, ...]:
     """Copies each step's `report` (HTML) output to folder: report.html for evaluate (with its label_issues.csv
-    and model_card.md), <step>-report.html else."""
+    and model_card.md), <step>-report.html else; and the validate step's validation.html."""
     copied = []
     for step in steps:
+        validated = step.artifact("validation").get("uri", "")  # the validate step's folder
+        if validated and os.path.isfile(os.path.join(validated, "validation.html")):
+            os.makedirs(folder, exist_ok=True)
+            copied.append(shutil.copy(os.path.join(validated, "validation.html"), folder))
         uri = step.artifact("report").get("uri", "")
         if uri and os.path.isfile(uri):
             os.makedirs(folder, exist_ok=True)

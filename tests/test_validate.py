@@ -276,6 +276,11 @@ def test_run_stops_before_training_on_a_cross_split_copy_and_fix_publishes(tmp_p
     page = open(reports[0]).read()
     assert '<section id="validation">' in page and "set to DISCARD by --fix: leakage" in page
     assert len(_pair_figures(page)) == 1 and str(leaked) in page
+    # and validation.html beside the run's other reports, named on the command's output
+    import glob
+
+    copies = glob.glob(str(tmp_path / "w2" / "reports" / "*" / "validation.html"))
+    assert len(copies) == 1 and "validation.html" in fixed.stdout and str(leaked) in open(copies[0]).read()
 
 
 def test_the_component_defaults_are_the_cores():

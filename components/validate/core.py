@@ -417,5 +417,5 @@ def check_gate(report: Report, output_dir: str) -> None:
     """Raises GateFailed naming the counts and where the pairs are listed when the report has problems."""
     if report.problems:
         raise GateFailed(f"validation failed: {'; '.join(report.problems)}; the pairs are listed in "
-                         f"{storage.join(output_dir, PAIRS_FILE)} (--fix drops the held-out copies and quarantines "
-                         f"conflicting rows)")
+                         f"{storage.join(output_dir, PAIRS_FILE)} and shown in {HTML_FILE} beside it (--fix drops "
+                         f"the held-out copies and quarantines conflicting rows)")
