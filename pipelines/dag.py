@@ -95,7 +95,8 @@ def wire(steps: Steps, *, images_root, record_format, training: dict, min_accura
     ).set_display_name(steps.train_name)
     scored = steps.evaluate(
         model=trained.outputs["model"], tfrecords=converted.outputs["tfrecords"], min_accuracy=min_accuracy,
-        champion_uri=champion_uri, max_regression=max_regression, wandb_settings=wandb_settings, **(explain or {}),
+        champion_uri=champion_uri, max_regression=max_regression, wandb_settings=wandb_settings,
+        validation=validated.outputs["validation"], **(explain or {}),
     ).set_display_name("evaluate vs champion")
     with dsl.If(export_formats != "", name=EXPORT):
         exported = steps.export(model=trained.outputs["model"], tfrecords=converted.outputs["tfrecords"],

@@ -190,9 +190,13 @@ QUIET_ENVIRONMENT = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
 
 def _copy_reports(steps: tuple[progress.Step, ...], folder: str) -> tuple[str, ...]:
     """Copies each step's `report` (HTML) output to folder: report.html for evaluate (with its label_issues.csv
-    and model_card.md), <step>-report.html else."""
-    copied = []
+    and model_card.md), <step>-report.html else; and the validate step's validation.html."""
+    copied, validation = [], []
     for step in steps:
+        validated = step.artifact("validation").get("uri", "")  # the validate step's folder
+        if validated and os.path.isfile(os.path.join(validated, "validation.html")):
+            os.makedirs(folder, exist_ok=True)
+            validation.append(shutil.copy(os.path.join(validated, "validation.html"), folder))
         uri = step.artifact("report").get("uri", "")
         if uri and os.path.isfile(uri):
             os.makedirs(folder, exist_ok=True)
@@ -203,7 +207,7 @@ def _copy_reports(steps: tuple[progress.Step, ...], folder: str) -> tuple[str, .
                 for name in (ISSUES_FILE, CARD_FILE):
                     if os.path.isfile(os.path.join(os.path.dirname(uri), name)):
                         shutil.copyfile(os.path.join(os.path.dirname(uri), name), os.path.join(folder, name))
-    return tuple(copied)
+    return tuple(copied + validation)  # the evaluation report first: the one the command's output leads with
 
 
 def local_workdir(workdir: str) -> str:

@@ -84,7 +84,8 @@ def test_dag_runs_prepare_convert_train_evaluate_then_gated_deploy(dag):
         assert "W&B settings" in dag.depends_on(step)
     assert dag.depends_on("train (T4_4X x1)") == {"convert to TFRecords (Dataflow)", "W&B settings"}
     assert dag.depends_on("evaluate vs champion") == {"convert to TFRecords (Dataflow)", "train (T4_4X x1)",
-                                                      "find champion (default version)", "W&B settings"}
+                                                      "find champion (default version)", "W&B settings",
+                                                      "validate data"}  # its report shows the findings
     # the serving check's output is evaluation's blessing and its own (tests/test_serving_check.py)
     assert dag.condition("blessed") == "inputs.parameter_values['pipelinechannel--check-serving-Output'] == true"
     assert dag.condition("rejected") == "!(inputs.parameter_values['pipelinechannel--check-serving-Output'] == true)"

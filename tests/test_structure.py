@@ -180,6 +180,8 @@ ALLOWED = {
         "`catsdogs inspect` finds and identifies the shards as training does (record_files, detect_format)",
     ("evaluate/component.py", "components.deploy.registry"):
         "the evaluation file is written in the Model Registry's schema, which deploy/registry.py defines",
+    ("evaluate/component.py", "components.validate.report"):
+        "the evaluation report shows the data validation's findings drawn as validation.html draws them: one renderer",
     ("serve/client.py", "components.deploy.vertex"): "`catsdogs predict --endpoint` calls the endpoint deploy made",
     ("serve_check/core.py", "components.train.data"):
         "the serving check sends held-out images of the records training read, found and parsed as training does",
@@ -521,7 +523,6 @@ def test_components_and_pipelines_defaults_are_their_configs():
 
 MAX_LINES = 400
 # Files others are splitting now (issue 23: convert along its seams, progress without scraping).
-BEING_SPLIT = {"pipelines/progress.py"}
 
 
 def long_files_without_a_reason(root: str) -> list[str]:
@@ -534,7 +535,7 @@ def long_files_without_a_reason(root: str) -> list[str]:
                 path = os.path.join(folder, name)
                 relative = os.path.relpath(path, root).replace(os.sep, "/")
                 text = open(path).read()
-                if text.count("\n") <= MAX_LINES or relative in BEING_SPLIT:
+                if text.count("\n") <= MAX_LINES:
                     continue
                 docstring = ast.get_docstring(ast.parse(text, path)) or ""
                 if not any(line.startswith("Long:") for line in docstring.splitlines()):

@@ -93,9 +93,9 @@ def planted(tmp_path_factory):
     return str(csv_path), paths
 
 
-def _cli(*args, cwd):
+def _cli(*args, cwd, timeout=300):
     return subprocess.run([*CLI, *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, timeout=300)
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, timeout=timeout)
 
 
 def _read_csv(path):
@@ -103,10 +103,18 @@ def _read_csv(path):
         return list(csv.DictReader(f))
 
 
-def test_validate_finds_every_planted_pair_and_no_other_and_stops_with_one_line(planted, tmp_path):
+@pytest.fixture(scope="module")
+def gated(planted, tmp_path_factory):
+    """`catsdogs validate` on the planted set with the default gate: (the finished process, its output folder)."""
+    work = tmp_path_factory.mktemp("gated")
+    out = work / "report"
+    done = _cli("validate", planted[0], "--output-dir", str(out), "--image-size", "224", cwd=work)
+    return done, out
+
+
+def test_validate_finds_every_planted_pair_and_no_other_and_stops_with_one_line(planted, gated):
     csv_path, paths = planted
-    out = tmp_path / "report"
-    done = _cli("validate", csv_path, "--output-dir", str(out), "--image-size", "224", cwd=tmp_path)
+    done, out = gated
     assert done.returncode == 2, done.stderr
     errors = [line for line in done.stderr.splitlines() if "error" in line]
     assert errors == [line for line in done.stderr.splitlines() if line.startswith("catsdogs validate: error: ")]
@@ -185,6 +193,26 @@ def test_near_pairs_match_brute_force():
         assert (d == distance[i, j]).all()
 
 
+def test_near_pairs_in_crowded_bands_are_verified_a_bounded_run_at_a_time(monkeypatch):
+    """Perceptual hashes crowd into few band values: the candidates are verified MAX_CANDIDATES at a time (memory
+    bounded), and still every pair is found."""
+    from components.validate import near
+
+    rng = np.random.default_rng(1)
+    # 1,500 hashes sharing their top 40 bits, so most bands hold one value: ~n^2 candidates
+    hashes = (np.uint64(0xABCDEF1234) << np.uint64(24)) | rng.integers(0, 2**24, size=1500, dtype=np.uint64)
+    distance = np.bitwise_count(hashes[:, None] ^ hashes[None, :])
+    expected = np.nonzero(np.triu(distance <= 6, 1))
+    steps = []
+    real = near._close  # noqa: SLF001 - the test counts the candidate pairs each step of the search checks
+    monkeypatch.setattr(near, "MAX_CANDIDATES", 5000)
+    monkeypatch.setattr(near, "_close", lambda *a: steps.append(int(a[4].sum())) or real(*a))
+    i, j, d = near.near_pairs(hashes, 6)
+    assert set(zip(i.tolist(), j.tolist(), strict=True)) == set(zip(*(e.tolist() for e in expected), strict=True))
+    assert len(expected[0]) > 1000 and len(steps) > 100
+    assert max(steps) <= 5000 + 1500  # the bound, or one query's candidates where a single query has more
+
+
 def test_content_split_puts_exact_copies_in_one_split(tmp_path):
     """`catsdogs prepare --split-by content`: a photo stored under two names lands in one split."""
     for label in ("cats", "dogs"):
@@ -228,7 +256,8 @@ def test_run_stops_before_training_on_a_cross_split_copy_and_fix_publishes(tmp_p
     assert not os.path.exists(tmp_path / "w1" / "logs" / "train.log"), "training ran"
     assert not os.path.exists(tmp_path / "w1" / "models")
 
-    fixed = _cli("run", str(images), "--workdir", str(tmp_path / "w2"), "--fix", *fast, cwd=tmp_path)
+    # a guard, not a measurement: the whole run took over 300 s with other jobs loading the 2 cores (load 18)
+    fixed = _cli("run", str(images), "--workdir", str(tmp_path / "w2"), "--fix", *fast, cwd=tmp_path, timeout=1200)
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
     assert os.path.isdir(tmp_path / "w2" / "models" / "catsdogs" / "1")
     validated = [os.path.join(folder, name) for folder, _, names in os.walk(tmp_path / "w2" / "pipeline_root")
@@ -240,6 +269,18 @@ def test_run_stops_before_training_on_a_cross_split_copy_and_fix_publishes(tmp_p
     held_out = [row for row in rows if row["split"] in ("VALIDATION", "TEST")]
     assert held_out and not any(digest[row["image_uri"]] in train for row in held_out)
     assert [row["split"] for row in rows if row["image_uri"].endswith("validation/cats/cats.00000.jpg")] == ["DISCARD"]
+    # the evaluation report shows the validation's findings: the leaked pair side by side, what --fix dropped
+    reports = [os.path.join(folder, name) for folder, _, names in os.walk(tmp_path / "w2" / "pipeline_root")
+               for name in names if name == "report"]
+    assert len(reports) == 1
+    page = open(reports[0]).read()
+    assert '<section id="validation">' in page and "set to DISCARD by --fix: leakage" in page
+    assert len(_pair_figures(page)) == 1 and str(leaked) in page
+    # and validation.html beside the run's other reports, named on the command's output
+    import glob
+
+    copies = glob.glob(str(tmp_path / "w2" / "reports" / "*" / "validation.html"))
+    assert len(copies) == 1 and "validation.html" in fixed.stdout and str(leaked) in open(copies[0]).read()
 
 
 def test_the_component_defaults_are_the_cores():
@@ -251,3 +292,163 @@ def test_the_component_defaults_are_the_cores():
     assert inputs["max_leakage"].default == core.MAX_LEAKAGE
     assert inputs["max_conflicting"].default == core.MAX_CONFLICTING
     assert inputs["max_imbalance"].default == core.MAX_IMBALANCE
+
+
+def _pair_figures(page: str) -> list[str]:
+    import re
+
+    return re.findall(r'<figure class="pair[^"]*">.*?</figure>', page, re.S)
+
+
+def test_validation_html_shows_the_pairs_side_by_side_with_the_charts_and_statistics(planted, gated):
+    """validation.html beside validation.json: each pair across splits or with different labels as two
+    thumbnails of its two images, the balance chart, the size histogram and the statistics table."""
+    import base64
+    import re
+
+    from PIL import Image
+
+    _, paths = planted
+    done, out = gated
+    page = (out / "validation.html").read_text()
+    assert "The gate failed: 4 pairs across splits" in page
+    figures = _pair_figures(page)
+    # 4 held-out copies of TRAIN images and the conflicting pair; the within-split crop and redundant copy are not
+    assert len(figures) == 5, len(figures)
+    shown = {frozenset(re.findall(r'alt="([^"]+)"', f)) for f in figures}
+    expected = {frozenset((paths[name], paths[original])) for name, _, _, original, _, _, scope in PLANTED
+                if scope == "across" or name == "conflict.jpg"}
+    assert shown == expected
+    for figure in figures:  # two real thumbnails, each of its own image's shape
+        sources = re.findall(r'src="data:image/jpeg;base64,([^"]+)"', figure)
+        assert len(sources) == 2
+        for source, uri in zip(sources, re.findall(r'alt="([^"]+)"', figure), strict=True):
+            thumb = Image.open(io.BytesIO(base64.b64decode(source)))
+            width, height = Image.open(uri).size
+            assert max(thumb.size) == 150 and abs(thumb.size[0] / thumb.size[1] - width / height) < 0.05
+    assert "conflicting" in " ".join(f for f in figures if "labels differ" in f)
+    assert page.count("<svg") == 2  # balance, sizes
+    assert "Balance: images per label and split" in page and "Image sizes (" in page
+    assert '<table id="stats">' in page and "<th>images</th><td>34</td>" in page
+
+
+def test_validation_html_reads_only_the_shown_pairs_images(tmp_path, monkeypatch):
+    """Many pairs across splits: the page draws MAX_PAIRS_SHOWN of them and reads only their images."""
+    from components import storage
+    from components.validate import report
+
+    rows = [("exact", "across", 0, "TRAIN", "cats", f"/nowhere/a{i}.jpg", "TEST", "cats", f"/nowhere/b{i}.jpg")
+            for i in range(100)]
+    with open(tmp_path / "pairs.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(("kind", "scope", "distance", "split_a", "label_a", "image_a", "split_b", "label_b",
+                         "image_b"))
+        writer.writerows(rows)
+    import json
+
+    (tmp_path / "validation.json").write_text(json.dumps({
+        "rows": 200, "images": 200, "unreadable": 0, "discarded": 0, "counts": {"TRAIN": {"cats": 100}},
+        "imbalance": 1.0, "too_few": [], "exact": {"leakage": 100}, "near": {}, "near_duplicate_distance": 8,
+        "stats": {}, "fixed": {}, "problems": ["100 pairs across splits"], "leakage": 100, "conflicting": 0}))
+    read, real = [], storage.read_bytes
+
+    def read_bytes(uri):
+        if not uri.startswith("/nowhere/"):
+            return real(uri)
+        read.append(uri)
+        return b"not an image"
+
+    monkeypatch.setattr(storage, "read_bytes", read_bytes)
+    page = report.page(str(tmp_path))
+    assert len(_pair_figures(page)) == report.MAX_PAIRS_SHOWN < 100
+    assert sorted(read) == sorted(u for r in rows[:report.MAX_PAIRS_SHOWN] for u in (r[5], r[8]))
+    assert "100 pairs. The first 24 are shown; all are listed in <code>pairs.csv</code>" in page
+
+
+PROBE = """<script>
+window.addEventListener("load", () => {
+  const images = [...document.querySelectorAll("#validation .pair img")];
+  const out = document.createElement("pre");
+  out.id = "probe";
+  out.textContent = JSON.stringify({
+    images: images.length,
+    loaded: images.filter(i => i.complete && i.naturalWidth > 0).length,
+    drawn: images.filter(i => i.getBoundingClientRect().width >= 100).length,
+    svgs: [...document.querySelectorAll("svg")].filter(s => s.getBoundingClientRect().width > 200).length,
+  });
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+def test_validation_html_renders_in_a_browser(gated, tmp_path):
+    """Opened in headless Chromium: every thumbnail decodes and is drawn at size, both charts are drawn."""
+    import html
+    import json
+    import re
+    import shutil
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if not browser:
+        pytest.skip("no chromium: `make test` installs it (images/install-browser.sh)")
+    _, out = gated
+    probe = tmp_path / "probe.html"
+    probe.write_text((out / "validation.html").read_text().replace("</body>", PROBE + "</body>"))
+    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1200,1400",
+                          "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()], capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    found = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S)
+    assert found, dom[-500:]
+    seen = json.loads(html.unescape(found.group(1)))
+    assert seen == {"images": 10, "loaded": 10, "drawn": 10, "svgs": 2}
+
+
+def test_the_output_appears_all_or_nothing_and_a_failed_run_leaves_the_previous_one(planted, tmp_path):
+    """A run that fails leaves the previous output as it was; a later run replaces only what validate wrote (a
+    stale cleaned.csv of an earlier --fix run goes); a file validate did not write is refused, not overwritten."""
+    csv_path, _ = planted
+    out = tmp_path / "report"
+    fixed = _cli("validate", csv_path, "--output-dir", str(out), "--fix", cwd=tmp_path)
+    assert fixed.returncode == 0, fixed.stderr
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert {"validation.json", "validation.html", "pairs.csv", "cleaned.csv", "quarantine.csv"} <= before.keys()
+
+    broken = tmp_path / "broken.csv"
+    broken.write_text("split,image_uri,label\nTRAIN,%s,cats\n" % (tmp_path / "missing.jpg"))
+    failed = _cli("validate", str(broken), "--output-dir", str(out), cwd=tmp_path)
+    assert failed.returncode == 2 and "no readable image" in failed.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("report")) == ["report"]
+
+    again = _cli("validate", csv_path, "--output-dir", str(out), "--max-leakage", "9", "--max-conflicting", "9",
+                 cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert not (out / "cleaned.csv").exists() and not (out / "quarantine.csv").exists()
+    assert (out / "validation.json").exists()
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "pairs.csv").write_text("mine\n")
+    refused = _cli("validate", csv_path, "--output-dir", str(foreign), cwd=tmp_path)
+    assert refused.returncode == 2 and "did not write" in refused.stderr
+    assert (foreign / "pairs.csv").read_text() == "mine\n"
+
+
+def test_a_crash_while_writing_leaves_the_previous_output(planted, tmp_path, monkeypatch):
+    """The function beneath: the report page fails after validation.json and pairs.csv were written (staged):
+    the previous output stays as it was."""
+    from components.validate import core, report
+
+    csv_path, _ = planted
+    out = tmp_path / "report"
+    core.validate(csv_path, str(out), fix=True)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def broken_page(folder):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(report, "page", broken_page)
+    with pytest.raises(OSError, match="disk full"):
+        core.validate(csv_path, str(out))
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]

@@ -2,7 +2,7 @@ from typing import Dict, Optional
 
 from google_cloud_pipeline_components.types import artifact_types
 from kfp import dsl
-from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
 from components.images import LOCAL
 
@@ -21,6 +21,7 @@ def evaluate(
     wandb_settings: Optional[Dict[str, str]] = None,
     intended_use: str = "",
     saliency_images: int = 12,
+    validation: Input[Artifact] = None,
 ) -> bool:
     """Scores the exported SavedModel, and the champion (the version served now) on the same records, and
     decides whether the candidate may be deployed.
@@ -49,6 +50,7 @@ def evaluate(
         intended_use: The model card's intended use (empty: model_card.DEFAULT_INTENDED_USE).
         saliency_images: How many of the report's images get a saliency overlay (integrated gradients; each
             costs 16 passes through the model; 0: none).
+        validation: The validate step's folder (components/validate): its findings become a section of the report.
 
     Returns:
         Whether the candidate is deployed (the deploy gate): accuracy above the largest class's share of the
@@ -131,6 +133,12 @@ def evaluate(
     # Also beside the SavedModel, so the card travels with it: publishing copies the folder as a version, and
     # Vertex uploads it as the model's artifacts.
     storage.write_text(storage.join(model.uri, CARD_FILE), card)
-    storage.write_text(report.uri, html_report(result, info["history"], decision=summary, model_card=card))
+    findings = ""
+    if validation is not None:
+        from components.validate.report import section
+
+        findings = section(validation.uri)
+    storage.write_text(report.uri, html_report(result, info["history"], decision=summary, model_card=card,
+                                               extra=findings))
     # A single, unnamed bool: kfp.local 2.17 cannot resolve a dsl.If on a named (NamedTuple) output.
     return decision.publish

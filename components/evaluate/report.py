@@ -297,7 +297,8 @@ def _decision(decision: dict | None) -> str:
 
 
 def html_report(result: Evaluation, history: dict[str, list[float]], title: str = "catsdogs model",
-                decision: dict | None = None, model_card: str = "") -> str:
+                decision: dict | None = None, model_card: str = "", extra: str = "") -> str:
+    """`extra`: HTML sections of other stages shown after the gallery (the data validation's findings)."""
     auc = f", AUC <b>{result.auc:.4f}</b>" if math.isfinite(result.auc) else ""
     curves = _curves(history)
     return f"""<!doctype html>
@@ -308,6 +309,7 @@ def html_report(result: Evaluation, history: dict[str, list[float]], title: str 
 {", ".join(html.escape(n) for n in result.class_names)}.</p>
 {_decision(decision)}
 {_gallery(result)}
+{extra}
 <h2>Evaluation on {result.split}</h2>
 <div class="charts">{_roc(result)}{_precision_recall(result)}</div>
 <div class="charts">{_confusion_matrix(result)}{_per_class_table(result)}</div>

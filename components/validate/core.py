@@ -16,13 +16,14 @@ import io
 import json
 import logging
 import os
+import re
 from array import array
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from components import storage
+from components import outputs, storage
 from components.contracts import CSV_COLUMNS, DISCARD, SPLITS, TRAIN
 from components.errors import InputError
 from components.image_files import BadImage, open_header, upright_rgb
@@ -38,6 +39,13 @@ CLEANED_FILE = "cleaned.csv"  # with --fix: the CSV the rest of the run uses
 QUARANTINE_FILE = "quarantine.csv"  # with --fix: the rows set to DISCARD, with the reason
 PAIR_COLUMNS = ("kind", "scope", "distance", "split_a", "label_a", "image_a", "split_b", "label_b", "image_b")
 QUARANTINE_COLUMNS = ("split", "image_uri", "label", "reason")
+HTML_FILE = "validation.html"  # the page a person looks at: components/validate/report.py
+# The output folder appears all-or-nothing (components/outputs.py): the files are staged beside it and moved in
+# when the validation has finished (gate passed or not: the failed gate's line points at pairs.csv); a run that
+# crashes or finds no readable image leaves the previous output as it was. validation.json is moved last.
+_NAMES = (REPORT_FILE, HTML_FILE, PAIRS_FILE, CLEANED_FILE, QUARANTINE_FILE)
+KIND = outputs.Kind(tool="catsdogs validate", ours=re.compile("^(" + "|".join(map(re.escape, _NAMES)) + ")$"),
+                    claimed=re.compile("^(" + "|".join(map(re.escape, _NAMES)) + ")$"), last=REPORT_FILE)
 
 # Defaults of the gate: components/validate/config.py
 NEAR_DUPLICATE_DISTANCE = VALIDATE.near_duplicate_distance
@@ -207,6 +215,25 @@ def validate(csv_path: str, output_dir: str, *, fix: bool = False, max_leakage: 
         raise InputError(f"--near-duplicate-distance must be between 0 and 32 bits, got {near_duplicate_distance}")
     if max_leakage < 0 or max_conflicting < 0 or max_imbalance < 0:
         raise InputError("--max-leakage, --max-conflicting and --max-imbalance must not be negative")
+    target = outputs.resolve(output_dir)
+    outputs.check_output_dir(target, KIND)  # before any image is read
+    with outputs.locked(target, KIND):
+        previous = outputs.check_output_dir(target, KIND)  # again: no other run can change it now
+        outputs.clean_leftovers(target)
+        staging = outputs.new_staging_dir(target, KIND)
+        try:
+            report = _validate(csv_path, staging, fix, max_leakage, max_conflicting, near_duplicate_distance,
+                               max_imbalance, image_size)
+        except BaseException:
+            outputs.discard(staging, KIND)  # the previous output stays as it was
+            raise
+        outputs.commit(staging, target, previous, KIND)
+    log.info("validated: %s", summary_line(report))
+    return report
+
+
+def _validate(csv_path: str, output_dir: str, fix: bool, max_leakage: int, max_conflicting: int,
+              near_duplicate_distance: int, max_imbalance: float, image_size: int) -> Report:
     report = Report(near_duplicate_distance=near_duplicate_distance)
     stats = Stats(image_size)
     labels: dict[str, int] = {}
@@ -270,7 +297,9 @@ def validate(csv_path: str, output_dir: str, *, fix: bool = False, max_leakage: 
     storage.write_text(storage.join(output_dir, REPORT_FILE),
                        json.dumps({**asdict(report), "leakage": report.leakage, "conflicting": report.conflicting,
                                    "index_bytes_per_image": INDEX_BYTES_PER_IMAGE}, indent=1))
-    log.info("validated: %s", summary_line(report))
+    from components.validate.report import page  # matplotlib: only once the findings are known
+
+    storage.write_text(storage.join(output_dir, HTML_FILE), page(output_dir))
     return report
 
 
@@ -389,5 +418,5 @@ def check_gate(report: Report, output_dir: str) -> None:
     """Raises GateFailed naming the counts and where the pairs are listed when the report has problems."""
     if report.problems:
         raise GateFailed(f"validation failed: {'; '.join(report.problems)}; the pairs are listed in "
-                         f"{storage.join(output_dir, PAIRS_FILE)} (--fix drops the held-out copies and quarantines "
-                         f"conflicting rows)")
+                         f"{storage.join(output_dir, PAIRS_FILE)} and shown in {HTML_FILE} beside it (--fix drops "
+                         f"the held-out copies and quarantines conflicting rows)")

@@ -17,7 +17,11 @@ import math
 import numpy as np
 
 HASH_BITS = 64
-CHUNK = 1 << 20  # hashes probed at once: bounds the candidate arrays of one step
+CHUNK = 1 << 20  # hashes looked up at once: bounds the lookup arrays of one step
+# Candidate pairs verified at once. Real perceptual hashes are not uniform: their bands crowd into few values, and
+# a chunk of queries can meet millions of candidates (50,000 generated images: +95 MiB in one step before this
+# bound); each candidate costs ~60 bytes of temporary arrays while it is verified.
+MAX_CANDIDATES = 1 << 19
 DENSE_BITS = 24  # bands up to this wide get a bucket-start table (2**bits + 1 int64) instead of binary search
 
 
@@ -83,19 +87,32 @@ def near_pairs(hashes: np.ndarray, max_distance: int) -> tuple[np.ndarray, np.nd
                     lo = np.searchsorted(table, query, "left")
                     hi = np.searchsorted(table, query, "right")
                 counts = hi - lo
-                total = int(counts.sum())
-                if not total:
-                    continue
-                i = np.repeat(np.arange(start, start + len(query), dtype=np.int64), counts)
-                first = np.repeat(lo - (np.cumsum(counts) - counts), counts)
-                j = order[np.arange(total, dtype=np.int64) + first]
-                keep = i < j
-                i, j = i[keep], j[keep]
-                distance = np.bitwise_count(hashes[i] ^ hashes[j])
-                close = distance <= max_distance
-                found.append(i[close] * n + j[close])
+                ends = np.cumsum(counts)
+                # runs of queries with at most MAX_CANDIDATES candidates together (a single query may have more)
+                cut, a = 0, 0
+                while a < len(query):
+                    b = max(int(np.searchsorted(ends, cut + MAX_CANDIDATES, "right")), a + 1)
+                    found.append(_close(hashes, order, start + a, lo[a:b], counts[a:b], max_distance))
+                    cut, a = int(ends[b - 1]), b
+    found = [keys for keys in found if len(keys)]
     if not found:
         return empty, empty, empty.astype(np.uint8)
     keys = np.unique(np.concatenate(found))
     i, j = keys // n, keys % n
     return i, j, np.bitwise_count(hashes[i] ^ hashes[j]).astype(np.uint8)
+
+
+def _close(hashes: np.ndarray, order: np.ndarray, start: int, lo: np.ndarray, counts: np.ndarray,
+           max_distance: int) -> np.ndarray:
+    """Keys i * n + j of the candidates (queries start.., each with the table's run lo, lo + count) within
+    max_distance, i < j."""
+    total = int(counts.sum())
+    if not total:
+        return np.zeros(0, dtype=np.int64)
+    i = np.repeat(np.arange(start, start + len(counts), dtype=np.int64), counts)
+    first = np.repeat(lo - (np.cumsum(counts) - counts), counts)
+    j = order[np.arange(total, dtype=np.int64) + first]
+    keep = i < j
+    i, j = i[keep], j[keep]
+    close = np.bitwise_count(hashes[i] ^ hashes[j]) <= max_distance
+    return i[close] * len(hashes) + j[close]
