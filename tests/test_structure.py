@@ -522,7 +522,6 @@ def test_components_and_pipelines_defaults_are_their_configs():
 
 
 MAX_LINES = 400
-# Files others are splitting now (issue 23: convert along its seams, progress without scraping).
 
 
 def long_files_without_a_reason(root: str) -> list[str]:
