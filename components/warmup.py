@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from components import storage
+from components.protowire import field, fields, varint
 
 WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"  # inside the SavedModel folder: TF Serving's name
 SIGNATURE = "serving_default"
@@ -38,101 +39,47 @@ class WarmupRequest:
     inputs: dict[str, list[bytes]]  # input name -> the DT_STRING tensor's values (a vector)
 
 
-# --- protobuf wire format -------------------------------------------------------------------------------------
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    """A length-delimited field (strings, bytes, messages)."""
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def _read_varint(data: bytes, at: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if at >= len(data):
-            raise ValueError("truncated varint")
-        byte = data[at]
-        at += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, at
-        shift += 7
-
-
-def _fields(data: bytes) -> dict[int, list]:
-    """field number -> its values, in order: ints for varints, bytes for length-delimited fields (fixed-width
-    fields are skipped: no message read here has one that matters)."""
-    found: dict[int, list] = {}
-    at = 0
-    while at < len(data):
-        key, at = _read_varint(data, at)
-        number, wire_type = key >> 3, key & 7
-        if wire_type == 0:
-            value, at = _read_varint(data, at)
-        elif wire_type == 2:
-            size, at = _read_varint(data, at)
-            if at + size > len(data):
-                raise ValueError("truncated field")
-            value, at = data[at:at + size], at + size
-        elif wire_type in (1, 5):
-            at += 8 if wire_type == 1 else 4
-            continue
-        else:
-            raise ValueError(f"unsupported wire type {wire_type}")
-        found.setdefault(number, []).append(value)
-    return found
-
-
 # --- PredictionLog ------------------------------------------------------------------------------------------
 
 
 def string_tensor(values: list[bytes]) -> bytes:
     """A serialized TensorProto: a DT_STRING vector of `values`."""
-    shape = _field(_DIM, _varint(_DIM_SIZE << 3) + _varint(len(values)))
-    return (_varint(_DTYPE << 3) + _varint(DT_STRING) + _field(_TENSOR_SHAPE, shape)
-            + b"".join(_field(_STRING_VAL, v) for v in values))
+    shape = field(_DIM, varint(_DIM_SIZE << 3) + varint(len(values)))
+    return (varint(_DTYPE << 3) + varint(DT_STRING) + field(_TENSOR_SHAPE, shape)
+            + b"".join(field(_STRING_VAL, v) for v in values))
 
 
 def read_string_tensor(data: bytes) -> list[bytes]:
     """The values of a serialized DT_STRING TensorProto; ValueError for another dtype."""
-    fields = _fields(data)
-    dtype = fields.get(_DTYPE, [0])[-1]
+    found = fields(data)
+    dtype = found.get(_DTYPE, [0])[-1]
     if dtype != DT_STRING:
         raise ValueError(f"expected a DT_STRING tensor, got dtype {dtype}")
-    return list(fields.get(_STRING_VAL, []))
+    return list(found.get(_STRING_VAL, []))
 
 
 def prediction_log(inputs: dict[str, list[bytes]], signature_name: str = SIGNATURE) -> bytes:
     """A serialized PredictionLog whose predict_log.request sends `inputs` (DT_STRING vectors)."""
-    spec = _field(_SIGNATURE_NAME, signature_name.encode())
-    entries = b"".join(_field(_INPUTS, _field(1, name.encode()) + _field(2, string_tensor(values)))
+    spec = field(_SIGNATURE_NAME, signature_name.encode())
+    entries = b"".join(field(_INPUTS, field(1, name.encode()) + field(2, string_tensor(values)))
                        for name, values in inputs.items())
-    request = _field(_MODEL_SPEC, spec) + entries
-    return _field(_PREDICT_LOG, _field(_REQUEST, request))
+    request = field(_MODEL_SPEC, spec) + entries
+    return field(_PREDICT_LOG, field(_REQUEST, request))
 
 
 def read_prediction_log(data: bytes) -> WarmupRequest:
     """The request of a serialized PredictionLog; ValueError when it holds no predict_log request."""
-    logs = _fields(data).get(_PREDICT_LOG)
+    logs = fields(data).get(_PREDICT_LOG)
     if not logs:
         raise ValueError("not a PredictionLog with a predict_log")
-    requests = _fields(logs[-1]).get(_REQUEST)
+    requests = fields(logs[-1]).get(_REQUEST)
     if not requests:
         raise ValueError("predict_log holds no request")
-    request = _fields(requests[-1])
-    spec = _fields(request.get(_MODEL_SPEC, [b""])[-1])
+    request = fields(requests[-1])
+    spec = fields(request.get(_MODEL_SPEC, [b""])[-1])
     inputs = {}
     for entry in request.get(_INPUTS, []):
-        pair = _fields(entry)
+        pair = fields(entry)
         inputs[pair.get(1, [b""])[-1].decode()] = read_string_tensor(pair.get(2, [b""])[-1])
     return WarmupRequest(spec.get(_SIGNATURE_NAME, [b""])[-1].decode(), inputs)
 

@@ -51,7 +51,7 @@ def test_the_prediction_log_nests_the_tensor_where_tf_serving_reads_it():
     from tensorflow.core.framework import tensor_pb2
 
     record = warmup.prediction_log({"image_bytes": [b"abc"]})
-    fields = warmup._fields  # the wire reader is what walks the path
+    from components.protowire import fields  # the wire reader is what walks the path
     request = fields(fields(fields(record)[6][0])[1][0])
     assert fields(request[1][0])[3] == [b"serving_default"]  # ModelSpec.signature_name
     entry = fields(request[2][0])

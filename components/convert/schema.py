@@ -31,25 +31,11 @@ import json
 
 from components import storage
 from components.contracts import LABELS_FILE, RECORD_FORMATS, SPLIT_PREFIX, SUMMARY_FILE
+from components.protowire import field, varint
 
 FORMATS = RECORD_FORMATS
 __all__ = ["FORMATS", "LABELS_FILE", "SPLIT_PREFIX", "SUMMARY_FILE", "jpeg_example", "read_labels", "read_summary",
            "serialize_example", "shard_pattern", "split_size", "tfrecorder_example", "write_labels"]
-
-
-def _varint(value: int) -> bytes:
-    value &= (1 << 64) - 1  # negative int64s are ten-byte two's complement varints
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    """A length-delimited protobuf field."""
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
 
 def serialize_example(features: dict[str, bytes | int]) -> bytes:
@@ -57,11 +43,11 @@ def serialize_example(features: dict[str, bytes | int]) -> bytes:
     entries = []
     for name, value in features.items():
         if isinstance(value, bytes):
-            feature = _field(1, _field(1, value))  # Feature.bytes_list.value
+            feature = field(1, field(1, value))  # Feature.bytes_list.value
         else:
-            feature = _field(3, _field(1, _varint(value)))  # Feature.int64_list.value, packed
-        entries.append(_field(1, _field(1, name.encode()) + _field(2, feature)))  # Features.feature map entry
-    return _field(1, b"".join(entries))  # Example.features
+            feature = field(3, field(1, varint(value)))  # Feature.int64_list.value, packed
+        entries.append(field(1, field(1, name.encode()) + field(2, feature)))  # Features.feature map entry
+    return field(1, b"".join(entries))  # Example.features
 
 
 def jpeg_example(jpeg: bytes, height: int, width: int, uri: str, label_index: int, label: str, split: str) -> bytes:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import math
 
+from components import charts
 from components.evaluate.core import Evaluation, Example
 
 TRAIN_COLOUR, VALIDATION_COLOUR = "#1f77b4", "#ff7f0e"
@@ -33,26 +33,6 @@ td { text-align: right; } caption { text-align: left; padding-bottom: 4px; } tab
 """
 
 
-def _svg(figure, salt: str) -> str:
-    """The figure as inline SVG: text stays text (small, selectable); a salt per chart keeps the element ids of
-    several SVGs in one page apart."""
-    import matplotlib
-
-    out = io.StringIO()
-    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": salt}):
-        figure.savefig(out, format="svg", bbox_inches="tight", metadata={"Date": None})
-    text = out.getvalue()
-    return text[text.index("<svg"):]
-
-
-def _figure(width: float, height: float):
-    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
-
-    figure = Figure(figsize=(width, height), dpi=96, layout="constrained")
-    figure.set_facecolor("white")
-    return figure
-
-
 def _curves(history: dict[str, list[float]]) -> str:
     """Loss and accuracy per epoch, training and validation, side by side."""
     from matplotlib.ticker import MaxNLocator
@@ -61,7 +41,7 @@ def _curves(history: dict[str, list[float]]) -> str:
     panels = [(metric, keys) for metric, keys in panels if keys]
     if not panels:
         return ""
-    figure = _figure(4.2 * len(panels), 3.0)
+    figure = charts.figure(4.2 * len(panels), 3.0)
     for axes, (metric, keys) in zip(figure.subplots(1, len(panels), squeeze=False)[0], panels):
         for key in keys:
             values = history[key]
@@ -81,13 +61,13 @@ def _curves(history: dict[str, list[float]]) -> str:
             axes.set_ylim(-0.02, 1.02)
         axes.grid(alpha=0.3)
         axes.legend()
-    return _svg(figure, "curves")
+    return charts.svg(figure, "curves")
 
 
 def _roc(result: Evaluation) -> str:
     if not result.roc:
         return ""
-    figure = _figure(3.6, 3.4)
+    figure = charts.figure(3.6, 3.4)
     axes = figure.subplots()
     fpr, tpr = [0.0, *result.roc["fpr"]], [0.0, *result.roc["tpr"]]
     auc = f"AUC {result.auc:.3f}" if math.isfinite(result.auc) else "AUC undefined"
@@ -101,13 +81,13 @@ def _roc(result: Evaluation) -> str:
     axes.set_aspect("equal")
     axes.grid(alpha=0.3)
     axes.legend(loc="lower right")
-    return _svg(figure, "roc")
+    return charts.svg(figure, "roc")
 
 
 def _precision_recall(result: Evaluation) -> str:
     scores = result.per_class()
     names = list(scores)
-    figure = _figure(max(3.6, 0.9 * len(names) + 1.5), 3.4)
+    figure = charts.figure(max(3.6, 0.9 * len(names) + 1.5), 3.4)
     axes = figure.subplots()
     width = 0.38
     for offset, metric, colour in ((-width / 2, "precision", TRAIN_COLOUR), (width / 2, "recall", VALIDATION_COLOUR)):
@@ -121,7 +101,7 @@ def _precision_recall(result: Evaluation) -> str:
     axes.set_title(f"Per class on {result.split}")
     axes.legend(loc="upper center", ncols=2)
     axes.grid(axis="y", alpha=0.3)
-    return _svg(figure, "per-class")
+    return charts.svg(figure, "per-class")
 
 
 def _reliability(result: Evaluation) -> str:
@@ -129,7 +109,7 @@ def _reliability(result: Evaluation) -> str:
     bins = [b for b in result.calibration.get("bins", []) if b["count"]]
     if not bins:
         return ""
-    figure = _figure(3.6, 3.4)
+    figure = charts.figure(3.6, 3.4)
     axes = figure.subplots()
     width = bins[0]["upper"] - bins[0]["lower"]
     axes.bar([b["lower"] for b in bins], [b["accuracy"] for b in bins], width, align="edge", color=TRAIN_COLOUR,
@@ -144,7 +124,7 @@ def _reliability(result: Evaluation) -> str:
     axes.set_ylim(0, 1.02)
     axes.grid(alpha=0.3)
     axes.legend(loc="upper left", fontsize=8)
-    return _svg(figure, "reliability")
+    return charts.svg(figure, "reliability")
 
 
 def _temperature(result: Evaluation) -> str:
@@ -162,7 +142,7 @@ def _temperature(result: Evaluation) -> str:
 
 def _pr_curve(result: Evaluation) -> str:
     point = result.operating_point
-    figure = _figure(3.6, 3.4)
+    figure = charts.figure(3.6, 3.4)
     axes = figure.subplots()
     axes.plot(result.pr["recall"], result.pr["precision"], color=TRAIN_COLOUR, label="precision-recall")
     axes.plot([point["recall"]], [point["precision"]], "o", color=VALIDATION_COLOUR,
@@ -174,7 +154,7 @@ def _pr_curve(result: Evaluation) -> str:
     axes.set_ylim(-0.02, 1.02)
     axes.grid(alpha=0.3)
     axes.legend(loc="lower left", fontsize=8)
-    return _svg(figure, "pr")
+    return charts.svg(figure, "pr")
 
 
 def _threshold(result: Evaluation) -> str:

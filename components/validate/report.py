@@ -16,7 +16,7 @@ import io
 import json
 import logging
 
-from components import storage
+from components import charts, storage
 from components.contracts import SPLITS
 from components.validate.core import PAIRS_FILE, REPORT_FILE
 
@@ -46,32 +46,13 @@ SECTION_STYLE = """
 """
 
 
-def _svg(figure, salt: str) -> str:
-    """The figure as inline SVG with text kept as text; the salt keeps element ids of several SVGs apart."""
-    import matplotlib
-
-    out = io.StringIO()
-    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": salt}):
-        figure.savefig(out, format="svg", bbox_inches="tight", metadata={"Date": None})
-    text = out.getvalue()
-    return text[text.index("<svg"):]
-
-
-def _figure(width: float, height: float):
-    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
-
-    figure = Figure(figsize=(width, height), dpi=96, layout="constrained")
-    figure.set_facecolor("white")
-    return figure
-
-
 def _balance_chart(counts: dict[str, dict[str, int]]) -> str:
     """Images per label, one bar per split."""
     labels = sorted({label for per_label in counts.values() for label in per_label})
     splits = [s for s in SPLITS if s in counts]
     if not labels or not splits:
         return ""
-    figure = _figure(max(4.0, 0.9 * len(labels) * len(splits) / 2 + 2), 3.2)
+    figure = charts.figure(max(4.0, 0.9 * len(labels) * len(splits) / 2 + 2), 3.2)
     axes = figure.subplots()
     width = 0.8 / len(splits)
     for k, split in enumerate(splits):
@@ -84,7 +65,7 @@ def _balance_chart(counts: dict[str, dict[str, int]]) -> str:
     axes.set_title("Balance: images per label and split")
     axes.legend(fontsize=8)
     axes.grid(axis="y", alpha=0.3)
-    return _svg(figure, "balance")
+    return charts.svg(figure, "balance")
 
 
 def _size_chart(stats: dict) -> str:
@@ -93,7 +74,7 @@ def _size_chart(stats: dict) -> str:
     bins.sort(key=lambda b: float(b.split("-")[0].rstrip("+")))
     if not bins:
         return ""
-    figure = _figure(max(4.0, 0.55 * len(bins) + 1.5), 3.2)
+    figure = charts.figure(max(4.0, 0.55 * len(bins) + 1.5), 3.2)
     axes = figure.subplots()
     for offset, side, colour in ((-0.2, "width", "#1f77b4"), (0.2, "height", "#ff7f0e")):
         values = [stats[side].get(b, 0) for b in bins]
@@ -105,7 +86,7 @@ def _size_chart(stats: dict) -> str:
                    f"{stats.get('training_size', '?')})", fontsize=10)
     axes.legend(fontsize=8)
     axes.grid(axis="y", alpha=0.3)
-    return _svg(figure, "sizes")
+    return charts.svg(figure, "sizes")
 
 
 def _thumbnail(uri: str) -> str:
