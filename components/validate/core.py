@@ -5,6 +5,8 @@ One streaming pass: each image is read once; what is kept per image is its index
 an 8-byte perceptual hash, a split and a label code, its CSV row: INDEX_BYTES_PER_IMAGE); the rest is counters. The
 pairs are found afterwards from the index alone (exact copies by sorting the content hashes, near copies by
 multi-index hashing in near.py), and a second pass over the CSV's text (no image is read again) names them.
+
+Long: one pass and the gate it feeds share the compact index arrays; split apart they would pass them around.
 """
 
 from __future__ import annotations
