@@ -8,6 +8,9 @@ Peers (`pip install -e '.[bench]'` for those that install beside our pins; KServ
   KServe (v1 protocol)  benchmarks/peers/kserve_server.py, from --kserve-python (default .venv-peers/bin/python:
                         `python3 -m venv .venv-peers && .venv-peers/bin/pip install tensorflow-cpu==2.21.0
                         kserve==0.21.0`; kserve needs pandas<3, we pin pandas 3)
+  BentoML               benchmarks/peers/bentoml_server.py: a batchable API (adaptive batching, max 32), from
+                        --bentoml-python (default .venv-bentoml/bin/python: the same with bentoml==1.4.40; it
+                        pins opentelemetry 0.4xb0, we pin 0.66b2)
 A peer that is not installed is left out with a note. Each peer loads the SavedModel with tf.saved_model.load
 and calls `serving_default` (image bytes in, decoded inside the graph), warmed before it serves.
 
@@ -54,7 +57,8 @@ class Server:
     log: str = ""
 
 
-def servers(model_base: str, image_file: str, kserve_python: str) -> tuple[list[Server], list[str]]:
+def servers(model_base: str, image_file: str, kserve_python: str, bentoml_python: str
+            ) -> tuple[list[Server], list[str]]:
     """The servers to measure (ours first) and a note for each peer left out."""
     model_dir = os.path.join(model_base, "1")
     out = [Server("catsdogs serve", [sys.executable, "-m", "pipelines.cli", "serve", model_base, "--host", HOST,
@@ -73,6 +77,12 @@ def servers(model_base: str, image_file: str, kserve_python: str) -> tuple[list[
                           "/v1/models/catsdogs:predict", "/v1/models/catsdogs"))
     else:
         missing.append(f"KServe: no {kserve_python} (see this script's docstring)")
+    if os.path.exists(bentoml_python):
+        script = os.path.join(PEERS, "bentoml_server.py")
+        out.append(Server("BentoML 1.4 (adaptive batching 32)", [bentoml_python, script, model_dir, HOST, "{port}",
+                                                                 image_file], "/predict", "/readyz"))
+    else:
+        missing.append(f"BentoML: no {bentoml_python} (see this script's docstring)")
     return out, missing
 
 
@@ -163,6 +173,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds, medians reported (default 3)")
     parser.add_argument("--kserve-python", default=os.path.join(REPO, ".venv-peers", "bin", "python"),
                         help="the python of a venv with kserve and tensorflow-cpu (default %(default)s)")
+    parser.add_argument("--bentoml-python", default=os.path.join(REPO, ".venv-bentoml", "bin", "python"),
+                        help="the python of a venv with bentoml and tensorflow-cpu (default %(default)s)")
     args = parser.parse_args()
     if not (1 <= args.concurrency <= 64 and 1 <= args.duration <= 600 and 1 <= args.requests <= 10_000
             and 1 <= args.rounds <= 20):
@@ -179,7 +191,7 @@ def main() -> None:
         with open(image_file, "wb") as f:
             f.write(image)
         body = json.dumps({"instances": [{"b64": base64.b64encode(image).decode()}]}).encode()
-        chosen, missing = servers(base, image_file, args.kserve_python)
+        chosen, missing = servers(base, image_file, args.kserve_python, args.bentoml_python)
         for note in missing:
             print(f"left out: {note}", flush=True)
         print(f"{os.cpu_count()} CPUs; one 300x400 JPEG per request ({len(body)} bytes); {args.requests} requests "
