@@ -61,6 +61,7 @@ def servers(model_base: str, image_file: str, kserve_python: str, bentoml_python
             ) -> tuple[list[Server], list[str]]:
     """The servers to measure (ours first) and a note for each peer left out."""
     model_dir = os.path.join(model_base, "1")
+    kserve_python, bentoml_python = os.path.abspath(kserve_python), os.path.abspath(bentoml_python)  # cwd changes
     out = [Server("catsdogs serve", [sys.executable, "-m", "pipelines.cli", "serve", model_base, "--host", HOST,
                                      "--port", "{port}", "--poll-seconds", "0"], "/predict", "/health")]
     missing = []
