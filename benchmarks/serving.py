@@ -128,7 +128,8 @@ class Phase:
         return len(self.latencies_ms) / self.seconds if self.seconds else 0.0
 
 
-def _worker(port: int, body: bytes, phase: Phase, lock: threading.Lock, deadline: float, budget: list[int]) -> None:
+def _worker(port: int, body: bytes, phase: Phase, lock: threading.Lock, deadline: float, budget: list[int],
+            path: str) -> None:
     connection = http.client.HTTPConnection(HOST, port, timeout=60)
     while time.monotonic() < deadline:
         with lock:
@@ -137,10 +138,12 @@ def _worker(port: int, body: bytes, phase: Phase, lock: threading.Lock, deadline
             budget[0] -= 1
         start = time.perf_counter()
         try:
-            connection.request("POST", "/predict", body, {"Content-Type": "application/json"})
+            connection.request("POST", path, body, {"Content-Type": "application/json"})
             response = connection.getresponse()
             reply = response.read()
-            ok = response.status == 200 and len(json.loads(reply)["predictions"]) == 1
+            answer = json.loads(reply) if response.status == 200 else None
+            # {"predictions": [...]}, or a bare list of them (BentoML's batchable APIs, benchmarks/serving_peers.py)
+            ok = answer is not None and len(answer if isinstance(answer, list) else answer["predictions"]) == 1
             error = None if ok else f"{response.status}: {reply[:200]!r}"
         except Exception as e:  # noqa: BLE001 - every failure is an error to report
             error = repr(e)
@@ -152,11 +155,12 @@ def _worker(port: int, body: bytes, phase: Phase, lock: threading.Lock, deadline
     connection.close()
 
 
-def drive(port: int, body: bytes, concurrency: int, requests: int, seconds: float) -> Phase:
-    """At most `requests` requests and at most `seconds` seconds, from `concurrency` keep-alive connections."""
+def drive(port: int, body: bytes, concurrency: int, requests: int, seconds: float, path: str = "/predict") -> Phase:
+    """At most `requests` requests and at most `seconds` seconds, from `concurrency` keep-alive connections, each
+    POSTing `body` to `path`."""
     phase, lock, budget = Phase(), threading.Lock(), [requests]
     start = time.monotonic()
-    workers = [threading.Thread(target=_worker, args=(port, body, phase, lock, start + seconds, budget))
+    workers = [threading.Thread(target=_worker, args=(port, body, phase, lock, start + seconds, budget, path))
                for _ in range(concurrency)]
     for worker in workers:
         worker.start()

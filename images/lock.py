@@ -1,4 +1,4 @@
-"""Writes requirements.lock: every package `pip install .[dev,gpu]` and the serving image resolve to, pinned.
+"""Writes requirements.lock: every package `pip install .[dev,gpu,bench]` and the serving image resolve to, pinned.
 
 The lock is a pip constraints file for Linux x86_64 / CPython 3.11 (the images' platform and CI's): `make install`
 and every image install with `-c requirements.lock`, so they get the same versions. Run `make lock` after
@@ -24,7 +24,7 @@ def main() -> None:
         report = Path(tmp) / "report.json"
         subprocess.run(
             [sys.executable, "-m", "pip", "install", "--quiet", "--dry-run", "--ignore-installed",
-             "--report", str(report), ".[dev,gpu]", "-r", "images/serving/requirements.txt"],
+             "--report", str(report), ".[dev,gpu,bench]", "-r", "images/serving/requirements.txt"],
             cwd=ROOT, check=True)
         installs = json.loads(report.read_text())["install"]
     pins = sorted(f"{_normalized(item['metadata']['name'])}=={item['metadata']['version']}" for item in installs
