@@ -3,11 +3,14 @@
     ReadFromText(csv) --CheckRows--> rows --Deduplicate--> unique rows --WriteShards--> <split>-SSSSS-of-NNNNN
                              \\--> bad          \\--> bad (conflicts)        \\--> bad (unreadable images)
                               bad + bad + bad ------------------------------------------> errors-*.csv
+                                                       WriteShards' facts of each image --> facts-*.csv
 
 The CSV is read inside the pipeline (Dataflow workers read it from gs:), so neither the launcher's memory nor
 the job graph grows with the number of rows. A streaming pre-pass in the launcher (csv_scan.py) fixes the label
 vocabulary and shard counts before the job is built and refuses structural problems before anything is written.
-Images are read, checked and encoded inside the shard writer (writer.py), so no PCollection ever holds image bytes.
+Images are read, checked and encoded inside the shard writer (writer.py), so no PCollection ever holds image bytes;
+it also writes each image's validation facts (components/image_facts.py), so `catsdogs validate --facts` after
+conversion reads no image again.
 
 Bad rows (unreadable files, non-images, unknown split, empty label, conflicting duplicates ...) go to errors-*.csv
 with a reason; every good row is written. The run fails when more than --max-error-fraction of the rows are bad.
@@ -33,7 +36,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from components import outputs, storage
 from components.beam_runner import describe, pipeline_options, runner_for
 from components.contracts import CSV_COLUMNS, MAX_FILE_BYTES, TRAIN
-from components.convert import output, schema
+from components.convert import output, schema, transforms
 from components.convert.csv_scan import KNOWN_SPLITS, CsvScan, scan_csv
 from components.convert.transforms import BAD, COUNTER_NAMESPACE, ERROR_COLUMNS, CheckRows, Deduplicate, WriteErrors
 from components.convert.writer import WriteShards, finish_shards, shard_of
@@ -77,6 +80,7 @@ def build_pipeline(pipeline: beam.Pipeline, csv_path: str, scan: CsvScan, folder
     written = unique.good | "WriteShards" >> WriteShards(
         folder, shard_counts(scan, num_shards), scan.labels, record_format, compression == "gzip", max_file_bytes)
     _ = (checked.bad, unique[BAD], written[BAD]) | "WriteErrors" >> WriteErrors(folder)
+    _ = written[transforms.FACTS] | "WriteFacts" >> transforms.WriteFacts(folder)
 
 
 def _check_arguments(record_format: str, compression: str, num_shards: int, max_error_fraction: float,

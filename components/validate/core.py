@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 import io
 import json
 import logging
@@ -24,9 +23,10 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from components import outputs, storage
-from components.contracts import CSV_COLUMNS, DISCARD, SPLITS, TRAIN
+from components.contracts import CSV_COLUMNS, DISCARD, SPLITS, SUMMARY_FILE, TRAIN
 from components.errors import InputError
-from components.image_files import BadImage, open_header, upright_rgb
+from components.image_facts import FACTS_COLUMNS, FACTS_PREFIX, Facts, image_facts
+from components.image_files import BadImage
 from components.validate.config import VALIDATE
 from components.validate.near import near_pairs
 
@@ -55,8 +55,6 @@ MAX_IMBALANCE = VALIDATE.max_imbalance
 MIN_TRAIN_PER_LABEL = 10  # fewer TRAIN images of a label is reported as too few to train on
 
 INDEX_BYTES_PER_IMAGE = 8 + 8 + 1 + 2 + 8  # content hash, pHash, split, label, CSV row (array.array, no objects)
-DRAFT_SIZE = (128, 128)  # JPEGs are decoded at the smallest DCT scale that keeps this size: pHash needs 32x32
-EXIF_ROTATIONS = {5, 6, 7, 8}  # orientations that swap width and height
 SIZE_BINS = (0, 64, 128, 224, 256, 384, 512, 768, 1024, 2048, 4096)
 
 
@@ -64,6 +62,7 @@ SIZE_BINS = (0, 64, 128, 224, 256, 384, 512, 768, 1024, 2048, 4096)
 class Report:
     rows: int = 0
     images: int = 0
+    images_read: int = 0  # image files this validation opened (0 with --facts: convert's facts are used)
     unreadable: int = 0
     discarded: int = 0
     unreadable_examples: list[str] = field(default_factory=list)
@@ -93,33 +92,6 @@ class Report:
         flat.update({f"near_{k}": v for k, v in self.near.items()})
         flat.update({f"fixed_{k}": v for k, v in self.fixed.items()})
         return flat
-
-
-@dataclass(frozen=True)
-class Facts:
-    """What validation learns from one image file."""
-
-    content: int  # the first 8 bytes of its SHA-256, as an unsigned integer
-    phash: int  # imagehash's 64-bit DCT perceptual hash of the upright image
-    width: int
-    height: int
-    format: str
-    mode: str
-    exif_rotated: bool
-
-
-def image_facts(data: bytes) -> Facts:
-    """The facts of one encoded image; BadImage when it cannot be decoded."""
-    import imagehash  # imports scipy: only where images are hashed
-
-    image = open_header(data)
-    fmt, mode = image.format or "unknown", image.mode
-    rotated = image.getexif().get(0x0112, 1) in EXIF_ROTATIONS
-    width, height = (image.height, image.width) if rotated else (image.width, image.height)
-    image.draft("RGB", DRAFT_SIZE)  # JPEG only: decode at 1/2..1/8 scale, the hash resizes to 32x32 anyway
-    phash = imagehash.phash(upright_rgb(image))
-    content = int.from_bytes(hashlib.sha256(data).digest()[:8], "big")
-    return Facts(content, int(str(phash), 16), width, height, fmt, mode, rotated)
 
 
 def _has_alpha(mode: str) -> bool:
@@ -201,16 +173,59 @@ def read_rows(csv_path: str):
             yield reader.line_num, split.upper(), uri, label
 
 
+def facts_files(facts_dir: str) -> list[str]:
+    """The facts-SSSSS-of-NNNNN.csv shards `catsdogs convert` wrote into facts_dir, in name order."""
+    from apache_beam.io.filesystems import FileSystems
+
+    pattern = storage.join(facts_dir, f"{FACTS_PREFIX}-*-of-*.csv")
+    paths = sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+    if not paths:
+        raise InputError(f"--facts {facts_dir}: no {FACTS_PREFIX}-*.csv in it (written by catsdogs convert into "
+                         "its output folder)")
+    return paths
+
+
+def read_facts(facts_dir: str):
+    """(split, image_uri, label, Facts) of each converted image, streamed from the facts shards."""
+    from apache_beam.io.filesystems import FileSystems
+
+    for path in facts_files(facts_dir):
+        with FileSystems.open(path) as raw:
+            reader = csv.reader(io.TextIOWrapper(raw, encoding="utf-8", newline=""))
+            if tuple(next(reader, [])) != FACTS_COLUMNS:
+                raise InputError(f"{path} line 1: expected the header {','.join(FACTS_COLUMNS)}")
+            for values in reader:
+                if len(values) != len(FACTS_COLUMNS):
+                    raise InputError(f"{path} line {reader.line_num}: {len(values)} fields, expected "
+                                     f"{len(FACTS_COLUMNS)}")
+                try:
+                    facts = Facts.parse(values[3:])
+                except ValueError as e:
+                    raise InputError(f"{path} line {reader.line_num}: {e}") from None
+                yield values[0], values[1], values[2], facts
+
+
+def _unconverted(facts_dir: str) -> int:
+    """The rows convert could not use (its summary.json's bad count): validation's unreadable images."""
+    path = storage.join(facts_dir, SUMMARY_FILE)
+    with contextlib.suppress(OSError, ValueError):
+        return int(json.loads(storage.read_bytes(path)).get("bad", 0))
+    return 0
+
+
 def _problem_free(split: str, uri: str, label: str) -> bool:
     return split in SPLITS and bool(uri) and bool(label)
 
 
 def validate(csv_path: str, output_dir: str, *, fix: bool = False, max_leakage: int = MAX_LEAKAGE,
              max_conflicting: int = MAX_CONFLICTING, near_duplicate_distance: int = NEAR_DUPLICATE_DISTANCE,
-             max_imbalance: float = MAX_IMBALANCE, image_size: int = VALIDATE.min_image_size) -> Report:
+             max_imbalance: float = MAX_IMBALANCE, image_size: int = VALIDATE.min_image_size,
+             facts_dir: str | None = None) -> Report:
     """Validates the CSV's images and writes validation.json and pairs.csv to output_dir (with fix also
     cleaned.csv and quarantine.csv). Returns the report; its `problems` say why the gate fails (the caller
-    decides what a failure does: an error line, a failed step)."""
+    decides what a failure does: an error line, a failed step). With facts_dir (a `catsdogs convert` output
+    folder of that CSV) the facts convert wrote are used and no image is read, except the thumbnails of the pairs
+    in validation.html; the CSV is then read only to write cleaned.csv with fix."""
     if near_duplicate_distance < 0 or near_duplicate_distance > 32:
         raise InputError(f"--near-duplicate-distance must be between 0 and 32 bits, got {near_duplicate_distance}")
     if max_leakage < 0 or max_conflicting < 0 or max_imbalance < 0:
@@ -223,7 +238,7 @@ def validate(csv_path: str, output_dir: str, *, fix: bool = False, max_leakage: 
         staging = outputs.new_staging_dir(target, KIND)
         try:
             report = _validate(csv_path, staging, fix, max_leakage, max_conflicting, near_duplicate_distance,
-                               max_imbalance, image_size)
+                               max_imbalance, image_size, facts_dir)
         except BaseException:
             outputs.discard(staging, KIND)  # the previous output stays as it was
             raise
@@ -233,7 +248,8 @@ def validate(csv_path: str, output_dir: str, *, fix: bool = False, max_leakage: 
 
 
 def _validate(csv_path: str, output_dir: str, fix: bool, max_leakage: int, max_conflicting: int,
-              near_duplicate_distance: int, max_imbalance: float, image_size: int) -> Report:
+              near_duplicate_distance: int, max_imbalance: float, image_size: int,
+              facts_dir: str | None = None) -> Report:
     report = Report(near_duplicate_distance=near_duplicate_distance)
     stats = Stats(image_size)
     labels: dict[str, int] = {}
@@ -242,18 +258,10 @@ def _validate(csv_path: str, output_dir: str, fix: bool, max_leakage: int, max_c
     split_code, label_code = array("B"), array("H")
     counts: dict[str, Counter] = {s: Counter() for s in SPLITS}
 
-    for ordinal, (line, split, uri, label) in enumerate(read_rows(csv_path)):
-        report.rows += 1
-        if not _problem_free(split, uri, label):
-            report.discarded += split == DISCARD
+    for ordinal, entry in enumerate(_entries(csv_path, facts_dir, report)):
+        if entry is None:  # a row without a usable image: counted in the report, not indexed
             continue
-        try:
-            facts = image_facts(storage.read_bytes(uri))
-        except (BadImage, OSError) as e:
-            report.unreadable += 1
-            if len(report.unreadable_examples) < 5:
-                report.unreadable_examples.append(f"line {line}: {uri}: {e}")
-            continue
+        split, uri, label, facts = entry
         rows.append(ordinal)
         content.append(facts.content)
         phash.append(facts.phash)
@@ -265,7 +273,8 @@ def _validate(csv_path: str, output_dir: str, fix: bool, max_leakage: int, max_c
             log.info("validated %d rows", report.rows)
     report.images = len(rows)
     if not report.images:
-        raise InputError(f"CSV {csv_path}: no readable image in TRAIN, VALIDATION or TEST rows")
+        raise InputError(f"{'--facts ' + facts_dir if facts_dir else 'CSV ' + csv_path}: no readable image in "
+                         "TRAIN, VALIDATION or TEST rows")
     report.counts = {s: dict(sorted(c.items())) for s, c in counts.items() if c}
     report.stats = stats.to_dict()
     _balance(report, list(labels))
@@ -280,7 +289,7 @@ def _validate(csv_path: str, output_dir: str, fix: bool, max_leakage: int, max_c
     pairs = [("exact", a, b, 0) for a, b in zip(exact_i.tolist(), exact_j.tolist(), strict=True)]
     pairs += [("near", a, b, d) for a, b, d in zip(near_i.tolist(), near_j.tolist(), near_d.tolist(), strict=True)]
     drop = _fix_plan(pairs, splits, label_ids) if fix else {}
-    _write_outputs(csv_path, output_dir, pairs, rows, drop)
+    _write_outputs(csv_path, output_dir, pairs, rows, drop, facts_dir)
     report.fixed = dict(Counter(reason.split(":")[0] for reason in drop.values()))
     # The counts the gate reads: with a fix, those of the pairs that remain (a pair with a dropped side is gone).
     _count_pairs(report, [p for p in pairs if p[1] not in drop and p[2] not in drop], splits, label_ids)
@@ -301,6 +310,33 @@ def _validate(csv_path: str, output_dir: str, fix: bool, max_leakage: int, max_c
 
     storage.write_text(storage.join(output_dir, HTML_FILE), page(output_dir))
     return report
+
+
+def _entries(csv_path: str, facts_dir: str | None, report: Report):
+    """(split, image_uri, label, Facts) of each usable image, in the order _write_outputs names them again: from
+    convert's facts (no image read), or by reading each CSV row's image once."""
+    if facts_dir:
+        report.unreadable = _unconverted(facts_dir)
+        for split, uri, label, facts in read_facts(facts_dir):
+            report.rows += 1
+            yield (split, uri, label, facts) if _problem_free(split, uri, label) else None
+        return
+    for line, split, uri, label in read_rows(csv_path):
+        report.rows += 1
+        if not _problem_free(split, uri, label):
+            report.discarded += split == DISCARD
+            yield None
+            continue
+        try:
+            report.images_read += 1
+            facts = image_facts(storage.read_bytes(uri))
+        except (BadImage, OSError) as e:
+            report.unreadable += 1
+            if len(report.unreadable_examples) < 5:
+                report.unreadable_examples.append(f"line {line}: {uri}: {e}")
+            yield None
+            continue
+        yield split, uri, label, facts
 
 
 def _balance(report: Report, labels: list[str]) -> None:
@@ -360,25 +396,35 @@ def _count_pairs(report: Report, pairs, splits: np.ndarray, label_ids: np.ndarra
     report.near = {k: int(v) for k, v in near.items()}
 
 
-def _write_outputs(csv_path: str, output_dir: str, pairs, rows: array, drop: dict[int, str]) -> None:
-    """pairs.csv (and with a fix plan cleaned.csv and quarantine.csv, streamed), from a second pass over the CSV's
-    text: only the rows named by a pair are held, never the whole CSV."""
+def _write_outputs(csv_path: str, output_dir: str, pairs, rows: array, drop: dict[int, str],
+                   facts_dir: str | None = None) -> None:
+    """pairs.csv (and with a fix plan cleaned.csv and quarantine.csv, streamed), from a second pass over the
+    entries' text (the CSV, or convert's facts: no image is read again): only the rows named by a pair are held,
+    never the whole CSV. With facts, the CSV's rows are matched to dropped entries by their normalised image_uri
+    (convert's spelling)."""
     from apache_beam.io.filesystems import FileSystems
 
     entry_of = {rows[x]: x for _, a, b, _ in pairs for x in (a, b)}
     dropped = {rows[x]: reason for x, reason in drop.items()}
     named: dict[int, tuple[str, str, str]] = {}
-    with contextlib.ExitStack() as files:
-        if drop:
+    source = ((s, u, lab) for s, u, lab, _ in read_facts(facts_dir)) if facts_dir else (
+        (s, u, lab) for _, s, u, lab in read_rows(csv_path))
+    dropped_uris: dict[str, str] = {}
+    for ordinal, (split, uri, label) in enumerate(source):
+        if ordinal in entry_of:
+            named[entry_of[ordinal]] = (split, uri, label)
+        if ordinal in dropped:
+            dropped_uris[uri] = dropped[ordinal]  # only the dropped rows are held
+    if drop:
+        from components.convert.csv_scan import normalise_uri  # the spelling convert writes into the facts
+
+        with contextlib.ExitStack() as files:
             cleaned = csv.writer(files.enter_context(_text_writer(FileSystems, output_dir, CLEANED_FILE)))
             quarantine = csv.writer(files.enter_context(_text_writer(FileSystems, output_dir, QUARANTINE_FILE)))
             cleaned.writerow(CSV_COLUMNS)
             quarantine.writerow(QUARANTINE_COLUMNS)
-        for ordinal, (_, split, uri, label) in enumerate(read_rows(csv_path)):
-            if ordinal in entry_of:
-                named[entry_of[ordinal]] = (split, uri, label)
-            if drop:
-                reason = dropped.get(ordinal)
+            for ordinal, (_, split, uri, label) in enumerate(read_rows(csv_path)):
+                reason = dropped_uris.get(normalise_uri(uri)) if facts_dir else dropped.get(ordinal)
                 cleaned.writerow((DISCARD if reason else split, uri, label))
                 if reason:
                     quarantine.writerow((split, uri, label, reason))

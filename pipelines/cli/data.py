@@ -62,7 +62,7 @@ def cmd_validate(args) -> None:
 
     report = validate(args.csv, args.output_dir, fix=args.fix, max_leakage=args.max_leakage,
                       max_conflicting=args.max_conflicting, near_duplicate_distance=args.near_duplicate_distance,
-                      max_imbalance=args.max_imbalance, image_size=args.min_image_size)
+                      max_imbalance=args.max_imbalance, image_size=args.min_image_size, facts_dir=args.facts)
     print(f"validated {args.csv}: {summary_line(report)}; report in {args.output_dir}")
     check_gate(report, args.output_dir)
 
@@ -75,6 +75,8 @@ def add_validate(sub) -> None:
                                    "(more than the limits); --fix writes cleaned.csv instead.")
     p.add_argument("csv", metavar="CSV")
     p.add_argument("--output-dir", required=True, help="folder for validation.json, pairs.csv (and cleaned.csv)")
+    p.add_argument("--facts", metavar="DIR", help="a `catsdogs convert` output folder of this CSV: use the image "
+                                                  "facts convert wrote there (facts-*.csv) and read no image")
     add_validation_flags(p)
     add_config_flags(p, ValidateConfig, "min_image_size")
     p.set_defaults(handler=cmd_validate)
