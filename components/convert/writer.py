@@ -141,10 +141,10 @@ class WriteShard(beam.DoFn):
     written image's facts line (components/image_facts.py FACTS_COLUMNS, ~100 bytes) on the "facts" output."""
 
     def __init__(self, folder: str, shards: dict[str, int], labels: list[str], record_format: str, gzip: bool,
-                 max_file_bytes: int = MAX_FILE_BYTES):
+                 max_file_bytes: int = MAX_FILE_BYTES, facts: bool = True):
         self.folder, self.shards, self.record_format, self.gzip = folder, shards, record_format, gzip
         self.label_index = {label: i for i, label in enumerate(labels)}
-        self.max_file_bytes = max_file_bytes
+        self.max_file_bytes, self.facts = max_file_bytes, facts
 
     def setup(self):
         self.pool = ThreadPoolExecutor(IMAGE_THREADS)
@@ -173,7 +173,7 @@ class WriteShard(beam.DoFn):
 
     def _read(self, row: Row) -> tuple[Image, tuple[bytes, bytes] | None]:
         """In an image thread: the image and its record framed (and deflated) for the shard file."""
-        image = read_image(row, self.label_index, self.record_format, self.max_file_bytes)
+        image = read_image(row, self.label_index, self.record_format, self.max_file_bytes, self.facts)
         if image.reason:
             return image, None
         encoded, image.example = ShardFile.encode(image.example, self.gzip), b""  # one copy per image in flight
@@ -199,10 +199,10 @@ class WriteShards(beam.PTransform):
     empty by `finish_shards`."""
 
     def __init__(self, folder: str, shards: dict[str, int], labels: list[str], record_format: str, gzip: bool,
-                 max_file_bytes: int = MAX_FILE_BYTES):
+                 max_file_bytes: int = MAX_FILE_BYTES, facts: bool = True):
         super().__init__()
         self.folder, self.shards, self.labels = folder, shards, labels
-        self.record_format, self.gzip, self.max_file_bytes = record_format, gzip, max_file_bytes
+        self.record_format, self.gzip, self.max_file_bytes, self.facts = record_format, gzip, max_file_bytes, facts
 
     def expand(self, rows):
         shards = self.shards
@@ -211,7 +211,7 @@ class WriteShards(beam.PTransform):
             | "ByShard" >> beam.Map(lambda row: ((row["split"], shard_of(row["image_uri"], shards[row["split"]])), row))
             | "GroupByShard" >> beam.GroupByKey()
             | "Write" >> beam.ParDo(WriteShard(self.folder, shards, self.labels, self.record_format, self.gzip,
-                                               self.max_file_bytes))
+                                               self.max_file_bytes, self.facts))
             .with_outputs(BAD, FACTS, main="written")
         )
 

@@ -5,6 +5,8 @@ One streaming pass: each image is read once; what is kept per image is its index
 an 8-byte perceptual hash, a split and a label code, its CSV row: INDEX_BYTES_PER_IMAGE); the rest is counters. The
 pairs are found afterwards from the index alone (exact copies by sorting the content hashes, near copies by
 multi-index hashing in near.py), and a second pass over the CSV's text (no image is read again) names them.
+With --facts the entries come from the facts `catsdogs convert` wrote (entries.py) and no image is read at all,
+except the thumbnails of the pairs in validation.html.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import csv
 import io
 import json
 import logging
-import os
 import re
 from array import array
 from collections import Counter
@@ -23,11 +24,11 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from components import outputs, storage
-from components.contracts import CSV_COLUMNS, DISCARD, SPLITS, SUMMARY_FILE, TRAIN
+from components.contracts import CSV_COLUMNS, DISCARD, SPLITS, TRAIN
 from components.errors import InputError
-from components.image_facts import FACTS_COLUMNS, FACTS_PREFIX, Facts, image_facts
-from components.image_files import BadImage
+from components.image_facts import Facts
 from components.validate.config import VALIDATE
+from components.validate.entries import entries, read_facts, read_rows
 from components.validate.near import near_pairs
 
 log = logging.getLogger(__name__)
@@ -147,76 +148,6 @@ class Stats:
                 "share_alpha": share(self.alpha), "share_exif_rotated": share(self.rotated)}
 
 
-def read_rows(csv_path: str):
-    """(line number, split, image_uri, label) of each row, streamed; the header must hold split,image_uri,label.
-    Rows of an unknown split or with empty fields are skipped with a warning (convert reports them)."""
-    from apache_beam.io.filesystems import FileSystems  # gs:// and local, streamed
-
-    if not FileSystems.exists(csv_path) or (not storage.is_gcs(csv_path) and os.path.isdir(csv_path)):
-        raise InputError(f"CSV {csv_path} does not exist or is not a file")
-    with FileSystems.open(csv_path) as raw:
-        reader = csv.reader(io.TextIOWrapper(raw, encoding="utf-8-sig", newline=""))
-        header = [name.strip().lower() for name in next(reader, [])]
-        missing = [c for c in CSV_COLUMNS if c not in header]
-        if missing:
-            raise InputError(f"CSV {csv_path} line 1: missing column(s) {', '.join(missing)}; "
-                             f"expected a header {','.join(CSV_COLUMNS)}")
-        index = [header.index(c) for c in CSV_COLUMNS]
-        for values in reader:
-            if not any(v.strip() for v in values):
-                continue
-            if len(values) < len(header):
-                log.warning("CSV %s line %d: %d fields, header has %d; skipped", csv_path, reader.line_num,
-                            len(values), len(header))
-                continue
-            split, uri, label = (values[i].strip() for i in index)
-            yield reader.line_num, split.upper(), uri, label
-
-
-def facts_files(facts_dir: str) -> list[str]:
-    """The facts-SSSSS-of-NNNNN.csv shards `catsdogs convert` wrote into facts_dir, in name order."""
-    from apache_beam.io.filesystems import FileSystems
-
-    pattern = storage.join(facts_dir, f"{FACTS_PREFIX}-*-of-*.csv")
-    paths = sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
-    if not paths:
-        raise InputError(f"--facts {facts_dir}: no {FACTS_PREFIX}-*.csv in it (written by catsdogs convert into "
-                         "its output folder)")
-    return paths
-
-
-def read_facts(facts_dir: str):
-    """(split, image_uri, label, Facts) of each converted image, streamed from the facts shards."""
-    from apache_beam.io.filesystems import FileSystems
-
-    for path in facts_files(facts_dir):
-        with FileSystems.open(path) as raw:
-            reader = csv.reader(io.TextIOWrapper(raw, encoding="utf-8", newline=""))
-            if tuple(next(reader, [])) != FACTS_COLUMNS:
-                raise InputError(f"{path} line 1: expected the header {','.join(FACTS_COLUMNS)}")
-            for values in reader:
-                if len(values) != len(FACTS_COLUMNS):
-                    raise InputError(f"{path} line {reader.line_num}: {len(values)} fields, expected "
-                                     f"{len(FACTS_COLUMNS)}")
-                try:
-                    facts = Facts.parse(values[3:])
-                except ValueError as e:
-                    raise InputError(f"{path} line {reader.line_num}: {e}") from None
-                yield values[0], values[1], values[2], facts
-
-
-def _unconverted(facts_dir: str) -> int:
-    """The rows convert could not use (its summary.json's bad count): validation's unreadable images."""
-    path = storage.join(facts_dir, SUMMARY_FILE)
-    with contextlib.suppress(OSError, ValueError):
-        return int(json.loads(storage.read_bytes(path)).get("bad", 0))
-    return 0
-
-
-def _problem_free(split: str, uri: str, label: str) -> bool:
-    return split in SPLITS and bool(uri) and bool(label)
-
-
 def validate(csv_path: str, output_dir: str, *, fix: bool = False, max_leakage: int = MAX_LEAKAGE,
              max_conflicting: int = MAX_CONFLICTING, near_duplicate_distance: int = NEAR_DUPLICATE_DISTANCE,
              max_imbalance: float = MAX_IMBALANCE, image_size: int = VALIDATE.min_image_size,
@@ -258,7 +189,7 @@ def _validate(csv_path: str, output_dir: str, fix: bool, max_leakage: int, max_c
     split_code, label_code = array("B"), array("H")
     counts: dict[str, Counter] = {s: Counter() for s in SPLITS}
 
-    for ordinal, entry in enumerate(_entries(csv_path, facts_dir, report)):
+    for ordinal, entry in enumerate(entries(csv_path, facts_dir, report)):
         if entry is None:  # a row without a usable image: counted in the report, not indexed
             continue
         split, uri, label, facts = entry
@@ -310,33 +241,6 @@ def _validate(csv_path: str, output_dir: str, fix: bool, max_leakage: int, max_c
 
     storage.write_text(storage.join(output_dir, HTML_FILE), page(output_dir))
     return report
-
-
-def _entries(csv_path: str, facts_dir: str | None, report: Report):
-    """(split, image_uri, label, Facts) of each usable image, in the order _write_outputs names them again: from
-    convert's facts (no image read), or by reading each CSV row's image once."""
-    if facts_dir:
-        report.unreadable = _unconverted(facts_dir)
-        for split, uri, label, facts in read_facts(facts_dir):
-            report.rows += 1
-            yield (split, uri, label, facts) if _problem_free(split, uri, label) else None
-        return
-    for line, split, uri, label in read_rows(csv_path):
-        report.rows += 1
-        if not _problem_free(split, uri, label):
-            report.discarded += split == DISCARD
-            yield None
-            continue
-        try:
-            report.images_read += 1
-            facts = image_facts(storage.read_bytes(uri))
-        except (BadImage, OSError) as e:
-            report.unreadable += 1
-            if len(report.unreadable_examples) < 5:
-                report.unreadable_examples.append(f"line {line}: {uri}: {e}")
-            yield None
-            continue
-        yield split, uri, label, facts
 
 
 def _balance(report: Report, labels: list[str]) -> None:
@@ -416,15 +320,13 @@ def _write_outputs(csv_path: str, output_dir: str, pairs, rows: array, drop: dic
         if ordinal in dropped:
             dropped_uris[uri] = dropped[ordinal]  # only the dropped rows are held
     if drop:
-        from components.convert.csv_scan import normalise_uri  # the spelling convert writes into the facts
-
         with contextlib.ExitStack() as files:
             cleaned = csv.writer(files.enter_context(_text_writer(FileSystems, output_dir, CLEANED_FILE)))
             quarantine = csv.writer(files.enter_context(_text_writer(FileSystems, output_dir, QUARANTINE_FILE)))
             cleaned.writerow(CSV_COLUMNS)
             quarantine.writerow(QUARANTINE_COLUMNS)
             for ordinal, (_, split, uri, label) in enumerate(read_rows(csv_path)):
-                reason = dropped_uris.get(normalise_uri(uri)) if facts_dir else dropped.get(ordinal)
+                reason = dropped_uris.get(storage.normalise_uri(uri)) if facts_dir else dropped.get(ordinal)
                 cleaned.writerow((DISCARD if reason else split, uri, label))
                 if reason:
                     quarantine.writerow((split, uri, label, reason))
