@@ -83,8 +83,11 @@ def test_validate_facts_finds_the_same_pairs_without_reading_an_image(planted, c
                                                   "conflict.jpg")} | {"@/dogs/05.jpg"}
 
 
-def test_validate_facts_of_a_folder_without_facts_is_one_error_line(planted, tmp_path):  # noqa: F811
-    done = _cli("validate", planted[0], "--output-dir", str(tmp_path / "r"), "--facts", str(tmp_path), cwd=tmp_path)
+def test_convert_no_facts_writes_none_and_validate_facts_then_says_so_in_one_line(planted, tmp_path):  # noqa: F811
+    out = tmp_path / "converted"
+    done = _cli("convert", planted[0], "--output-dir", str(out), "--no-facts", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert glob.glob(str(out / "train-*.tfrecord")) and not glob.glob(str(out / "facts-*"))
+    done = _cli("validate", planted[0], "--output-dir", str(tmp_path / "r"), "--facts", str(out), cwd=tmp_path)
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1].startswith("catsdogs validate: error: --facts ")
-    assert "facts-*.csv" in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(f"catsdogs validate: error: --facts {out}: no facts-")
