@@ -7,6 +7,7 @@ STORAGE_EMULATOR_HOST. Everything else in the project calls these functions inst
 from __future__ import annotations
 
 import os
+import posixpath
 import shutil
 from collections.abc import Iterator
 
@@ -124,3 +125,13 @@ def read_at_most(path: str, limit: int) -> bytes:
     if len(data) > limit:
         raise FileTooLarge(f"file is larger than the {limit}-byte limit (--max-file-bytes)")
     return data
+
+
+def normalise_uri(uri: str) -> str:
+    """One spelling per file: `a//b`, `./a/b`, `a/./b` and the absolute path are one local file; `//` and `/./`
+    are collapsed in gs:// (and other scheme://) names too (GCS could hold both `a//b` and `a/b`; no image set
+    does). Relative local paths are resolved against the working folder, as reading them would."""
+    scheme, sep, rest = uri.partition("://")
+    if sep:
+        return f"{scheme}://{posixpath.normpath(rest)}"
+    return os.path.abspath(uri)

@@ -297,7 +297,8 @@ def test_rerun_keeps_the_users_other_files_in_the_output_folder(tmp_path):
     assert {name: (out / name).read_bytes() for name in mine} == mine
     assert sorted(p.name for p in out.glob("train-*")) == ["train-00000-of-00001.tfrecord"]
     assert json.loads((out / "_catsdogs_manifest.json").read_text())["files"] == sorted(
-        ["errors-00000-of-00001.csv", "labels.json", "summary.json", "test-00000-of-00001.tfrecord",
+        ["errors-00000-of-00001.csv", "labels.json", "summary.json",
+         "test-00000-of-00001.tfrecord",
          "train-00000-of-00001.tfrecord", "validation-00000-of-00001.tfrecord"])
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import os
-import posixpath
 from dataclasses import dataclass, field
 
 from apache_beam.io.filesystem import CompressionTypes
@@ -19,19 +18,10 @@ from apache_beam.io.filesystems import FileSystems
 from components import storage
 from components.contracts import CSV_COLUMNS, CSV_SPLITS, DISCARD, SPLITS
 from components.errors import InputError
+from components.storage import normalise_uri  # shared: validate --fix matches facts to CSV rows by it
 
 REQUIRED_COLUMNS = CSV_COLUMNS
 KNOWN_SPLITS = SPLITS
-
-
-def normalise_uri(uri: str) -> str:
-    """One spelling per file: `a//b`, `./a/b`, `a/./b` and the absolute path are one local file; `//` and `/./`
-    are collapsed in gs:// (and other scheme://) names too (GCS could hold both `a//b` and `a/b`; no image set
-    does). Relative local paths are resolved against the working folder, as reading them would."""
-    scheme, sep, rest = uri.partition("://")
-    if sep:
-        return f"{scheme}://{posixpath.normpath(rest)}"
-    return os.path.abspath(uri)
 
 
 def check_row(values: list[str], columns: dict[str, int], width: int,

@@ -18,7 +18,7 @@ ERRORS_FILE = "errors-00000-of-00001.csv"
 _PREFIXES = "|".join(SPLIT_PREFIX.values())
 KIND = Kind(
     tool="catsdogs convert",
-    ours=re.compile(rf"^(({_PREFIXES})-\d{{5}}-of-\d{{5}}\.tfrecord(\.gz)?|errors-\d{{5}}-of-\d{{5}}\.csv|"
+    ours=re.compile(rf"^(({_PREFIXES})-\d{{5}}-of-\d{{5}}\.tfrecord(\.gz)?|(errors|facts)-\d{{5}}-of-\d{{5}}\.csv|"
                     rf"{re.escape(LABELS_FILE)}|{re.escape(SUMMARY_FILE)})$"),
     claimed=re.compile(rf"^({_PREFIXES})-.*\.tfrecord"),  # what training reads as this folder's shards
     last=SUMMARY_FILE,

@@ -21,6 +21,7 @@ from components.convert.csv_scan import check_row
 ERROR_COLUMNS = "image_uri,label,split,reason"
 COUNTER_NAMESPACE = "catsdogs.convert"
 BAD = "bad"  # the tag of every transform's output of bad rows
+FACTS = "facts"  # the shard writer's output of facts lines (components/image_facts.py), for `validate --facts`
 Row = dict[str, str]
 
 
@@ -117,10 +118,30 @@ class WriteErrors(beam.PTransform):
         )
 
 
-def _error_line(row: dict) -> str:
+def csv_line(values: list[str]) -> str:
     buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="").writerow([row[c] for c in ERROR_COLUMNS.split(",")])
+    csv.writer(buffer, lineterminator="").writerow(values)
     return buffer.getvalue()
+
+
+def _error_line(row: dict) -> str:
+    return csv_line([row[c] for c in ERROR_COLUMNS.split(",")])
+
+
+@beam.typehints.with_input_types(str)
+class WriteFacts(beam.PTransform):
+    """Facts lines -> facts-SSSSS-of-NNNNN.csv (FACTS_COLUMNS): what `catsdogs validate --facts` reads instead of
+    the images."""
+
+    def __init__(self, output_dir: str):
+        super().__init__()
+        self.output_dir = output_dir
+
+    def expand(self, lines):
+        from components.image_facts import FACTS_COLUMNS, FACTS_PREFIX
+
+        return lines | "WriteFacts" >> beam.io.WriteToText(
+            storage.join(self.output_dir, FACTS_PREFIX), file_name_suffix=".csv", header=",".join(FACTS_COLUMNS))
 
 
 def _count_bad(row: dict) -> dict:

@@ -33,7 +33,8 @@ from components import storage
 from components.contracts import MAX_FILE_BYTES
 from components.convert import schema
 from components.convert.images import to_rgb_jpeg, to_rgb_pixels
-from components.convert.transforms import BAD, Row, bad_row, count
+from components.convert.transforms import BAD, FACTS, Row, bad_row, count, csv_line
+from components.image_facts import Facts, image_facts
 from components.image_files import BadImage
 
 log = logging.getLogger(__name__)
@@ -101,12 +102,14 @@ class Image:
     reason: str = ""
     height: int = 0
     width: int = 0
+    facts: Facts | None = None  # what validation needs of the file (components/image_facts.py)
 
 
 def read_image(row: Row, label_index: dict[str, int], record_format: str,
-               max_file_bytes: int = MAX_FILE_BYTES) -> Image:
-    """The one place an image's bytes are read, checked and decoded: the row's file -> its record (or the reason
-    on the row). Runs in the shard writer's threads; never raises for one bad file."""
+               max_file_bytes: int = MAX_FILE_BYTES, facts: bool = True) -> Image:
+    """The one place an image's bytes are read, checked and decoded: the row's file -> its record and, with
+    facts, its validation facts (or the reason on the row). Runs in the shard writer's threads; never raises for
+    one bad file."""
     try:
         data = storage.read_at_most(row["image_uri"], max_file_bytes)
     except storage.FileTooLarge as e:
@@ -121,7 +124,7 @@ def read_image(row: Row, label_index: dict[str, int], record_format: str,
         else:
             jpeg, height, width = to_rgb_jpeg(data)
             example = schema.jpeg_example(jpeg, height, width, row["image_uri"], index, row["label"], row["split"])
-        return Image(row, example, height=height, width=width)
+        return Image(row, example, height=height, width=width, facts=image_facts(data) if facts else None)
     except BadImage as e:
         return Image(row, reason=str(e))
     except Exception as e:  # a decoder bug on one odd file must not stop the other rows
@@ -134,13 +137,14 @@ def read_image(row: Row, label_index: dict[str, int], record_format: str,
 class WriteShard(beam.DoFn):
     """((split, shard index), rows) -> one TFRecord shard file. Reads, checks and encodes each row's image
     (`read_image` in threads that overlap reads and decodes) and writes the record at once: image bytes never
-    enter a PCollection. Emits the shard's path, and each row whose image cannot be used on the "bad" output."""
+    enter a PCollection. Emits the shard's path, each row whose image cannot be used on the "bad" output, and each
+    written image's facts line (components/image_facts.py FACTS_COLUMNS, ~100 bytes) on the "facts" output."""
 
     def __init__(self, folder: str, shards: dict[str, int], labels: list[str], record_format: str, gzip: bool,
-                 max_file_bytes: int = MAX_FILE_BYTES):
+                 max_file_bytes: int = MAX_FILE_BYTES, facts: bool = True):
         self.folder, self.shards, self.record_format, self.gzip = folder, shards, record_format, gzip
         self.label_index = {label: i for i, label in enumerate(labels)}
-        self.max_file_bytes = max_file_bytes
+        self.max_file_bytes, self.facts = max_file_bytes, facts
 
     def setup(self):
         self.pool = ThreadPoolExecutor(IMAGE_THREADS)
@@ -159,13 +163,17 @@ class WriteShard(beam.DoFn):
                     continue
                 shard.write(encoded)
                 count(f"good/{image.row['split']}/{image.row['label']}")
+                if image.facts is not None:
+                    row = image.row
+                    yield beam.pvalue.TaggedOutput(
+                        FACTS, csv_line([row["split"], row["image_uri"], row["label"], *image.facts.values()]))
         finally:
             shard.close()
         yield path
 
     def _read(self, row: Row) -> tuple[Image, tuple[bytes, bytes] | None]:
         """In an image thread: the image and its record framed (and deflated) for the shard file."""
-        image = read_image(row, self.label_index, self.record_format, self.max_file_bytes)
+        image = read_image(row, self.label_index, self.record_format, self.max_file_bytes, self.facts)
         if image.reason:
             return image, None
         encoded, image.example = ShardFile.encode(image.example, self.gzip), b""  # one copy per image in flight
@@ -184,16 +192,17 @@ def _bounded_map(pool: ThreadPoolExecutor, fn, items, window: int):
 
 
 @beam.typehints.with_input_types(Row)
-@beam.typehints.with_output_types(str, bad=Row)
+@beam.typehints.with_output_types(str, bad=Row, facts=str)
 class WriteShards(beam.PTransform):
     """Unique rows -> `<split>-SSSSS-of-NNNNN.tfrecord[.gz]` in `folder` ("written": shard paths; "bad": rows
-    whose image cannot be used). Shards no row fell into are created empty by `finish_shards`."""
+    whose image cannot be used; "facts": a facts CSV line per written image). Shards no row fell into are created
+    empty by `finish_shards`."""
 
     def __init__(self, folder: str, shards: dict[str, int], labels: list[str], record_format: str, gzip: bool,
-                 max_file_bytes: int = MAX_FILE_BYTES):
+                 max_file_bytes: int = MAX_FILE_BYTES, facts: bool = True):
         super().__init__()
         self.folder, self.shards, self.labels = folder, shards, labels
-        self.record_format, self.gzip, self.max_file_bytes = record_format, gzip, max_file_bytes
+        self.record_format, self.gzip, self.max_file_bytes, self.facts = record_format, gzip, max_file_bytes, facts
 
     def expand(self, rows):
         shards = self.shards
@@ -202,8 +211,8 @@ class WriteShards(beam.PTransform):
             | "ByShard" >> beam.Map(lambda row: ((row["split"], shard_of(row["image_uri"], shards[row["split"]])), row))
             | "GroupByShard" >> beam.GroupByKey()
             | "Write" >> beam.ParDo(WriteShard(self.folder, shards, self.labels, self.record_format, self.gzip,
-                                               self.max_file_bytes))
-            .with_outputs(BAD, main="written")
+                                               self.max_file_bytes, self.facts))
+            .with_outputs(BAD, FACTS, main="written")
         )
 
 

@@ -19,7 +19,8 @@ def validate(
     max_imbalance: float = 0.0,
     image_size: int = 150,
     wandb_settings: Optional[Dict[str, str]] = None,
-):
+    converted: Input[Dataset] = None,
+) -> int:
     """Validates the CSV's images before training and fails the step on leakage or conflicting labels.
 
     Finds exact copies (content hash) and near copies (perceptual hash) within and across splits, counts per split
@@ -39,6 +40,11 @@ def validate(
         max_imbalance: The step fails when TRAIN's largest/smallest label count is over this; 0: not checked.
         image_size: The training image size: images smaller than this are counted.
         wandb_settings: W&B settings (tracking.settings); when given the step is a W&B run logging the counts.
+        converted: The convert step's output folder of this CSV: its facts-*.csv are used and no image is read
+            (except the thumbnails of the pairs); absent: each image of the CSV is read once.
+
+    Returns:
+        The number of rows fix set to DISCARD (0 without fix): when it is not 0 the cleaned CSV needs converting.
     """
     import logging
 
@@ -54,7 +60,8 @@ def validate(
         run.use("image_uris_csv", image_csv.uri)
         report = run_validation(image_csv.uri, validation.uri, fix=fix, max_leakage=max_leakage,
                                 max_conflicting=max_conflicting, near_duplicate_distance=near_duplicate_distance,
-                                max_imbalance=max_imbalance, image_size=image_size)
+                                max_imbalance=max_imbalance, image_size=image_size,
+                                facts_dir=converted.uri if converted is not None else None)
         counts = report.metrics()
         for name, value in counts.items():
             metrics.log_metric(name, value)
@@ -70,3 +77,4 @@ def validate(
             logging.getLogger("catsdogs.validate").error("%s", e)  # the line `catsdogs run` shows
             raise
         logging.getLogger("catsdogs.validate").info("%s", summary_line(report))
+    return sum(report.fixed.values())

@@ -5,19 +5,17 @@ One streaming pass: each image is read once; what is kept per image is its index
 an 8-byte perceptual hash, a split and a label code, its CSV row: INDEX_BYTES_PER_IMAGE); the rest is counters. The
 pairs are found afterwards from the index alone (exact copies by sorting the content hashes, near copies by
 multi-index hashing in near.py), and a second pass over the CSV's text (no image is read again) names them.
-
-Long: one pass and the gate it feeds share the compact index arrays; split apart they would pass them around.
+With --facts the entries come from the facts `catsdogs convert` wrote (entries.py) and no image is read at all,
+except the thumbnails of the pairs in validation.html.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 import io
 import json
 import logging
-import os
 import re
 from array import array
 from collections import Counter
@@ -28,8 +26,9 @@ import numpy as np
 from components import outputs, storage
 from components.contracts import CSV_COLUMNS, DISCARD, SPLITS, TRAIN
 from components.errors import InputError
-from components.image_files import BadImage, open_header, upright_rgb
+from components.image_facts import Facts
 from components.validate.config import VALIDATE
+from components.validate.entries import entries, read_facts, read_rows
 from components.validate.near import near_pairs
 
 log = logging.getLogger(__name__)
@@ -57,8 +56,6 @@ MAX_IMBALANCE = VALIDATE.max_imbalance
 MIN_TRAIN_PER_LABEL = 10  # fewer TRAIN images of a label is reported as too few to train on
 
 INDEX_BYTES_PER_IMAGE = 8 + 8 + 1 + 2 + 8  # content hash, pHash, split, label, CSV row (array.array, no objects)
-DRAFT_SIZE = (128, 128)  # JPEGs are decoded at the smallest DCT scale that keeps this size: pHash needs 32x32
-EXIF_ROTATIONS = {5, 6, 7, 8}  # orientations that swap width and height
 SIZE_BINS = (0, 64, 128, 224, 256, 384, 512, 768, 1024, 2048, 4096)
 
 
@@ -66,6 +63,7 @@ SIZE_BINS = (0, 64, 128, 224, 256, 384, 512, 768, 1024, 2048, 4096)
 class Report:
     rows: int = 0
     images: int = 0
+    images_read: int = 0  # image files this validation opened (0 with --facts: convert's facts are used)
     unreadable: int = 0
     discarded: int = 0
     unreadable_examples: list[str] = field(default_factory=list)
@@ -95,33 +93,6 @@ class Report:
         flat.update({f"near_{k}": v for k, v in self.near.items()})
         flat.update({f"fixed_{k}": v for k, v in self.fixed.items()})
         return flat
-
-
-@dataclass(frozen=True)
-class Facts:
-    """What validation learns from one image file."""
-
-    content: int  # the first 8 bytes of its SHA-256, as an unsigned integer
-    phash: int  # imagehash's 64-bit DCT perceptual hash of the upright image
-    width: int
-    height: int
-    format: str
-    mode: str
-    exif_rotated: bool
-
-
-def image_facts(data: bytes) -> Facts:
-    """The facts of one encoded image; BadImage when it cannot be decoded."""
-    import imagehash  # imports scipy: only where images are hashed
-
-    image = open_header(data)
-    fmt, mode = image.format or "unknown", image.mode
-    rotated = image.getexif().get(0x0112, 1) in EXIF_ROTATIONS
-    width, height = (image.height, image.width) if rotated else (image.width, image.height)
-    image.draft("RGB", DRAFT_SIZE)  # JPEG only: decode at 1/2..1/8 scale, the hash resizes to 32x32 anyway
-    phash = imagehash.phash(upright_rgb(image))
-    content = int.from_bytes(hashlib.sha256(data).digest()[:8], "big")
-    return Facts(content, int(str(phash), 16), width, height, fmt, mode, rotated)
 
 
 def _has_alpha(mode: str) -> bool:
@@ -177,42 +148,15 @@ class Stats:
                 "share_alpha": share(self.alpha), "share_exif_rotated": share(self.rotated)}
 
 
-def read_rows(csv_path: str):
-    """(line number, split, image_uri, label) of each row, streamed; the header must hold split,image_uri,label.
-    Rows of an unknown split or with empty fields are skipped with a warning (convert reports them)."""
-    from apache_beam.io.filesystems import FileSystems  # gs:// and local, streamed
-
-    if not FileSystems.exists(csv_path) or (not storage.is_gcs(csv_path) and os.path.isdir(csv_path)):
-        raise InputError(f"CSV {csv_path} does not exist or is not a file")
-    with FileSystems.open(csv_path) as raw:
-        reader = csv.reader(io.TextIOWrapper(raw, encoding="utf-8-sig", newline=""))
-        header = [name.strip().lower() for name in next(reader, [])]
-        missing = [c for c in CSV_COLUMNS if c not in header]
-        if missing:
-            raise InputError(f"CSV {csv_path} line 1: missing column(s) {', '.join(missing)}; "
-                             f"expected a header {','.join(CSV_COLUMNS)}")
-        index = [header.index(c) for c in CSV_COLUMNS]
-        for values in reader:
-            if not any(v.strip() for v in values):
-                continue
-            if len(values) < len(header):
-                log.warning("CSV %s line %d: %d fields, header has %d; skipped", csv_path, reader.line_num,
-                            len(values), len(header))
-                continue
-            split, uri, label = (values[i].strip() for i in index)
-            yield reader.line_num, split.upper(), uri, label
-
-
-def _problem_free(split: str, uri: str, label: str) -> bool:
-    return split in SPLITS and bool(uri) and bool(label)
-
-
 def validate(csv_path: str, output_dir: str, *, fix: bool = False, max_leakage: int = MAX_LEAKAGE,
              max_conflicting: int = MAX_CONFLICTING, near_duplicate_distance: int = NEAR_DUPLICATE_DISTANCE,
-             max_imbalance: float = MAX_IMBALANCE, image_size: int = VALIDATE.min_image_size) -> Report:
+             max_imbalance: float = MAX_IMBALANCE, image_size: int = VALIDATE.min_image_size,
+             facts_dir: str | None = None) -> Report:
     """Validates the CSV's images and writes validation.json and pairs.csv to output_dir (with fix also
     cleaned.csv and quarantine.csv). Returns the report; its `problems` say why the gate fails (the caller
-    decides what a failure does: an error line, a failed step)."""
+    decides what a failure does: an error line, a failed step). With facts_dir (a `catsdogs convert` output
+    folder of that CSV) the facts convert wrote are used and no image is read, except the thumbnails of the pairs
+    in validation.html; the CSV is then read only to write cleaned.csv with fix."""
     if near_duplicate_distance < 0 or near_duplicate_distance > 32:
         raise InputError(f"--near-duplicate-distance must be between 0 and 32 bits, got {near_duplicate_distance}")
     if max_leakage < 0 or max_conflicting < 0 or max_imbalance < 0:
@@ -225,7 +169,7 @@ def validate(csv_path: str, output_dir: str, *, fix: bool = False, max_leakage: 
         staging = outputs.new_staging_dir(target, KIND)
         try:
             report = _validate(csv_path, staging, fix, max_leakage, max_conflicting, near_duplicate_distance,
-                               max_imbalance, image_size)
+                               max_imbalance, image_size, facts_dir)
         except BaseException:
             outputs.discard(staging, KIND)  # the previous output stays as it was
             raise
@@ -235,7 +179,8 @@ def validate(csv_path: str, output_dir: str, *, fix: bool = False, max_leakage: 
 
 
 def _validate(csv_path: str, output_dir: str, fix: bool, max_leakage: int, max_conflicting: int,
-              near_duplicate_distance: int, max_imbalance: float, image_size: int) -> Report:
+              near_duplicate_distance: int, max_imbalance: float, image_size: int,
+              facts_dir: str | None = None) -> Report:
     report = Report(near_duplicate_distance=near_duplicate_distance)
     stats = Stats(image_size)
     labels: dict[str, int] = {}
@@ -244,18 +189,10 @@ def _validate(csv_path: str, output_dir: str, fix: bool, max_leakage: int, max_c
     split_code, label_code = array("B"), array("H")
     counts: dict[str, Counter] = {s: Counter() for s in SPLITS}
 
-    for ordinal, (line, split, uri, label) in enumerate(read_rows(csv_path)):
-        report.rows += 1
-        if not _problem_free(split, uri, label):
-            report.discarded += split == DISCARD
+    for ordinal, entry in enumerate(entries(csv_path, facts_dir, report)):
+        if entry is None:  # a row without a usable image: counted in the report, not indexed
             continue
-        try:
-            facts = image_facts(storage.read_bytes(uri))
-        except (BadImage, OSError) as e:
-            report.unreadable += 1
-            if len(report.unreadable_examples) < 5:
-                report.unreadable_examples.append(f"line {line}: {uri}: {e}")
-            continue
+        split, uri, label, facts = entry
         rows.append(ordinal)
         content.append(facts.content)
         phash.append(facts.phash)
@@ -267,7 +204,8 @@ def _validate(csv_path: str, output_dir: str, fix: bool, max_leakage: int, max_c
             log.info("validated %d rows", report.rows)
     report.images = len(rows)
     if not report.images:
-        raise InputError(f"CSV {csv_path}: no readable image in TRAIN, VALIDATION or TEST rows")
+        raise InputError(f"{'--facts ' + facts_dir if facts_dir else 'CSV ' + csv_path}: no readable image in "
+                         "TRAIN, VALIDATION or TEST rows")
     report.counts = {s: dict(sorted(c.items())) for s, c in counts.items() if c}
     report.stats = stats.to_dict()
     _balance(report, list(labels))
@@ -282,7 +220,7 @@ def _validate(csv_path: str, output_dir: str, fix: bool, max_leakage: int, max_c
     pairs = [("exact", a, b, 0) for a, b in zip(exact_i.tolist(), exact_j.tolist(), strict=True)]
     pairs += [("near", a, b, d) for a, b, d in zip(near_i.tolist(), near_j.tolist(), near_d.tolist(), strict=True)]
     drop = _fix_plan(pairs, splits, label_ids) if fix else {}
-    _write_outputs(csv_path, output_dir, pairs, rows, drop)
+    _write_outputs(csv_path, output_dir, pairs, rows, drop, facts_dir)
     report.fixed = dict(Counter(reason.split(":")[0] for reason in drop.values()))
     # The counts the gate reads: with a fix, those of the pairs that remain (a pair with a dropped side is gone).
     _count_pairs(report, [p for p in pairs if p[1] not in drop and p[2] not in drop], splits, label_ids)
@@ -362,25 +300,33 @@ def _count_pairs(report: Report, pairs, splits: np.ndarray, label_ids: np.ndarra
     report.near = {k: int(v) for k, v in near.items()}
 
 
-def _write_outputs(csv_path: str, output_dir: str, pairs, rows: array, drop: dict[int, str]) -> None:
-    """pairs.csv (and with a fix plan cleaned.csv and quarantine.csv, streamed), from a second pass over the CSV's
-    text: only the rows named by a pair are held, never the whole CSV."""
+def _write_outputs(csv_path: str, output_dir: str, pairs, rows: array, drop: dict[int, str],
+                   facts_dir: str | None = None) -> None:
+    """pairs.csv (and with a fix plan cleaned.csv and quarantine.csv, streamed), from a second pass over the
+    entries' text (the CSV, or convert's facts: no image is read again): only the rows named by a pair are held,
+    never the whole CSV. With facts, the CSV's rows are matched to dropped entries by their normalised image_uri
+    (convert's spelling)."""
     from apache_beam.io.filesystems import FileSystems
 
     entry_of = {rows[x]: x for _, a, b, _ in pairs for x in (a, b)}
     dropped = {rows[x]: reason for x, reason in drop.items()}
     named: dict[int, tuple[str, str, str]] = {}
-    with contextlib.ExitStack() as files:
-        if drop:
+    source = ((s, u, lab) for s, u, lab, _ in read_facts(facts_dir)) if facts_dir else (
+        (s, u, lab) for _, s, u, lab in read_rows(csv_path))
+    dropped_uris: dict[str, str] = {}
+    for ordinal, (split, uri, label) in enumerate(source):
+        if ordinal in entry_of:
+            named[entry_of[ordinal]] = (split, uri, label)
+        if ordinal in dropped:
+            dropped_uris[uri] = dropped[ordinal]  # only the dropped rows are held
+    if drop:
+        with contextlib.ExitStack() as files:
             cleaned = csv.writer(files.enter_context(_text_writer(FileSystems, output_dir, CLEANED_FILE)))
             quarantine = csv.writer(files.enter_context(_text_writer(FileSystems, output_dir, QUARANTINE_FILE)))
             cleaned.writerow(CSV_COLUMNS)
             quarantine.writerow(QUARANTINE_COLUMNS)
-        for ordinal, (_, split, uri, label) in enumerate(read_rows(csv_path)):
-            if ordinal in entry_of:
-                named[entry_of[ordinal]] = (split, uri, label)
-            if drop:
-                reason = dropped.get(ordinal)
+            for ordinal, (_, split, uri, label) in enumerate(read_rows(csv_path)):
+                reason = dropped_uris.get(storage.normalise_uri(uri)) if facts_dir else dropped.get(ordinal)
                 cleaned.writerow((DISCARD if reason else split, uri, label))
                 if reason:
                     quarantine.writerow((split, uri, label, reason))

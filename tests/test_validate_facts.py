@@ -1,0 +1,93 @@
+"""Validation after conversion reads no image: `catsdogs convert` writes each image's facts (facts-*.csv beside
+the shards) and `catsdogs validate --facts` finds the same pairs from them, through the commands users run."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+import shutil
+
+import pytest
+
+from components.image_facts import FACTS_COLUMNS, Facts, image_facts
+from tests.test_validate import _cli, _read_csv, planted  # noqa: F401 - planted is a fixture
+
+
+@pytest.fixture(scope="module")
+def converted(planted, tmp_path_factory):  # noqa: F811
+    """A copy of the planted set converted by `catsdogs convert`: (csv path, its folder, the convert output)."""
+    csv_path, _ = planted
+    source = os.path.dirname(csv_path)
+    work = tmp_path_factory.mktemp("facts")
+    root = work / "images"
+    shutil.copytree(source, root)
+    copied = root / "images.csv"
+    copied.write_text(open(csv_path).read().replace(source, str(root)))
+    out = work / "converted"
+    done = _cli("convert", str(copied), "--output-dir", str(out), "--facts", cwd=work)
+    assert done.returncode == 0, done.stderr
+    return str(copied), root, out
+
+
+def _pairs(path, root) -> set:
+    return {(row["kind"], row["scope"], row["distance"],
+             frozenset((row["image_a"].replace(str(root), "@"), row["image_b"].replace(str(root), "@"))))
+            for row in _read_csv(path)}
+
+
+def test_convert_writes_the_facts_validation_computes_for_every_image(converted):
+    csv_path, _, out = converted
+    shards = glob.glob(str(out / "facts-*-of-*.csv"))
+    assert shards
+    rows = [row for shard in shards for row in csv.DictReader(open(shard, newline=""))]
+    assert tuple(rows[0]) == FACTS_COLUMNS
+    listed = {row["image_uri"]: (row["split"], row["label"]) for row in _read_csv(csv_path)}
+    assert {row["image_uri"]: (row["split"], row["label"]) for row in rows} == listed
+    for row in rows:
+        with open(row["image_uri"], "rb") as f:
+            assert Facts.parse([row[c] for c in FACTS_COLUMNS[3:]]) == image_facts(f.read()), row["image_uri"]
+
+
+def test_validate_facts_finds_the_same_pairs_without_reading_an_image(planted, converted, tmp_path):  # noqa: F811
+    csv_path, root, out = converted
+    by_images = _cli("validate", csv_path, "--output-dir", str(tmp_path / "images"), cwd=tmp_path)
+    assert by_images.returncode == 2, by_images.stderr
+    expected = _pairs(tmp_path / "images" / "pairs.csv", root)
+    assert len(expected) == 7
+    # Only the images of the pairs (validation.html's thumbnails) stay; every other image is gone.
+    shown = {uri for row in _read_csv(tmp_path / "images" / "pairs.csv") for uri in (row["image_a"], row["image_b"])}
+    for row in _read_csv(csv_path):
+        if row["image_uri"] not in shown:
+            os.remove(row["image_uri"])
+
+    done = _cli("validate", csv_path, "--output-dir", str(tmp_path / "facts"), "--facts", str(out), cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("catsdogs validate: error: ")]
+    assert len(errors) == 1 and "4 pairs across splits (1 exact, 3 near" in errors[0], done.stderr
+    assert _pairs(tmp_path / "facts" / "pairs.csv", root) == expected
+    report = json.loads((tmp_path / "facts" / "validation.json").read_text())
+    reference = json.loads((tmp_path / "images" / "validation.json").read_text())
+    assert report["images_read"] == 0 and reference["images_read"] == 34
+    for key in ("images", "counts", "exact", "near", "imbalance", "too_few", "stats"):
+        assert report[key] == reference[key], key
+    assert "<img" in (tmp_path / "facts" / "validation.html").read_text()
+
+    fixed = _cli("validate", csv_path, "--output-dir", str(tmp_path / "fixed"), "--facts", str(out), "--fix",
+                 cwd=tmp_path)
+    assert fixed.returncode == 0, fixed.stderr
+    cleaned = {row["image_uri"]: row["split"] for row in _read_csv(tmp_path / "fixed" / "cleaned.csv")}
+    dropped = {uri.replace(str(root), "@") for uri, split in cleaned.items() if split == "DISCARD"}
+    assert dropped == {"@/planted/" + n for n in ("exact_leak.jpg", "q60.jpg", "half.jpg", "bright.jpg",
+                                                  "conflict.jpg")} | {"@/dogs/05.jpg"}
+
+
+def test_convert_without_facts_writes_none_and_validate_facts_then_says_so_in_one_line(planted, tmp_path):  # noqa: F811
+    out = tmp_path / "converted"
+    done = _cli("convert", planted[0], "--output-dir", str(out), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert glob.glob(str(out / "train-*.tfrecord")) and not glob.glob(str(out / "facts-*"))
+    done = _cli("validate", planted[0], "--output-dir", str(tmp_path / "r"), "--facts", str(out), cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith(f"catsdogs validate: error: --facts {out}: no facts-")
