@@ -61,6 +61,7 @@ class VersionManager:
             raise InputError(f"{model_base} holds no saved_model.pb and no numbered versions <base>/N/ "
                              "(N without leading zeros)")
         self.current: LoadedModel | None = None
+        self._retired: LoadedModel | None = None  # the version swapped out, released at the next poll
         # Called with a loaded, warmed version before it is swapped in (the server sends it its warm-up requests).
         self.before_swap: Callable[[LoadedModel], None] | None = None
         self._load_newest(candidates)
@@ -104,6 +105,9 @@ class VersionManager:
             previous, self.current = self.current, model
             if previous is not None:
                 log.info("now serving %s version %d (was %d)", self.name, version, previous.version)
+            # Freeing a version (its graphs and variables) takes tens of milliseconds of the interpreter: done
+            # right at the swap it landed on the new version's first requests, so it waits for the next poll.
+            self._retired = previous
             return
         if self.current is not None and self._orphaned != self.current.version:
             self._orphaned = self.current.version  # said once, not at every poll
@@ -113,6 +117,7 @@ class VersionManager:
     def refresh(self) -> None:
         """Serves the newest loadable version; keeps the current one when none is newer or none loads."""
         self.polls += 1
+        self._retired = None
         candidates = version_candidates(self.model_base)
         if not candidates:
             if not self._empty:
