@@ -1,0 +1,70 @@
+"""Drift monitoring through the user's door: `catsdogs serve MODEL_BASE --log-requests DIR` (a subprocess) answers
+POSTed images and logs them, SIGTERM flushes the log, then `catsdogs monitor --model-base ... --logs DIR` judges
+the window against the baseline stored with the version. Unshifted traffic must give the same profiles as the
+baseline's function (else every window would be a false alarm) and exit 0; greyscale, rotated and darkened
+traffic exits 1 naming the moved signal. The trained model and its baseline are test_monitor.py's fixtures."""
+
+import base64
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_monitor import _shifted, jpeg, pool, profile, run_monitor, separating_model, served  # noqa: F401
+from test_request_log import Served, _post
+
+from components.monitor.core import DRIFT, NO_DRIFT
+
+pytestmark = pytest.mark.slow  # test_monitor.py's model trains for 10 epochs (~40 s here)
+BATCH = 50  # images per request: few requests, well under the server's MAX_INSTANCES and body limit
+
+
+def serve_and_log(model_base: str, encoded: list[bytes], logs: Path) -> list[dict]:
+    """POSTs the images to a `catsdogs serve --log-requests logs` subprocess, stops it with SIGTERM (its drain
+    writes the log) and returns the logged records in order."""
+    server = Served(model_base, "--log-requests", str(logs))
+    try:
+        for start in range(0, len(encoded), BATCH):
+            body = {"instances": [{"b64": base64.b64encode(e).decode()} for e in encoded[start:start + BATCH]]}
+            answer = _post(server.url, json.dumps(body).encode())
+            assert len(answer["predictions"]) == len(encoded[start:start + BATCH])
+    finally:
+        server.stop()
+    return [json.loads(line) for path in sorted(logs.glob("requests-*.jsonl")) for line in path.open()]
+
+
+def test_served_unshifted_traffic_is_logged_as_the_baseline_profiles_it_and_stays_quiet(
+        served, pool, tmp_path):  # noqa: F811 - test_monitor.py's fixtures
+    model_base, loaded = served
+    encoded = [jpeg(image) for _, image in pool[-150:]]
+    records = serve_and_log(model_base, encoded, tmp_path / "logs")
+    assert len(records) == len(encoded)
+    # The server's profile of each image is the one the baseline's function (the SavedModel's serving_profile,
+    # as evaluation runs it) gives: a difference here is a false drift in every window.
+    direct = profile(loaded, encoded)
+    assert [r["label"] for r in records] == [d["label"] for d in direct]
+    for field in ("probabilities", "embedding", "image_stats"):
+        np.testing.assert_allclose([r[field] for r in records], [d[field] for d in direct], rtol=1e-4, atol=1e-4,
+                                   err_msg=field)
+    done = run_monitor(model_base, tmp_path / "logs", tmp_path / "out")
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads((tmp_path / "out" / "monitor.json").read_text())
+    assert result["verdict"] == NO_DRIFT and result["requests"] == len(encoded), result["signals"]
+
+
+@pytest.mark.parametrize("kind, signal", [
+    ("greyscale", "image stat: greyscale"),
+    ("rotated 90", "image stat: width"),
+    ("darkened by half", "image stat: brightness"),
+])
+def test_served_shifted_traffic_is_caught_and_the_moved_signal_named(
+        served, pool, tmp_path, kind, signal):  # noqa: F811
+    model_base, _ = served
+    encoded = [jpeg(image) for image in _shifted(kind, pool)]
+    assert len(serve_and_log(model_base, encoded, tmp_path / "logs")) == len(encoded)
+    done = run_monitor(model_base, tmp_path / "logs", tmp_path / "out")
+    assert done.returncode == 1, done.stdout + done.stderr
+    result = json.loads((tmp_path / "out" / "monitor.json").read_text())
+    assert result["verdict"] == DRIFT and signal in result["drifted"], result["signals"]
+    assert signal in done.stdout
+
