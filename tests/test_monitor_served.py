@@ -68,3 +68,49 @@ def test_served_shifted_traffic_is_caught_and_the_moved_signal_named(
     assert result["verdict"] == DRIFT and signal in result["drifted"], result["signals"]
     assert signal in done.stdout
 
+
+
+def history(run_file: Path) -> dict:
+    """The last logged value of each key of an offline W&B run (what `wandb sync` uploads), with its name."""
+    from test_tracking import run_records
+
+    logged = {}
+    for record in run_records(str(run_file)):
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            logged.update(_name=record.run.display_name, _job_type=record.run.job_type)
+        elif kind == "history":
+            logged.update({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                           for item in record.history.item})
+    return logged
+
+
+def test_monitor_logs_its_verdict_p_values_and_effects_to_wandb_offline(served, pool, tmp_path,  # noqa: F811
+                                                                       monkeypatch):
+    """`catsdogs monitor --wandb-mode offline`: one `monitor` run under OUT/wandb with the verdict, and each
+    signal's effect size and p-values as monitor.json has them; without a W&B flag, no run at all."""
+    from test_monitor import write_log
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    model_base, loaded = served
+    dark = [jpeg(image.point(lambda v: v // 2)) for _, image in pool[:100]]
+    logs = write_log(tmp_path / "logs", profile(loaded, dark))
+    done = run_monitor(model_base, logs, tmp_path / "out", "--wandb-mode", "offline", "--wandb-project", "drift")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "W&B offline run drift/" in done.stdout
+    result = json.loads((tmp_path / "out" / "monitor.json").read_text())
+    (run_file,) = (tmp_path / "out" / "wandb").glob("offline-run-*/run-*.wandb")
+    logged = history(run_file)
+    assert logged["_name"] == "monitor" and logged["_job_type"] == "monitor"
+    assert logged["verdict"] == DRIFT and logged["drift"] == 1 and logged["requests"] == 100
+    assert "image stat: brightness" in logged["drifted"]
+    brightness = next(s for s in result["signals"] if s["name"] == "image stat: brightness")
+    assert logged["p/image_stat_brightness"] == pytest.approx(brightness["adjusted_p"])
+    assert logged["p_raw/image_stat_brightness"] == pytest.approx(brightness["p_value"])
+    assert logged["effect/image_stat_brightness"] == pytest.approx(brightness["effect"])
+    assert brightness["effect"] > 0
+    assert {f"effect/{k}" for k in ("class_shares", "confidence", "embedding")} <= set(logged)
+    assert not (tmp_path / "home").exists()  # nothing in the home directory
+
+    quiet = run_monitor(model_base, logs, tmp_path / "plain")
+    assert quiet.returncode == 1 and not (tmp_path / "plain" / "wandb").exists() and "W&B" not in quiet.stdout
