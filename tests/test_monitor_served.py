@@ -114,3 +114,41 @@ def test_monitor_logs_its_verdict_p_values_and_effects_to_wandb_offline(served, 
 
     quiet = run_monitor(model_base, logs, tmp_path / "plain")
     assert quiet.returncode == 1 and not (tmp_path / "plain" / "wandb").exists() and "W&B" not in quiet.stdout
+
+
+def test_a_tfrecorder_format_baseline_sees_the_images_as_the_server_sees_their_jpegs(
+        separating_model, pool, tmp_path):  # noqa: F811
+    """TFRecorder records hold decoded pixels, not the JPEG; the baseline must profile them as the server profiles
+    the photos it is sent (JPEGs decoded at a DCT scale), or image statistics and embeddings differ from the
+    first request on: as PNG the mean colourfulness was ~2 lower on the server's side (measured, 60 images)."""
+    import shutil
+
+    from components.convert.pipeline import convert
+    from components.model_store import publish_version
+    from components.monitor.baseline import write_baseline
+    from components.monitor.profile import BASELINE_FILE, IMAGE_STATS
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    encoded = [jpeg(image) for _, image in pool[:40]]
+    lines = ["split,image_uri,label"]
+    train = [next(item for item in pool[40:] if item[0] == k) for k in (0, 1)]  # conversion insists on a TRAIN
+    for i, (k, image) in enumerate(pool[:40] + train):
+        (folder / f"{i:03d}.jpg").write_bytes(encoded[i] if i < 40 else jpeg(image))
+        lines.append(f"{'TEST' if i < 40 else 'TRAIN'},{folder / f'{i:03d}.jpg'},{('cats', 'dogs')[k]}")
+    (tmp_path / "images.csv").write_text("\n".join(lines) + "\n")
+    convert(str(tmp_path / "images.csv"), str(tmp_path / "records"), record_format="tfrecorder")
+    model = tmp_path / "model"
+    shutil.copytree(separating_model, model)
+    baseline = write_baseline(str(model), str(tmp_path / "records"), "TEST")
+    assert baseline["images"] == 40
+    model_base = tmp_path / "models" / "catsdogs"
+    publish_version(str(model), str(model_base))
+    assert (model_base / "1" / BASELINE_FILE).exists()
+    records = serve_and_log(str(model_base), encoded, tmp_path / "logs")
+    colourfulness = IMAGE_STATS.index("colourfulness")
+    served_mean = np.mean([r["image_stats"][colourfulness] for r in records])
+    baseline_mean = np.mean(np.asarray(baseline["rows"]["image_stats"])[:, colourfulness])
+    assert abs(served_mean - baseline_mean) < 0.75, (served_mean, baseline_mean)
+    embedding = np.sort(np.asarray([r["embedding"] for r in records]), axis=0)  # the same images, any order
+    np.testing.assert_allclose(embedding, np.sort(np.asarray(baseline["rows"]["embedding"]), axis=0), atol=0.05)
