@@ -152,3 +152,27 @@ def test_a_tfrecorder_format_baseline_sees_the_images_as_the_server_sees_their_j
     assert abs(served_mean - baseline_mean) < 0.75, (served_mean, baseline_mean)
     embedding = np.sort(np.asarray([r["embedding"] for r in records]), axis=0)  # the same images, any order
     np.testing.assert_allclose(embedding, np.sort(np.asarray(baseline["rows"]["embedding"]), axis=0), atol=0.05)
+
+
+def test_the_component_logs_its_verdict_to_wandb_when_given_settings(served, pool, tmp_path,  # noqa: F811
+                                                                     monkeypatch):
+    """The KFP component (kfp.local runs it as its container would) with the pipelines' wandb_settings."""
+    from kfp import local
+    from test_monitor import write_log
+
+    from components import tracking
+    from components.monitor.component import monitor_drift
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for name, value in tracking.local_dirs(str(tmp_path / "w")).items():
+        monkeypatch.setenv(name, value)
+    model_base, loaded = served
+    logs = write_log(tmp_path / "logs", profile(loaded, [jpeg(image.convert("L")) for _, image in pool[:100]]))
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "pipeline_root"))
+    task = monitor_drift(model_base=model_base, logs=str(logs), since="",
+                         wandb_settings=tracking.settings("drift", "offline", group="monitoring"))
+    assert task.outputs["Output"] == DRIFT
+    (run_file,) = (tmp_path / "w" / "wandb").glob("offline-run-*/run-*.wandb")
+    logged = history(run_file)
+    assert logged["_name"] == "monitor" and logged["verdict"] == DRIFT and logged["requests"] == 100
+    assert logged["p/image_stat_greyscale"] == pytest.approx(task.outputs["metrics"].metadata["p_image_stat_greyscale"])
