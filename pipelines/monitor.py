@@ -10,9 +10,11 @@ The step fails on drift (fail_on_drift, default true here), so the failed run is
 
 from kfp import compiler, dsl
 
+from components import tracking
 from components.images import LOCAL, Images, with_image
 from components.monitor.component import monitor_drift
 from components.monitor.profile import DEFAULT_ALPHA, DEFAULT_MIN_REQUESTS
+from components.tracking_component import wandb_settings
 
 
 def build_monitor_pipeline(images: Images = LOCAL):
@@ -27,12 +29,20 @@ def build_monitor_pipeline(images: Images = LOCAL):
         min_requests: int = DEFAULT_MIN_REQUESTS,
         alpha: float = DEFAULT_ALPHA,
         fail_on_drift: bool = True,
+        wandb_project: str = tracking.PROJECT,
+        wandb_mode: str = "disabled",
+        wandb_secret: str = "",  # projects/P/secrets/NAME holding the W&B API key (online), read at run time
+        wandb_group: str = "",
     ):
         """model_base: the served gs:// model base; logs: the server's request-log folder; since: the window
-        (ISO 8601 time or 30m / 24h / 7d back from the run)."""
+        (ISO 8601 time or 30m / 24h / 7d back from the run); wandb_*: the W&B run of the verdict, p-values and
+        effect sizes (disabled by default)."""
+        settings = with_image(wandb_settings, components_image)(
+            project=wandb_project, mode=wandb_mode, group=wandb_group, secret=wandb_secret, gcp_project="",
+            pipeline_run="").set_display_name("W&B settings")
         with_image(monitor_drift, components_image)(
             model_base=model_base, logs=logs, since=since, min_requests=min_requests, alpha=alpha,
-            fail_on_drift=fail_on_drift,
+            fail_on_drift=fail_on_drift, wandb_settings=settings.output,
         ).set_display_name("drift monitor").set_caching_options(False)  # new requests every run
 
     return monitor_pipeline

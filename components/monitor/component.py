@@ -1,3 +1,5 @@
+from typing import Dict, Optional
+
 from kfp import dsl
 from kfp.dsl import HTML, Metrics, Output
 
@@ -15,6 +17,7 @@ def monitor_drift(
     min_requests: int = 100,
     alpha: float = 0.01,
     fail_on_drift: bool = False,
+    wandb_settings: Optional[Dict[str, str]] = None,
 ) -> str:
     """Compares the requests the server logged in the window with the served version's baseline (drift).
 
@@ -28,15 +31,15 @@ def monitor_drift(
         min_requests: Fewer requests give "too few requests" instead of a verdict.
         alpha: Family-wise false-alarm rate of the run (all signals together, Holm).
         fail_on_drift: Fail the step on drift, so that a scheduled run's failure notification is the alert.
+        wandb_settings: W&B settings (tracking.settings); when given the step is a W&B run logging the verdict,
+            each signal's effect size and p-values.
 
     Returns:
         The verdict: "drift", "no drift" or "too few requests".
     """
-    import re
-
     from components import logs as logging_setup
     from components import storage
-    from components.monitor.core import DRIFT, MONITOR_JSON, monitor, summary_line, write_outputs
+    from components.monitor.core import DRIFT, MONITOR_JSON, monitor, signal_key, summary_line, track, write_outputs
 
     logging_setup.setup()
     done = monitor(model_base, logs, since, until, min_requests, alpha)
@@ -48,9 +51,10 @@ def monitor_drift(
     metrics.log_metric("requests", result["requests"])
     metrics.log_metric("version", result["version"])
     for signal in result["signals"]:
-        key = re.sub(r"\W+", "_", signal["name"]).strip("_")  # image stat: brightness -> image_stat_brightness
+        key = signal_key(signal["name"])
         metrics.log_metric(f"effect_{key}", signal["effect"])
         metrics.log_metric(f"p_{key}", signal["adjusted_p"])
+    track(done, wandb_settings)
     print(summary_line(result), f"({MONITOR_JSON}: {json_path})", flush=True)
     if fail_on_drift and result["verdict"] == DRIFT:
         raise RuntimeError(summary_line(result))

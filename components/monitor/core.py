@@ -47,7 +47,7 @@ from components.monitor.profile import (
 log = logging.getLogger(__name__)
 
 MONITOR_JSON, MONITOR_HTML = "monitor.json", "monitor.html"
-__all__ = ["DRIFT", "EXIT_STATUS", "NO_DRIFT", "TOO_FEW", "monitor", "summary_line", "write_outputs"]
+__all__ = ["DRIFT", "EXIT_STATUS", "NO_DRIFT", "TOO_FEW", "monitor", "summary_line", "track", "write_outputs"]
 WINDOW_SAMPLE = 20_000  # requests the two-sample tests see (KS on 20,000 resolves a shift of ~1.5%)
 MMD_SAMPLE = 1_000  # rows a side for MMD: its kernel matrix is (2n)^2 floats, 32 MB at 1,000
 # Smallest p-value 1/2001: below alpha / the number of signals (0.01 / 8), so the embedding alone can raise drift
@@ -301,3 +301,33 @@ def summary_line(result: dict) -> str:
                           for s in result["signals"] if s["drifted"])
         return f"{DRIFT} in {result['requests']} requests for version {result['version']}: {moved}"
     return f"{NO_DRIFT} in {result['requests']} requests for version {result['version']}"
+
+
+def signal_key(name: str) -> str:
+    """A signal's name as a metric key: image stat: brightness -> image_stat_brightness."""
+    return re.sub(r"\W+", "_", name).strip("_")
+
+
+def tracked_metrics(result: dict) -> dict:
+    """What a monitoring run logs to W&B: the verdict (also as drift 0/1, to chart and alert on), the request
+    count, and each signal's effect size, Holm-corrected and raw p-values."""
+    metrics = {"verdict": result["verdict"], "drift": int(result["verdict"] == DRIFT), "requests": result["requests"],
+               "version": result["version"], "drifted": ", ".join(result["drifted"])}
+    for signal in result["signals"]:
+        key = signal_key(signal["name"])
+        metrics.update({f"effect/{key}": signal["effect"], f"p/{key}": signal["adjusted_p"],
+                        f"p_raw/{key}": signal["p_value"]})
+    return metrics
+
+
+def track(done: Monitoring, wandb_settings: dict | None) -> str | None:
+    """Logs the monitoring run to W&B as a `monitor` run (nothing when the settings are None or disabled); returns
+    the run's project/id."""
+    from components import tracking
+
+    config = {k: done.result[k] for k in ("model", "version", "logs", "since", "until", "min_requests", "alpha")}
+    with tracking.step_run("monitor", "monitor", wandb_settings, config) as run:
+        if run.run is None:
+            return None
+        run.run.log(tracked_metrics(done.result))  # the run summary keeps them
+        return f"{run.run.project}/{run.run.id}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 def register(sub) -> None:
     from components.monitor.profile import DEFAULT_ALPHA, DEFAULT_MIN_REQUESTS
+    from components.tracking import MODES, PROJECT
 
     p = sub.add_parser("monitor", help="compare the requests a server logged with the served version's baseline "
                                        "(drift); exit 0 no drift, 1 drift, 3 too few requests")
@@ -19,14 +20,32 @@ def register(sub) -> None:
                    help="fewer requests give 'too few requests' and exit 3 (default %(default)s)")
     p.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
                    help="false-alarm rate of a run, all signals together (Holm; default %(default)s)")
+    wandb = p.add_argument_group("Weights & Biases (a `monitor` run: verdict, p-values, effect sizes; W&B files go "
+                                 "under OUT/wandb)")
+    wandb.add_argument("--wandb-project", default=None, help=f"(default {PROJECT})")
+    wandb.add_argument("--wandb-mode", choices=MODES, default=None,
+                       help="default: no W&B run unless --wandb-project is given, then online when WANDB_API_KEY is "
+                            "set, else offline (upload later: wandb sync)")
     p.set_defaults(handler=cmd_monitor)
 
 
 def cmd_monitor(args) -> int:
-    from components.monitor.core import monitor, summary_line, write_outputs
+    import os
+
+    from components import storage, tracking
+    from components.monitor.core import monitor, summary_line, track, write_outputs
     from components.monitor.profile import EXIT_STATUS
 
+    settings = None
+    if args.wandb_mode or args.wandb_project:
+        settings = tracking.settings(args.wandb_project or tracking.PROJECT, args.wandb_mode or tracking.default_mode())
+        if settings["mode"] == "online":
+            tracking.check_online(os.environ.get("WANDB_API_KEY"))  # before the window is read, not after
+        if settings["mode"] != "disabled" and not storage.is_gcs(args.out) and "WANDB_DIR" not in os.environ:
+            os.environ.update(tracking.local_dirs(args.out))
     done = monitor(args.model_base, args.logs, args.since, args.until, args.min_requests, args.alpha, args.version)
     json_path, html_path = write_outputs(done, args.out)
-    print(f"{summary_line(done.result)}; report {html_path}, {json_path}", flush=True)
+    run = track(done, settings)
+    print(f"{summary_line(done.result)}; report {html_path}, {json_path}"
+          + (f"; W&B {settings['mode']} run {run}" if run else ""), flush=True)
     return EXIT_STATUS[done.result["verdict"]]
