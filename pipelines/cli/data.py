@@ -58,7 +58,7 @@ def add_prepare(sub) -> None:
 
 
 def cmd_validate(args) -> None:
-    from components.validate import check_gate, summary_line, validate
+    from components.validate.core import check_gate, summary_line, validate
 
     report = validate(args.csv, args.output_dir, fix=args.fix, max_leakage=args.max_leakage,
                       max_conflicting=args.max_conflicting, near_duplicate_distance=args.near_duplicate_distance,
