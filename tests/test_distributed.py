@@ -151,8 +151,9 @@ def _check_two_workers(outputs, model_dir, tmp_path, epochs: int) -> dict:
     assert (model_dir / "saved_model.pb").is_file()
     assert "exported SavedModel" in chief_err and "exported SavedModel" not in worker_err
     assert not list((tmp_path / "tmp1").glob("catsdogs-*")), "the worker left its temporary export behind"
-    assert sorted(p.name for p in model_dir.iterdir()) == ["assets", "fingerprint.pb", "saved_model.pb",
-                                                           "training.json", "variables"]  # backups removed
+    # backups removed; assets.extra holds the warm-up records (components/warmup.py)
+    assert sorted(p.name for p in model_dir.iterdir()) == ["assets", "assets.extra", "fingerprint.pb",
+                                                           "saved_model.pb", "training.json", "variables"]
     return info
 
 
