@@ -290,6 +290,8 @@ def test_two_trainer_containers_run_the_compiled_train_step(image, three_shards,
     """The train step's own container command from the compiled pipeline, in the trainer image, one container
     per worker pool on the host network, with CLUSTER_SPEC and TF_CONFIG as a Vertex custom job sets them and
     the pipeline root shared between them (a bucket on Vertex)."""
+    from components.train.config import parameters
+
     trainer = image("trainer")
     pools = _vertex_worker_pools(tmp_path)
     assert [pool["replica_count"] for pool in pools] == [1, 1]
@@ -301,8 +303,9 @@ def test_two_trainer_containers_run_the_compiled_train_step(image, three_shards,
     model_uri = "/outputs/train/model"
     executor_input = json.dumps({
         "inputs": {
-            "parameterValues": {"epochs": 2, "batch_size": 8, "image_size": 32, "learning_rate": 0.001,
-                                "architecture": "seed_cnn", "weights": "", "augment": False,
+            # every training parameter, as the Vertex pipeline passes them (TrainConfig's), sized down
+            "parameterValues": {**parameters(), "epochs": 2, "batch_size": 8, "image_size": 32,
+                                "learning_rate": 0.001, "architecture": "seed_cnn", "weights": "", "augment": False,
                                 "fine_tune_epochs": 0},
             "artifacts": {"tfrecords": {"artifacts": [{
                 "name": "tfrecords", "uri": "/data/tfrecords", "metadata": {},
