@@ -75,29 +75,6 @@ def build_baseline(rows: Iterable[dict], classes: list[str], split: str = "", sa
                      "image_stats": rounded([r["image_stats"] for r in picked])}}
 
 
-def held_out_images(data_dir: str, split: str, batch_size: int = 64):
-    """The split's images as encoded bytes, in batches: JPEG records as stored, TFRecorder's raw pixels as JPEG."""
-    import tensorflow as tf
-
-    from components.train.data import FEATURES, _compression, detect_format, record_files, tfrecorder_pixels
-
-    record_format = detect_format(data_dir)
-    files = record_files(data_dir, split)
-    spec = FEATURES[record_format]
-
-    def encoded(record):
-        features = tf.io.parse_single_example(record, spec)
-        if record_format == "jpeg":
-            return features["image_jpeg"]
-        # As the JPEG a server is sent, not PNG: the server decodes a JPEG at a DCT scale, which smooths chroma,
-        # so as PNG the baseline's colourfulness was ~2 higher (of ~87) and its pixels ~4 levels off (measured,
-        # 60 sample photos); re-encoded at quality 95 both differences are ten times smaller. Alpha is dropped.
-        return tf.io.encode_jpeg(tfrecorder_pixels(features)[..., :3], quality=95)
-
-    records = tf.data.TFRecordDataset(files, compression_type=_compression(files))
-    return records.map(encoded, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
-
-
 def write_baseline(model_dir: str, data_dir: str, split: str, loaded=None) -> dict | None:
     """baseline.json beside the SavedModel in model_dir from the split's images; None (and nothing written) for
     a SavedModel without a serving_profile signature (exported before it existed, or no penultimate layer)."""
@@ -108,7 +85,10 @@ def write_baseline(model_dir: str, data_dir: str, split: str, loaded=None) -> di
     if PROFILE_SIGNATURE not in loaded.signatures:
         log.warning("no %s signature in %s: no drift baseline written", PROFILE_SIGNATURE, model_dir)
         return None
-    baseline = build_baseline(profile_images(loaded, held_out_images(data_dir, split)), read_labels(data_dir), split)
+    from components.train.data import encoded_images
+
+    sent = encoded_images(data_dir, split, as_sent=True).batch(64)  # the images as a client sends them
+    baseline = build_baseline(profile_images(loaded, sent), read_labels(data_dir), split)
     storage.write_text(storage.join(model_dir, BASELINE_FILE), json.dumps(baseline, separators=(",", ":")))
     log.info("drift baseline of %d %s images written to %s", baseline["images"], split, model_dir)
     return baseline

@@ -224,22 +224,35 @@ def _as_uint8(pixels: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor
     return tf.cast(tf.clip_by_value(tf.round(pixels), 0.0, 255.0), tf.uint8), label
 
 
-def held_out_images(data_dir: str, count: int) -> list[bytes]:
-    """Up to `count` encoded images of a TFRecord folder's held-out split (TEST, else VALIDATION): `jpeg`
-    records' own JPEGs, `tfrecorder` records' pixels as PNG (lossless). The serving check sends them, and training
-    writes them into the SavedModel as warm-up records (components/warmup.py)."""
+def encoded_images(data_dir: str, split: str, as_sent: bool = False) -> tf.data.Dataset:
+    """A split's images as encoded bytes: `jpeg` records' own JPEGs; `tfrecorder` records' pixels as PNG
+    (lossless: the serving check compares the server's answers with the model's on the same pixels) or, with
+    `as_sent`, as the JPEG (quality 95, alpha dropped) a client sends. The drift baseline uses that: the server
+    decodes a JPEG at a DCT scale, which smooths chroma, so as PNG the baseline's colourfulness was ~2 higher (of
+    ~87) and its pixels ~4 levels off (measured, 60 sample photos); at quality 95 both are ten times smaller."""
     record_format = detect_format(data_dir)
+    files = record_files(data_dir, split)
+    spec = FEATURES[record_format]
+
+    def encoded(record):
+        features = tf.io.parse_single_example(record, spec)
+        if record_format == "jpeg":
+            return features["image_jpeg"]
+        pixels = tfrecorder_pixels(features)
+        return tf.io.encode_jpeg(pixels[..., :3], quality=95) if as_sent else tf.io.encode_png(pixels)
+
+    records = tf.data.TFRecordDataset(files, compression_type=_compression(files))
+    return records.map(encoded, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def held_out_images(data_dir: str, count: int) -> list[bytes]:
+    """Up to `count` encoded images (encoded_images) of a TFRecord folder's held-out split (TEST, else
+    VALIDATION). The serving check sends them, and training writes them into the SavedModel as warm-up records
+    (components/warmup.py)."""
     for split in HELD_OUT_SPLITS:
-        files = record_files(data_dir, split)
-        if not files:
+        if not record_files(data_dir, split):
             continue
-        images = []
-        for record in tf.data.TFRecordDataset(files, compression_type=_compression(files)).take(count):
-            features = tf.io.parse_single_example(record, FEATURES[record_format])
-            if record_format == "jpeg":
-                images.append(features["image_jpeg"].numpy())
-            else:
-                images.append(tf.io.encode_png(tfrecorder_pixels(features)).numpy())
+        images = [image.numpy() for image in encoded_images(data_dir, split).take(count)]
         if images:  # a split with no records still has its (empty) shard: take the next held-out split
             return images
     return []
