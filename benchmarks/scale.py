@@ -1,6 +1,6 @@
 """Cost of conversion (and optionally training) as the image count grows: time should grow linearly, memory not.
 
-    python benchmarks/scale.py [--sizes 1000,20000,50000] [--train] [--train-sizes 1000,20000] [--workdir DIR]
+    python benchmarks/scale.py [--sizes 1000,20000,50000] [--facts] [--train] [--train-sizes 1000,20000] [--workdir DIR]
 
 For each size N it builds an image folder of N small JPEGs (hard links to a pool of 200 distinct 64x48
 images drawn by components.sample_data, so 50k files cost seconds and little disk), writes the CSV with
@@ -85,6 +85,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000,20000,50000", help="image counts to convert (default %(default)s)")
     parser.add_argument("--train", action="store_true", help="also train one epoch on --train-sizes")
     parser.add_argument("--train-sizes", default="1000,20000", help="image counts to train on (default %(default)s)")
+    parser.add_argument("--facts", action="store_true",
+                        help="convert with --facts (each image's facts for `validate --facts`, from the same read)")
     parser.add_argument("--workdir", default=None, help="where to write (default: a temporary folder)")
     args = parser.parse_args()
     sys.path.insert(0, ROOT)
@@ -103,7 +105,7 @@ def main() -> None:
         out = os.path.join(workdir, f"records-{size}")
         _, _, text = run(["convert", csv_path, "--output-dir", out, "--dry-run"])
         graph = int(re.search(r"job graph: (\d+) bytes", text).group(1))
-        seconds, rss, _ = run(["convert", csv_path, "--output-dir", out])
+        seconds, rss, _ = run(["convert", csv_path, "--output-dir", out, *(["--facts"] if args.facts else [])])
         converted[size] = (seconds, rss, graph)
         print(f"{size:>8} {seconds:>10.1f} {size / seconds:>8.0f} {rss:>13.0f} {graph:>16}", flush=True)
     small, large = min(sizes), max(sizes)
