@@ -17,7 +17,7 @@ import pytest
 
 from components.export.core import MANIFEST, MIN_AGREEMENT
 from pipelines.cli import main
-from tests.conftest import IMAGE_SIZE
+from tests.conftest import DEPLOYS, IMAGE_SIZE
 
 EXPORTS = [("onnx", "none"), ("tflite", "none"), ("tflite", "fp16"), ("tflite", "int8")]
 
@@ -205,11 +205,11 @@ def test_both_pipelines_export_only_when_asked(pipeline, compiled_pipelines):
 
 @pytest.mark.slow
 def test_run_with_export_formats_puts_the_exports_beside_the_version(tmp_path):
-    """(40 per class and 3 epochs: a model that beats always answering one class, or nothing is published.)"""
+    """(DEPLOYS: a model that beats always answering one class, or nothing is published.)"""
     workdir = tmp_path / "w"
     done = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "run", "--workdir", str(workdir), "--per-class", "40", "--epochs", "3",
-         "--image-size", str(IMAGE_SIZE), "--export-formats", "onnx,tflite"],
+        [sys.executable, "-m", "pipelines.cli", "run", "--workdir", str(workdir), *DEPLOYS,
+         "--export-formats", "onnx,tflite"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert done.returncode == 0, done.stdout

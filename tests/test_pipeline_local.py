@@ -12,16 +12,14 @@ from components.evaluate.core import GALLERY_SIZE
 from components.prepare.core import scan_images
 from components.sample_data import generate_sample
 from pipelines.cli import main
+from tests.conftest import DEPLOYS
 
 pytestmark = pytest.mark.slow
-# Enough images and epochs for a model that beats always answering one class (the deploy gate); a TEST
-# split of 12 per class holds one image, which no model can beat a constant guess on.
-FAST = ["--per-class", "40", "--epochs", "3", "--image-size", "32", "--batch-size", "8"]
 
 
 def test_run_deploys_a_new_version_each_time_and_predicts_from_it(tmp_path, capsys):
     workdir = str(tmp_path / "w")
-    assert main(["run", "--workdir", workdir, *FAST]) == 0
+    assert main(["run", "--workdir", workdir, *DEPLOYS]) == 0
     out = capsys.readouterr().out
     assert os.path.isfile(os.path.join(workdir, "models", "catsdogs", "1", "saved_model.pb"))
     assert re.search(r"^held-out accuracy +[01]\.\d{4} on \d+ TEST images", out, re.M)
@@ -41,7 +39,7 @@ def test_run_deploys_a_new_version_each_time_and_predicts_from_it(tmp_path, caps
     metrics = glob.glob(os.path.join(workdir, "pipeline_root", "*", "evaluate", "executor_output.json"))
     assert '"accuracy"' in open(metrics[0]).read()
 
-    assert main(["run", "--workdir", workdir, *FAST]) == 0
+    assert main(["run", "--workdir", workdir, *DEPLOYS]) == 0
     assert re.search(r"^deployed +version 2 at ", capsys.readouterr().out, re.M)
     assert sorted(os.listdir(os.path.join(workdir, "models", "catsdogs"))) == ["1", "2"]
 
@@ -49,7 +47,7 @@ def test_run_deploys_a_new_version_each_time_and_predicts_from_it(tmp_path, caps
 def test_run_on_a_split_folder_with_an_unreachable_gate_does_not_deploy(tmp_path, capsys):
     generate_sample(str(tmp_path / "images"), per_class=12, layout="split", classes=("ants", "bees", "wasps"))
     workdir = str(tmp_path / "w")
-    code = main(["run", str(tmp_path / "images"), "--workdir", workdir, *FAST, "--min-accuracy", "1.01"])
+    code = main(["run", str(tmp_path / "images"), "--workdir", workdir, *DEPLOYS, "--min-accuracy", "1.01"])
     out = capsys.readouterr().out
     assert code == 0
     assert "not deployed" in out
@@ -67,7 +65,8 @@ def test_run_prints_a_short_readable_account_and_keeps_every_step_log(tmp_path):
     workdir = tmp_path / "w"
     done = subprocess.run(
         [sys.executable, "-m", "pipelines.cli", "run", "--workdir", str(workdir), "--per-class", "40", "--epochs",
-         "2", "--image-size", "64"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+         "2", "--image-size", "64", "--batch-size", "8"], cwd=tmp_path, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, timeout=900)
     out = done.stdout
     assert done.returncode == 0, out
