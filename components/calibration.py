@@ -93,18 +93,35 @@ def choose_threshold(scores: np.ndarray, positives: np.ndarray, target_precision
                      target_recall: float = 0.0) -> tuple[float, bool]:
     """(threshold, whether the target was reached). target_precision: the lowest threshold whose precision
     reaches it (the most recall at that precision); target_recall: the highest threshold whose recall reaches it
-    (the most precision at that recall). Unreached, the threshold with the best precision (recall) instead."""
+    (the most precision at that recall). Unreached, the threshold with the best precision (recall) instead.
+    The threshold is put halfway (in log-odds) between the score that decides it and the next lower score:
+    VALIDATION's answers are the same as at that score, and an image scored a little below it is not cut off (a
+    confident model's VALIDATION dogs at 0.99999 put a threshold at the score itself above TEST dogs at 0.9999)."""
     curve = precision_recall_curve(scores, positives)
     thresholds = np.array(curve["thresholds"])
     if target_precision:
         precision = np.array(curve["precision"])
         reached = np.flatnonzero(precision >= target_precision)
         if len(reached):
-            return float(thresholds[reached[-1]]), True
+            return _below(thresholds, reached[-1]), True
         best = len(precision) - 1 - int(np.argmax(precision[::-1]))  # the lowest threshold with the best precision
-        return float(thresholds[best]), False
+        return _below(thresholds, best), False
     recall = np.array(curve["recall"])
     reached = np.flatnonzero(recall >= target_recall)
     if len(reached):
-        return float(thresholds[reached[0]]), True
-    return float(thresholds[-1]), False
+        return _below(thresholds, reached[0]), True
+    return _below(thresholds, len(thresholds) - 1), False
+
+
+def _below(thresholds: np.ndarray, at: int) -> float:
+    """Halfway in log-odds between thresholds[at] and the next lower score (descending thresholds), as float32
+    compares it (the SavedModel's labels output); thresholds[at] itself when no score lies below it or no float32
+    lies between the two."""
+    if at + 1 >= len(thresholds):
+        return float(thresholds[at])
+    high, low = np.clip(thresholds[[at, at + 1]].astype(np.float64), EPSILON, 1.0 - EPSILON)
+    odds = (np.log(high / (1 - high)) + np.log(low / (1 - low))) / 2
+    middle = np.float32(1.0 / (1.0 + np.exp(-odds)))
+    if not np.float32(thresholds[at + 1]) < middle <= np.float32(thresholds[at]):
+        return float(thresholds[at])
+    return float(middle)

@@ -418,9 +418,27 @@ def test_an_unreachable_target_precision_takes_the_best_precision_and_says_so():
     assert curve["thresholds"] == [0.9, 0.8, 0.7, 0.6, 0.2]
     assert curve["precision"] == pytest.approx([0, 1 / 2, 2 / 3, 2 / 4, 3 / 5])
     assert curve["recall"] == pytest.approx([0, 1 / 3, 2 / 3, 2 / 3, 1])
-    assert choose_threshold(scores, positives, target_precision=0.95) == (0.7, False)
+    # Decided by 0.7 (0.2), put halfway in log-odds to the next lower score, 0.6 (none below 0.2).
+    between = 1 / (1 + np.exp(-(np.log(0.7 / 0.3) + np.log(0.6 / 0.4)) / 2))
+    assert choose_threshold(scores, positives, target_precision=0.95) == (pytest.approx(between), False)
     assert choose_threshold(scores, positives, target_precision=0.6) == (0.2, True)  # the most recall at 0.6
-    assert choose_threshold(scores, positives, target_recall=0.6) == (0.7, True)  # the most precision at 0.6
+    assert choose_threshold(scores, positives, target_recall=0.6) == (pytest.approx(between), True)  # most precision
+    for target in ({"target_precision": 0.95}, {"target_recall": 0.6}):  # VALIDATION's answers are the score's
+        threshold, _ = choose_threshold(scores, positives, **target)
+        assert list(scores >= threshold) == list(scores >= 0.7)
+
+
+def test_a_confident_models_threshold_leaves_room_below_its_validation_scores():
+    """VALIDATION dogs at 0.99999 and cats at 0.001: a threshold at the lowest dog's score would call a TEST dog
+    at 0.9999 a cat; halfway in log-odds it lies near 0.9, and VALIDATION's answers are unchanged."""
+    from components.calibration import at_threshold, choose_threshold
+
+    scores = np.array([0.99999] * 10 + [0.001] * 10, np.float32)
+    positives = np.array([True] * 10 + [False] * 10)
+    threshold, reached = choose_threshold(scores, positives, target_recall=0.9)
+    assert reached and 0.5 < threshold < 0.99
+    assert at_threshold(scores, positives, threshold) == {"precision": 1.0, "recall": 1.0}
+    assert 0.9999 >= threshold
 
 
 def test_a_validation_split_the_model_separates_perfectly_leaves_the_temperature_at_1():
