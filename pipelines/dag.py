@@ -1,6 +1,7 @@
 """The one wiring of the training DAG, shared by the local and the Vertex pipeline:
 
-    prepare -> validate (stops on leakage) -> convert -> train -> evaluate (candidate vs champion)
+    prepare -> convert (records and each image's facts) -> validate (stops on leakage; --fix drops rows) -> train
+        -> evaluate (candidate vs champion)
         -> check serving -> gate: `blessed` -> deploy
                             `-> export (TFLite / ONNX, only when export_formats is not empty)
 
@@ -70,7 +71,7 @@ def training_arguments(arguments: dict) -> dict:
 
 def wire(steps: Steps, *, images_root, record_format, training: dict, min_accuracy, champion_uri, max_regression,
          wandb: dict, validation: dict, export_formats, serving: dict, explain: dict | None = None) -> Wired:
-    """Adds prepare -> validate -> convert -> train -> evaluate -> check serving (and export) to the pipeline being
+    """Adds prepare -> convert -> validate -> train -> evaluate -> check serving (and export) to the pipeline being
     defined. `training` holds every TrainConfig parameter (see training_arguments); `champion_uri` is the served
     model evaluation compares the candidate with ("" for none); `wandb` the W&B settings component's arguments.
     Their `pipeline_run` (the W&B group when `group` is empty) defaults to the run's name; a pipeline whose steps
@@ -82,28 +83,31 @@ def wire(steps: Steps, *, images_root, record_format, training: dict, min_accura
     wandb_settings = steps.wandb_settings(
         **{"pipeline_run": dsl.PIPELINE_JOB_NAME_PLACEHOLDER, **wandb}).set_display_name("W&B settings").output
     prepared = steps.prepare(images_root=images_root, wandb_settings=wandb_settings).set_display_name("prepare CSV")
-    validated = steps.validate(
-        image_csv=prepared.outputs["image_csv"], image_size=training["image_size"], wandb_settings=wandb_settings,
-        **validation,
-    ).set_display_name("validate data")
+    # Conversion writes each image's validation facts beside its records, so that validation reads no image again;
+    # validation then gates training and hands on the records (less what --fix dropped).
     converted = steps.convert(
-        image_csv=validated.outputs["validated_csv"], record_format=record_format, wandb_settings=wandb_settings,
-        **steps.convert_options,
+        image_csv=prepared.outputs["image_csv"], record_format=record_format, wandb_settings=wandb_settings,
+        facts=True, **steps.convert_options,
     ).set_display_name(steps.convert_name)
+    validated = steps.validate(
+        image_csv=prepared.outputs["image_csv"], converted=converted.outputs["tfrecords"],
+        image_size=training["image_size"], wandb_settings=wandb_settings, **validation,
+    ).set_display_name("validate data")
+    records = validated.outputs["tfrecords"]
     trained = steps.train(
-        tfrecords=converted.outputs["tfrecords"], wandb_settings=wandb_settings, **training, **steps.train_options,
+        tfrecords=records, wandb_settings=wandb_settings, **training, **steps.train_options,
     ).set_display_name(steps.train_name)
     scored = steps.evaluate(
-        model=trained.outputs["model"], tfrecords=converted.outputs["tfrecords"], min_accuracy=min_accuracy,
+        model=trained.outputs["model"], tfrecords=records, min_accuracy=min_accuracy,
         champion_uri=champion_uri, max_regression=max_regression, wandb_settings=wandb_settings,
         validation=validated.outputs["validation"], **(explain or {}),
     ).set_display_name("evaluate vs champion")
     with dsl.If(export_formats != "", name=EXPORT):
-        exported = steps.export(model=trained.outputs["model"], tfrecords=converted.outputs["tfrecords"],
+        exported = steps.export(model=trained.outputs["model"], tfrecords=records,
                                 export_formats=export_formats).set_display_name("export (TFLite / ONNX)")
     # After evaluation, and only when it blessed the candidate (else it answers False at once).
     checked = steps.check_serving(
-        model=trained.outputs["model"], tfrecords=converted.outputs["tfrecords"],
+        model=trained.outputs["model"], tfrecords=records,
         evaluation_blessed=scored.outputs["Output"], **serving,
     ).set_display_name("check serving")
     return Wired(prepared, validated, converted, trained, scored, wandb_settings, exported, checked)

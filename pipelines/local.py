@@ -1,4 +1,4 @@
-"""The local DAG: prepare -> validate -> convert -> train -> evaluate -> deploy (a new numbered model version), run by
+"""The local DAG: prepare -> convert -> validate -> train -> evaluate -> deploy (a new numbered model version), run by
 kfp.local's SubprocessRunner in this Python environment, with the same components the Vertex DAG uses."""
 
 

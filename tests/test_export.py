@@ -196,7 +196,7 @@ def test_both_pipelines_export_only_when_asked(pipeline, compiled_pipelines):
     rule = condition["triggerPolicy"]["condition"]
     assert "export_formats" in rule and "!= ''" in rule, rule
     upstream = {name[t].split(" (")[0] for t in condition["dependentTasks"]}
-    assert upstream >= {"train", "convert to TFRecords"}
+    assert upstream >= {"train", "validate data"}  # the model, and the records validation handed on
     inner = compiled["components"][condition["componentRef"]["name"]]["dag"]["tasks"]
     (step,) = [task for task in inner.values() if task["taskInfo"]["name"] == "export (TFLite / ONNX)"]
     assert step["inputs"]["parameters"]["export_formats"] == {

@@ -57,7 +57,7 @@ def test_run_on_a_split_folder_with_an_unreachable_gate_does_not_deploy(tmp_path
 # What kfp.local, TensorFlow, CUDA, absl and W&B print when left to themselves (a run printed 826 such lines).
 NOISE = re.compile(r"absl|cuInit|cuda|oneDNN|^[IWE]0000|Executing task|executor_input|KFP Executor|wandb:|"
                    r"Traceback|Warning|WARNING|^\s*[{}\]]", re.I | re.M)
-STEPS = ("wandb-settings", "prepare", "validate", "convert", "train", "evaluate", "check-serving", "deploy-local")
+STEPS = ("wandb-settings", "prepare", "convert", "validate", "train", "evaluate", "check-serving", "deploy-local")
 
 
 def test_run_prints_a_short_readable_account_and_keeps_every_step_log(tmp_path):

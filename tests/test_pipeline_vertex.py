@@ -78,14 +78,15 @@ def inside(dag: Dag, name: str) -> set[str]:
 
 
 def test_dag_runs_prepare_convert_train_evaluate_then_gated_deploy(dag):
-    assert dag.depends_on("validate data") == {"prepare CSV", "W&B settings"}
-    assert dag.depends_on("convert to TFRecords (Dataflow)") == {"validate data", "W&B settings"}
+    # conversion writes each image's facts; validation reads those (no image twice) and hands on the records
+    assert dag.depends_on("convert to TFRecords (Dataflow)") == {"prepare CSV", "W&B settings"}
+    assert dag.parameters("convert to TFRecords (Dataflow)")["facts"]["runtimeValue"]["constant"] is True
+    assert dag.depends_on("validate data") == {"prepare CSV", "convert to TFRecords (Dataflow)", "W&B settings"}
     for step in ("prepare CSV", "validate data", "train (T4_4X x1)", "evaluate vs champion"):
         assert "W&B settings" in dag.depends_on(step)
-    assert dag.depends_on("train (T4_4X x1)") == {"convert to TFRecords (Dataflow)", "W&B settings"}
-    assert dag.depends_on("evaluate vs champion") == {"convert to TFRecords (Dataflow)", "train (T4_4X x1)",
-                                                      "find champion (default version)", "W&B settings",
-                                                      "validate data"}  # its report shows the findings
+    assert dag.depends_on("train (T4_4X x1)") == {"validate data", "W&B settings"}
+    assert dag.depends_on("evaluate vs champion") == {"train (T4_4X x1)", "find champion (default version)",
+                                                      "W&B settings", "validate data"}
     # the serving check's output is evaluation's blessing and its own (tests/test_serving_check.py)
     assert dag.condition("blessed") == "inputs.parameter_values['pipelinechannel--check-serving-Output'] == true"
     assert dag.condition("rejected") == "!(inputs.parameter_values['pipelinechannel--check-serving-Output'] == true)"

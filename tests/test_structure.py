@@ -72,7 +72,7 @@ def test_both_pipelines_hand_every_training_parameter_to_the_train_step(compiled
 
 
 def test_local_and_vertex_pipelines_are_one_wiring(compiled_pipelines):
-    shared = {"prepare CSV", "convert to TFRecords", "train", "evaluate vs champion"}
+    shared = {"prepare CSV", "convert to TFRecords", "validate data", "train", "evaluate vs champion"}
 
     def wiring(compiled):
         tasks = compiled["root"]["dag"]["tasks"]
@@ -82,7 +82,8 @@ def test_local_and_vertex_pipelines_are_one_wiring(compiled_pipelines):
 
     local, vertex = wiring(compiled_pipelines["local"]), wiring(compiled_pipelines["vertex"])
     assert local == vertex
-    assert local["evaluate vs champion"] == {"convert to TFRecords", "train"}
+    assert local["evaluate vs champion"] == {"validate data", "train"}
+    assert local["validate data"] == {"prepare CSV", "convert to TFRecords"}
 
 
 def test_train_help_lists_the_registered_architectures(capsys, monkeypatch):
@@ -195,6 +196,10 @@ ALLOWED = {
     ("monitor/baseline.py", "components.train.data"):
         "the baseline reads the held-out records as training does (record_files, detect_format, FEATURES)",
     ("monitor/baseline.py", "components.convert.schema"): "the class names, from convert's labels.json",
+    ("validate/records.py", "components.convert.schema"):
+        "handing on convert's records less the dropped rows needs its layout: which shard holds an image "
+        "(shard_of), summary.json and labels.json",
+    ("validate/component.py", "components.convert.schema"): "the records' counts, from summary.json's one reader",
 }
 
 

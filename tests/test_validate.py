@@ -12,8 +12,10 @@ Hence NEAR_DUPLICATE_DISTANCE = 8.
 from __future__ import annotations
 
 import csv
+import glob
 import hashlib
 import io
+import json
 import os
 import subprocess
 import sys
@@ -235,9 +237,9 @@ def test_content_split_puts_exact_copies_in_one_split(tmp_path):
 
 @pytest.mark.slow
 def test_run_stops_before_training_on_a_cross_split_copy_and_fix_publishes(tmp_path):
-    """`catsdogs run` on a sample with one VALIDATION image copied into TRAIN: the validate step stops the run
-    with one line before convert and train; with --fix the copy is set to DISCARD and a model is published whose
-    held-out images hold no copy of a TRAIN image."""
+    """`catsdogs run` on a sample with one VALIDATION image copied into TRAIN: the validate step (after convert,
+    from its facts) stops the run with one line before training; with --fix the copy is set to DISCARD, left out of
+    the records training reads, and a model is published whose held-out images hold no copy of a TRAIN image."""
     import shutil
 
     from components.sample_data import generate_sample
@@ -260,15 +262,24 @@ def test_run_stops_before_training_on_a_cross_split_copy_and_fix_publishes(tmp_p
     fixed = _cli("run", str(images), "--workdir", str(tmp_path / "w2"), "--fix", *fast, cwd=tmp_path, timeout=1200)
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
     assert os.path.isdir(tmp_path / "w2" / "models" / "catsdogs" / "1")
-    validated = [os.path.join(folder, name) for folder, _, names in os.walk(tmp_path / "w2" / "pipeline_root")
-                 for name in names if name == "validated_csv"]
-    assert len(validated) == 1
-    rows = _read_csv(validated[0])
+    [step] = glob.glob(str(tmp_path / "w2" / "pipeline_root" / "*" / "validate"))
+    rows = _read_csv(os.path.join(step, "validation", "cleaned.csv"))
     digest = {row["image_uri"]: hashlib.sha256(open(row["image_uri"], "rb").read()).hexdigest() for row in rows}
     train = {digest[row["image_uri"]] for row in rows if row["split"] == "TRAIN"}
     held_out = [row for row in rows if row["split"] in ("VALIDATION", "TEST")]
     assert held_out and not any(digest[row["image_uri"]] in train for row in held_out)
     assert [row["split"] for row in rows if row["image_uri"].endswith("validation/cats/cats.00000.jpg")] == ["DISCARD"]
+    # no image was read twice: validation used conversion's facts, and training read validation's records, which
+    # hold every converted record but the dropped copy
+    assert json.load(open(os.path.join(step, "validation", "validation.json")))["images_read"] == 0
+    [converted] = glob.glob(str(tmp_path / "w2" / "pipeline_root" / "*" / "convert" / "tfrecords"))
+    trained_on = _record_uris(os.path.join(step, "tfrecords"))
+    assert _record_uris(converted) - trained_on == {str(images / "validation" / "cats" / "cats.00000.jpg")}
+    assert json.load(open(os.path.join(step, "tfrecords", "summary.json")))["per_split"]["VALIDATION"] == sum(
+        1 for row in rows if row["split"] == "VALIDATION")
+    training = json.load(open(glob.glob(str(tmp_path / "w2" / "pipeline_root" / "*" / "train" / "model"
+                                             / "training.json"))[0]))
+    assert training["data"] == os.path.join(step, "tfrecords")
     # the evaluation report shows the validation's findings: the leaked pair side by side, what --fix dropped
     reports = [os.path.join(folder, name) for folder, _, names in os.walk(tmp_path / "w2" / "pipeline_root")
                for name in names if name == "report"]
@@ -277,10 +288,17 @@ def test_run_stops_before_training_on_a_cross_split_copy_and_fix_publishes(tmp_p
     assert '<section id="validation">' in page and "set to DISCARD by --fix: leakage" in page
     assert len(_pair_figures(page)) == 1 and str(leaked) in page
     # and validation.html beside the run's other reports, named on the command's output
-    import glob
-
     copies = glob.glob(str(tmp_path / "w2" / "reports" / "*" / "validation.html"))
     assert len(copies) == 1 and "validation.html" in fixed.stdout and str(leaked) in open(copies[0]).read()
+
+
+def _record_uris(folder: str) -> set[str]:
+    """The image_uri of every record in a convert output folder (jpeg records)."""
+    import tensorflow as tf
+
+    return {tf.train.Example.FromString(r).features.feature["image_uri"].bytes_list.value[0].decode()
+            for path in glob.glob(os.path.join(folder, "*.tfrecord"))
+            for r in tf.data.TFRecordDataset(path).as_numpy_iterator()}
 
 
 def test_the_component_defaults_are_the_cores():

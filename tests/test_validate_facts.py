@@ -91,3 +91,55 @@ def test_convert_without_facts_writes_none_and_validate_facts_then_says_so_in_on
     done = _cli("validate", planted[0], "--output-dir", str(tmp_path / "r"), "--facts", str(out), cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith(f"catsdogs validate: error: --facts {out}: no facts-")
+
+
+@pytest.mark.parametrize("convert_flags", [[], ["--format", "tfrecorder", "--num-shards", "3"]],
+                         ids=["jpeg", "tfrecorder-gzip-3-shards"])
+def test_validate_records_out_hands_on_the_converted_records_less_the_dropped_rows(planted, tmp_path, convert_flags):  # noqa: F811
+    """`convert --facts` then `validate --facts --fix --records-out`: the records to train on are convert's, not
+    read again where no row was dropped (hard links), and without the six rows --fix set to DISCARD: a tfrecorder
+    record names no image_uri, so those are matched by file name, label and split."""
+    import tensorflow as tf
+
+    csv_path = planted[0]
+    out, records = tmp_path / "converted", tmp_path / "records"
+    done = _cli("convert", csv_path, "--output-dir", str(out), "--facts", *convert_flags, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    done = _cli("validate", csv_path, "--output-dir", str(tmp_path / "v"), "--facts", str(out), "--fix",
+                "--records-out", str(records), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert f"records to train on in {records}: those of {out}, 6 left out by --fix" in done.stdout
+
+    def keys(folder):
+        found = []
+        for path in sorted(glob.glob(str(folder / "*.tfrecord*"))):
+            compression = "GZIP" if path.endswith(".gz") else ""
+            for record in tf.data.TFRecordDataset(path, compression_type=compression).as_numpy_iterator():
+                feature = tf.train.Example.FromString(record).features.feature
+                found.append((feature["image_name"].bytes_list.value[0].decode(),
+                              feature["split"].bytes_list.value[0].decode()))
+        return found
+
+    before, after = keys(out), keys(records)
+    quarantine = _read_csv(tmp_path / "v" / "quarantine.csv")
+    dropped = [(row["image_uri"].rsplit("/", 1)[-1], row["split"]) for row in quarantine]
+    assert len(dropped) == 6 and sorted(after + dropped) == sorted(before)
+    summary = json.loads((records / "summary.json").read_text())
+    assert sum(summary["per_split"].values()) == summary["good"] == len(after)
+    assert {s: sum(1 for _, split in after if split == s) for s in summary["per_split"]} == summary["per_split"]
+    shards = sorted(os.path.basename(p) for p in glob.glob(str(out / "*.tfrecord*")))
+    assert shards == sorted(os.path.basename(p) for p in glob.glob(str(records / "*.tfrecord*")))
+    linked = [name for name in shards if os.stat(out / name).st_ino == os.stat(records / name).st_ino]
+    assert len(linked) < len(shards)  # the shards holding a dropped row were rewritten
+    if convert_flags:
+        assert linked, "every shard was rewritten"
+    assert not glob.glob(str(records / "facts-*"))
+
+
+def test_records_out_without_facts_is_one_line(planted, tmp_path):  # noqa: F811
+    done = _cli("validate", planted[0], "--output-dir", str(tmp_path / "v"), "--records-out", str(tmp_path / "r"),
+                cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == ["catsdogs validate: error: --records-out needs --facts DIR (the "
+                                                "converted records to hand on)"]
+    assert not (tmp_path / "v").exists() and not (tmp_path / "r").exists()

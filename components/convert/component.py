@@ -64,8 +64,8 @@ def convert(
         wandb_settings: W&B settings (tracking.settings); when given the step is a W&B run
             (image_uris_csv in, tfrecords out).
         facts: Also write facts-*.csv, each image's validation facts, for a validate step given this output
-            (`converted`): it then reads no image. Off by default: they cost ~1.6 ms CPU per image, and the DAG
-            validates before converting.
+            (`converted`): it then reads no image. The DAG asks for them; off by default for a conversion alone
+            (they cost ~1.6 ms CPU per image).
     """
     from components import dataflow_job, logs, tracking
     from components.beam_runner import dataflow_args

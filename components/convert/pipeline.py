@@ -38,8 +38,9 @@ from components.beam_runner import describe, pipeline_options, runner_for
 from components.contracts import CSV_COLUMNS, MAX_FILE_BYTES, TRAIN
 from components.convert import output, schema, transforms
 from components.convert.csv_scan import KNOWN_SPLITS, CsvScan, scan_csv
+from components.convert.schema import shard_of
 from components.convert.transforms import BAD, COUNTER_NAMESPACE, ERROR_COLUMNS, CheckRows, Deduplicate, WriteErrors
-from components.convert.writer import WriteShards, finish_shards, shard_of
+from components.convert.writer import WriteShards, finish_shards
 from components.errors import InputError
 
 __all__ = ["CheckRows", "ConversionSummary", "Deduplicate", "WriteShards", "build_pipeline", "convert",

@@ -27,6 +27,7 @@ workers never pay TensorFlow's import; tests check that TensorFlow parses them.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 
 from components import storage
@@ -35,7 +36,7 @@ from components.protowire import field, varint
 
 FORMATS = RECORD_FORMATS
 __all__ = ["FORMATS", "LABELS_FILE", "SPLIT_PREFIX", "SUMMARY_FILE", "jpeg_example", "read_labels", "read_summary",
-           "serialize_example", "shard_pattern", "split_size", "tfrecorder_example", "write_labels"]
+           "serialize_example", "shard_of", "shard_pattern", "split_size", "tfrecorder_example", "write_labels"]
 
 
 def serialize_example(features: dict[str, bytes | int]) -> bytes:
@@ -99,6 +100,12 @@ def read_summary(data_dir: str) -> dict:
 def split_size(data_dir: str, split: str) -> int:
     """Records in one split, from summary.json (0 when the folder has no conversion summary)."""
     return read_summary(data_dir).get("per_split", {}).get(split, 0)
+
+
+def shard_of(uri: str, shards: int) -> int:
+    """The shard of a split's `shards` that holds an image (its image_uri as convert spells it): stable, so the same
+    CSV gives the same files on every runner, and a reader can find one image's record without reading the rest."""
+    return int.from_bytes(hashlib.blake2b(uri.encode("utf-8"), digest_size=8).digest(), "big") % shards
 
 
 def shard_pattern(data_dir: str, split: str) -> str:

@@ -2,7 +2,7 @@
 
 Images are read, checked and encoded inside the shard writer, so no PCollection ever holds image bytes (a runner
 buffers PCollections between stages: the local FnApiRunner in memory). Each image goes to a stable shard
-(`shard_of`), so the same CSV gives the same files on every runner.
+(`schema.shard_of`), so the same CSV gives the same files on every runner.
 
 Why not Beam's stock `WriteToTFRecord` (`python benchmarks/convert.py --writers`: the same checked rows and the same
 8-thread image reads feed both writers, each run in a fresh process, best of 2, jpeg, 2 cores under load 10-16,
@@ -15,7 +15,6 @@ in Beam; a private name, pinned by requirements.lock and covered by the tests th
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import struct
@@ -33,6 +32,7 @@ from components import storage
 from components.contracts import MAX_FILE_BYTES
 from components.convert import schema
 from components.convert.images import to_rgb_jpeg, to_rgb_pixels
+from components.convert.schema import shard_of
 from components.convert.transforms import BAD, FACTS, Row, bad_row, count, csv_line
 from components.image_facts import Facts, image_facts
 from components.image_files import BadImage
@@ -43,11 +43,6 @@ log = logging.getLogger(__name__)
 # on 2 busy cores 8 threads vs 1: 1522 vs 1435 img/s (jpeg, 2000 images); TFRecorder's format is bound by deflate
 # (~15-30 ms per record), which only threads spread over the cores.
 IMAGE_THREADS = 8
-
-
-def shard_of(uri: str, shards: int) -> int:
-    """A stable shard for an image: the same CSV gives the same shards on every runner."""
-    return int.from_bytes(hashlib.blake2b(uri.encode("utf-8"), digest_size=8).digest(), "big") % shards
 
 
 def shard_name(split: str, index: int, shards: int, gzip: bool) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from components.beam_config import RUNNERS
 from components.convert.config import ConvertConfig
+from components.errors import InputError
 from components.prepare.config import PrepareConfig
 from components.validate.config import ValidateConfig
 from pipelines.cli.flags import (
@@ -60,23 +61,34 @@ def add_prepare(sub) -> None:
 def cmd_validate(args) -> None:
     from components.validate.core import check_gate, summary_line, validate
 
+    if args.records_out and not args.facts:
+        raise InputError("--records-out needs --facts DIR (the converted records to hand on)")
     report = validate(args.csv, args.output_dir, fix=args.fix, max_leakage=args.max_leakage,
                       max_conflicting=args.max_conflicting, near_duplicate_distance=args.near_duplicate_distance,
                       max_imbalance=args.max_imbalance, image_size=args.min_image_size, facts_dir=args.facts)
     print(f"validated {args.csv}: {summary_line(report)}; report in {args.output_dir}")
     check_gate(report, args.output_dir)
+    if args.records_out:
+        from components.validate.records import read_dropped, without_dropped
+
+        dropped = without_dropped(args.facts, args.records_out, read_dropped(args.output_dir) if args.fix else {})
+        print(f"records to train on in {args.records_out}: those of {args.facts}, {dropped} left out by --fix")
 
 
 def add_validate(sub) -> None:
     p = sub.add_parser("validate", help="check the CSV's images for copies across splits, conflicting labels, "
                                         "near-duplicates, balance and sizes; fail on leakage",
-                       description="Reads every image of the CSV once and writes validation.json and pairs.csv to "
-                                   "--output-dir. Exits 2 with one line when copies cross splits or labels conflict "
-                                   "(more than the limits); --fix writes cleaned.csv instead.")
+                       description="Reads every image of the CSV once (with --facts none: conversion's facts) and "
+                                   "writes validation.json and pairs.csv to --output-dir. Exits 2 with one line when "
+                                   "copies cross splits or labels conflict (more than the limits); --fix writes "
+                                   "cleaned.csv instead, and with --records-out the records less the dropped rows.")
     p.add_argument("csv", metavar="CSV")
     p.add_argument("--output-dir", required=True, help="folder for validation.json, pairs.csv (and cleaned.csv)")
     p.add_argument("--facts", metavar="DIR", help="a `catsdogs convert` output folder of this CSV: use the image "
                                                   "facts convert wrote there (facts-*.csv) and read no image")
+    p.add_argument("--records-out", metavar="DIR",
+                   help="with --facts, once the gate passes: the records to train on, linked or copied from the "
+                        "--facts folder without reading them, less the rows --fix set to DISCARD")
     add_validation_flags(p)
     add_config_flags(p, ValidateConfig, "min_image_size")
     p.set_defaults(handler=cmd_validate)
