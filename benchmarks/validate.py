@@ -2,13 +2,15 @@
 over a million synthetic 64-bit hashes.
 
     python benchmarks/validate.py [--sizes 1000,20000,50000] [--image-px 64] [--hashes 1000000] [--distance 8]
-                                  [--workdir DIR]
+                                  [--workdir DIR] [--facts]
 
 For each size: generates that many distinct small JPEGs (--image-px square: blotchy backgrounds with a shape, so
 no two share a perceptual hash; generation is not timed; 0 generates components/sample_data.py's ~300x400 ones),
 writes the CSV, runs `catsdogs validate` in a fresh process and prints the whole command's seconds (start-up
 included), images/s, and that process's own peak RSS (os.wait4: a flat column means memory does not grow with the
-images). Then, in a fresh process, the near-duplicate search over N uniformly random hashes with 1,000 planted
+images). With --facts, as the pipelines run it: the images are first converted with `catsdogs convert --facts`
+(not timed), and `catsdogs validate --facts --records-out` (reading no image, handing the records on) is timed.
+Then, in a fresh process, the near-duplicate search over N uniformly random hashes with 1,000 planted
 near pairs: seconds, the pairs found, and the peak RSS above the process's baseline.
 """
 
@@ -64,7 +66,7 @@ def small_images(folder: str, count: int, px: int) -> None:
             image.save(path, format="JPEG", quality=90)
 
 
-def validate_run(size: int, workdir: str, px: int) -> tuple[float, float, float, int]:
+def validate_run(size: int, workdir: str, px: int, facts: bool = False) -> tuple[float, float, float, int]:
     from components.prepare import prepare_csv
 
     images = os.path.join(workdir, f"images-{size}-{px}")
@@ -76,11 +78,19 @@ def validate_run(size: int, workdir: str, px: int) -> tuple[float, float, float,
         generate_sample(images, per_class=size // 2)
     csv_path = os.path.join(workdir, f"images-{size}-{px}.csv")
     prepare_csv(images, csv_path)
+    command = [sys.executable, "-m", "pipelines.cli", "validate", csv_path, "--output-dir",
+               os.path.join(workdir, f"report-{size}-{px}"), "--max-leakage", "1000000000", "--max-conflicting",
+               "1000000000"]
+    if facts:
+        converted, records = (os.path.join(workdir, f"{name}-{size}-{px}") for name in ("converted", "records"))
+        if not os.path.isfile(os.path.join(converted, "summary.json")):
+            subprocess.run([sys.executable, "-m", "pipelines.cli", "convert", csv_path, "--output-dir", converted,
+                            "--facts"], env=_env(), check=True, capture_output=True)
+        subprocess.run(["rm", "-rf", records], check=True)
+        command += ["--facts", converted, "--records-out", records]
     start = time.perf_counter()
     with open(os.path.join(workdir, f"validate-{size}-{px}.log"), "w") as log:
-        process = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "validate", csv_path, "--output-dir",
-                                    os.path.join(workdir, f"report-{size}-{px}"), "--max-leakage", "1000000000",
-                                    "--max-conflicting", "1000000000"], env=_env(), stdout=log, stderr=log)
+        process = subprocess.Popen(command, env=_env(), stdout=log, stderr=log)
         _, status, usage = os.wait4(process.pid, 0)  # this child's own peak RSS, not the largest so far
     seconds = time.perf_counter() - start
     if status:
@@ -97,6 +107,9 @@ def main() -> None:
     parser.add_argument("--hashes", type=int, default=1_000_000, help="(default %(default)s)")
     parser.add_argument("--distance", type=int, default=8, help="near-duplicate distance (default %(default)s)")
     parser.add_argument("--workdir", default=None, help="keeps the generated images between runs")
+    parser.add_argument("--facts", action="store_true",
+                        help="validate from `convert --facts` output, as the pipelines do (no image read)")
+    parser.add_argument("--no-hashes", action="store_true", help="skip the near-duplicate search alone")
     args = parser.parse_args()
     workdir = args.workdir or tempfile.mkdtemp(prefix="catsdogs-validate-bench-")
     os.makedirs(workdir, exist_ok=True)
@@ -104,8 +117,10 @@ def main() -> None:
     # CPU seconds beside the wall clock: on a shared machine the wall clock says more about the neighbours
     print(f"{'images':>8} {'seconds':>8} {'CPU s':>7} {'images/s':>9} {'peak RSS MiB':>13}")
     for size in sorted(int(s) for s in args.sizes.split(",") if s):
-        seconds, cpu, rate, peak = validate_run(size, workdir, args.image_px)
+        seconds, cpu, rate, peak = validate_run(size, workdir, args.image_px, args.facts)
         print(f"{size:>8} {seconds:>8.1f} {cpu:>7.1f} {rate:>9.0f} {peak:>13}", flush=True)
+    if args.no_hashes:
+        return
 
     done = subprocess.run([sys.executable, "-c", HASH_SEARCH, str(args.hashes), str(args.distance)], env=_env(),
                           capture_output=True, text=True, check=True)
