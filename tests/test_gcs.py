@@ -86,6 +86,29 @@ def test_gcs_convert_writes_shards_and_errors_replaces_old_shards_and_inspects(g
     assert Image.open(io.BytesIO(storage.read_bytes(f"{png_dir}/{pngs[0]}"))).format == "PNG"
 
 
+def test_gcs_validate_from_facts_hands_on_the_records_less_a_leaked_copy(gcs_bucket, gcs_images, capsys):
+    """convert --facts, then validate --facts --fix --records-out, all in a bucket: the shards without a dropped
+    row are copied server-side, the one holding the leaked copy is rewritten without it."""
+    csv_path = f"{gcs_bucket}/images.csv"
+    prepare_csv(gcs_images, csv_path, train_fraction=0.6, validation_fraction=0.2)
+    rows = _rows(csv_path)
+    test = next(r for r in rows if r["split"] == "TEST")
+    leaked = f"{gcs_images}/{test['label']}/leaked.jpg"  # a TRAIN copy of a TEST image
+    storage.write_bytes(leaked, storage.read_bytes(test["image_uri"]))
+    storage.write_text(csv_path, storage.read_text(csv_path) + f"TRAIN,{leaked},{test['label']}\n")
+    converted, records, report = (f"{gcs_bucket}/{name}" for name in ("converted", "records", "validation"))
+    assert main(["convert", csv_path, "--output-dir", converted, "--facts", "--num-shards", "2"]) == 0
+    assert main(["validate", csv_path, "--output-dir", report, "--facts", converted, "--fix",
+                 "--records-out", records]) == 0
+    assert "1 left out by --fix" in capsys.readouterr().out
+    before, after = inspect_records(converted, "test", 100), inspect_records(records, "test", 100)
+    name = test["image_uri"].rsplit("/", 1)[-1]
+    assert f": {name} " in before
+    assert f": {name} " not in after and after.count("TEST #") == before.count("TEST #") - 1
+    shards = sorted(f for f in storage.walk_files(records) if ".tfrecord" in f)
+    assert shards == sorted(f for f in storage.walk_files(converted) if ".tfrecord" in f) and len(shards) == 6
+
+
 def test_gcs_stages_by_hand_then_serving_from_aip_storage_uri(gcs_bucket, gcs_images, monkeypatch, capsys):
     csv_path, data, model = f"{gcs_bucket}/images.csv", f"{gcs_bucket}/tfrecords", f"{gcs_bucket}/train/model"
     assert main(["prepare", gcs_images, "--output", csv_path]) == 0
