@@ -52,7 +52,7 @@ def exported(trained_model, records, tmp_path_factory) -> dict:
     for fmt, quantize in EXPORTS:
         runs[fmt, quantize] = catsdogs("export", trained_model, "--format", fmt, "--quantize", quantize,
                                        "--data", records, "--output-dir", str(out))
-    return {"dir": out, "runs": runs}
+    return {"dir": out, "runs": runs, "model": trained_model}
 
 
 @pytest.mark.parametrize("fmt, quantize", EXPORTS)
@@ -71,6 +71,12 @@ def test_each_export_passes_its_parity_bar_and_is_described(fmt, quantize, expor
     assert (entry["format"], entry["quantize"], entry["size_bytes"]) == (fmt, quantize, path.stat().st_size)
     assert entry["input"]["shape"] == [-1, IMAGE_SIZE, IMAGE_SIZE, 3] and entry["input"]["range"] == [0, 255]
     assert entry["classes"] == json.loads(open(os.path.join(records, "labels.json")).read())
+    # the served model's decision rule travels with the file: the threshold training chose, as the SavedModel has it
+    threshold = json.loads(open(os.path.join(exported["model"], "training.json")).read())["calibration"]["threshold"]
+    assert entry["output"]["threshold"] == pytest.approx(threshold, abs=1e-6)
+    assert entry["output"]["decision"] == ("the likeliest class" if not threshold else
+                                           f"{entry['classes'][1]} when its probability >= threshold, else "
+                                           f"{entry['classes'][0]}")
     # the printed table: the SavedModel's row and this export's
     assert "SavedModel" in run.stdout and name in run.stdout and f"{entry['agreement']:.2%}" in run.stdout
 
@@ -209,13 +215,17 @@ def test_run_with_export_formats_puts_the_exports_beside_the_version(tmp_path):
     workdir = tmp_path / "w"
     done = subprocess.run(
         [sys.executable, "-m", "pipelines.cli", "run", "--workdir", str(workdir), *DEPLOYS,
-         "--export-formats", "onnx,tflite"],
+         "--export-formats", "onnx,tflite", "--target-recall", "0.9"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert done.returncode == 0, done.stdout
     version = workdir / "models" / "catsdogs" / "1"
     entries = json.loads((version / "export" / MANIFEST).read_text())["exports"]
     assert set(entries) == {"model.onnx", "model.tflite"}  # float32: a 1-epoch model's borderline answers hold
+    threshold = json.loads((version / "training.json").read_text())["calibration"]["threshold"]
+    assert threshold > 0  # --target-recall: the exports say how the served model decides
+    assert [e["output"]["threshold"] for e in entries.values()] == pytest.approx([threshold] * 2, abs=1e-6)
+    assert {e["output"]["decision"] for e in entries.values()} == {"dogs when its probability >= threshold, else cats"}
     for name, entry in entries.items():
         assert (version / "export" / name).stat().st_size == entry["size_bytes"]
         assert entry["agreement"] >= entry["min_agreement"]

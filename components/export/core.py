@@ -133,6 +133,9 @@ class SavedModel:
         info = self.loaded.signatures["model_info"]()
         self.image_size = int(info["image_size"])
         self.classes = [c.decode() for c in info["classes"].numpy()]
+        # The operating threshold chosen in training (0: the likeliest class); the probabilities are already
+        # calibrated inside the signature, so an exported file gives the served model's probabilities.
+        self.threshold = float(info["threshold"]) if "threshold" in info else 0.0
         signature = self.loaded.signatures["predict_pixels"]
         self.spec = tf.TensorSpec([None, self.image_size, self.image_size, 3], tf.float32, name=runtimes.INPUT_NAME)
 
@@ -280,7 +283,10 @@ def export_model(model_dir: str, data_dir: str, fmt: str, quantize: str = "none"
 def manifest_entry(model: SavedModel, parity: Parity, model_dir: str, data_dir: str) -> dict:
     return {**asdict(parity), "input": model.input_spec(),
             "output": {"name": runtimes.OUTPUT_NAME, "dtype": "float32", "shape": [-1, len(model.classes)],
-                       "meaning": "class probabilities, in the order of classes"},
+                       "meaning": "class probabilities, in the order of classes (calibrated, as served)",
+                       "threshold": model.threshold,
+                       "decision": (f"{model.classes[1]} when its probability >= threshold, else {model.classes[0]}"
+                                    if model.threshold else "the likeliest class")},
             "classes": model.classes, "signature": "serving_default" if parity.format == "tflite" else None,
             "model_dir": model_dir, "data_dir": data_dir,
             "measured_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
