@@ -130,9 +130,15 @@ def test_offline_pipeline_run_leaves_one_run_per_step_with_the_seeds_artifacts_a
 
     # Offline, inputs are references in the config (use_artifact needs the server).
     inputs = {name: set(run["config"].get("inputs", {})) for name, run in runs.items()}
-    assert inputs == {"prepare": {"training_images"}, "validate": {"image_uris_csv"}, "convert": {"image_uris_csv"},
-                      "train": {"tfrecords"},
+    assert inputs == {"prepare": {"training_images"}, "convert": {"image_uris_csv"},
+                      "validate": {"image_uris_csv", "tfrecords"}, "train": {"tfrecords"},
                       "evaluate": {"model", "tfrecords"}, "deploy": {"model"}}
+    # convert's records -> validate -> the records training reads (validate's, less what --fix would drop)
+    converted = runs["validate"]["config"]["inputs"]["tfrecords"]
+    assert converted.endswith("/convert/tfrecords") and runs["train"]["config"]["inputs"]["tfrecords"].endswith(
+        "/validate/tfrecords")
+    kind, refs = artifact("validate", "tfrecords")
+    assert kind == "dataset" and any(r.endswith(".tfrecord") for r in refs)
     assert runs["prepare"]["config"]["inputs"]["training_images"] == f"file://{workdir}/sample"
     assert runs["train"]["config"]["epochs"] == 3 and runs["train"]["config"]["image_size"] == 32
     assert {"epoch/accuracy", "epoch/loss"} <= runs["train"]["history"]  # WandbMetricsLogger

@@ -58,6 +58,7 @@ def validate(
     config = {"fix": fix, "max_leakage": max_leakage, "max_conflicting": max_conflicting,
               "near_duplicate_distance": near_duplicate_distance, "max_imbalance": max_imbalance}
     with tracking.step_run("validate", "data", wandb_settings, config) as run:
+        run.use("image_uris_csv", image_csv.uri)
         run.use("tfrecords", converted.uri)
         report = run_validation(image_csv.uri, validation.uri, fix=fix, max_leakage=max_leakage,
                                 max_conflicting=max_conflicting, near_duplicate_distance=near_duplicate_distance,
