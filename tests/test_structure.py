@@ -200,6 +200,8 @@ ALLOWED = {
         "handing on convert's records less the dropped rows needs its layout: which shard holds an image "
         "(shard_of), summary.json and labels.json",
     ("validate/component.py", "components.convert.schema"): "the records' counts, from summary.json's one reader",
+    ("validate/records.py", "components.convert.output"):
+        "the records handed on are convert's files: the names convert's output owns, staged and committed alike",
 }
 
 

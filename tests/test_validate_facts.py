@@ -143,3 +143,22 @@ def test_records_out_without_facts_is_one_line(planted, tmp_path):  # noqa: F811
     assert done.stderr.strip().splitlines() == ["catsdogs validate: error: --records-out needs --facts DIR (the "
                                                 "converted records to hand on)"]
     assert not (tmp_path / "v").exists() and not (tmp_path / "r").exists()
+
+
+def test_a_failed_records_out_leaves_the_previous_records_and_the_users_files(planted, tmp_path):  # noqa: F811
+    """A second `validate --records-out` into the same folder that fails half-way (a shard it must rewrite is
+    corrupt) leaves the first run's records exactly as they were, a user's file beside them, and no staging."""
+    csv_path = planted[0]
+    out, records = tmp_path / "converted", tmp_path / "records"
+    assert _cli("convert", csv_path, "--output-dir", str(out), "--facts", cwd=tmp_path).returncode == 0
+    args = ["validate", csv_path, "--output-dir", str(tmp_path / "v"), "--facts", str(out), "--fix",
+            "--records-out", str(records)]
+    assert _cli(*args, cwd=tmp_path).returncode == 0
+    (records / "notes.txt").write_text("mine")
+    before = {p.name: p.read_bytes() for p in records.iterdir()}
+    for shard in out.glob("test-*.tfrecord"):  # TEST holds dropped rows: this shard is rewritten, not linked
+        shard.write_bytes(shard.read_bytes()[:100])
+    failed = _cli(*args, cwd=tmp_path)
+    assert failed.returncode != 0
+    assert {p.name: p.read_bytes() for p in records.iterdir()} == before
+    assert not [p for p in tmp_path.iterdir() if ".catsdogs-staging-" in p.name]

@@ -3,7 +3,9 @@ rows `--fix` set to DISCARD (validation's quarantine.csv).
 
 No image is read here. Each image's shard is known (schema.shard_of), so only the shards that hold a dropped row are
 read and rewritten without it; every other file is linked (a local folder) or copied server-side (gs://). Without
-drops no record is read at all. Memory holds the dropped rows' names, never records.
+drops no record is read at all. Memory holds the dropped rows' names, never records. The output appears
+all-or-nothing, as convert's does (components/outputs.py): staged beside it and moved in when complete, so a
+failed run leaves the previous records as they were, and only files this step wrote are ever replaced.
 """
 
 from __future__ import annotations
@@ -12,18 +14,19 @@ import csv
 import io
 import json
 import logging
-import os
 from collections import Counter
 
-from components import storage
+from components import outputs, storage
 from components.contracts import SPLIT_PREFIX, SPLITS, SUMMARY_FILE
-from components.convert import schema
+from components.convert import output, schema
 from components.errors import InputError
 
 log = logging.getLogger(__name__)
 
 _FACTS = "facts-"  # validation's input: not needed downstream
-_MANIFEST = "_catsdogs_manifest.json"  # convert's claim on its own folder (components/outputs.py), not on this one
+# The files are convert's (shards, labels.json, summary.json, errors), handed on by this tool.
+KIND = outputs.Kind(tool="catsdogs validate --records-out", ours=output.KIND.ours, claimed=output.KIND.claimed,
+                    last=SUMMARY_FILE)
 
 
 def read_dropped(validation_dir: str) -> dict[tuple[str, str], str]:
@@ -44,6 +47,22 @@ def without_dropped(converted: str, output_dir: str, dropped: dict[tuple[str, st
     summary = schema.read_summary(converted)
     if not summary:
         raise InputError(f"{converted}: no {SUMMARY_FILE}: is it the output folder of `catsdogs convert`?")
+    target = outputs.resolve(output_dir)
+    outputs.check_output_dir(target, KIND)
+    with outputs.locked(target, KIND):
+        previous = outputs.check_output_dir(target, KIND)  # again: no other run can change it now
+        outputs.clean_leftovers(target)
+        staging = outputs.new_staging_dir(target, KIND)
+        try:
+            removed = _hand_on(converted, staging, dropped, summary)
+        except BaseException:
+            outputs.discard(staging, KIND)  # the previous records stay as they were
+            raise
+        outputs.commit(staging, target, previous, KIND)
+    return removed
+
+
+def _hand_on(converted: str, staging: str, dropped: dict[tuple[str, str], str], summary: dict) -> int:
     names = storage.list_dir(converted)
     shards = {split: sorted(n for n in names if n.startswith(SPLIT_PREFIX[split] + "-")) for split in SPLITS}
     rewrite: dict[str, dict[str, tuple[str, str]]] = {}  # shard -> {image_uri: (split, label)}
@@ -51,12 +70,10 @@ def without_dropped(converted: str, output_dir: str, dropped: dict[tuple[str, st
         if shards.get(split):
             rewrite.setdefault(shards[split][schema.shard_of(uri, len(shards[split]))], {})[uri] = (split, label)
     labels = schema.read_labels(converted)
-    if not storage.is_gcs(output_dir):
-        os.makedirs(output_dir, exist_ok=True)
     removed: Counter = Counter()
     for name in names:
-        source, target = storage.join(converted, name), storage.join(output_dir, name)
-        if name.startswith(_FACTS) or name in (_MANIFEST, SUMMARY_FILE):
+        source, target = storage.join(converted, name), storage.join(staging, name)
+        if name.startswith(_FACTS) or name in (outputs.MANIFEST_FILE, SUMMARY_FILE):
             continue
         if name in rewrite:
             removed.update(_rewrite_shard(source, target, rewrite[name], labels))
@@ -66,7 +83,7 @@ def without_dropped(converted: str, output_dir: str, dropped: dict[tuple[str, st
     if sum(removed.values()) != expected:  # convert and validation disagree on a name: never train on a guess
         raise RuntimeError(f"validation dropped {expected} rows of {converted}, but {sum(removed.values())} records "
                            "matched them in their shards")
-    storage.write_text(storage.join(output_dir, SUMMARY_FILE), json.dumps(_less(summary, removed), indent=1))
+    storage.write_text(storage.join(staging, SUMMARY_FILE), json.dumps(_less(summary, removed), indent=1))
     return sum(removed.values())
 
 
