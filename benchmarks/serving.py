@@ -223,6 +223,14 @@ def measure(servers: dict[str, tuple[list[str], str | None]], body: bytes, args)
     return results
 
 
+def ratios(ours: dict, other: dict, concurrency: int) -> str:
+    """One measured server against another, as ratios of ours to theirs: throughput, p50 and p99 at c=1, p99 under
+    load."""
+    return (f"throughput {ours['rps'] / other['rps']:.2f}x, p50 {ours['p50_ms'] / other['p50_ms']:.2f}x, "
+            f"p99 {ours['p99_ms'] / other['p99_ms']:.2f}x, "
+            f"p99 at c={concurrency} {ours['p99_ms_loaded'] / other['p99_ms_loaded']:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=300,
@@ -272,10 +280,7 @@ def main() -> None:
           f"median latency at c=1 vs naive: {naive['p50_ms'] / ours['p50_ms']:.1f}x lower")
     if args.before:
         before = results[2]
-        print(f"vs {args.before}: throughput {ours['rps'] / before['rps']:.2f}x, "
-              f"p50 {ours['p50_ms'] / before['p50_ms']:.2f}x, "
-              f"p99 {ours['p99_ms'] / before['p99_ms']:.2f}x, p99 at c={args.concurrency} "
-              f"{ours['p99_ms_loaded'] / before['p99_ms_loaded']:.2f}x (times: lower is better)")
+        print(f"vs {args.before}: {ratios(ours, before, args.concurrency)} (times: lower is better)")
     if any(r["errors"] for r in results):
         sys.exit(1)
 

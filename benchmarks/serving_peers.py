@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from peers.savedmodel import free_port
-from serving import HOST, IMAGE_SIZE, MAX_REQUESTS_PER_SECOND, START_TIMEOUT_S, Phase, drive, jpeg_300x400
+from serving import HOST, IMAGE_SIZE, MAX_REQUESTS_PER_SECOND, START_TIMEOUT_S, Phase, drive, jpeg_300x400, ratios
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEERS = os.path.join(REPO, "benchmarks", "peers")
@@ -212,9 +212,7 @@ def main() -> None:
               f"| {r['errors']} of {r['requests'] + r['errors']} | {r['peak_rss_mb']:.0f} |")
     ours = results[0]
     for r in results[1:]:
-        print(f"ours vs {r['server']}: throughput {ours['rps'] / r['rps']:.2f}x, "
-              f"p50 {ours['p50_ms'] / r['p50_ms']:.2f}x, p99 {ours['p99_ms'] / r['p99_ms']:.2f}x, "
-              f"p99 at c={c} {ours['p99_ms_loaded'] / r['p99_ms_loaded']:.2f}x, "
+        print(f"ours vs {r['server']}: {ratios(ours, r, c)}, "
               f"peak RSS {ours['peak_rss_mb'] / r['peak_rss_mb']:.2f}x (latency, memory: lower is better)")
     if any(r["errors"] for r in results):
         sys.exit(1)
